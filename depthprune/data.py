@@ -1,0 +1,280 @@
+"""Calibration / evaluation records: JSONL in, processor batches out.
+
+One record a line::
+
+    {"id": "q1", "domain": "math", "image": "imgs/1.png" | ["a.png", "b.png"] | null,
+     "question": "...", "answer": "..."}
+
+``messages`` (the Hugging Face chat format) may replace ``question``; image paths are
+relative to the JSONL file. Domains are free labels. Every error names the file and the
+1-based line number, what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+
+class DataError(ValueError):
+    """A calibration or evaluation file is malformed; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One prompt. ``images`` are absolute paths, in the order they appear in the prompt."""
+
+    id: str
+    domain: str
+    question: str | None
+    answer: str | None = None
+    images: tuple[Path, ...] = ()
+    messages: tuple[dict, ...] | None = None
+    source: str = ""  # "file.jsonl:LINE", for error messages
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+_KNOWN_KEYS = {"id", "domain", "image", "images", "question", "answer", "messages"}
+
+
+def _fail(source: str, what: str, fix: str) -> DataError:
+    return DataError(f"{source}: {what}. {fix}")
+
+
+def _as_image_list(value: Any, source: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise _fail(source, f"'image' must be a path, a list of paths or null, got {value!r}",
+                "Write e.g. \"image\": \"imgs/1.png\"")
+
+
+def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...], list[str], str | None]:
+    """Normalise chat messages; returns (messages with bare image placeholders, image paths, answer).
+
+    A final assistant turn is taken as the answer and removed from the prompt.
+    """
+    if not isinstance(raw, list) or not raw:
+        raise _fail(source, "'messages' must be a non-empty list of {role, content}",
+                    "See the data format in the README")
+    messages: list[dict] = []
+    paths: list[str] = []
+    for turn in raw:
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise _fail(source, f"each message needs 'role' and 'content', got {turn!r}",
+                        "See the data format in the README")
+        content = turn["content"]
+        if isinstance(content, str):
+            messages.append({"role": turn["role"], "content": [{"type": "text", "text": content}]})
+            continue
+        if not isinstance(content, list):
+            raise _fail(source, "message 'content' must be a string or a list of parts",
+                        "See the data format in the README")
+        parts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                parts.append({"type": "text", "text": str(part.get("text", ""))})
+            elif kind == "image":
+                ref = part.get("image") or part.get("path") or part.get("url")
+                if ref is not None:
+                    paths.append(str(ref))
+                parts.append({"type": "image"})
+            else:
+                raise _fail(source, f"unsupported message part {part!r}",
+                            "Use {\"type\": \"text\", \"text\": ...} or {\"type\": \"image\", \"image\": PATH}")
+        messages.append({"role": turn["role"], "content": parts})
+    answer = None
+    if messages[-1]["role"] == "assistant":
+        last = messages.pop()
+        answer = "".join(p.get("text", "") for p in last["content"])
+    if not messages:
+        raise _fail(source, "'messages' holds no prompt before the assistant answer",
+                    "Add a user turn")
+    return tuple(messages), paths, answer
+
+
+def parse_record(obj: Any, base: Path, source: str) -> Record:
+    """Validate one decoded JSON object; raises DataError naming ``source``."""
+    if not isinstance(obj, dict):
+        raise _fail(source, "a record must be a JSON object", "Write one {...} object per line")
+    domain = obj.get("domain")
+    if not isinstance(domain, str) or not domain.strip():
+        raise _fail(source, "missing or empty 'domain'",
+                    "Give every record a domain label, e.g. \"domain\": \"math\"")
+    rid = obj.get("id", source)
+    image_value = obj.get("image", obj.get("images"))
+    images = _as_image_list(image_value, source)
+    messages = None
+    question = obj.get("question")
+    answer = obj.get("answer")
+    if "messages" in obj:
+        messages, msg_images, msg_answer = _parse_messages(obj["messages"], base, source)
+        images = msg_images + images
+        answer = answer if answer is not None else msg_answer
+    elif not isinstance(question, str) or not question.strip():
+        raise _fail(source, "missing or empty 'question' (and no 'messages')",
+                    "Give a \"question\" string or a \"messages\" list")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise _fail(source, f"'answer' must be a string or a number, got {answer!r}",
+                    "Write e.g. \"answer\": \"42\"")
+    resolved = []
+    for ref in images:
+        path = Path(ref) if Path(ref).is_absolute() else (base / ref)
+        if not path.is_file():
+            raise _fail(source, f"image '{ref}' not found (looked for {path})",
+                        "Image paths are relative to the JSONL file; fix the path or add the file")
+        resolved.append(path.resolve())
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
+    return Record(id=str(rid), domain=domain.strip(), question=question,
+                  answer=None if answer is None else str(answer), images=tuple(resolved),
+                  messages=messages, source=source, extra=extra)
+
+
+def load_records(paths: str | Path | Sequence[str | Path], require_answer: bool = False) -> list[Record]:
+    """Read every record of one or more JSONL files, in order.
+
+    Raises DataError (file and line named) on a malformed line, a missing image, an empty
+    domain, a duplicate id, or — with ``require_answer`` — a record without an answer.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise DataError("no data file given. Pass at least one --data FILE.jsonl")
+    records: list[Record] = []
+    seen: dict[str, str] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise DataError(f"{path}: data file not found. Check the path passed to --data")
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                source = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise _fail(source, f"malformed JSON ({err.msg} at column {err.colno})",
+                                "Each line must be one complete JSON object") from None
+                rec = parse_record(obj, path.parent, source)
+                if require_answer and rec.answer is None:
+                    raise _fail(source, "record has no 'answer'",
+                                "Evaluation needs an answer on every record")
+                if rec.id in seen:
+                    raise _fail(source, f"duplicate id '{rec.id}' (first at {seen[rec.id]})",
+                                "Give every record a unique id")
+                seen[rec.id] = source
+                records.append(rec)
+    if not records:
+        raise DataError(f"{', '.join(map(str, paths))}: no records found. The file is empty")
+    return records
+
+
+def data_fingerprint(records: Iterable[Record]) -> str:
+    """sha256 over every record's fields and image bytes: same data, same fingerprint."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.id, r.domain, r.question, r.answer, r.messages],
+                            sort_keys=True).encode())
+        for img in r.images:
+            h.update(img.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_image(path: Path, source: str = "") -> Image.Image:
+    """Open an image as RGB; raises DataError naming the record if it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{source}: image {path} cannot be read ({err}). "
+                        "Replace it with a valid PNG/JPEG file") from None
+
+
+def chat_messages(record: Record, with_answer: bool = False) -> list[dict]:
+    """The record as Hugging Face chat messages, with bare ``{"type": "image"}`` placeholders."""
+    if record.messages is not None:
+        messages = [dict(m, content=list(m["content"])) for m in record.messages]
+        placeholders = sum(p["type"] == "image" for m in messages for p in m["content"])
+        missing = len(record.images) - placeholders
+        if missing > 0:  # top-level images without placeholders go first in the first user turn
+            first_user = next(m for m in messages if m["role"] == "user")
+            first_user["content"] = [{"type": "image"}] * missing + first_user["content"]
+    else:
+        content = [{"type": "image"} for _ in record.images]
+        content.append({"type": "text", "text": record.question or ""})
+        messages = [{"role": "user", "content": content}]
+    if with_answer:
+        if record.answer is None:
+            raise DataError(f"{record.source}: record has no answer to append")
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": record.answer}]})
+    return messages
+
+
+def _tokenizer_of(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def render_prompt(processor: Any, record: Record, with_answer: bool = False) -> str:
+    """The prompt text through the model's chat template (generation prompt added unless
+    ``with_answer``). Models without a chat template get the plain question."""
+    tok = _tokenizer_of(processor)
+    template_owner = processor if getattr(processor, "chat_template", None) else tok
+    if getattr(template_owner, "chat_template", None):
+        messages = chat_messages(record, with_answer)
+        if template_owner is tok:  # a plain tokenizer's template expects string content
+            messages = [{"role": m["role"],
+                         "content": "".join(p.get("text", "") for p in m["content"])}
+                        for m in messages]
+        return template_owner.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not with_answer)
+    text = record.question or "".join(
+        p.get("text", "") for m in chat_messages(record) for p in m["content"])
+    if with_answer:
+        text = f"{text} {record.answer}"
+    return text
+
+
+def encode(processor: Any, records: Sequence[Record], texts: Sequence[str] | None = None,
+           with_answer: bool = False) -> Any:
+    """Tokenise records (and load their images) into one left-padded batch of tensors.
+
+    ``texts`` overrides the rendered prompts (one per record); images always come from the
+    records. Raises DataError if a record has images but the model takes none.
+    """
+    if texts is None:
+        texts = [render_prompt(processor, r, with_answer) for r in records]
+    images = [load_image(p, r.source) for r in records for p in r.images]
+    tok = _tokenizer_of(processor)
+    tok.padding_side = "left"  # in memory only: generation needs left padding
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if images:
+        if processor is tok or not hasattr(processor, "image_processor"):
+            bad = next(r for r in records if r.images)
+            raise DataError(f"{bad.source}: record has an image but this model has no image "
+                            "processor. Use a vision-language model or drop the image")
+        return processor(text=list(texts), images=images, padding=True, return_tensors="pt")
+    if processor is tok:
+        # a chat template already writes BOS and friends; plain text needs them added
+        return tok(list(texts), padding=True, return_tensors="pt",
+                   add_special_tokens=not getattr(tok, "chat_template", None))
+    return processor(text=list(texts), padding=True, return_tensors="pt")
+
+
+def batches(records: Sequence[Record], batch_size: int) -> Iterable[list[Record]]:
+    """Consecutive slices of ``batch_size`` records."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    for i in range(0, len(records), batch_size):
+        yield list(records[i:i + batch_size])

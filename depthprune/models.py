@@ -1,0 +1,178 @@
+"""Where a model keeps its decoder layers, which config fields describe them, what to protect.
+
+Discovery is structural (the one ``nn.ModuleList`` named ``layers`` outside the vision
+tower whose length is the text config's ``num_hidden_layers``); a family only needs an
+entry in :data:`ADAPTERS` when it keeps per-layer facts that slicing cannot fix by itself
+(Qwen3-VL deepstack injection, Qwen3-VL-MoE's sparse-layer schedule). To add a family:
+add its ``model_type`` to ``ADAPTERS`` (with hooks if it needs them), add a tiny config to
+``tests/tiny_configs.py``, and run ``pytest tests/test_architectures.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ModelError(ValueError):
+    """The model cannot be loaded or is not a supported architecture."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Family-specific facts. ``vision``: loads with AutoModelForImageTextToText."""
+
+    vision: bool
+    #: layers whose removal changes behaviour beyond the layer itself (0-based)
+    protected: Callable[[Any], list[int]] = field(default=lambda config: [])
+    #: extra config edits after pruning: fn(text_config, kept_layer_modules) -> None
+    edit_config: Callable[[Any, list[nn.Module]], None] | None = None
+
+
+def _deepstack_layers(config: Any) -> list[int]:
+    # Qwen3-VL adds deepstack visual features after LM layers 0..len(indexes)-1, by position.
+    # (`deepstack_visual_indexes` names ViT blocks and is never edited.)
+    return list(range(len(getattr(config.vision_config, "deepstack_visual_indexes", []) or [])))
+
+
+def _moe_schedule(text_config: Any, kept: list[nn.Module]) -> None:
+    # Qwen3-VL-MoE picks dense vs sparse MLP from the layer index at construction. After
+    # renumbering, the old schedule would rebuild the wrong kind of MLP on reload, so record
+    # each surviving layer's actual kind explicitly.
+    dense = [i for i, layer in enumerate(kept) if not hasattr(layer.mlp, "experts")]
+    text_config.decoder_sparse_step = 1
+    text_config.mlp_only_layers = dense
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "qwen3_vl": Adapter(vision=True, protected=_deepstack_layers),
+    "qwen3_vl_moe": Adapter(vision=True, protected=_deepstack_layers, edit_config=_moe_schedule),
+    "qwen2_5_vl": Adapter(vision=True),
+    "qwen2_vl": Adapter(vision=True),
+    "llava": Adapter(vision=True),
+    "llava_onevision": Adapter(vision=True),
+    "gemma3": Adapter(vision=True),
+    "llama": Adapter(vision=False),
+    "qwen2": Adapter(vision=False),
+    "qwen3": Adapter(vision=False),
+    "mistral": Adapter(vision=False),
+}
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def supported_architectures() -> str:
+    """Comma-separated model_type names with a tested adapter."""
+    return ", ".join(sorted(ADAPTERS))
+
+
+def adapter_for(config: Any) -> Adapter:
+    """The adapter of ``config.model_type``; untested types that transformers can load as a
+    causal LM or image-text-to-text model get a generic adapter and a warning."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type]
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    vision = model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    if not vision and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelError(
+            f"unknown architecture '{model_type}': depthprune supports {supported_architectures()} "
+            "(and other causal LMs / image-text-to-text models found by structure). To add one, "
+            "add an entry to depthprune.models.ADAPTERS and a tiny config to tests/tiny_configs.py")
+    warnings.warn(f"architecture '{model_type}' has no tested adapter; using structural discovery. "
+                  "Check the pruned model's outputs before relying on it.", stacklevel=2)
+    return Adapter(vision=vision)
+
+
+def text_config(model_or_config: Any) -> Any:
+    """The decoder's config (the text sub-config of a VLM, the config itself of an LLM)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return config.get_text_config()
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Dotted path and ModuleList of the language decoder's layers.
+
+    Raises ModelError naming the model type if none or several candidates are found.
+    """
+    n = text_config(model).num_hidden_layers
+    found = [(name, mod) for name, mod in model.named_modules()
+             if isinstance(mod, nn.ModuleList) and name.split(".")[-1] == "layers" and len(mod) == n
+             and not any(part in name for part in ("vision", "visual", "audio"))]
+    if len(found) != 1:
+        raise ModelError(
+            f"cannot locate the decoder layers of {type(model).__name__} "
+            f"({'none' if not found else ', '.join(p for p, _ in found)} of length {n}). "
+            f"Supported: {supported_architectures()}; to add one see depthprune/models.py")
+    return found[0]
+
+
+def protected_layers(model: nn.Module) -> list[int]:
+    """Layers the architecture protects by default (Qwen3-VL deepstack injection)."""
+    return adapter_for(model.config).protected(model.config)
+
+
+def is_local(model_id: str | os.PathLike) -> bool:
+    """True for anything that names a local path rather than a hub id."""
+    s = str(model_id)
+    return Path(s).exists() or s.startswith((".", "/", "~")) or s.count("/") > 1
+
+
+def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
+               device_map: str | None = None, trust_remote_code: bool = False
+               ) -> tuple[nn.Module, Any]:
+    """Load a checkpoint (local dir, or hub id if the user gave one) and its processor.
+
+    Returns ``(model in eval mode, processor or tokenizer)``. ``device_map="auto"`` spreads a
+    model larger than one device (accelerate). Safetensors only; no remote code unless asked.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    local = is_local(model_id)
+    if local and not Path(model_id).expanduser().is_dir():
+        raise ModelError(f"{model_id}: model directory not found. Pass a checkpoint directory or a hub id")
+    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local)
+    try:
+        config = AutoConfig.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{model_id}: cannot read the model config ({err})") from None
+    adapter = adapter_for(config)
+    auto = AutoModelForImageTextToText if adapter.vision else AutoModelForCausalLM
+    model = auto.from_pretrained(model_id, dtype=DTYPES[dtype], use_safetensors=True,
+                                 device_map=device_map, **kwargs)
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    return model, load_processor(model_id, adapter.vision, **kwargs)
+
+
+def load_processor(model_id: str | os.PathLike, vision: bool, **kwargs: Any) -> Any:
+    """AutoProcessor for a VLM (falling back, with a warning, to its tokenizer for text-only
+    prompts when no image processor is saved), AutoTokenizer for an LLM."""
+    from transformers import AutoProcessor, AutoTokenizer
+    if vision:
+        try:
+            return AutoProcessor.from_pretrained(model_id, **kwargs)
+        except (OSError, ValueError) as err:
+            warnings.warn(f"{model_id}: no usable processor ({str(err).splitlines()[0]}); using the "
+                          "tokenizer alone, so only text-only records can be used", stacklevel=2)
+    try:
+        return AutoTokenizer.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{model_id}: cannot load the processor/tokenizer ({err})") from None
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Device of the input embeddings (where batches must go, also under device_map)."""
+    return model.get_input_embeddings().weight.device

@@ -1,0 +1,215 @@
+"""The Scores file: what one scoring pass measured, per sample, per layer, per span.
+
+This is the contract between the scorer (which fills it from one forward pass) and the
+rankers (which never touch the model). Everything is kept as per-sample *sums and counts*,
+so that shards from several processes merge by concatenation, domain means are exact, and
+rankings can be bootstrapped over samples.
+
+Indexing (0-based everywhere): ``span[l, n-1]`` compares the *input* of decoder layer
+``l`` with the *output* of layer ``l+n-1``, i.e. what the block of ``n`` layers starting
+at ``l`` does. ``n = 1`` is the layer's own input/output similarity. Entries with
+``l + n > num_layers`` are zero and never read.
+
+On disk: ``scores.json`` (metadata, per-domain means, human-readable) plus
+``scores.safetensors`` beside it (the per-sample arrays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+#: Token groups, in the order of the group axis.
+GROUPS = ("all", "text", "image", "last")
+#: Statistics, in the order of the stat axis: cosine similarity, and angular distance
+#: arccos(cos)/pi (Gromov et al.), each summed over the tokens of a group.
+STATS = ("cos", "angle")
+
+SCORES_FORMAT_VERSION = 1
+
+
+class ScoresError(ValueError):
+    """A scores file is missing, malformed, or does not fit the request."""
+
+
+@dataclass
+class Scores:
+    """Per-sample similarity sums of one scoring pass.
+
+    ``sums``: float64 ``[num_samples, len(STATS), len(GROUPS), num_layers, max_span]``,
+    the sum over a sample's tokens of each statistic. ``counts``: int64
+    ``[num_samples, len(GROUPS)]``, the number of tokens of each group in each sample
+    (the same for every layer and span).
+    """
+
+    model_id: str
+    num_layers: int
+    max_span: int
+    sample_ids: list[str]
+    sample_domains: list[str]
+    sums: torch.Tensor
+    counts: torch.Tensor
+    protected_layers: list[int] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.sample_ids)
+        want = (n, len(STATS), len(GROUPS), self.num_layers, self.max_span)
+        if tuple(self.sums.shape) != want:
+            raise ScoresError(f"sums has shape {tuple(self.sums.shape)}, expected {want}")
+        if tuple(self.counts.shape) != (n, len(GROUPS)):
+            raise ScoresError(f"counts has shape {tuple(self.counts.shape)}, expected {(n, len(GROUPS))}")
+        if len(self.sample_domains) != n:
+            raise ScoresError("sample_domains and sample_ids differ in length")
+        if not 1 <= self.max_span <= self.num_layers:
+            raise ScoresError(f"max_span {self.max_span} outside 1..{self.num_layers}")
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def domains(self) -> list[str]:
+        """Domain labels present, sorted."""
+        return sorted(set(self.sample_domains))
+
+    def sample_mask(self, domain: str | None = None) -> torch.Tensor:
+        """Boolean mask over samples of ``domain`` (all samples if None)."""
+        if domain is None:
+            return torch.ones(len(self.sample_ids), dtype=torch.bool)
+        if domain not in self.domains:
+            raise ScoresError(f"domain '{domain}' is not in the scores; present: {', '.join(self.domains)}")
+        return torch.tensor([d == domain for d in self.sample_domains], dtype=torch.bool)
+
+    def mean(self, stat: str = "cos", group: str = "all", domain: str | None = None,
+             span: int = 1, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Token-weighted mean of ``stat`` for blocks of ``span`` layers, per start layer.
+
+        Returns float64 ``[num_layers - span + 1]``; entry ``l`` is the mean over all
+        tokens of ``group`` in the selected samples of the statistic between the input of
+        layer ``l`` and the output of layer ``l + span - 1``. ``samples`` is an index
+        tensor (repeats allowed, for bootstrap) applied after the domain filter.
+        Raises ScoresError if the selection has no tokens of ``group``.
+        """
+        if stat not in STATS or group not in GROUPS:
+            raise ScoresError(f"unknown stat/group {stat}/{group}; stats {STATS}, groups {GROUPS}")
+        if not 1 <= span <= self.max_span:
+            raise ScoresError(f"span {span} outside the scored range 1..{self.max_span}; "
+                              "re-run `depthprune score` with a larger --max-span")
+        idx = torch.nonzero(self.sample_mask(domain)).flatten()
+        if samples is not None:
+            idx = idx[samples]
+        s, g = STATS.index(stat), GROUPS.index(group)
+        total = self.sums[idx, s, g, : self.num_layers - span + 1, span - 1].sum(0)
+        count = self.counts[idx, g].sum()
+        if count == 0:
+            raise ScoresError(f"no '{group}' tokens in {'domain ' + domain if domain else 'the data'}; "
+                              "choose another --token-group")
+        return total / count
+
+    # ------------------------------------------------------------------ combine
+    @staticmethod
+    def merge(shards: list["Scores"]) -> "Scores":
+        """Concatenate the samples of shards scored with the same model and settings."""
+        if not shards:
+            raise ScoresError("nothing to merge")
+        first = shards[0]
+        for other in shards[1:]:
+            if (other.model_id, other.num_layers, other.max_span) != (first.model_id, first.num_layers, first.max_span):
+                raise ScoresError("cannot merge scores of different models, layer counts or spans")
+        return Scores(
+            model_id=first.model_id, num_layers=first.num_layers, max_span=first.max_span,
+            sample_ids=[i for s in shards for i in s.sample_ids],
+            sample_domains=[d for s in shards for d in s.sample_domains],
+            sums=torch.cat([s.sums for s in shards]), counts=torch.cat([s.counts for s in shards]),
+            protected_layers=first.protected_layers, settings=dict(first.settings),
+        )
+
+    # ------------------------------------------------------------------ disk
+    def fingerprint(self) -> str:
+        """sha256 of the arrays and sample labels: identical scores, identical fingerprint."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.model_id, self.num_layers, self.sample_ids, self.sample_domains]).encode())
+        h.update(self.sums.numpy().tobytes())
+        h.update(self.counts.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict:
+        """Per-domain per-layer mean cosine of every token group (NaN-free: missing groups omitted)."""
+        out: dict = {}
+        for domain in self.domains:
+            out[domain] = {}
+            for group in GROUPS:
+                try:
+                    out[domain][group] = [round(float(v), 6) for v in self.mean("cos", group, domain)]
+                except ScoresError:
+                    continue
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (JSON) and ``path`` with suffix ``.safetensors``; returns the JSON path."""
+        path = Path(path)
+        if path.suffix != ".json":
+            raise ScoresError(f"{path}: the scores file name must end in .json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors_path = path.with_suffix(".safetensors")
+        meta = {
+            "format_version": SCORES_FORMAT_VERSION,
+            "model_id": self.model_id,
+            "num_layers": self.num_layers,
+            "max_span": self.max_span,
+            "groups": list(GROUPS),
+            "stats": list(STATS),
+            "indexing": "0-based decoder layers; span[l, n-1] = input of layer l vs output of layer l+n-1",
+            "protected_layers": self.protected_layers,
+            "settings": self.settings,
+            "fingerprint": self.fingerprint(),
+            "tensors": tensors_path.name,
+            "domains": {d: int(self.sample_mask(d).sum()) for d in self.domains},
+            "mean_cosine": self.summary(),
+            "sample_ids": self.sample_ids,
+            "sample_domains": self.sample_domains,
+        }
+        tmp_json, tmp_st = path.with_suffix(".json.tmp"), path.with_suffix(".safetensors.tmp")
+        save_file({"sums": self.sums.contiguous(), "counts": self.counts.contiguous()}, str(tmp_st))
+        tmp_json.write_text(json.dumps(meta, indent=1, allow_nan=False))
+        tmp_st.replace(tensors_path)
+        tmp_json.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Scores":
+        """Read a scores file written by :meth:`save`; raises ScoresError naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ScoresError(f"{path}: scores file not found. Create it with `depthprune score`")
+        try:
+            meta = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ScoresError(f"{path}: not a scores JSON file ({err})") from None
+        if meta.get("format_version") != SCORES_FORMAT_VERSION:
+            raise ScoresError(f"{path}: unsupported scores format {meta.get('format_version')!r}; "
+                              f"this depthprune reads version {SCORES_FORMAT_VERSION}. Re-run `depthprune score`")
+        tensors_path = path.parent / meta["tensors"]
+        if not tensors_path.is_file():
+            raise ScoresError(f"{path}: its tensors file {tensors_path} is missing; keep both files together")
+        tensors = load_file(str(tensors_path))
+        scores = cls(model_id=meta["model_id"], num_layers=meta["num_layers"], max_span=meta["max_span"],
+                     sample_ids=meta["sample_ids"], sample_domains=meta["sample_domains"],
+                     sums=tensors["sums"], counts=tensors["counts"],
+                     protected_layers=meta.get("protected_layers", []), settings=meta.get("settings", {}))
+        if scores.fingerprint() != meta["fingerprint"]:
+            raise ScoresError(f"{path}: fingerprint mismatch; the JSON and {tensors_path.name} "
+                              "come from different runs. Re-run `depthprune score`")
+        return scores
+
+
+def angular_distance(cos: torch.Tensor) -> torch.Tensor:
+    """arccos(cos)/pi in [0, 1], with cos clamped to [-1, 1] (rounding can exceed it)."""
+    return torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi
+
+
+__all__ = ["GROUPS", "STATS", "Scores", "ScoresError", "angular_distance"]

@@ -1,0 +1,193 @@
+"""One forward pass, forward hooks on every decoder layer, every statistic the rankers need.
+
+Why hooks and not ``output_hidden_states``: the last hidden state HF returns is after the
+final norm, and on Qwen3-VL the states after layers 0..2 include the deepstack addition.
+A hook registered ``with_kwargs=True`` sees each layer's true input and output.
+
+Per layer ``l`` the hook L2-normalises the layer's input (kept in a ring buffer of the
+last ``max_span`` inputs) and output, in float32, and adds, for every span ``n`` up to
+``max_span``, the cosine and angular distance between the input of layer ``l-n+1`` and the
+output of layer ``l`` to per-sample, per-token-group sums. Padding is masked out. The cost
+is a few multiply-adds per token and span: small next to a decoder layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data import Record, batches, data_fingerprint, encode
+from .models import find_decoder_layers, input_device, protected_layers
+from .scores import GROUPS, STATS, Scores
+
+
+@dataclass
+class ScoreSettings:
+    """Knobs of a scoring pass. ``max_samples`` caps each domain (first N in file order)."""
+
+    batch_size: int = 4
+    max_samples: int | None = None
+    max_span: int | None = None  # default: ceil(num_layers / 2), enough for a 50% block
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"--max-samples must be >= 1, got {self.max_samples}")
+        if self.max_span is not None and self.max_span < 1:
+            raise ValueError(f"--max-span must be >= 1, got {self.max_span}")
+
+
+def cap_per_domain(records: Sequence[Record], max_samples: int | None) -> list[Record]:
+    """The first ``max_samples`` records of each domain, file order kept."""
+    if max_samples is None:
+        return list(records)
+    seen: dict[str, int] = {}
+    kept = []
+    for r in records:
+        if seen.get(r.domain, 0) < max_samples:
+            seen[r.domain] = seen.get(r.domain, 0) + 1
+            kept.append(r)
+    return kept
+
+
+def token_groups(batch: Any, config: Any) -> torch.Tensor:
+    """0/1 float32 weights ``[len(GROUPS), batch, tokens]``: all, text, image, last token.
+
+    Image tokens are the model's image/video placeholder ids (where visual features sit).
+    """
+    mask = batch["attention_mask"].bool()
+    ids = batch["input_ids"]
+    image = torch.zeros_like(mask)
+    for name in ("image_token_id", "video_token_id", "image_token_index", "video_token_index"):
+        tid = getattr(config, name, None)
+        if isinstance(tid, int):
+            image |= ids == tid
+    image &= mask
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last_pos = torch.where(mask, positions, -1).max(dim=1).values
+    last = positions == last_pos[:, None]
+    return torch.stack([mask, mask & ~image, image, last & mask]).float()
+
+
+class SimilarityRecorder:
+    """Forward hooks that turn each batch's layer inputs/outputs into per-sample sums.
+
+    Use as a context manager; call :meth:`begin_batch` with the token-group weights before
+    each forward and :meth:`end_batch` after it to collect ``(sums, counts)`` on the CPU.
+    """
+
+    def __init__(self, layers: nn.ModuleList, max_span: int) -> None:
+        self.layers = layers
+        self.max_span = max_span
+        self.handles: list[Any] = []
+        self.weights: torch.Tensor | None = None
+
+    def __enter__(self) -> "SimilarityRecorder":
+        for idx, layer in enumerate(self.layers):
+            self.handles.append(layer.register_forward_hook(self._hook(idx), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def begin_batch(self, weights: torch.Tensor) -> None:
+        num_layers = len(self.layers)
+        self.weights = weights
+        self.inputs: list[torch.Tensor | None] = [None] * num_layers
+        b = weights.shape[1]
+        self.batch_sums = torch.zeros(b, len(STATS), len(GROUPS), num_layers, self.max_span,
+                                      dtype=torch.float64)
+        self.pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+
+    def _hook(self, idx: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if self.weights is None:  # the model ran outside a scoring batch
+                return
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, (tuple, list)) else output
+            u_out = F.normalize(h_out.detach().float(), dim=-1)
+            self.inputs[idx] = F.normalize(h_in.detach().float(), dim=-1)
+            if idx >= self.max_span:  # free what no later span needs
+                self.inputs[idx - self.max_span] = None
+            w = self.weights.to(u_out.device)
+            for n in range(1, min(self.max_span, idx + 1) + 1):
+                start = idx - n + 1
+                cos = (self.inputs[start].to(u_out.device) * u_out).sum(-1).clamp(-1.0, 1.0)
+                angle = torch.arccos(cos) / math.pi
+                # [G, B, T] x [B, T] -> [B, G], summed over tokens of each group
+                self.pending.append((start, n, torch.einsum("gbt,bt->bg", w, cos),
+                                     torch.einsum("gbt,bt->bg", w, angle)))
+        return hook
+
+    def end_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample ``(sums, counts)`` of the batch just run, as float64 / int64 on CPU."""
+        for start, n, cos_sum, angle_sum in self.pending:
+            self.batch_sums[:, 0, :, start, n - 1] = cos_sum.double().cpu()
+            self.batch_sums[:, 1, :, start, n - 1] = angle_sum.double().cpu()
+        counts = self.weights.sum(-1).T.round().long().cpu()  # [B, G]
+        sums, self.weights, self.inputs, self.pending = self.batch_sums, None, [], []
+        return sums, counts
+
+
+def model_forward_kwargs(batch: Any) -> dict:
+    """The batch as keyword arguments for a scoring forward (no cache, no extra outputs)."""
+    return dict(batch, use_cache=False)
+
+
+@torch.inference_mode()
+def score_model(model: nn.Module, processor: Any, records: Sequence[Record],
+                settings: ScoreSettings | None = None, model_id: str = "",
+                progress: bool = True) -> Scores:
+    """Score every decoder layer of ``model`` on ``records`` in one pass over the data.
+
+    Returns :class:`Scores` holding per-sample sums of the cosine and angular distance
+    between each layer's input and the output of each layer up to ``max_span`` deeper.
+    """
+    settings = settings or ScoreSettings()
+    records = cap_per_domain(records, settings.max_samples)
+    _, layers = find_decoder_layers(model)
+    num_layers = len(layers)
+    max_span = min(settings.max_span or math.ceil(num_layers / 2), num_layers)
+    device = input_device(model)
+    all_sums, all_counts = [], []
+    started = time.perf_counter()
+    bar = tqdm(total=len(records), desc="scoring", unit="sample", disable=not progress)
+    with SimilarityRecorder(layers, max_span) as recorder:
+        for chunk in batches(records, settings.batch_size):
+            batch = encode(processor, chunk).to(device)
+            recorder.begin_batch(token_groups(batch, model.config))
+            model(**model_forward_kwargs(batch))
+            sums, counts = recorder.end_batch()
+            all_sums.append(sums)
+            all_counts.append(counts)
+            bar.update(len(chunk))
+    bar.close()
+    elapsed = time.perf_counter() - started
+    import transformers
+    return Scores(
+        model_id=model_id or getattr(model.config, "_name_or_path", ""),
+        num_layers=num_layers, max_span=max_span,
+        sample_ids=[r.id for r in records], sample_domains=[r.domain for r in records],
+        sums=torch.cat(all_sums), counts=torch.cat(all_counts),
+        protected_layers=protected_layers(model),
+        settings={
+            "batch_size": settings.batch_size, "max_samples": settings.max_samples,
+            "max_span": max_span, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "data_fingerprint": data_fingerprint(records), "num_samples": len(records),
+            "seconds": round(elapsed, 3), "depthprune": __version__,
+            "transformers": transformers.__version__, "torch": torch.__version__,
+            "similarity_precision": "float32",
+        },
+    )
