@@ -146,7 +146,9 @@ def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "
     try:
         config = AutoConfig.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError) as err:
-        raise ModelError(f"{model_id}: cannot read the model config ({err})") from None
+        raise ModelError(f"{model_id}: cannot read the model config ({str(err).splitlines()[0]}). "
+                         f"depthprune supports {supported_architectures()}; for remote code pass "
+                         "--trust-remote-code") from None
     adapter = adapter_for(config)
     auto = AutoModelForImageTextToText if adapter.vision else AutoModelForCausalLM
     model = auto.from_pretrained(model_id, dtype=DTYPES[dtype], use_safetensors=True,

@@ -132,7 +132,8 @@ class Scores:
     def fingerprint(self) -> str:
         """sha256 of the arrays and sample labels: identical scores, identical fingerprint."""
         h = hashlib.sha256()
-        h.update(json.dumps([self.model_id, self.num_layers, self.sample_ids, self.sample_domains]).encode())
+        h.update(json.dumps([self.model_id, self.num_layers, self.max_span, self.protected_layers,
+                             self.sample_ids, self.sample_domains]).encode())
         h.update(self.sums.numpy().tobytes())
         h.update(self.counts.numpy().tobytes())
         return h.hexdigest()[:16]

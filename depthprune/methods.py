@@ -1,0 +1,549 @@
+"""Ranking methods: which decoder layers to remove, from a Scores file alone.
+
+Each method is one small function registered by name with :func:`register`. It receives
+the scores, the number of layers to remove, the layers it may remove (protected ones
+already excluded) and the request, and returns the layers to remove with a reason each.
+Higher redundancy means "remove first". Layers are 0-based everywhere.
+
+:func:`rank` is the entry point: budget -> protected layers -> method -> validated Plan.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from rich.markup import escape
+from rich.table import Table
+
+from .scores import GROUPS, Scores, ScoresError
+
+
+class RankError(ValueError):
+    """A ranking request cannot be met; the message says why and how to fix it."""
+
+
+#: Per-layer redundancies that `spaced` and `iterative` can space out or re-score.
+BASES = ("domain", "mixed", "block-influence")
+
+
+@dataclass
+class RankRequest:
+    """What the user asked for. ``budget``: int = layer count, float in (0, 1) = fraction."""
+
+    method: str
+    budget: int | float | str
+    domain: str | None = None                 # for `domain` (and base="domain")
+    weights: dict[str, float] | None = None   # for `mixed` (and base="mixed"); None = equal
+    base: str = "mixed"                       # for `spaced`/`iterative`: one of BASES
+    token_group: str = "all"                  # all | text | image | last
+    seed: int = 0                             # for `random`
+    allow_deepstack: bool = False
+    protect_first: int = 0
+    protect_last: int = 0
+
+
+@dataclass
+class Selection:
+    """A method's answer: layers to remove and, per layer, why (and the score columns shown)."""
+
+    remove: list[int]
+    reasons: dict[int, str]
+    # name -> one value per layer (None where the score is undefined, e.g. protected layers)
+    columns: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """Layers to remove from a model of ``num_layers`` decoder layers (0-based, sorted)."""
+
+    method: str
+    num_layers: int
+    budget: int
+    remove: list[int]
+    protected: list[int]
+    reasons: dict[int, str]
+    columns: dict[str, list[float | None]]
+    request: dict
+    scores_fingerprint: str | None = None
+    scores_model_id: str | None = None
+
+    @property
+    def keep(self) -> list[int]:
+        """Surviving layers in original 0-based numbering."""
+        drop = set(self.remove)
+        return [i for i in range(self.num_layers) if i not in drop]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (reason keys as strings) with the derived ``keep`` list added."""
+        d = asdict(self)
+        d["keep"] = self.keep
+        d["reasons"] = {str(k): v for k, v in self.reasons.items()}
+        return d
+
+    def save(self, path: str | Path) -> None:
+        """Write the plan as JSON (strict: no NaN)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        """Read a plan written by :meth:`save`."""
+        d = json.loads(Path(path).read_text())
+        d.pop("keep", None)
+        d["reasons"] = {int(k): v for k, v in d["reasons"].items()}
+        return cls(**d)
+
+
+MethodFn = Callable[[Scores, int, list[int], RankRequest], Selection]
+METHODS: dict[str, MethodFn] = {}
+#: Methods whose choice does not depend on the similarity scores (bootstrap skips them).
+SCORE_FREE = ("last", "uniform", "random")
+
+
+def register(name: str) -> Callable[[MethodFn], MethodFn]:
+    """Decorator: make ``fn`` available as ranking method ``name``."""
+    def deco(fn: MethodFn) -> MethodFn:
+        METHODS[name] = fn
+        return fn
+    return deco
+
+
+# ---------------------------------------------------------------------- request parsing
+def resolve_budget(budget: int | float | str, num_layers: int) -> int:
+    """Number of decoder layers to remove.
+
+    An int (or "4") is a layer count; a float in (0, 1) (or "0.25") is a fraction of
+    ``num_layers``, rounded half up to the nearest integer and at least 1. An integer-valued
+    float >= 2 ("4.0") is read as a count. Raises RankError for anything else.
+    """
+    fix = f"give a layer count 1..{num_layers - 1} or a fraction in (0, 1) such as 0.25"
+    value: int | float = budget  # type: ignore[assignment]
+    if isinstance(budget, str):
+        text = budget.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise RankError(f"budget {budget!r} is not a number; {fix}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RankError(f"budget {budget!r} has type {type(budget).__name__}; {fix}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value <= 0:
+            raise RankError(f"budget {budget!r} must be positive; {fix}")
+        if value < 1:
+            count = max(1, math.floor(value * num_layers + 0.5))
+        elif value == 1.0:
+            # 1.0 reads both as "one layer" and "100%": refuse to guess.
+            raise RankError(f"budget {budget!r} is ambiguous; write 1 for one layer, or a fraction below 1")
+        elif value.is_integer():
+            count = int(value)
+        else:
+            raise RankError(f"budget {budget!r} is neither a whole layer count nor a fraction below 1; {fix}")
+    else:
+        count = value
+    if count <= 0:
+        raise RankError(f"budget {budget!r} must be positive; {fix}")
+    if count >= num_layers:
+        raise RankError(f"budget {budget!r} would remove {count} of {num_layers} layers, leaving none; {fix}")
+    return count
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """Parse ``"math=0.5,general=0.5"`` into ``{"math": 0.5, "general": 0.5}`` (unnormalised)."""
+    example = "write them as domain=weight pairs, e.g. --weights math=0.5,general=0.5"
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not name or not value:
+            raise RankError(f"weights {text!r}: '{part}' is not domain=weight; {example}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise RankError(f"weights {text!r}: weight '{value}' of {name} is not a number; {example}") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise RankError(f"weights {text!r}: weight of {name} must be a finite number >= 0")
+        if name in out:
+            raise RankError(f"weights {text!r}: domain {name} is given twice")
+        out[name] = weight
+    if not out:
+        raise RankError(f"weights {text!r} is empty; {example}")
+    return out
+
+
+def protected_layers(num_layers: int, architecture_protected: list[int], req: RankRequest) -> list[int]:
+    """Sorted 0-based layers that may not be removed.
+
+    The architecture's protected layers (e.g. Qwen3-VL deepstack injection layers 0..2)
+    unless ``req.allow_deepstack`` (then a warning is emitted), plus the first
+    ``req.protect_first`` and last ``req.protect_last`` layers.
+    """
+    for name in ("protect_first", "protect_last"):
+        n = getattr(req, name)
+        if not 0 <= n <= num_layers:
+            raise RankError(f"{name}={n} must be between 0 and the {num_layers} layers of the model")
+    out = set(range(req.protect_first)) | set(range(num_layers - req.protect_last, num_layers))
+    arch = sorted(set(architecture_protected))
+    if arch and req.allow_deepstack:
+        warnings.warn(f"allow_deepstack: layers {arch} may be removed; removing a deepstack-injection "
+                      "layer moves where visual features are injected (into the next surviving layer), "
+                      "which the model was not trained for", UserWarning, stacklevel=2)
+    elif arch:
+        out |= set(arch)
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------- shared helpers
+def _per_layer(values: dict[int, float], num_layers: int) -> list[float | None]:
+    """A full-length column from a {layer: value} dict, None elsewhere."""
+    return [float(values[i]) if i in values else None for i in range(num_layers)]
+
+
+def _top_k(values: dict[int, float], k: int) -> list[int]:
+    """The k keys with the largest value; ties go to the lower layer (deterministic)."""
+    return sorted(values, key=lambda i: (-values[i], i))[:k]
+
+
+def _zscore(values: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / population std across the entries; all zeros when std == 0."""
+    std = values.std(unbiased=False)
+    return torch.zeros_like(values) if std == 0 else (values - values.mean()) / std
+
+
+def _domain_cos(scores: Scores, domain: str | None, group: str) -> torch.Tensor:
+    """Span-1 mean input/output cosine per layer in ``domain``, with a RankError if absent."""
+    if domain is None:
+        raise RankError(f"this method needs --domain; domains in the scores: {', '.join(scores.domains)}")
+    if domain not in scores.domains:
+        raise RankError(f"domain '{domain}' is not in the scores; present: {', '.join(scores.domains)}")
+    return scores.mean("cos", group, domain, 1)
+
+
+def _mixed_weights(scores: Scores, weights: dict[str, float] | None) -> dict[str, float]:
+    """Weights normalised to sum 1, zero weights dropped; equal over all domains if None."""
+    if weights is None:
+        return {d: 1 / len(scores.domains) for d in scores.domains}
+    unknown = sorted(set(weights) - set(scores.domains))
+    if unknown:
+        raise RankError(f"weights name domains {unknown} that are not in the scores; present: "
+                        f"{', '.join(scores.domains)}")
+    if any(w < 0 or not math.isfinite(w) for w in weights.values()):
+        raise RankError(f"weights {weights} must be finite and >= 0")
+    total = sum(weights.values())
+    if total == 0:
+        raise RankError(f"weights {weights} are all zero; give at least one domain a positive weight")
+    return {d: w / total for d, w in sorted(weights.items()) if w > 0}
+
+
+def redundancy(scores: Scores, candidates: list[int], req: RankRequest) -> tuple[dict[int, float], dict]:
+    """Per-candidate redundancy of ``req.base`` as z-scores across the candidates.
+
+    Returns ({layer: z}, score columns). All bases are put on one scale (z-scores over the
+    candidates) so `spaced`/`iterative` mean the same thing whichever base they use:
+    "domain" = z of the domain's span-1 cosine, "mixed" = the weighted sum of per-domain
+    z-scores (see `mixed`), "block-influence" = z of -BI (= z of the pooled cosine).
+    """
+    idx = torch.tensor(candidates, dtype=torch.long)
+    columns: dict = {}
+    if req.base == "domain":
+        cos = _domain_cos(scores, req.domain, req.token_group)
+        z, columns[f"cos[{req.domain}]"] = _zscore(cos[idx]), cos.tolist()
+    elif req.base == "mixed":
+        z = torch.zeros(len(candidates), dtype=torch.float64)
+        for domain, w in _mixed_weights(scores, req.weights).items():
+            cos = _domain_cos(scores, domain, req.token_group)
+            z += w * _zscore(cos[idx])
+            columns[f"cos[{domain}]"] = cos.tolist()
+    elif req.base == "block-influence":
+        bi = 1 - scores.mean("cos", req.token_group, None, 1)
+        z, columns["BI"] = _zscore(-bi[idx]), bi.tolist()
+    else:
+        raise RankError(f"base '{req.base}' is unknown; choose one of {', '.join(BASES)}")
+    values = {layer: float(v) for layer, v in zip(candidates, z)}
+    columns[f"z[{req.base}]"] = _per_layer(values, scores.num_layers)
+    return values, columns
+
+
+def _ranked_reasons(values: dict[int, float], chosen: list[int], label: str) -> dict[int, str]:
+    order = _top_k(values, len(values))
+    return {i: f"{label}={values[i]:.4f}, rank {order.index(i) + 1} of {len(values)} candidates" for i in chosen}
+
+
+# ---------------------------------------------------------------------- methods
+@register("domain")
+def _domain(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """The k candidates with the highest span-1 cosine in ``req.domain``."""
+    cos = _domain_cos(scores, req.domain, req.token_group)
+    values = {i: float(cos[i]) for i in candidates}
+    chosen = _top_k(values, k)
+    return Selection(chosen, _ranked_reasons(values, chosen, f"cos[{req.domain}]"),
+                     {f"cos[{req.domain}]": cos.tolist()})
+
+
+@register("mixed")
+def _mixed(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """The k candidates with the highest weighted sum of per-domain z-scores.
+
+    Normalisation: for each domain d, the candidates' span-1 cosines are standardised
+    across the candidates, z_d = (cos_d - mean) / std (population std; z_d = 0 if std = 0),
+    so a domain whose cosines are all close to 1 does not dominate by scale. Weights are
+    divided by their sum, and combined = sum_d w_d * z_d. ``req.weights = None`` means
+    equal weights over every domain in the scores.
+    """
+    values, columns = redundancy(scores, candidates, replace(req, base="mixed"))
+    chosen = _top_k(values, k)
+    return Selection(chosen, _ranked_reasons(values, chosen, "combined z"), columns)
+
+
+@register("block-influence")
+def _block_influence(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """ShortGPT: BI_l = 1 - token-weighted mean cos(input_l, output_l) over all tokens of all
+    domains pooled (not an average of domain means); remove the k lowest BI."""
+    bi = 1 - scores.mean("cos", req.token_group, None, 1)
+    values = {i: -float(bi[i]) for i in candidates}
+    chosen = _top_k(values, k)
+    order = _top_k(values, len(values))
+    reasons = {i: f"BI={bi[i]:.4f}, {order.index(i) + 1}. lowest of {len(values)} candidates" for i in chosen}
+    return Selection(chosen, reasons, {"BI": bi.tolist()})
+
+
+@register("angular-block")
+def _angular_block(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """Gromov et al. / PruneMe: remove the contiguous block l..l+k-1 of candidates with the
+    smallest d(l) = mean over samples of arccos(cos(h_l, h_{l+k}))/pi on the last token.
+
+    Always uses the last token of every domain pooled (its published definition), whatever
+    ``req.token_group`` and ``req.domain`` say. The mean is of per-sample angles, not the
+    angle of the mean cosine.
+    """
+    if k > scores.max_span:
+        raise RankError(f"angular-block removes a block of {k} layers but the scores only hold spans up to "
+                        f"{scores.max_span}; re-run `depthprune score` with --max-span {k} or more")
+    d = scores.mean("angle", "last", None, k)
+    allowed = set(candidates)
+    starts = [l for l in range(scores.num_layers - k + 1) if all(l + j in allowed for j in range(k))]
+    if not starts:
+        raise RankError(f"no run of {k} consecutive removable layers exists (removable: {candidates}); "
+                        "lower the budget or protect fewer layers")
+    best = min(starts, key=lambda l: (float(d[l]), l))
+    chosen = list(range(best, best + k))
+    reason = f"block {best}..{best + k - 1}: angular distance {d[best]:.4f}, smallest of {len(starts)} blocks"
+    column = _per_layer({l: float(d[l]) for l in range(len(d))}, scores.num_layers)
+    return Selection(chosen, {i: reason for i in chosen}, {f"angle[span {k}]": column})
+
+
+@register("last")
+def _last(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """The deepest k candidates, never the final layer."""
+    pool = [i for i in candidates if i != scores.num_layers - 1]
+    if k > len(pool):
+        raise RankError(f"last: only {len(pool)} removable layers besides the final one; lower the budget")
+    chosen = pool[-k:]
+    return Selection(chosen, {i: "among the deepest removable layers (final layer kept)" for i in chosen})
+
+
+@register("uniform")
+def _uniform(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """k evenly spaced candidates: split the m sorted candidates into k equal bins and take
+    the one at the centre of each, i.e. candidate index floor((2j + 1) * m / (2k)), j < k."""
+    m = len(candidates)
+    chosen = [candidates[(2 * j + 1) * m // (2 * k)] for j in range(k)]
+    return Selection(chosen, {c: f"evenly spaced: centre of bin {j + 1} of {k}" for j, c in enumerate(chosen)})
+
+
+@register("random")
+def _random(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """A uniform sample of k candidates from ``random.Random(req.seed)``."""
+    chosen = random.Random(req.seed).sample(sorted(candidates), k)
+    return Selection(chosen, {i: f"random sample (seed {req.seed})" for i in chosen})
+
+
+def best_spaced(values: dict[int, float], k: int) -> list[int]:
+    """Exactly k layers maximising the sum of ``values`` with no two removed layers adjacent.
+
+    Exact dynamic programme over the sorted candidates: best[i][j] = best sum choosing j
+    of the first i candidates; taking candidate i skips candidate i-1 when they are
+    neighbouring layers. Raises RankError if no such choice of k exists.
+    """
+    layers = sorted(values)
+    n, neg = len(layers), -math.inf
+    best = [[0.0] + [neg] * k for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        layer = layers[i - 1]
+        prev = i - 2 if i >= 2 and layers[i - 2] == layer - 1 else i - 1
+        for j in range(1, k + 1):
+            best[i][j] = max(best[i - 1][j], best[prev][j - 1] + values[layer])
+    if best[n][k] == neg:
+        raise RankError(f"cannot remove {k} layers without removing two neighbours: removable layers "
+                        f"{layers} allow at most {_max_non_adjacent(layers)}; lower the budget")
+    chosen, i, j = [], n, k
+    while j > 0:  # walk back: prefer skipping when it is as good, which is deterministic
+        if best[i - 1][j] == best[i][j]:
+            i -= 1
+            continue
+        chosen.append(layers[i - 1])
+        i, j = (i - 2 if i >= 2 and layers[i - 2] == layers[i - 1] - 1 else i - 1), j - 1
+    return sorted(chosen)
+
+
+def _max_non_adjacent(layers: list[int]) -> int:
+    """Largest number of pairwise non-adjacent layers (greedy from the left is optimal)."""
+    count, last = 0, -2
+    for layer in layers:
+        if layer - last > 1:
+            count, last = count + 1, layer
+    return count
+
+
+@register("spaced")
+def _spaced(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """Spacing-aware (INTERLACE-like): k candidates with the largest total ``req.base``
+    redundancy (z-scores, see :func:`redundancy`) such that no two are adjacent layers."""
+    values, columns = redundancy(scores, candidates, req)
+    chosen = best_spaced(values, k)
+    return Selection(chosen, {i: f"{req.base} z={values[i]:+.3f}; neighbours kept" for i in chosen}, columns)
+
+
+@register("iterative")
+def _iterative(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """Placeholder: iterative re-scoring needs the model (see :func:`iterative_selection`)."""
+    raise RankError("iterative needs the model and data: use `depthprune prune MODEL --data ... "
+                    "--method iterative` (it re-scores after every removal); a scores file alone is not enough")
+
+
+def iterative_selection(score_fn: Callable[[list[int]], Scores], num_layers: int, k: int,
+                        candidates: list[int], req: RankRequest) -> Selection:
+    """SLEB-like: remove the most redundant remaining candidate, re-score, repeat k times.
+
+    ``score_fn(removed)`` returns Scores of the model with the original 0-based layers
+    ``removed`` deleted; its layer j is the j-th surviving original layer. It is called k
+    times, with 0..k-1 layers removed. Redundancy is that of ``req.base`` (as `spaced`).
+    Returns the removed original layers with the step at which each went.
+    """
+    removed: list[int] = []
+    reasons: dict[int, str] = {}
+    columns: dict = {}
+    for step in range(k):
+        scores = score_fn(list(removed))
+        surviving = [i for i in range(num_layers) if i not in removed]
+        if scores.num_layers != len(surviving):
+            raise RankError(f"score_fn({removed}) returned scores of {scores.num_layers} layers, "
+                            f"expected {len(surviving)}")
+        local = [surviving.index(c) for c in candidates if c not in removed]
+        values, step_columns = redundancy(scores, local, req)
+        pick = surviving[_top_k(values, 1)[0]]
+        if step == 0:  # the full model's view, already in original numbering
+            columns = step_columns
+        z = values[surviving.index(pick)]
+        reasons[pick] = f"step {step + 1}: most redundant remaining ({req.base} z={z:+.3f})"
+        removed.append(pick)
+    return Selection(removed, reasons, columns)
+
+
+# ---------------------------------------------------------------------- entry point
+def rank(scores: Scores, req: RankRequest,
+         score_fn: Callable[[list[int]], Scores] | None = None) -> Plan:
+    """Choose the layers to remove; returns a validated Plan (sorted 0-based layers).
+
+    ``score_fn`` (see :func:`iterative_selection`) is only used, and required, by
+    method "iterative".
+    """
+    if req.method not in METHODS:
+        raise RankError(f"unknown method '{req.method}'; choose one of {', '.join(METHODS)}")
+    if req.token_group not in GROUPS:
+        raise RankError(f"unknown token group '{req.token_group}'; choose one of {', '.join(GROUPS)}")
+    if req.base not in BASES:
+        raise RankError(f"unknown base '{req.base}'; choose one of {', '.join(BASES)}")
+    n = scores.num_layers
+    k = resolve_budget(req.budget, n)
+    protected = protected_layers(n, scores.protected_layers, req)
+    candidates = [i for i in range(n) if i not in protected]
+    if k > len(candidates):
+        lifts = [flag for flag, on in (("--allow-deepstack", scores.protected_layers and not req.allow_deepstack),
+                                       ("a smaller --protect-first", req.protect_first),
+                                       ("a smaller --protect-last", req.protect_last)) if on]
+        raise RankError(f"budget {req.budget!r} asks for {k} layers but only {len(candidates)} of {n} are "
+                        f"removable; protected: {protected}. Lower the budget"
+                        + "".join(f" or use {flag}" for flag in lifts))
+    try:
+        if req.method == "iterative" and score_fn is not None:
+            # Step 0 is the full model: reuse the scores we were given instead of a forward pass.
+            sel = iterative_selection(lambda rm: score_fn(rm) if rm else scores, n, k, candidates, req)
+        else:
+            sel = METHODS[req.method](scores, k, candidates, req)
+    except ScoresError as err:
+        raise RankError(f"{req.method}: {err}") from None
+    remove = sorted(int(i) for i in sel.remove)
+    if len(remove) != k or len(set(remove)) != k or not set(remove) <= set(candidates):
+        raise RankError(f"method {req.method} returned {sel.remove}, expected {k} distinct removable layers "
+                        f"(protected: {protected}); this is a bug in the method")
+    return Plan(method=req.method, num_layers=n, budget=k, remove=remove, protected=protected,
+                reasons={i: sel.reasons.get(i, "") for i in remove}, columns=sel.columns,
+                request=asdict(req), scores_fingerprint=scores.fingerprint(), scores_model_id=scores.model_id)
+
+
+# ---------------------------------------------------------------------- diagnostics
+def resample(scores: Scores, index: torch.Tensor) -> Scores:
+    """A Scores holding the samples at ``index`` (repeats allowed), for bootstrapping."""
+    idx = index.tolist()
+    return replace(scores, sample_ids=[scores.sample_ids[i] for i in idx],
+                   sample_domains=[scores.sample_domains[i] for i in idx],
+                   sums=scores.sums[index], counts=scores.counts[index])
+
+
+def bootstrap_stability(scores: Scores, req: RankRequest, n_resamples: int = 100,
+                        seed: int = 0) -> dict[str, float]:
+    """Per domain, the fraction (0..1) of bootstrap resamples whose removed set equals the plan's.
+
+    Each resample redraws that domain's samples with replacement, other domains unchanged,
+    and re-ranks; a resample that cannot be ranked counts as different. Returns {} for
+    methods that do not read the scores (last, uniform, random) and for iterative.
+    """
+    if req.method in SCORE_FREE or req.method == "iterative":
+        return {}
+    full = rank(scores, req).remove
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for domain in scores.domains:
+        mine = torch.nonzero(scores.sample_mask(domain)).flatten()
+        index = torch.arange(len(scores.sample_ids))
+        same = 0
+        for _ in range(n_resamples):
+            index[mine] = mine[torch.randint(len(mine), (len(mine),), generator=gen)]
+            with warnings.catch_warnings():  # allow_deepstack warns once, not per resample
+                warnings.simplefilter("ignore")
+                try:
+                    same += rank(resample(scores, index), req).remove == full
+                except RankError:  # e.g. a resample without tokens of the group: not the same plan
+                    pass
+        out[domain] = same / n_resamples
+    return out
+
+
+def plan_table(plan: Plan) -> Table:
+    """A rich Table: one row per layer (0-based) with the score columns, removed and why."""
+    table = Table(title=f"{plan.method}: remove {plan.budget} of {plan.num_layers} decoder layers "
+                        "(layers 0-based)")
+    table.add_column("layer", justify="right")
+    for name in plan.columns:
+        table.add_column(escape(name), justify="right")  # names like cos[math] are not markup
+    table.add_column("removed")
+    table.add_column("why")
+    removed, protected = set(plan.remove), set(plan.protected)
+    for layer in range(plan.num_layers):
+        cells = []
+        for values in plan.columns.values():
+            v = values[layer] if layer < len(values) else None
+            cells.append("" if v is None else f"{v:.4f}")
+        why = plan.reasons.get(layer, "") if layer in removed else ("protected" if layer in protected else "")
+        table.add_row(str(layer), *cells, "yes" if layer in removed else "", escape(why))
+    return table
