@@ -8,7 +8,9 @@ Per layer ``l`` the hook L2-normalises the layer's input (kept in a ring buffer 
 last ``max_span`` inputs) and output, in float32, and adds, for every span ``n`` up to
 ``max_span``, the cosine and angular distance between the input of layer ``l-n+1`` and the
 output of layer ``l`` to per-sample, per-token-group sums. Padding is masked out. The cost
-is a few multiply-adds per token and span: small next to a decoder layer.
+is ``max_span`` multiply-adds per hidden unit and token (one batched op per layer): small
+next to a decoder layer. Extra memory: the ring buffer, ``max_span x batch x tokens x
+hidden`` float32 values.
 """
 
 from __future__ import annotations
@@ -103,41 +105,55 @@ class SimilarityRecorder:
         self.handles.clear()
 
     def begin_batch(self, weights: torch.Tensor) -> None:
-        num_layers = len(self.layers)
         self.weights = weights
-        self.inputs: list[torch.Tensor | None] = [None] * num_layers
-        b = weights.shape[1]
-        self.batch_sums = torch.zeros(b, len(STATS), len(GROUPS), num_layers, self.max_span,
-                                      dtype=torch.float64)
-        self.pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+        self.ring: torch.Tensor | None = None  # [max_span, B, T, H] normalised layer inputs
+        self.batch_sums: torch.Tensor | None = None  # [B, stats, groups, layers, spans]
 
     def _hook(self, idx: int):
+        num_layers, span = len(self.layers), self.max_span
+        # the input of layer j lives in ring slot j % span (each new input evicts the one no
+        # later span reaches); precompute which slots hold a real start for this layer and
+        # where their sums go, so the hook itself runs a dozen tensor ops
+        slots = [s for s in range(span) if idx - (idx - s) % span >= 0]
+        starts = [idx - (idx - s) % span for s in slots]
+        lengths = [idx - j for j in starts]  # span - 1, the index on the span axis
+        all_slots = len(slots) == span
+
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if self.weights is None:  # the model ran outside a scoring batch
                 return
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, (tuple, list)) else output
+            device = h_out.device
+            if self.ring is None or self.ring.device != device:
+                # layers may sit on several devices under device_map="auto": follow them
+                ring = torch.zeros(span, *h_in.shape, dtype=torch.float32, device=device)
+                if self.ring is not None:
+                    ring.copy_(self.ring)
+                self.ring = ring
+                self.weights = self.weights.to(device)
+                if self.batch_sums is None:
+                    self.batch_sums = torch.zeros(h_in.shape[0], len(STATS), len(GROUPS), num_layers,
+                                                  span, dtype=torch.float32, device=device)
+                self.batch_sums = self.batch_sums.to(device)
+            self.ring[idx % span] = F.normalize(h_in.detach().float(), dim=-1)
             u_out = F.normalize(h_out.detach().float(), dim=-1)
-            self.inputs[idx] = F.normalize(h_in.detach().float(), dim=-1)
-            if idx >= self.max_span:  # free what no later span needs
-                self.inputs[idx - self.max_span] = None
-            w = self.weights.to(u_out.device)
-            for n in range(1, min(self.max_span, idx + 1) + 1):
-                start = idx - n + 1
-                cos = (self.inputs[start].to(u_out.device) * u_out).sum(-1).clamp(-1.0, 1.0)
-                angle = torch.arccos(cos) / math.pi
-                # [G, B, T] x [B, T] -> [B, G], summed over tokens of each group
-                self.pending.append((start, n, torch.einsum("gbt,bt->bg", w, cos),
-                                     torch.einsum("gbt,bt->bg", w, angle)))
+            b, t, h = u_out.shape
+            ring = self.ring.view(span, b * t, h)
+            if not all_slots:
+                ring = ring[slots]
+            # every span ending here in one batched dot product: [tokens, 1, S]
+            cos = torch.bmm(u_out.view(b * t, 1, h), ring.permute(1, 2, 0)).view(b, t, -1).clamp_(-1.0, 1.0)
+            both = torch.stack([cos, torch.arccos(cos).div_(math.pi)])  # [stat, B, T, S]
+            # sum over the tokens of each group: [B, stat, G, S]
+            self.batch_sums[:, :, :, starts, lengths] = torch.einsum("gbt,kbts->bkgs", self.weights, both)
         return hook
 
     def end_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample ``(sums, counts)`` of the batch just run, as float64 / int64 on CPU."""
-        for start, n, cos_sum, angle_sum in self.pending:
-            self.batch_sums[:, 0, :, start, n - 1] = cos_sum.double().cpu()
-            self.batch_sums[:, 1, :, start, n - 1] = angle_sum.double().cpu()
+        sums = self.batch_sums.double().cpu()
         counts = self.weights.sum(-1).T.round().long().cpu()  # [B, G]
-        sums, self.weights, self.inputs, self.pending = self.batch_sums, None, [], []
+        self.weights, self.ring, self.batch_sums = None, None, None
         return sums, counts
 
 
