@@ -201,6 +201,61 @@ def data_synth(
         console.print(f"{split}: {path}", highlight=False)
 
 
+@app.command()
+@handle_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for everything the demo writes.")] = Path("runs/demo"),
+    budget: Budget = "0.25",
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass (scoring and eval).")] = 16,
+    overwrite: Overwrite = False,
+) -> None:
+    """On the bundled toy Qwen3-VL: score, prune math-aware and general-aware, evaluate all three."""
+    import json
+
+    from rich.table import Table
+
+    from . import api
+    from .evaluation import evaluate_path
+    from .pruning import atomic_dir, prepare_output_dir
+    from .toy import MODEL_DIR, default_data
+    out = prepare_output_dir(out_dir, overwrite)
+    with atomic_dir(out) as tmp:
+        data = default_data(tmp / "data")
+        console.print(f"[1/3] scoring {MODEL_DIR.name} on {data['calib'].name}", highlight=False)
+        scores = api.score(MODEL_DIR, data["calib"], tmp / "scores.json", batch_size=batch_size,
+                           dtype="float32")
+        models: dict[str, tuple[Path, list[int]]] = {"original": (MODEL_DIR, [])}
+        console.print(f"[2/3] pruning {budget} of {scores.num_layers} layers, domain-aware per domain",
+                      highlight=False)
+        for domain in scores.domains:
+            the_plan = api.plan(scores, "domain", budget, domain=domain)
+            path = api.prune(MODEL_DIR, the_plan, tmp / f"pruned-{domain}-aware", dtype="float32")
+            models[f"{domain}-aware"] = (path, the_plan.remove)
+        console.print(f"[3/3] evaluating on {data['eval'].name}", highlight=False)
+        summary = {}
+        for name, (path, removed) in models.items():
+            metrics = evaluate_path(path, [data["eval"]], tmp / f"metrics-{name}.json",
+                                    batch_size=batch_size, dtype="float32")
+            summary[name] = {"removed_layers": removed, "domains": metrics["domains"]}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    table = Table(title=f"toy Qwen3-VL, {scores.num_layers} layers, budget {budget} (layers 0-based)")
+    table.add_column("model")
+    table.add_column("removed")
+    domains = scores.domains
+    for d in domains:
+        table.add_column(f"{d} acc", justify="right")
+        table.add_column(f"{d} NLL", justify="right")
+    for name, row in summary.items():
+        cells = [name, ",".join(map(str, row["removed_layers"])) or "-"]
+        for d in domains:
+            m = row["domains"].get(d) or {}
+            acc, nll = m.get("accuracy"), m.get("answer_nll")
+            cells += ["-" if acc is None else f"{100 * acc:.1f}%", "-" if nll is None else f"{nll:.3f}"]
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"everything -> {out}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,483 @@
+"""Evaluate a (pruned) model on an answered JSONL: greedy generation scored by rules, plus the
+teacher-forced negative log-likelihood of the reference answer.
+
+Answer policy (one rule each, always the *last* occurrence, since reasoning ends in its answer):
+
+1. :func:`extract_answer` cuts chat leftovers (end-of-turn markers, a new "Question:"/"User:"
+   turn, ``<think>`` blocks, role labels), then takes the last ``\\boxed{...}`` (nested braces
+   allowed), else the last "the answer is X" / "Answer: X" (X up to the end of its sentence),
+   else the whole text; LaTeX and markdown wrappers and trailing punctuation are removed.
+2. :func:`score_answer` compares the extracted answer with the reference:
+   multiple choice (the record's ``choices``, or a bare letter reference) by option index,
+   from a letter ("B", "(b)", "B) blue", "option B") or the option text; numeric references
+   by value (the whole answer if it is a number, else the *last* number in it; "1,000",
+   "-3", "1/2" = "0.5", "\\frac{1}{2}", "$5", "50%"; number words 0-99 only when they are the
+   whole answer, because "one" is too common a word), within relative or absolute 1e-6;
+   other references as normalised text (case, punctuation, articles "a/an/the" and spacing
+   ignored): equal, or, for a short answer (at most 6 words longer than the reference), the
+   reference as a whole-word phrase in it with no negation the reference lacks
+   ("It is red." = "red"; "reddish", "not red" != "red"). yes/no references use the first word.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import re
+import time
+import unicodedata
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data import DataError, Record, batches, data_fingerprint, encode, load_records, render_prompt
+from .models import input_device, load_model
+
+# ----------------------------------------------------------------------------- extraction
+_END_OF_TURN = re.compile(r"<\|im_end\|>|<\|eot_id\|>|<\|end\|>|<\|endoftext\|>|<end_of_turn>|</s>"
+                          r"|<\|im_start\|>|<start_of_turn>|\n\s*(?:question|q|user|human)\s*:", re.I)
+_TURN_OPENER = re.compile(r"^\s*(?:<\|im_start\|>|<start_of_turn>)")
+_SPECIAL_TOKEN = re.compile(r"<\|[^|<>]*\|>|</?s>|</?think>")
+_ROLE_LABEL = re.compile(r"^\s*(?:assistant|model)\s*(?::|\n)", re.I)
+_ANSWER_IS = re.compile(r"\banswer\b(?:\s+(?:to|for|of)\b[^.\n:]*?)?\s*(?:is\b|:|=)\s*:?\s*"
+                        r"(.+?)\s*(?=\.\s|\.$|\n|$)", re.I)
+_LATEX_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+
+
+def _last_boxed(text: str) -> str | None:
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth, j = 1, i
+    while j < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        j += 1
+    return text[i:j - 1] if depth == 0 else text[i:]  # unclosed: cut by max_new_tokens
+
+
+def _strip_latex(text: str) -> str:
+    previous = None
+    while previous != text:  # innermost first, so nested wrappers unwrap in turns
+        previous = text
+        text = _LATEX_FRAC.sub(r"\1/\2", _LATEX_WRAPPERS.sub(r"\1", text))
+    text = re.sub(r"\^\s*\{?\\circ\}?|\\(?:left|right)\b|\\[,;:! ]", " ", text)
+    return text.replace("\\%", "%").replace("\\$", "$").replace("$", "")
+
+
+def extract_answer(text: str) -> str:
+    """The final answer in a model output: last ``\\boxed{}``, else last "answer is X" /
+    "Answer: X", else the whole cleaned text (see the module docstring). Returns a string
+    without chat leftovers, LaTeX/markdown wrappers or trailing punctuation ("" if none)."""
+    # a leading turn opener ("<|im_start|>assistant") opens the answer; any later one ends it
+    text = _END_OF_TURN.split(_TURN_OPENER.sub("", str(text)), maxsplit=1)[0]
+    if "</think>" in text:  # reasoning models: the answer follows the last thinking block
+        text = text.rsplit("</think>", 1)[1]
+    text = _ROLE_LABEL.sub("", _SPECIAL_TOKEN.sub("", text))
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        text = boxed
+    else:
+        found = _ANSWER_IS.findall(text)
+        text = found[-1] if found else text
+    text = _strip_latex(text).replace("**", "").replace("`", "")
+    text = re.sub(r"\s+", " ", text).strip().rstrip(" .,;:!?").strip(" \"'*“”‘’")
+    return text.rstrip(" .,;:!?")
+
+
+# ----------------------------------------------------------------------------- numbers, text
+_NUM = r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBER = re.compile(rf"(?<![\w.])({_NUM})(?:\s*/\s*({_NUM}))?")
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+          "fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORD = re.compile(rf"(?:(minus|negative)\s+)?(?:({'|'.join(_TENS)})(?:[-\s]({'|'.join(_UNITS[1:10])}))?"
+                          rf"|({'|'.join(_UNITS)}))")
+_NEGATIONS = {"not", "no", "never", "neither", "nor", "none", "isnt", "arent", "wasnt", "werent",
+              "dont", "doesnt", "didnt", "cannot", "cant", "wont"}
+
+
+def _number_value(match: re.Match) -> float | None:
+    value = float(match.group(1).replace(",", ""))
+    if match.group(2) is None:
+        return value
+    denominator = float(match.group(2).replace(",", ""))
+    return value / denominator if denominator else None
+
+
+def _number_text(text: str) -> str:
+    text = _strip_latex(text).lower().replace("\u2212", "-").replace("$", "").replace("%", "")
+    return text.strip().rstrip(".,;:!?").strip()
+
+
+def parse_number(text: str) -> float | None:
+    """The value of ``text`` if all of it is one number ("1,000", "-3.5", "1/2", "$5", "50%",
+    "seven", "twenty-one"), else None."""
+    text = _number_text(text)
+    match = _NUMBER.fullmatch(text)
+    if match:
+        return _number_value(match)
+    match = _NUMBER_WORD.fullmatch(text)
+    if not match:
+        return None
+    sign, tens, unit, small = match.groups()
+    value = _UNITS.index(small) if small else 20 + 10 * _TENS.index(tens) + (_UNITS.index(unit) if unit else 0)
+    return float(-value if sign else value)
+
+
+def last_number(text: str) -> float | None:
+    """The value of the last number written in digits in ``text`` (None if there is none)."""
+    matches = list(_NUMBER.finditer(_number_text(text)))
+    return _number_value(matches[-1]) if matches else None
+
+
+def normalize_text(text: str) -> str:
+    """Lower-cased, punctuation and articles (a/an/the) removed, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", str(text)).lower()
+    text = re.sub(r"['’`]", "", text)  # "isn't" -> "isnt", one word
+    text = re.sub(r"[\W_]+", " ", text)
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def _mentions(prediction: str, reference: str) -> bool:
+    """A short prediction naming the reference as a whole phrase, not negated (normalised)."""
+    p_words, r_words = prediction.split(), reference.split()
+    return (bool(r_words) and f" {reference} " in f" {prediction} "
+            and len(p_words) <= len(r_words) + 6 and not (_NEGATIONS & (set(p_words) - set(r_words))))
+
+
+_LETTER = re.compile(r"\(([a-z])\)|(?:option|choice)(?:\s*\(|\s+)([a-z])\)?(?!\w)"
+                     r"|([a-z])(?=[.,:)](?:\s|$)|$)", re.I)
+
+
+def _letter(answer: str) -> int | None:
+    """0-based option index of "B", "(b)", "B) blue", "B, blue", "option B" (None otherwise).
+    A bare letter must end the answer or be followed by ".,:)", so "a square" holds no letter."""
+    match = _LETTER.match(answer.strip())
+    if not match:
+        return None
+    return ord(next(g for g in match.groups() if g).upper()) - ord("A")
+
+
+def _choice_index(answer: str, options: list[str]) -> int | None:
+    letter = _letter(answer)
+    if letter is not None and letter < len(options):
+        return letter
+    norm, norm_options = normalize_text(answer), [normalize_text(o) for o in options]
+    if norm in norm_options:
+        return norm_options.index(norm)
+    hits = [i for i, o in enumerate(norm_options) if _mentions(norm, o)]
+    # "dark red" also mentions "red": keep only options not contained in another hit
+    hits = [i for i in hits
+            if not any(j != i and f" {norm_options[i]} " in f" {norm_options[j]} " for j in hits)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _options(choices: Any) -> list[str]:
+    if isinstance(choices, dict):  # {"A": "red", "B": "blue"}
+        return [str(choices[k]) for k in sorted(choices)]
+    return [str(c) for c in choices or []]
+
+
+def score_answer(prediction: str, reference: str, choices: Sequence[str] | dict | None = None) -> bool:
+    """True if the model output ``prediction`` gives ``reference`` (rules in the module
+    docstring). ``choices``: the record's options, as a list (letters A, B, ... in order) or
+    a {letter: text} dict; the reference may then be a letter or an option's text."""
+    pred, ref = extract_answer(prediction), extract_answer(str(reference))
+    options = _options(choices)
+    if options:
+        ref_index = _choice_index(ref, options)
+        if ref_index is not None:
+            pred_index = _choice_index(pred, options)
+            if pred_index is not None:
+                return pred_index == ref_index
+            ref = options[ref_index]  # no option picked out: judge it as a free answer
+    elif re.fullmatch(r"\(?[A-Z]\)?", ref) and _letter(pred) is not None:
+        return _letter(pred) == _letter(ref)
+    ref_value = parse_number(ref)
+    if ref_value is not None:
+        value = parse_number(pred)
+        value = last_number(pred) if value is None else value
+        return value is not None and math.isclose(value, ref_value, rel_tol=1e-6, abs_tol=1e-6)
+    p, r = normalize_text(pred), normalize_text(ref)
+    if p == r:
+        return bool(r) or pred.strip().lower() == ref.strip().lower()
+    if r in ("yes", "no") and p.split()[0:1] in (["yes"], ["no"]):
+        return p.split()[0] == r
+    return _mentions(p, r)
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval (default 95%) of a proportion ``correct/n``, as fractions in [0, 1].
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0% and 100%."""
+    if n == 0:
+        return 0.0, 1.0
+    p, z2 = correct / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # exact bounds at 0% and 100%, where rounding would leave e.g. 5.6e-17
+    return (0.0 if correct == 0 else centre - half), (1.0 if correct == n else centre + half)
+
+
+# ----------------------------------------------------------------------------- model evaluation
+@dataclass(frozen=True)
+class Prediction:
+    """One sample's outcome. ``nll``: mean negative log-likelihood of the reference answer
+    tokens, in nats/token; ``answer_tokens``: how many tokens it averages over."""
+
+    id: str
+    domain: str
+    question: str
+    reference: str
+    output: str
+    extracted: str
+    correct: bool
+    nll: float
+    answer_tokens: int
+
+
+@dataclass(frozen=True)
+class DomainMetrics:
+    """Accuracy (fraction), its 95% Wilson interval, and the mean over samples of the
+    per-sample answer NLL (nats/token)."""
+
+    n: int
+    correct: int
+    accuracy: float
+    ci95: tuple[float, float]
+    answer_nll: float
+
+    @classmethod
+    def of(cls, predictions: Sequence[Prediction]) -> "DomainMetrics":
+        correct = sum(p.correct for p in predictions)
+        return cls(n=len(predictions), correct=correct, accuracy=correct / len(predictions),
+                   ci95=wilson_interval(correct, len(predictions)),
+                   answer_nll=math.fsum(p.nll for p in predictions) / len(predictions))
+
+
+@dataclass
+class EvalResult:
+    """Every sample's prediction, in input order, and the wall-clock seconds they took."""
+
+    predictions: list[Prediction]
+    seconds: float
+
+    @property
+    def samples_per_second(self) -> float:
+        return len(self.predictions) / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def domains(self) -> dict[str, DomainMetrics]:
+        names = sorted({p.domain for p in self.predictions})
+        return {d: DomainMetrics.of([p for p in self.predictions if p.domain == d]) for d in names}
+
+    @property
+    def overall(self) -> DomainMetrics:
+        return DomainMetrics.of(self.predictions)
+
+    def to_dict(self) -> dict:
+        """The metrics as JSON-ready data (accuracy as a fraction, NLL in nats/token)."""
+        return {"num_samples": len(self.predictions), "seconds": round(self.seconds, 3),
+                "samples_per_second": round(self.samples_per_second, 3),
+                "domains": {d: _json_metrics(m) for d, m in self.domains.items()},
+                "overall": _json_metrics(self.overall)}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON has no NaN/inf
+
+
+def _json_metrics(m: DomainMetrics) -> dict:
+    return dict(asdict(m), ci95=list(m.ci95), answer_nll=_finite(m.answer_nll))
+
+
+def _question_text(record: Record) -> str:
+    if record.question is not None:
+        return record.question
+    return " ".join(p["text"] for m in record.messages if m["role"] == "user"
+                    for p in m["content"] if p["type"] == "text")
+
+
+@torch.inference_mode()
+def generate_outputs(model: nn.Module, processor: Any, records: Sequence[Record],
+                     max_new_tokens: int) -> list[str]:
+    """Greedy continuations of the records' prompts (one batch), new tokens only, decoded
+    without special tokens."""
+    tok = getattr(processor, "tokenizer", processor)
+    batch = encode(processor, records).to(input_device(model))
+    # Pure greedy whatever the checkpoint's sampling defaults: neutral values (not None)
+    # silence transformers' "flags ignored" warning; repetition_penalty would alter argmax.
+    out = model.generate(**batch, do_sample=False, num_beams=1, temperature=1.0, top_p=1.0,
+                         top_k=None, repetition_penalty=1.0, max_length=None,
+                         max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+    return tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+_SLOT = "DEPTHPRUNEANSWERSLOT"
+
+
+def _answer_span(processor: Any, record: Record) -> tuple[str, int, int]:
+    """The rendered answered conversation and the character span scored in it: the answer
+    text and the spaces before it, located by rendering a placeholder answer (a search for
+    the answer text could hit the question or the template, e.g. "end" in "<|im_end|>")."""
+    full = render_prompt(processor, record, with_answer=True)
+    slot = render_prompt(processor, dataclasses.replace(record, answer=_SLOT), with_answer=True)
+    prefix, _, suffix = slot.partition(_SLOT)
+    answer = full[len(prefix):len(full) - len(suffix)]
+    if not (full.startswith(prefix) and full.endswith(suffix) and answer.strip()):
+        raise DataError(f"{record.source}: the model's chat template does not render answers "
+                        "verbatim, so the answer's tokens cannot be located for its NLL")
+    # a space before the answer belongs to its first token in BPE/SentencePiece vocabularies
+    # ("?" + " 7"); a template's newline stays in the context
+    return full, len(prefix.rstrip(" ")), len(prefix) + len(answer.rstrip())
+
+
+@torch.inference_mode()
+def answer_nll(model: nn.Module, processor: Any, records: Sequence[Record]) -> list[tuple[float, int]]:
+    """Teacher-forced ``(mean NLL in nats/token, number of answer tokens)`` per record (one batch).
+
+    The conversation is rendered with the answer as the assistant turn; the scored tokens are
+    the answer text's own tokens, conditioned on everything before them. The template's
+    end-of-turn suffix (e.g. ``<|im_end|>``) is *not* scored: it differs between templates and
+    would mix "knows when to stop" into "knows the answer"; plain (template-free) models score
+    the same span, so NLLs compare across models.
+    """
+    spans = [_answer_span(processor, r) for r in records]
+    context = encode(processor, records, texts=[full[:start] for full, start, _ in spans])
+    batch = encode(processor, records, texts=[full[:end] for full, _, end in spans])
+    n_context, n_full = context["attention_mask"].sum(1), batch["attention_mask"].sum(1)
+    n_answer = (n_full - n_context).tolist()
+    for i, r in enumerate(records):  # left padding: real tokens are each row's last n
+        ids, ctx = batch["input_ids"][i, -int(n_full[i]):], context["input_ids"][i, -int(n_context[i]):]
+        if n_answer[i] < 1 or not torch.equal(ids[:len(ctx)], ctx):
+            warnings.warn(f"{r.source}: the answer's tokens merge with the prompt's; its NLL "
+                          "counts the last tokens of the sequence instead", stacklevel=2)
+        n_answer[i] = max(n_answer[i], 1)
+    keep = max(n_answer) + 1  # logits for the last `keep` positions are all we need
+    kwargs = dict(batch.to(input_device(model)), use_cache=False)
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = keep  # avoids a [batch, tokens, vocab] tensor on big vocabularies
+    logits = model(**kwargs).logits[:, -keep:-1].float()
+    targets = kwargs["input_ids"][:, -(keep - 1):]
+    token_nll = -torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return [(token_nll[i, -n:].mean().item(), n) for i, n in enumerate(n_answer)]
+
+
+def evaluate(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int = 8,
+             max_new_tokens: int = 16, progress: bool = True) -> EvalResult:
+    """Greedy-generate an answer for every record, score it against the record's answer and
+    measure the answer's NLL. Returns an :class:`EvalResult` (predictions in input order).
+    Raises DataError naming the record if one has no (or an empty) answer."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not records:
+        raise ValueError("no records to evaluate")
+    missing = next((r for r in records if r.answer is None or not str(r.answer).strip()), None)
+    if missing is not None:  # before any generation: fail fast
+        raise DataError(f"{missing.source}: record has no 'answer' or an empty one. "
+                        "Evaluation needs a non-empty answer on every record")
+    predictions: list[Prediction] = []
+    started = time.perf_counter()
+    bar = tqdm(total=len(records), desc="eval", unit="sample", disable=not progress)
+    for chunk in batches(records, batch_size):
+        outputs = generate_outputs(model, processor, chunk, max_new_tokens)
+        for r, output, (nll, n_tokens) in zip(chunk, outputs, answer_nll(model, processor, chunk)):
+            predictions.append(Prediction(
+                id=r.id, domain=r.domain, question=_question_text(r), reference=str(r.answer),
+                output=output, extracted=extract_answer(output),
+                correct=score_answer(output, str(r.answer), r.extra.get("choices")),
+                nll=nll, answer_tokens=n_tokens))
+        bar.update(len(chunk))
+        bar.set_postfix(acc=f"{sum(p.correct for p in predictions) / len(predictions):.1%}")
+    bar.close()
+    return EvalResult(predictions, time.perf_counter() - started)
+
+
+def predictions_path(out: str | os.PathLike) -> Path:
+    """Where the per-sample predictions go beside metrics file ``out``: metrics.predictions.jsonl."""
+    return Path(out).with_suffix(".predictions.jsonl")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # a temp file in the same directory, then os.replace: readers never see half a file
+    # (open(), not mkstemp, so the file gets the user's umask permissions, not 0600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | Sequence[str | os.PathLike],
+                  out: str | os.PathLike, batch_size: int = 8, max_new_tokens: int = 16,
+                  dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
+                  trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Load checkpoint ``model_id``, evaluate it on the JSONL file(s) ``data_paths`` and write the
+    metrics JSON ``out`` and the per-sample :func:`predictions_path` JSONL beside it.
+
+    Returns the metrics dict that was written. Raises FileExistsError if an output exists and
+    ``overwrite`` is False, DataError for a record without an answer (before loading the model).
+    """
+    out = Path(out)
+    for path in (out, predictions_path(out)):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists. Pass --overwrite to replace it, "
+                                  "or choose another --out")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"--batch-size and --max-new-tokens must be >= 1, "
+                         f"got {batch_size} and {max_new_tokens}")
+    paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
+    records = load_records(paths, require_answer=True)
+    model, processor = load_model(model_id, dtype=dtype, device=device, device_map=device_map,
+                                  trust_remote_code=trust_remote_code)
+    result = evaluate(model, processor, records, batch_size, max_new_tokens, progress)
+    import transformers
+    metrics = {
+        "model": str(model_id), "data_files": [str(p) for p in paths],
+        "data_fingerprint": data_fingerprint(records), "predictions_file": predictions_path(out).name,
+        **result.to_dict(),
+        "units": {"accuracy": "fraction correct", "ci95": "95% Wilson interval of accuracy",
+                  "answer_nll": "mean over samples of the answer tokens' mean NLL, nats/token"},
+        "settings": {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "decoding": "greedy",
+                     "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                     "depthprune": __version__, "transformers": transformers.__version__,
+                     "torch": torch.__version__},
+    }
+    lines = [json.dumps(dict(asdict(p), nll=_finite(p.nll)), ensure_ascii=False) for p in result.predictions]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(predictions_path(out), "\n".join(lines) + "\n")
+    _write_atomic(out, json.dumps(metrics, indent=1, allow_nan=False) + "\n")  # last: marks completion
+    return metrics
+
+
+def format_metrics_table(metrics: dict | EvalResult) -> Table:
+    """A rich table of a metrics dict (as written by :func:`evaluate_path`) or an EvalResult:
+    one row per domain and one for all samples; accuracy and CI in percent, NLL in nats/token."""
+    if isinstance(metrics, EvalResult):
+        metrics = metrics.to_dict()
+    table = Table(title=f"{metrics.get('model', 'evaluation')}: {metrics['num_samples']} samples, "
+                        f"{metrics['samples_per_second']:.2f} samples/s")
+    for name, justify in (("domain", "left"), ("n", "right"), ("accuracy %", "right"),
+                          ("95% CI %", "right"), ("answer NLL", "right")):
+        table.add_column(name, justify=justify)
+    rows = list(metrics["domains"].items()) + [("all", metrics["overall"])]
+    for i, (name, m) in enumerate(rows):
+        low, high = m["ci95"]
+        nll = "n/a" if m["answer_nll"] is None else f"{m['answer_nll']:.3f}"
+        table.add_row(name, str(m["n"]), f"{100 * m['accuracy']:.1f}",
+                      f"{100 * low:.1f}–{100 * high:.1f}", nll, end_section=i == len(rows) - 2)
+    return table
