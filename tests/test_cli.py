@@ -143,3 +143,21 @@ def test_scores_reload_gives_same_plan(scored):
     b = dp.plan(scored, "mixed", 2)
     assert a.remove == b.remove and a.scores_fingerprint == b.scores_fingerprint
     assert torch.equal(Scores.load(scored).sums, Scores.load(scored).sums)
+
+
+def test_eval_command_writes_metrics(qwen, calib_dir, tmp_path):
+    out = tmp_path / "m.json"
+    res = run("eval", qwen, "--data", calib_dir / "calib.jsonl", "--out", out, "--batch-size", "4",
+              "--max-new-tokens", "3")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(out.read_text())
+    assert set(metrics["domains"]) == {"math", "general"}
+    assert (tmp_path / "m.predictions.jsonl").is_file()
+    _bad(run("eval", qwen, "--data", calib_dir / "calib.jsonl", "--out", out), "--overwrite")
+
+
+def test_data_synth_command(tmp_path):
+    res = run("data", "synth", "--out", tmp_path / "d", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "d" / "eval.jsonl").is_file() and (tmp_path / "d" / "calib.jsonl").is_file()
+    _bad(run("data", "synth", "--out", tmp_path / "d"), "not empty")
