@@ -134,16 +134,17 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
             scores = empty_scores(net, str(model))
         elif not isinstance(scores, Scores):
             scores = Scores.load(scores)
-        score_fn = None
+        score_fn: Any = None
         if method == "iterative":
             if data is None:
                 raise RankError("method 'iterative' re-scores the model after each removal: pass --data")
             records = load_records(_as_list(data))
             settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)
 
-            def score_fn(removed: list[int]) -> Scores:
+            def rescore(removed: list[int]) -> Scores:
                 with layers_removed(net, removed):
                     return score_model(net, processor, records, settings, str(model), progress=progress)
+            score_fn = rescore
             if not scores.sample_ids:  # no scores given: step 0 scores the full model
                 scores = score_fn([])
         plan_or_scores = plan(scores, method, budget, score_fn=score_fn, **plan_kwargs)

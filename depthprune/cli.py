@@ -110,7 +110,8 @@ def rank(
 ) -> None:
     """Choose layers to remove from a scores file (no model pass) and print the table."""
     from . import api
-    from .methods import RankRequest, bootstrap_stability, plan_table
+    from .diagnostics import bootstrap_stability, plan_table
+    from .methods import RankRequest
     from .scores import Scores
     loaded = Scores.load(scores)
     kwargs = _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last)

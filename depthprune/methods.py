@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from rich.markup import escape
-from rich.table import Table
 
 from .scores import GROUPS, Scores, ScoresError
 
@@ -489,61 +487,3 @@ def rank(scores: Scores, req: RankRequest,
     return Plan(method=req.method, num_layers=n, budget=k, remove=remove, protected=protected,
                 reasons={i: sel.reasons.get(i, "") for i in remove}, columns=sel.columns,
                 request=asdict(req), scores_fingerprint=scores.fingerprint(), scores_model_id=scores.model_id)
-
-
-# ---------------------------------------------------------------------- diagnostics
-def resample(scores: Scores, index: torch.Tensor) -> Scores:
-    """A Scores holding the samples at ``index`` (repeats allowed), for bootstrapping."""
-    idx = index.tolist()
-    return replace(scores, sample_ids=[scores.sample_ids[i] for i in idx],
-                   sample_domains=[scores.sample_domains[i] for i in idx],
-                   sums=scores.sums[index], counts=scores.counts[index])
-
-
-def bootstrap_stability(scores: Scores, req: RankRequest, n_resamples: int = 100,
-                        seed: int = 0) -> dict[str, float]:
-    """Per domain, the fraction (0..1) of bootstrap resamples whose removed set equals the plan's.
-
-    Each resample redraws that domain's samples with replacement, other domains unchanged,
-    and re-ranks; a resample that cannot be ranked counts as different. Returns {} for
-    methods that do not read the scores (last, uniform, random) and for iterative.
-    """
-    if req.method in SCORE_FREE or req.method == "iterative":
-        return {}
-    full = rank(scores, req).remove
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for domain in scores.domains:
-        mine = torch.nonzero(scores.sample_mask(domain)).flatten()
-        index = torch.arange(len(scores.sample_ids))
-        same = 0
-        for _ in range(n_resamples):
-            index[mine] = mine[torch.randint(len(mine), (len(mine),), generator=gen)]
-            with warnings.catch_warnings():  # allow_deepstack warns once, not per resample
-                warnings.simplefilter("ignore")
-                try:
-                    same += rank(resample(scores, index), req).remove == full
-                except RankError:  # e.g. a resample without tokens of the group: not the same plan
-                    pass
-        out[domain] = same / n_resamples
-    return out
-
-
-def plan_table(plan: Plan) -> Table:
-    """A rich Table: one row per layer (0-based) with the score columns, removed and why."""
-    table = Table(title=f"{plan.method}: remove {plan.budget} of {plan.num_layers} decoder layers "
-                        "(layers 0-based)")
-    table.add_column("layer", justify="right")
-    for name in plan.columns:
-        table.add_column(escape(name), justify="right")  # names like cos[math] are not markup
-    table.add_column("removed")
-    table.add_column("why")
-    removed, protected = set(plan.remove), set(plan.protected)
-    for layer in range(plan.num_layers):
-        cells = []
-        for values in plan.columns.values():
-            v = values[layer] if layer < len(values) else None
-            cells.append("" if v is None else f"{v:.4f}")
-        why = plan.reasons.get(layer, "") if layer in removed else ("protected" if layer in protected else "")
-        table.add_row(str(layer), *cells, "yes" if layer in removed else "", escape(why))
-    return table

@@ -110,6 +110,15 @@ class Scores:
                               "choose another --token-group")
         return total / count
 
+    def select(self, index: torch.Tensor) -> "Scores":
+        """The samples at ``index`` (repeats allowed), e.g. a bootstrap resample."""
+        idx = index.tolist()
+        return Scores(model_id=self.model_id, num_layers=self.num_layers, max_span=self.max_span,
+                      sample_ids=[self.sample_ids[i] for i in idx],
+                      sample_domains=[self.sample_domains[i] for i in idx],
+                      sums=self.sums[index], counts=self.counts[index],
+                      protected_layers=self.protected_layers, settings=dict(self.settings))
+
     # ------------------------------------------------------------------ combine
     @staticmethod
     def merge(shards: list["Scores"]) -> "Scores":

@@ -12,9 +12,10 @@ import torch
 from rich.console import Console
 
 from depthprune.methods import (
-    METHODS, Plan, RankError, RankRequest, best_spaced, bootstrap_stability, iterative_selection,
-    parse_weights, plan_table, protected_layers, rank, resolve_budget,
+    METHODS, Plan, RankError, RankRequest, best_spaced, iterative_selection,
+    parse_weights, protected_layers, rank, resolve_budget,
 )
+from depthprune.diagnostics import bootstrap_stability, plan_table
 from depthprune.scores import GROUPS, STATS, Scores, angular_distance
 
 L, SPAN = 8, 4

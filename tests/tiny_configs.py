@@ -22,13 +22,16 @@ _text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_
              max_position_embeddings=512, tie_word_embeddings=False)
 
 
+_qwen3_vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
+                     spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                     num_position_embeddings=64, deepstack_visual_indexes=[1, 2, 3])
+
+
 def qwen3_vl() -> Qwen3VLConfig:
     return Qwen3VLConfig(
         text_config=dict(_text, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                  "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
-        vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
-                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
-                           num_position_embeddings=64, deepstack_visual_indexes=[1, 2, 3]),
+        vision_config=dict(_qwen3_vision),
         image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
         vision_start_token_id=VSTART_ID, vision_end_token_id=VEND_ID, tie_word_embeddings=False)
 
@@ -41,9 +44,7 @@ def qwen3_vl_moe() -> Qwen3VLMoeConfig:
                          decoder_sparse_step=2, mlp_only_layers=[3],
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                           "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
-        vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
-                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
-                           num_position_embeddings=64, deepstack_visual_indexes=[1, 2, 3]),
+        vision_config=dict(_qwen3_vision),
         image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
         vision_start_token_id=VSTART_ID, vision_end_token_id=VEND_ID, tie_word_embeddings=False)
 
