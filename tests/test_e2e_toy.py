@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.toy import MODEL_DIR
 
 
 @pytest.mark.slow
 def test_demo_domain_aware_pruning_on_toy(tmp_path):
+    from depthprune.toy import MODEL_DIR
     if not (MODEL_DIR / "model.safetensors").is_file():
         pytest.fail(f"bundled toy weights missing in {MODEL_DIR}; run python -m depthprune.toy.train")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
