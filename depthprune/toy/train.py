@@ -1,0 +1,237 @@
+"""Train the bundled toy Qwen3-VL from scratch on the synthetic benchmark (CPU, 2 threads).
+
+    python -m depthprune.toy.train [--out DIR] [--seed S] [--steps N] [--minutes M]
+
+Reads top to bottom: build tokenizer/processor/model, synthesize the data, train with
+AdamW + warmup/cosine (loss on the answer tokens and the closing ``<|im_end|>`` only,
+teacher forcing through the chat template), save in bfloat16, reload the saved directory
+in float32 and measure greedy exact-match accuracy on the held-out eval split. The result
+(model files, ``training.json``, ``loss_curve.png``) replaces ``--out`` atomically.
+
+Deterministic by seed (weights, data, data order) when ``--steps`` sets the pace. The LR
+schedule follows step count or wall time since start (``--minutes``, evaluation and
+saving not included), whichever is further along, so a slow or busy machine still finishes
+annealed in time; such a run is not bit-reproducible, and ``training.json`` says
+``"time_bound": true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from depthprune import synth
+from depthprune.data import Record, encode, load_records
+from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
+from depthprune.toy.build import build_model, build_processor
+
+N_TRAIN = 16000
+STEPS = 10000
+MINUTES = 42.0
+BATCH = 16
+LR = 2e-3
+WARMUP = 100
+LOG_EVERY = 25
+PROBE_EVERY = 250  # greedy accuracy on the first PROBE_N eval records, to see learning happen
+PROBE_N = 100
+
+
+def normalize(text: str) -> str:
+    """Exact-match normalisation: strip and lowercase."""
+    return text.strip().lower()
+
+
+def answer_labels(input_ids: torch.Tensor, header: Sequence[int]) -> torch.Tensor:
+    """Labels that score only the answer tokens and their ``<|im_end|>``: everything after the
+    last assistant header, except the template's final newline. -100 elsewhere."""
+    labels = torch.full_like(input_ids, -100)
+    n = len(header)
+    head = torch.tensor(header)
+    for row, ids in enumerate(input_ids):
+        starts = [i for i in range(len(ids) - n, -1, -1) if torch.equal(ids[i:i + n], head)]
+        if not starts:
+            raise ValueError("no assistant header in a training sequence; check the chat template")
+        labels[row, starts[0] + n:len(ids) - 1] = ids[starts[0] + n:len(ids) - 1]
+    return labels
+
+
+@torch.no_grad()
+def evaluate(model, processor, records: Sequence[Record], batch_size: int = 50,
+             max_new_tokens: int = 4, progress: bool = True) -> dict:
+    """Greedy exact-match accuracy (0-1) per domain and per template, plus ``overall``."""
+    model.eval()
+    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for i in tqdm(range(0, len(records), batch_size), desc="eval", disable=not progress, leave=False):
+        batch = records[i:i + batch_size]
+        inputs = encode(processor, batch)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for rec, text in zip(batch, texts):
+            ok = int(normalize(text) == normalize(rec.answer or ""))
+            for key in ("overall", rec.domain, f"{rec.domain}/{rec.extra.get('template', '?')}"):
+                hits[key][0] += ok
+                hits[key][1] += 1
+    return {k: round(h / n, 4) for k, (h, n) in sorted(hits.items())}
+
+
+def _lr_at(step: int, progress: float, lr: float) -> float:
+    """Linear warmup over WARMUP steps, then cosine from ``lr`` to 5% of it as progress goes 0->1."""
+    if step < WARMUP:
+        return lr * (step + 1) / WARMUP
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _plot(curve: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve])
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"train loss (mean over {LOG_EVERY} steps)")
+    ax.set_title("toy Qwen3-VL training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` with one rename each way."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float = MINUTES,
+          batch_size: int = BATCH, lr: float = LR, n_train: int = N_TRAIN) -> dict:
+    """Train, save into ``out`` (replaced atomically) and return the ``training.json`` dict."""
+    start = time.time()
+    torch.set_num_threads(2)
+    torch.manual_seed(seed)
+    processor = build_processor()
+    model = build_model(processor.tokenizer)
+    header = processor.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        paths = synth.synthesize(work / "data", seed=seed, n_train=n_train,
+                                 n_calib=N_CALIB, n_eval=N_EVAL)
+        train_recs = load_records(paths["train"], require_answer=True)
+        eval_recs = load_records(paths["eval"], require_answer=True)
+
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+        order_rng = random.Random(seed)
+        order: list[int] = []
+        curve, window, probes, done = [], [], [], 0
+        time_bound = False
+        model.train()
+        bar = tqdm(range(steps), desc="train")
+        for step in bar:
+            # the schedule follows steps, or wall time where that is further along, so a slow
+            # machine still anneals fully inside --minutes (then the run is not reproducible)
+            by_steps = max(0, step - WARMUP) / max(1, steps - WARMUP)
+            by_time = (time.time() - start) / (minutes * 60)
+            if by_time > by_steps:
+                time_bound = True
+            if min(1.0, max(by_steps, by_time)) >= 1.0 and step > WARMUP:
+                break
+            if len(order) < batch_size:  # a fresh shuffled epoch
+                epoch = list(range(len(train_recs)))
+                order_rng.shuffle(epoch)
+                order += epoch
+            batch = [train_recs[i] for i in order[:batch_size]]
+            del order[:batch_size]
+            inputs = encode(processor, batch, with_answer=True)
+            labels = answer_labels(inputs["input_ids"], header)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, max(by_steps, by_time), lr)
+            loss = model(**inputs, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            done = step + 1
+            window.append(loss.item())
+            if len(window) == LOG_EVERY:
+                curve.append({"step": done, "loss": round(sum(window) / len(window), 5),
+                              "lr": round(group["lr"], 7), "elapsed_s": round(time.time() - start, 1)})
+                bar.set_postfix(loss=curve[-1]["loss"])
+                window = []
+            if done % PROBE_EVERY == 0:
+                acc = evaluate(model, processor, eval_recs[:PROBE_N], progress=False)
+                probes.append({"step": done, **{k: acc[k] for k in ("math", "general")}})
+                tqdm.write(json.dumps(probes[-1]))
+                model.train()
+        if window:
+            curve.append({"step": done, "loss": round(sum(window) / len(window), 5),
+                          "lr": round(group["lr"], 7), "elapsed_s": round(time.time() - start, 1)})
+        train_s = time.time() - start
+
+        model_dir = work / "model"
+        model.to(torch.bfloat16).save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+
+        # measure what was saved, as users load it: the bf16 weights upcast to float32
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        saved = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+        accuracy = evaluate(saved, AutoProcessor.from_pretrained(model_dir), eval_recs)
+        info = {
+            "command": " ".join([Path(sys.executable).name, "-m", "depthprune.toy.train", *sys.argv[1:]]),
+            "seed": seed, "steps_planned": steps, "steps_done": done,
+            "time_bound": time_bound, "batch_size": batch_size, "lr": lr, "warmup": WARMUP,
+            "n_train": n_train, "n_calib": N_CALIB, "n_eval": N_EVAL, "threads": torch.get_num_threads(),
+            "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - start, 1),
+            "torch": torch.__version__, "eval_accuracy_float32": accuracy,
+            "probe_accuracy": probes, "loss_curve": curve,
+        }
+        (model_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+        _plot(curve, model_dir / "loss_curve.png")
+        _replace_dir(model_dir, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=MODEL_DIR, help="model directory to (re)write")
+    ap.add_argument("--seed", type=int, default=TRAIN_SEED, help="seed of weights, data and order")
+    ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps (sets the LR schedule)")
+    ap.add_argument("--minutes", type=float, default=MINUTES,
+                    help="wall-time budget; the schedule anneals by then even if steps remain")
+    ap.add_argument("--batch-size", type=int, default=BATCH)
+    ap.add_argument("--lr", type=float, default=LR, help="peak learning rate")
+    ap.add_argument("--n-train", type=int, default=N_TRAIN, help="synthetic training records")
+    args = ap.parse_args(argv)
+    info = train(args.out, seed=args.seed, steps=args.steps, minutes=args.minutes,
+                 batch_size=args.batch_size, lr=args.lr, n_train=args.n_train)
+    print(json.dumps({k: info[k] for k in ("train_seconds", "steps_done", "eval_accuracy_float32")},
+                     indent=1))
+    print(f"saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
