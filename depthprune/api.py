@@ -20,7 +20,7 @@ import torch
 
 from .data import load_records
 from .methods import SCORE_FREE, Plan, RankError, RankRequest, rank
-from .models import find_decoder_layers, load_model, protected_layers
+from .models import find_decoder_layers, load_model, protected_layers, resolve_model_id
 from .pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
 from .scores import Scores
 from .scoring import ScoreSettings, score_model
@@ -40,6 +40,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
 
     Returns the :class:`Scores` (also written to ``out``, a ``.json`` path, if given).
     """
+    model = resolve_model_id(model)
     settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples, max_span=max_span)
     records = load_records(_as_list(data))
     if out is not None and not str(out).endswith(".json"):
@@ -113,6 +114,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     ``budget`` (and :func:`plan`'s keyword arguments); ``last``/``uniform``/``random`` need
     no scores, ``iterative`` needs ``data``. Returns the output directory.
     """
+    model = resolve_model_id(model)
     prepare_output_dir(out, overwrite)  # fail before loading a large model
     net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
                                 trust_remote_code=trust_remote_code)

@@ -46,7 +46,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # Shared options -------------------------------------------------------------------------
-Model = Annotated[str, typer.Argument(help="Checkpoint: a local directory, or a hub id (network used only then).")]
+Model = Annotated[str, typer.Argument(help="Checkpoint: a local directory, or a hub id (network used only then); "
+                                            "'toy' is the bundled toy Qwen3-VL.")]
 DataOpt = Annotated[list[Path], typer.Option("--data", help="JSONL file (repeat for several). Image paths are relative to it.")]
 Dtype = Annotated[str, typer.Option(help="Weights dtype: auto (checkpoint's), float32, bfloat16, float16. Similarities are always computed in float32.")]
 Device = Annotated[str, typer.Option(help="Device for the whole model, e.g. cpu, cuda, cuda:1.")]
@@ -194,10 +195,17 @@ def eval_(
 def data_synth(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")],
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
+    n_train: Annotated[int, typer.Option(min=0, help="Training records (0: no train split).")] = 12000,
+    n_calib: Annotated[int, typer.Option(min=0, help="Calibration records.")] = 128,
+    n_eval: Annotated[int, typer.Option(min=0, help="Evaluation records.")] = 400,
 ) -> None:
-    """Write the two-domain synthetic benchmark (math / general) with train, calib and eval splits."""
+    """Write the two-domain synthetic benchmark (math / general) with train, calib and eval splits.
+
+    Eval and calib do not depend on --n-train: with --seed 0 and the default sizes they are
+    the toy model's held-out splits.
+    """
     from .synth import synthesize
-    paths = synthesize(out_dir, seed=seed)
+    paths = synthesize(out_dir, seed=seed, n_train=n_train, n_calib=n_calib, n_eval=n_eval)
     for split, path in paths.items():
         console.print(f"{split}: {path}", highlight=False)
 

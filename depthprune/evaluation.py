@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data import DataError, Record, batches, data_fingerprint, encode, load_records, render_prompt
-from .models import input_device, load_model
+from .models import input_device, load_model, resolve_model_id
 
 # ----------------------------------------------------------------------------- extraction
 _END_OF_TURN = re.compile(r"<\|im_end\|>|<\|eot_id\|>|<\|end\|>|<\|endoftext\|>|<end_of_turn>|</s>"
@@ -432,6 +432,7 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     Returns the metrics dict that was written. Raises FileExistsError if an output exists and
     ``overwrite`` is False, DataError for a record without an answer (before loading the model).
     """
+    model_id = resolve_model_id(model_id)
     out = Path(out)
     for path in (out, predictions_path(out)):
         if path.exists() and not overwrite:

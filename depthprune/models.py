@@ -121,6 +121,18 @@ def protected_layers(model: nn.Module) -> list[int]:
     return adapter_for(model.config).protected(model.config)
 
 
+TOY_ALIAS = "toy"
+
+
+def resolve_model_id(model_id: str | os.PathLike) -> str | os.PathLike:
+    """``toy`` names the bundled toy Qwen3-VL (:data:`depthprune.toy.MODEL_DIR`), unless a
+    local path called ``toy`` exists; anything else is returned unchanged."""
+    if str(model_id) == TOY_ALIAS and not Path(TOY_ALIAS).exists():
+        from .toy import MODEL_DIR
+        return MODEL_DIR
+    return model_id
+
+
 def is_local(model_id: str | os.PathLike) -> bool:
     """True for anything that names a local path rather than a hub id."""
     s = str(model_id)

@@ -157,7 +157,19 @@ def test_eval_command_writes_metrics(qwen, calib_dir, tmp_path):
 
 
 def test_data_synth_command(tmp_path):
-    res = run("data", "synth", "--out", tmp_path / "d", "--seed", "3")
+    res = run("data", "synth", "--out", tmp_path / "d", "--seed", "3", "--n-train", "30",
+              "--n-calib", "6", "--n-eval", "10")
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "d" / "eval.jsonl").is_file() and (tmp_path / "d" / "calib.jsonl").is_file()
+    sizes = {split: len((tmp_path / "d" / f"{split}.jsonl").read_text().splitlines())
+             for split in ("train", "calib", "eval")}
+    assert sizes == {"train": 30, "calib": 6, "eval": 10}
     _bad(run("data", "synth", "--out", tmp_path / "d"), "not empty")
+
+
+def test_toy_alias_evaluates_the_bundled_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no local directory called "toy" here
+    assert run("data", "synth", "--out", "d", "--n-train", "0", "--n-calib", "2", "--n-eval", "6").exit_code == 0
+    res = run("eval", "toy", "--data", "d/eval.jsonl", "--out", "m.json", "--max-new-tokens", "4")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["model"].endswith("toy/model") and sum(d["n"] for d in metrics["domains"].values()) == 6
