@@ -230,7 +230,8 @@ def demo(
     out = prepare_output_dir(out_dir, overwrite)
     with atomic_dir(out) as tmp:
         data = default_data(tmp / "data")
-        console.print(f"[1/3] scoring {MODEL_DIR.name} on {data['calib'].name}", highlight=False)
+        console.print(f"[1/3] scoring the bundled toy model ({MODEL_DIR}) on {data['calib'].name}",
+                      highlight=False)
         scores = api.score(MODEL_DIR, data["calib"], tmp / "scores.json", batch_size=batch_size,
                            dtype="float32")
         models: dict[str, tuple[Path, list[int]]] = {"original": (MODEL_DIR, [])}

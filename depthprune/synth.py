@@ -6,18 +6,21 @@ record format of :mod:`depthprune.data`) plus their PNG images under ``images/<s
 Domains and templates (64x64 RGB images drawn with Pillow's built-in font, nothing downloaded):
 
 ``math`` (numeric answers; the numbers must be read from the image, then combined)
-  * ``expr``    — a rendered expression such as ``7+3`` or ``8-5``: its value.
+  * ``expr``    — a rendered expression such as ``7+3`` or ``8-5``, one character per token
+    cell: its value.
   * ``count``   — 1-6 shapes on a 4x4 grid; the count plus a number given in the question.
   * ``bars``    — three bars of height 1-4 units: the sum of their heights.
-  * ``compare`` — two rendered digits: the larger one.
-  * ``text``    — text-only, e.g. "What is 2 plus 5?".
+  * ``compare`` — two rendered digits in two cells of the grid: the larger one.
+  * ``text``    — text-only sums and differences in several phrasings ("What is 2 plus 5?").
 
 ``general`` (short word answers, no arithmetic)
   * ``color``    — colour of a single shape.   * ``shape``    — its kind.
   * ``position`` — the corner it sits in.      * ``word``     — a rendered word (12-word vocabulary).
+  * ``digits``   — a rendered 2-3 digit number, read back (no arithmetic; same glyphs as ``expr``).
   * ``text``     — text-only word category, e.g. "Which word is a colour: dog, red, tree?".
 
-Splits never share a (question, image pixels) pair, nor does any split repeat one. Eval is
+Text-only records are rare (weight 0.3 against 1.0 per image template), but every split
+opens with one per domain. Splits never share a (question, image pixels) pair, nor does any split repeat one. Eval is
 drawn first, then calib, then train, each from its own random stream, so the eval and
 calib splits of a seed do not depend on ``n_train``.
 """
@@ -38,6 +41,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 SIZE = 64  # image side in pixels: 8x8 patches of 8 px, 4x4 LM tokens after the 2x2 merge
 SPLITS = ("eval", "calib", "train")  # generation order: held-out splits first
+GLYPH_SIZE = 16  # digits and operators: about 10x11 px, inside one 16x16 token cell
 
 COLORS = {"red": (215, 35, 35), "green": (30, 160, 50), "blue": (35, 70, 215),
           "yellow": (230, 190, 0), "purple": (140, 50, 170)}
@@ -80,13 +84,25 @@ def _draw_text(draw: ImageDraw.ImageDraw, text: str, size: int, cx: float, cy: f
 Sample = tuple[str, str, Image.Image | None]
 
 
+def _draw_in_cells(draw: ImageDraw.ImageDraw, chars: str, cells: list[int], rng: random.Random) -> None:
+    """One character per 16x16 cell of the 4x4 grid (cell = row * 4 + col), jittered by 1 px.
+
+    A cell is exactly the area one LM token sees after the 8 px patches are merged 2x2, so a
+    digit is never cut across tokens: the tiny vision tower learns to read it in the budget.
+    """
+    for ch, cell in zip(chars, cells):
+        row, col = divmod(cell, 4)
+        _draw_text(draw, ch, GLYPH_SIZE, col * 16 + 8 + rng.randint(-1, 1), row * 16 + 8 + rng.randint(-1, 1))
+
+
 def _math_expr(rng: random.Random) -> Sample:
     a, b = rng.randint(0, 9), rng.randint(0, 9)
     op = rng.choice("+-")
     if op == "-" and b > a:
         a, b = b, a
     im, draw = _canvas()
-    _draw_text(draw, f"{a}{op}{b}", 26, SIZE / 2 + rng.randint(-4, 4), SIZE / 2 + rng.randint(-8, 8))
+    row, col = rng.randint(0, 3), rng.randint(0, 1)  # three cells left to right
+    _draw_in_cells(draw, f"{a}{op}{b}", [row * 4 + col + i for i in range(3)], rng)
     question = rng.choice(["What is the value of the expression in the image?",
                            "Compute the expression shown in the image."])
     return question, str(a + b if op == "+" else a - b), im
@@ -121,20 +137,24 @@ def _math_bars(rng: random.Random) -> Sample:
 def _math_compare(rng: random.Random) -> Sample:
     a, b = rng.sample(range(10), 2)
     im, draw = _canvas()
-    y = SIZE / 2 + rng.randint(-10, 10)
-    _draw_text(draw, str(a), 28, 16 + rng.randint(-3, 3), y)
-    _draw_text(draw, str(b), 28, 48 + rng.randint(-3, 3), y)
+    _draw_in_cells(draw, f"{a}{b}", sorted(rng.sample(range(16), 2)), rng)
     question = rng.choice(["Which of the two numbers in the image is larger?",
                            "What is the larger number in the image?"])
     return question, str(max(a, b)), im
 
 
 def _math_text(rng: random.Random) -> Sample:
+    # several phrasings of each sum, so a fact asked in the eval split has been seen in
+    # training under another wording: the split tests reading the question, not discovering
+    # arithmetic from a hundred examples
     a, b = rng.randint(0, 9), rng.randint(0, 9)
     if rng.random() < 0.5:
-        return f"What is {a} plus {b}?", str(a + b), None
+        phrasing = rng.choice(["What is {a} plus {b}?", "Add {a} and {b}.", "{a} + {b} = ?",
+                               "What is the sum of {a} and {b}?"])
+        return phrasing.format(a=a, b=b), str(a + b), None
     a, b = max(a, b), min(a, b)
-    return f"What is {a} minus {b}?", str(a - b), None
+    phrasing = rng.choice(["What is {a} minus {b}?", "Subtract {b} from {a}.", "{a} - {b} = ?"])
+    return phrasing.format(a=a, b=b), str(a - b), None
 
 
 def _single_shape(rng: random.Random) -> tuple[Image.Image, str, str, str]:
@@ -169,6 +189,15 @@ def _general_word(rng: random.Random) -> Sample:
     return rng.choice(["What word is written in the image?", "Read the word in the image."]), word, im
 
 
+def _general_digits(rng: random.Random) -> Sample:
+    # reading without arithmetic: the same glyphs and cell layout as ``math/expr``
+    digits = str(rng.randint(10, 999))
+    im, draw = _canvas()
+    row, col = rng.randint(0, 3), rng.randint(0, 4 - len(digits))
+    _draw_in_cells(draw, digits, [row * 4 + col + i for i in range(len(digits))], rng)
+    return rng.choice(["What number is written in the image?", "Read the number in the image."]), digits, im
+
+
 def _general_text(rng: random.Random) -> Sample:
     category, members, others = rng.choice([("a colour", list(COLORS), ANIMALS + THINGS),
                                             ("an animal", list(ANIMALS), tuple(COLORS) + THINGS)])
@@ -184,6 +213,7 @@ TEMPLATES: dict[str, list[tuple[str, Callable[[random.Random], Sample], float]]]
              ("compare", _math_compare, 1.0), ("text", _math_text, 0.3)],
     "general": [("color", _general_color, 1.0), ("shape", _general_shape, 1.0),
                 ("position", _general_position, 1.0), ("word", _general_word, 1.0),
+                ("digits", _general_digits, 1.0),
                 ("text", _general_text, 0.3)],
 }
 
@@ -204,6 +234,10 @@ def _generate_split(split: str, n: int, seed: int, seen: set[tuple[str, str]],
         domain = ("math", "general")[i % 2]
         while True:
             choices = [t for t in TEMPLATES[domain] if (domain, t[0]) not in exhausted]
+            if i < 2 and any(t[0] == "text" for t in choices):
+                # each split opens with a text-only record per domain, so even a small
+                # split has one (the weights keep them rare after that)
+                choices = [t for t in choices if t[0] == "text"]
             if not choices:
                 raise RuntimeError(f"synthesize: ran out of distinct {domain} records for split "
                                    f"'{split}' at {i} of {n}. Ask for fewer records")

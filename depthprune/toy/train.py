@@ -38,7 +38,7 @@ from depthprune.data import Record, encode, load_records
 from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
 from depthprune.toy.build import build_model, build_processor
 
-N_TRAIN = 16000
+N_TRAIN = 24000
 STEPS = 10000
 MINUTES = 42.0
 BATCH = 16
@@ -182,7 +182,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
                 window = []
             if done % PROBE_EVERY == 0:
                 acc = evaluate(model, processor, eval_recs[:PROBE_N], progress=False)
-                probes.append({"step": done, **{k: acc[k] for k in ("math", "general")}})
+                probes.append({"step": done, **acc})
                 tqdm.write(json.dumps(probes[-1]))
                 model.train()
         if window:
