@@ -83,3 +83,12 @@ def test_accuracy_targets(toy, eval_records):
     assert acc["math"] >= 0.80, acc
     # the image really matters: image-only templates are far above chance (1/5 colours, ...)
     assert acc["general/color"] >= 0.8 and acc["math/expr"] >= 0.6, acc
+
+
+def test_training_is_deterministic_by_seed(tmp_path):
+    from depthprune.toy.train import train
+    runs = [train(tmp_path / name, steps=3, n_train=48, batch_size=4) for name in ("a", "b")]
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("a", "b")]
+    assert weights[0] == weights[1]
+    assert [c["loss"] for c in runs[0]["loss_curve"]] == [c["loss"] for c in runs[1]["loss_curve"]]
+    assert not runs[0]["time_bound"]

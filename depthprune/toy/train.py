@@ -154,7 +154,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
             # machine still anneals fully inside --minutes (then the run is not reproducible)
             by_steps = max(0, step - WARMUP) / max(1, steps - WARMUP)
             by_time = (time.time() - start) / (minutes * 60)
-            if by_time > by_steps:
+            if by_time > by_steps and step >= WARMUP:  # warmup follows the step count only
                 time_bound = True
             if min(1.0, max(by_steps, by_time)) >= 1.0 and step > WARMUP:
                 break
