@@ -20,6 +20,7 @@ from depthprune.evaluation import (
     last_number, normalize_text, parse_number, predictions_path, score_answer, wilson_interval,
 )
 from depthprune.models import load_model
+from tiny_configs import FAMILIES, VLM_FAMILIES
 from tiny_models import save_tiny
 
 
@@ -336,3 +337,19 @@ def test_format_metrics_table():
     console = Console(file=io.StringIO(), width=120)
     console.print(format_metrics_table(EvalResult(preds, seconds=2.0)))
     assert "50.0" in console.file.getvalue() and "1.00 samples/s" in console.file.getvalue()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_evaluate_runs_on_every_supported_architecture(family, calib_dir, tmp_path):
+    """Generation, scoring and answer NLL on each family depthprune prunes (text prompts;
+    the Qwen-VL families also with images)."""
+    src = save_tiny(family, tmp_path / "src")
+    model, processor = load_model(src, dtype="float32")
+    with_images = family in VLM_FAMILIES and family.startswith("qwen")
+    records = load_records(calib_dir / ("calib.jsonl" if with_images else "text.jsonl"))
+    records = [dataclasses.replace(r, answer=r.answer or "7") for r in records]
+    result = evaluate(model, processor, records, batch_size=2, max_new_tokens=3, progress=False)
+    assert len(result.predictions) == len(records)
+    for domain, metrics in result.domains.items():
+        assert metrics.n == sum(r.domain == domain for r in records)
+        assert math.isfinite(metrics.answer_nll) and metrics.answer_nll > 0
