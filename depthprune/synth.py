@@ -13,15 +13,15 @@ Domains and templates (64x64 RGB images drawn with Pillow's built-in font, nothi
   * ``compare`` — two rendered digits in two cells of the grid: the larger one.
   * ``text``    — text-only sums and differences in several phrasings ("What is 2 plus 5?").
 
-``general`` (short word answers, no arithmetic)
+``general`` (short answers, perception without arithmetic)
   * ``color``    — colour of a single shape.   * ``shape``    — its kind.
   * ``position`` — the corner it sits in.      * ``word``     — a rendered word (12-word vocabulary).
   * ``digits``   — a rendered 2-3 digit number, read back (no arithmetic; same glyphs as ``expr``).
   * ``text``     — text-only word category, e.g. "Which word is a colour: dog, red, tree?".
 
 Text-only records are rare (weight 0.3 against 1.0 per image template), but every split
-opens with one per domain. Splits never share a (question, image pixels) pair, nor does any split repeat one. Eval is
-drawn first, then calib, then train, each from its own random stream, so the eval and
+opens with one per domain. Splits never share a (question, image pixels) pair, nor does any
+split repeat one. Eval is drawn first, then calib, then train, each from its own random stream, so the eval and
 calib splits of a seed do not depend on ``n_train``.
 """
 
