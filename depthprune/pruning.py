@@ -22,6 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_dir  # noqa: F401 - re-exported: callers import it from here
 from .models import adapter_for, find_decoder_layers, is_local, text_config
 
 
@@ -147,31 +148,6 @@ def prepare_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
         raise PruneError(f"{out}: output directory exists and is not empty. "
                          "Choose another --out or pass --overwrite")
     return out
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir``; on success it replaces ``out_dir``.
-
-    On any error the temporary directory is removed and ``out_dir`` is untouched.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def source_files_dir(model_id: str | os.PathLike) -> Path | None:

@@ -30,14 +30,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from .atomic import atomic_dir
 
 SIZE = 64  # image side in pixels: 8x8 patches of 8 px, 4x4 LM tokens after the 2x2 merge
 SPLITS = ("eval", "calib", "train")  # generation order: held-out splits first
@@ -279,12 +278,9 @@ def synthesize(out_dir: str | Path, seed: int = 0, n_train: int = 12000, n_calib
     for name, n in sizes.items():
         if n < 0:
             raise ValueError(f"n_{name} must be >= 0, got {n}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
-        seen: set[tuple[str, str]] = set()
-        written = {}
+    seen: set[tuple[str, str]] = set()
+    written = {}
+    with atomic_dir(out) as tmp:
         for split in SPLITS:
             if sizes[split] == 0:
                 continue
@@ -294,10 +290,4 @@ def synthesize(out_dir: str | Path, seed: int = 0, n_train: int = 12000, n_calib
             path = tmp / f"{split}.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
             written[split] = out / path.name
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename needs the name free
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {s: written[s] for s in ("train", "calib", "eval") if s in written}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -34,7 +33,9 @@ import torch
 from tqdm import tqdm
 
 from depthprune import synth
+from depthprune.atomic import atomic_dir
 from depthprune.data import Record, encode, load_records
+from depthprune.evaluation import generate_outputs
 from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
 from depthprune.toy.build import build_model, build_processor
 
@@ -71,14 +72,15 @@ def answer_labels(input_ids: torch.Tensor, header: Sequence[int]) -> torch.Tenso
 @torch.no_grad()
 def evaluate(model, processor, records: Sequence[Record], batch_size: int = 50,
              max_new_tokens: int = 4, progress: bool = True) -> dict:
-    """Greedy exact-match accuracy (0-1) per domain and per template, plus ``overall``."""
+    """Greedy exact-match accuracy (0-1) per domain and per template, plus ``overall``.
+
+    Stricter than :func:`depthprune.evaluation.evaluate` (no answer extraction): the toy
+    must answer in exactly the trained format."""
     model.eval()
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for i in tqdm(range(0, len(records), batch_size), desc="eval", disable=not progress, leave=False):
         batch = records[i:i + batch_size]
-        inputs = encode(processor, batch)
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = generate_outputs(model, processor, batch, max_new_tokens)
         for rec, text in zip(batch, texts):
             ok = int(normalize(text) == normalize(rec.answer or ""))
             for key in ("overall", rec.domain, f"{rec.domain}/{rec.extra.get('template', '?')}"):
@@ -112,17 +114,6 @@ def _plot(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing an existing ``dst`` with one rename each way."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float = MINUTES,
           batch_size: int = BATCH, lr: float = LR, n_train: int = N_TRAIN) -> dict:
     """Train, save into ``out`` (replaced atomically) and return the ``training.json`` dict."""
@@ -135,7 +126,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.data-", dir=out.parent))
     try:
         paths = synth.synthesize(work / "data", seed=seed, n_train=n_train,
                                  n_calib=N_CALIB, n_eval=N_EVAL)
@@ -190,26 +181,25 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
                           "lr": round(group["lr"], 7), "elapsed_s": round(time.time() - start, 1)})
         train_s = time.time() - start
 
-        model_dir = work / "model"
-        model.to(torch.bfloat16).save_pretrained(model_dir)
-        processor.save_pretrained(model_dir)
+        with atomic_dir(out) as model_dir:  # `out` is replaced only once all of it is written
+            model.to(torch.bfloat16).save_pretrained(model_dir)
+            processor.save_pretrained(model_dir)
 
-        # measure what was saved, as users load it: the bf16 weights upcast to float32
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-        saved = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-        accuracy = evaluate(saved, AutoProcessor.from_pretrained(model_dir), eval_recs)
-        info = {
-            "command": " ".join([Path(sys.executable).name, "-m", "depthprune.toy.train", *sys.argv[1:]]),
-            "seed": seed, "steps_planned": steps, "steps_done": done,
-            "time_bound": time_bound, "batch_size": batch_size, "lr": lr, "warmup": WARMUP,
-            "n_train": n_train, "n_calib": N_CALIB, "n_eval": N_EVAL, "threads": torch.get_num_threads(),
-            "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - start, 1),
-            "torch": torch.__version__, "eval_accuracy_float32": accuracy,
-            "probe_accuracy": probes, "loss_curve": curve,
-        }
-        (model_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
-        _plot(curve, model_dir / "loss_curve.png")
-        _replace_dir(model_dir, out)
+            # measure what was saved, as users load it: the bf16 weights upcast to float32
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+            saved = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+            accuracy = evaluate(saved, AutoProcessor.from_pretrained(model_dir), eval_recs)
+            info = {
+                "command": " ".join([Path(sys.executable).name, "-m", "depthprune.toy.train", *sys.argv[1:]]),
+                "seed": seed, "steps_planned": steps, "steps_done": done,
+                "time_bound": time_bound, "batch_size": batch_size, "lr": lr, "warmup": WARMUP,
+                "n_train": n_train, "n_calib": N_CALIB, "n_eval": N_EVAL, "threads": torch.get_num_threads(),
+                "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - start, 1),
+                "torch": torch.__version__, "eval_accuracy_float32": accuracy,
+                "probe_accuracy": probes, "loss_curve": curve,
+            }
+            (model_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+            _plot(curve, model_dir / "loss_curve.png")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return info
