@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 
 class DataError(ValueError):
@@ -133,6 +133,7 @@ def parse_record(obj: Any, base: Path, source: str) -> Record:
         if not path.is_file():
             raise _fail(source, f"image '{ref}' not found (looked for {path})",
                         "Image paths are relative to the JSONL file; fix the path or add the file")
+        check_image(path, source)
         resolved.append(path.resolve())
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
     return Record(id=str(rid), domain=domain.strip(), question=question,
@@ -154,27 +155,39 @@ def load_records(paths: str | Path | Sequence[str | Path], require_answer: bool 
     seen: dict[str, str] = {}
     for p in paths:
         path = Path(p)
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory. Pass a JSONL file to --data")
         if not path.is_file():
             raise DataError(f"{path}: data file not found. Check the path passed to --data")
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                source = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise _fail(source, f"malformed JSON ({err.msg} at column {err.colno})",
-                                "Each line must be one complete JSON object") from None
-                rec = parse_record(obj, path.parent, source)
-                if require_answer and rec.answer is None:
-                    raise _fail(source, "record has no 'answer'",
-                                "Evaluation needs an answer on every record")
-                if rec.id in seen:
-                    raise _fail(source, f"duplicate id '{rec.id}' (first at {seen[rec.id]})",
-                                "Give every record a unique id")
-                seen[rec.id] = source
-                records.append(rec)
+        try:
+            raw_lines = path.read_bytes().splitlines()
+        except OSError as err:
+            raise DataError(f"{path}: cannot read the data file ({err.strerror or err})") from None
+        for lineno, raw in enumerate(raw_lines, start=1):
+            source = f"{path}:{lineno}"
+            try:  # a UTF-8 byte-order mark (Windows editors write one) is accepted on line 1
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise _fail(source, f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})",
+                            "Save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise _fail(source, f"malformed JSON ({err.msg} at column {err.colno})",
+                            "Each line must be one complete JSON object") from None
+            except RecursionError:
+                raise _fail(source, "JSON nested too deeply", "Each line must be one flat record") from None
+            rec = parse_record(obj, path.parent, source)
+            if require_answer and rec.answer is None:
+                raise _fail(source, "record has no 'answer'",
+                            "Evaluation needs an answer on every record")
+            if rec.id in seen:
+                raise _fail(source, f"duplicate id '{rec.id}' (first at {seen[rec.id]})",
+                            "Give every record a unique id")
+            seen[rec.id] = source
+            records.append(rec)
     if not records:
         raise DataError(f"{', '.join(map(str, paths))}: no records found. The file is empty")
     return records
@@ -191,14 +204,31 @@ def data_fingerprint(records: Iterable[Record]) -> str:
     return h.hexdigest()[:16]
 
 
+def _image_error(path: Path, source: str, err: BaseException) -> DataError:
+    if isinstance(err, Image.DecompressionBombError):
+        return DataError(f"{source}: image {path} is too large to decode safely ({err}). "
+                         "Downscale it (PIL refuses images this large as a decompression-bomb guard)")
+    return DataError(f"{source}: image {path} cannot be read ({type(err).__name__}: {err}). "
+                     "Replace it with a valid PNG/JPEG file")
+
+
+def check_image(path: Path, source: str = "") -> None:
+    """Decode the image once (before any model is loaded); raises DataError naming the record
+    if PIL cannot identify, decode (truncated file) or accept it (decompression-bomb guard)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for a bad file
+        raise _image_error(path, source, err) from None
+
+
 def load_image(path: Path, source: str = "") -> Image.Image:
     """Open an image as RGB; raises DataError naming the record if it cannot be read."""
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{source}: image {path} cannot be read ({err}). "
-                        "Replace it with a valid PNG/JPEG file") from None
+    except Exception as err:  # noqa: BLE001 - truncated data, bombs, unknown formats, broken PNG chunks
+        raise _image_error(path, source, err) from None
 
 
 def chat_messages(record: Record, with_answer: bool = False) -> list[dict]:
