@@ -70,7 +70,8 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
 
 def _inputs(model: PathLike, data: PathLike | Sequence[PathLike] | None) -> list[PathLike]:
     """The local paths a run reads (outputs may not be, or be inside, any of them)."""
-    return ([model] if is_local(model) else []) + (_as_list(data) if data is not None else [])
+    files = [p for p in (_as_list(data) if data is not None else []) if not Path(p).is_dir()]
+    return ([model] if is_local(model) else []) + files  # a directory as --data is refused by the loader
 
 
 def _check_model_cheaply(model: PathLike, dtype: str, device: str, device_map: str | None,

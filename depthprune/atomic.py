@@ -32,6 +32,10 @@ class OutputError(ValueError):
     """An output cannot be written (exists, overlaps an input, disk full, not writable)."""
 
 
+class OutputExistsError(OutputError, FileExistsError):
+    """The output exists (or appeared during the run) and ``overwrite`` was not given."""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -98,13 +102,13 @@ def check_output(out: str | os.PathLike, overwrite: bool, kind: str = "dir",
         if out.exists() and not out.is_dir():
             raise OutputError(f"{option} {out}: exists and is not a directory. Choose another {option}")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise OutputError(f"{option} {out}: directory exists and is not empty. "
+            raise OutputExistsError(f"{option} {out}: directory exists and is not empty. "
                               f"Choose another {option} or pass --overwrite")
     else:
         if out.is_dir():
             raise OutputError(f"{option} {out}: is a directory; give a file name")
         if out.exists() and not overwrite:
-            raise OutputError(f"{option} {out}: file exists. Choose another {option} or pass --overwrite")
+            raise OutputExistsError(f"{option} {out}: file exists. Choose another {option} or pass --overwrite")
     refuse_overlap(out, inputs, option)
     parent = out.parent
     try:
@@ -169,7 +173,7 @@ def _publish_dir(tmp: Path, out: Path, overwrite: bool) -> None:
             os.rename(tmp, out)  # replaces only an empty directory
         except OSError as err:
             if err.errno in _EXISTS:
-                raise OutputError(f"{out}: appeared while this run was writing (another run?); it was "
+                raise OutputExistsError(f"{out}: appeared while this run was writing (another run?); it was "
                                   "not replaced and this run's output was discarded. Choose another "
                                   "--out or pass --overwrite") from None
             raise
@@ -243,13 +247,13 @@ def _link_if_absent(tmp: Path, path: Path) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise OutputError(f"{path}: appeared while this run was writing (another run?); it was not "
+        raise OutputExistsError(f"{path}: appeared while this run was writing (another run?); it was not "
                           "replaced. Choose another output or pass --overwrite") from None
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         if path.exists():  # no hard links on this file system: check, then rename
-            raise OutputError(f"{path}: appeared while this run was writing (another run?); it was "
+            raise OutputExistsError(f"{path}: appeared while this run was writing (another run?); it was "
                               "not replaced. Choose another output or pass --overwrite") from None
         os.replace(tmp, path)
         return

@@ -426,10 +426,10 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     model_id = resolve_model_id(model_id)
     out = Path(out)
     paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
-    inputs = ([model_id] if is_local(model_id) else []) + paths
+    inputs = ([model_id] if is_local(model_id) else []) + [p for p in paths if not Path(p).is_dir()]
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the metrics file name must end in .json")
-    for path in (predictions_path(out), out):
+    for path in (out, predictions_path(out)):
         check_output(path, overwrite, kind="file", inputs=inputs)
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"--batch-size and --max-new-tokens must be >= 1, "
