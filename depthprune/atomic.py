@@ -89,6 +89,15 @@ def write_error(out: Path, err: OSError) -> OutputError:
     return OutputError(f"{out}: cannot write the output ({describe_oserror(err)}); nothing was written")
 
 
+def _io_failure(err: BaseException) -> str | None:
+    """The OS error text inside a library's wrapper (safetensors reports ENOSPC/EFBIG as a
+    SafetensorError "I/O error: ..."), or None if ``err`` is not a write failure."""
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" and "I/O error" in text:
+        return text.split("I/O error:", 1)[1].strip()
+    return None
+
+
 def check_output(out: str | os.PathLike, overwrite: bool, kind: str = "dir",
                  inputs: Sequence[str | os.PathLike] = (), option: str = "--out") -> Path:
     """Validate an output before any work: right kind, the overwrite rule, no overlap with
@@ -98,6 +107,7 @@ def check_output(out: str | os.PathLike, overwrite: bool, kind: str = "dir",
     Raises OutputError naming ``option`` and the path, with the fix.
     """
     out = Path(out)
+    refuse_overlap(out, inputs, option)  # first: --overwrite must not even be suggested for an input
     if kind == "dir":
         if out.exists() and not out.is_dir():
             raise OutputError(f"{option} {out}: exists and is not a directory. Choose another {option}")
@@ -109,7 +119,6 @@ def check_output(out: str | os.PathLike, overwrite: bool, kind: str = "dir",
             raise OutputError(f"{option} {out}: is a directory; give a file name")
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{option} {out}: file exists. Choose another {option} or pass --overwrite")
-    refuse_overlap(out, inputs, option)
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -162,8 +171,10 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = True) -> Iterator[P
         if err.filename and not str(err.filename).startswith((str(tmp), str(out))):
             raise  # reading an input failed, not writing the output: the CLI names that file
         raise write_error(out, err) from None
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        if (why := _io_failure(err)) is not None:
+            raise OutputError(f"{out}: cannot write the output ({why}); nothing was written") from None
         raise
 
 
@@ -232,10 +243,12 @@ def atomic_files(outs: Sequence[str | os.PathLike], overwrite: bool) -> Iterator
                 _remove(path)
         target = next((p for p, t in zip(paths, tmps) if err.filename in (str(p), str(t))), paths[0])
         raise write_error(target, err) from None
-    except BaseException:
+    except BaseException as err:
         if not overwrite:
             for path in published:
                 _remove(path)
+        if (why := _io_failure(err)) is not None:
+            raise OutputError(f"{paths[0]}: cannot write the output ({why}); nothing was written") from None
         raise
     finally:
         for tmp in tmps:
