@@ -52,7 +52,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     if out is not None:
         if not str(out).endswith(".json"):
             raise ValueError(f"--out {out}: the scores file name must end in .json")
-        for target in (Path(out).with_suffix(".safetensors"), Path(out)):
+        for target in (Path(out), Path(out).with_suffix(".safetensors")):
             check_output(target, overwrite, kind="file", inputs=inputs)
     records = load_records(_as_list(data))
     num_layers = text_config(_check_model_cheaply(model, dtype, device, device_map,

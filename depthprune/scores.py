@@ -171,7 +171,7 @@ class Scores:
         if path.suffix != ".json":
             raise ScoresError(f"{path}: the scores file name must end in .json")
         tensors_path = path.with_suffix(".safetensors")
-        for target in (tensors_path, path):
+        for target in (path, tensors_path):
             check_output(target, overwrite, kind="file")
         meta = {
             "format_version": SCORES_FORMAT_VERSION,
