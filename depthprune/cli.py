@@ -37,14 +37,12 @@ err = Console(stderr=True, soft_wrap=True)
 @app.callback()
 def _global_options(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=runtime.ENV_QUIET,
-                                        help="No progress bars (for logs). Env: DEPTHPRUNE_QUIET=1.")] = False,
+                                        help="No progress bars (for logs).")] = False,
     threads: Annotated[int | None, typer.Option(min=1, envvar=runtime.ENV_THREADS,
                                                 help="CPU threads for torch (torch.set_num_threads). Use 1 (or "
-                                                     "cores / processes) when other processes share the cores. "
-                                                     "Env: DEPTHPRUNE_THREADS.")] = None,
+                                                     "cores / processes) when other processes share the cores.")] = None,
     debug: Annotated[bool, typer.Option("--debug", envvar=runtime.ENV_DEBUG,
-                                        help="Show the full traceback of unexpected errors (for bug reports). "
-                                             "Env: DEPTHPRUNE_DEBUG=1.")] = False,
+                                        help="Print the traceback above the error line (for bug reports).")] = False,
 ) -> None:
     """Global options; they apply to every command and go before it: depthprune --quiet score ..."""
     runtime.configure(quiet=quiet, threads=threads, debug=debug)

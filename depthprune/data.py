@@ -72,6 +72,9 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise _fail(source, f"each message needs 'role' and 'content', got {turn!r}",
                         "See the data format in the README")
+        if turn["role"] not in ("system", "user", "assistant"):
+            raise _fail(source, f"message role {turn['role']!r} is not system, user or assistant",
+                        "Use one of those roles")
         content = turn["content"]
         if isinstance(content, str):
             messages.append({"role": turn["role"], "content": [{"type": "text", "text": content}]})
@@ -97,8 +100,8 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
     if messages[-1]["role"] == "assistant":
         last = messages.pop()
         answer = "".join(p.get("text", "") for p in last["content"])
-    if not messages:
-        raise _fail(source, "'messages' holds no prompt before the assistant answer",
+    if not any(m["role"] == "user" for m in messages):
+        raise _fail(source, "'messages' holds no user turn before the assistant answer",
                     "Add a user turn")
     return tuple(messages), paths, answer
 
@@ -266,8 +269,13 @@ def render_prompt(processor: Any, record: Record, with_answer: bool = False) -> 
             messages = [{"role": m["role"],
                          "content": "".join(p.get("text", "") for p in m["content"])}
                         for m in messages]
-        return template_owner.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=not with_answer)
+        try:
+            return template_owner.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=not with_answer)
+        except Exception as err:  # noqa: BLE001 - jinja errors, raise_exception() in templates
+            raise DataError(f"{record.source}: the model's chat template cannot render this record "
+                            f"({type(err).__name__}: {' '.join(str(err).split())}). Check its roles and "
+                            "content (e.g. a template that wants alternating user/assistant turns)") from None
     text = record.question or "".join(
         p.get("text", "") for m in chat_messages(record) for p in m["content"])
     if with_answer:
@@ -294,7 +302,12 @@ def encode(processor: Any, records: Sequence[Record], texts: Sequence[str] | Non
             bad = next(r for r in records if r.images)
             raise DataError(f"{bad.source}: record has an image but this model has no image "
                             "processor. Use a vision-language model or drop the image")
-        return processor(text=list(texts), images=images, padding=True, return_tensors="pt")
+        try:
+            return processor(text=list(texts), images=images, padding=True, return_tensors="pt")
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:  # e.g. an extreme aspect ratio
+            where = records[0].source if len(records) == 1 else f"{records[0].source} .. {records[-1].source}"
+            raise DataError(f"{where}: the model's processor cannot encode these records' images "
+                            f"({' '.join(str(err).split())}). Check the images (size, aspect ratio)") from None
     if processor is tok:
         # a chat template already writes BOS and friends; plain text needs them added
         return tok(list(texts), padding=True, return_tensors="pt",

@@ -251,3 +251,16 @@ def test_long_paths_are_not_wrapped(models, tmp_path):
     deep = tmp_path / ("a-rather-long-directory-name-" * 4) / ("and-another-one-" * 4) / "scores.json"
     line = assert_user_error(run("rank", deep, "--bootstrap", "0"), "scores file not found")
     assert str(deep) in line
+
+
+def test_records_the_model_cannot_take(models, tmp_path):
+    Image.new("RGB", (2, 900), (1, 2, 3)).save(tmp_path / "thin.png")
+    thin = _jsonl(tmp_path / "thin.jsonl", [{"id": "a", "domain": "math", "image": "thin.png", "question": "what ?"}])
+    assert_user_error(run("--quiet", "score", models["qwen"], "--data", thin, "--out", tmp_path / "s.json"),
+                      f"{thin}:1", "aspect ratio", roots=(tmp_path,))
+    for messages, needle in (([{"role": "system", "content": "hi"}], "no user turn"),
+                             ([{"role": "robot", "content": "hi"}], "role 'robot'")):
+        bad = _jsonl(tmp_path / "m.jsonl", [{"id": "a", "domain": "math", "messages": messages}])
+        assert_user_error(run("score", models["broken"], "--data", bad, "--out", tmp_path / "s.json"),
+                          f"{bad}:1", needle, roots=(tmp_path,))
+    assert not (tmp_path / "s.json").exists()
