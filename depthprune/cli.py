@@ -29,9 +29,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "Decoder layers are numbered 0-based everywhere.")
 data_app = typer.Typer(no_args_is_help=True, help="Data utilities (synthetic benchmark).")
 app.add_typer(data_app, name="data")
-# soft_wrap: paths in messages are never broken across lines (logs, pipes, narrow terminals)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# soft_wrap: paths in messages are never broken across lines (logs, pipes, narrow terminals);
+# markup off: a path such as runs/[a]/x must print as it is, not be parsed as rich markup
+console = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 @app.callback()

@@ -104,3 +104,12 @@ def test_threads_option_and_env(tmp_path):
 def test_warnings_are_one_line(capsys):
     _show_warning("first line\n  second", UserWarning, "f.py", 1)
     assert capsys.readouterr().err == "warning: first line second\n"
+
+
+def test_paths_that_look_like_markup_print_as_they_are(tmp_path):
+    out = tmp_path / "[/x]" / "synth"
+    res = run("data", "synth", "--out", out, "--n-train", "0", "--n-calib", "2", "--n-eval", "2")
+    assert res.exit_code == 0, res.output
+    assert f"calib: {out / 'calib.jsonl'}" in res.output
+    line = assert_user_error(run("rank", tmp_path / "[bold]missing.json"), "[bold]missing.json")
+    assert line.startswith("error: ")
