@@ -114,6 +114,7 @@ class Plan:
         if "keep" in d and d["keep"] != keep:
             raise RankError(f"{path}: 'keep' {d['keep']} is not the complement of 'remove' {d['remove']}; "
                             "the plan was edited. Fix or delete 'keep'")
+        _check_request_dict(path, d["request"])
         try:
             reasons = {int(k): str(v) for k, v in d["reasons"].items()}
         except ValueError:
@@ -123,6 +124,25 @@ class Plan:
         d["remove"] = sorted(d["remove"])
         d.setdefault("columns", {})
         return cls(**d)
+
+
+def _check_request_dict(path: Path, req: dict) -> None:
+    """The plan's ``request`` (the RankRequest it was made from, plus ``layers`` for manual
+    plans): known keys only, each of its type. Raises RankError naming the file and key."""
+    types = {"method": (str,), "budget": (int, float, str), "domain": (str, type(None)),
+             "weights": (dict, type(None)), "base": (str,), "token_group": (str,), "seed": (int,),
+             "allow_deepstack": (bool,), "protect_first": (int,), "protect_last": (int,), "layers": (list,)}
+    unknown = sorted(set(req) - set(types))
+    if unknown:
+        raise RankError(f"{path}: unknown key(s) {unknown} in 'request'; the plan was edited or written by "
+                        "another version. Restore it or write it again")
+    for key, value in req.items():
+        ok = isinstance(value, types[key]) and (key == "allow_deepstack" or not isinstance(value, bool))
+        if key in ("protect_first", "protect_last") and ok:
+            ok = value >= 0
+        if not ok:
+            raise RankError(f"{path}: 'request.{key}' has the wrong type or value ({json.dumps(value)[:40]}); "
+                            "restore the plan file or write it again")
 
 
 def _opt_str(v: object) -> bool:

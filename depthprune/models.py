@@ -253,6 +253,10 @@ def _weights_problem(model_id: str | os.PathLike) -> str | None:
     return "holds no *.safetensors weights. Pass a complete checkpoint directory"
 
 
+#: A local checkpoint needs at least one of these to build its tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
                device_map: str | None = None, trust_remote_code: bool = False
                ) -> tuple[nn.Module, Any]:
@@ -273,6 +277,9 @@ def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "
     config = load_config(model_id, trust_remote_code)
     if local and (why := _weights_problem(model_id)):
         raise ModelError(f"{model_id}: {why}")
+    if local and not any((Path(model_id).expanduser() / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(f"{model_id}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}). Copy them from "
+                         "the original checkpoint into this directory")
     if quiet():
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()

@@ -125,7 +125,11 @@ def test_unloadable_checkpoints_are_one_line_errors(models, calib_dir, tmp_path)
     badconfig = tmp_path / "badconfig"
     shutil.copytree(qwen, badconfig)
     (badconfig / "config.json").write_text("{ not json")
-    cases = [(models["broken"], "corrupt or truncated safetensors"),
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(qwen, no_tokenizer)
+    for f in no_tokenizer.glob("tokenizer*"):
+        f.unlink()
+    cases = [(models["broken"], "corrupt or truncated safetensors"), (no_tokenizer, "no tokenizer files"),
              (truncated, "corrupt or truncated safetensors"),
              (bin_only, ".bin"), (whisper, "encoder-decoder"), (badconfig, "config"),
              (tmp_path / "missing", "not found"), (data, "not found")]
@@ -195,6 +199,9 @@ def test_plan_files_are_validated_like_layers(models, scored, tmp_path):
         (lambda d: d.update(remove=[9], budget=1, keep=list(range(6))), "do not exist"),
         (lambda d: d.update(remove=[1], budget=1, protected=[], keep=[0, 2, 3, 4, 5]), "deepstack"),
         (lambda d: d.update(budget=5), "'budget' is 5"),
+        (lambda d: d["request"].update(allow_deepstack="yes"), "'request.allow_deepstack'"),
+        (lambda d: d["request"].update(protect_first="2"), "'request.protect_first'"),
+        (lambda d: d["request"].update(colour=1), "unknown key(s) ['colour'] in 'request'"),
         (lambda d: d.update(num_layers=8, keep=[i for i in range(8) if i not in d["remove"]]), "8 decoder layers"),
     ]
     for i, (edit, needle) in enumerate(edits):
