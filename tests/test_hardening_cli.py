@@ -113,3 +113,21 @@ def test_paths_that_look_like_markup_print_as_they_are(tmp_path):
     assert f"calib: {out / 'calib.jsonl'}" in res.output
     line = assert_user_error(run("rank", tmp_path / "[bold]missing.json"), "[bold]missing.json")
     assert line.startswith("error: ")
+
+
+def _fails_mid_bar() -> None:
+    bar = runtime.progress(total=10, desc="working", file=sys.stderr)
+    bar.update(3)
+    raise ValueError("data.jsonl:3: bad record. Fix it")
+
+
+def test_error_line_is_not_glued_to_a_progress_bar(capsys):
+    runtime.configure(quiet=False)
+    try:
+        with pytest.raises(typer.Exit) as info:
+            handle_errors(_fails_mid_bar)()
+    finally:
+        runtime.configure()
+    assert info.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert "working" in err and "\nerror: data.jsonl:3: bad record. Fix it\n" in err
