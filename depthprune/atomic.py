@@ -113,7 +113,7 @@ def check_output(out: str | os.PathLike, overwrite: bool, kind: str = "dir",
             raise OutputError(f"{option} {out}: exists and is not a directory. Choose another {option}")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise OutputExistsError(f"{option} {out}: directory exists and is not empty. "
-                              f"Choose another {option} or pass --overwrite")
+                                    f"Choose another {option} or pass --overwrite")
     else:
         if out.is_dir():
             raise OutputError(f"{option} {out}: is a directory; give a file name")
@@ -184,9 +184,9 @@ def _publish_dir(tmp: Path, out: Path, overwrite: bool) -> None:
             os.rename(tmp, out)  # replaces only an empty directory
         except OSError as err:
             if err.errno in _EXISTS:
-                raise OutputExistsError(f"{out}: appeared while this run was writing (another run?); it was "
-                                  "not replaced and this run's output was discarded. Choose another "
-                                  "--out or pass --overwrite") from None
+                raise OutputExistsError(f"{out}: appeared while this run was writing (another run?); it "
+                                        "was not replaced and this run's output was discarded. Choose "
+                                        "another --out or pass --overwrite") from None
             raise
         return
     for _ in range(100):  # another --overwrite run may publish between our two renames
@@ -200,13 +200,18 @@ def _publish_dir(tmp: Path, out: Path, overwrite: bool) -> None:
                 pass
         try:
             os.rename(tmp, out)
-            return
         except OSError as err:
+            if moved and err.errno not in _EXISTS:
+                with contextlib.suppress(OSError):  # put the previous output back
+                    os.rename(old, out)
+                    moved = False
             if err.errno not in _EXISTS:
                 raise
+            continue
         finally:
             if moved:
                 _remove(old)
+        return
     raise OutputError(f"{out}: other runs keep replacing it; try again")
 
 
@@ -261,13 +266,13 @@ def _link_if_absent(tmp: Path, path: Path) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise OutputExistsError(f"{path}: appeared while this run was writing (another run?); it was not "
-                          "replaced. Choose another output or pass --overwrite") from None
+                                "replaced. Choose another output or pass --overwrite") from None
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         if path.exists():  # no hard links on this file system: check, then rename
-            raise OutputExistsError(f"{path}: appeared while this run was writing (another run?); it was "
-                              "not replaced. Choose another output or pass --overwrite") from None
+            raise OutputExistsError(f"{path}: appeared while this run was writing (another run?); it "
+                                    "was not replaced. Choose another output or pass --overwrite") from None
         os.replace(tmp, path)
         return
     tmp.unlink()
