@@ -1,14 +1,35 @@
 """depthprune: domain-aware depth pruning of Hugging Face vision-language and language models."""
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .api import plan, prune, score  # noqa: E402
-from .data import DataError, Record, load_records  # noqa: E402
-from .methods import METHODS, Plan, RankError, RankRequest  # noqa: E402
-from .models import ModelError, load_model  # noqa: E402
-from .pruning import PruneError, prune_layers, save_pruned  # noqa: E402
-from .scores import Scores, ScoresError  # noqa: E402
+# Public names, imported on first use (PEP 562) so that `import depthprune` (and the CLI's
+# --help) does not load torch and transformers.
+_LAZY = {
+    "plan": "api", "prune": "api", "score": "api",
+    "DataError": "data", "Record": "data", "load_records": "data",
+    "METHODS": "methods", "Plan": "methods", "RankError": "methods", "RankRequest": "methods",
+    "ModelError": "models", "load_model": "models",
+    "PruneError": "pruning", "prune_layers": "pruning", "save_pruned": "pruning",
+    "Scores": "scores", "ScoresError": "scores",
+    "OutputError": "atomic",
+}
 
-__all__ = ["DataError", "METHODS", "ModelError", "Plan", "PruneError", "RankError", "RankRequest",
-           "Record", "Scores", "ScoresError", "load_model", "load_records", "plan", "prune",
-           "prune_layers", "save_pruned", "score", "__version__"]
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'depthprune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = sorted(_LAZY) + ["__version__"]

@@ -18,9 +18,13 @@ from typing import Any
 
 import torch
 
+from .atomic import check_output
 from .data import load_records
-from .methods import SCORE_FREE, Plan, RankError, RankRequest, rank
-from .models import find_decoder_layers, load_model, protected_layers, resolve_model_id
+from .methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list, check_protection,
+                      check_request, rank, resolve_budget)
+from .methods import protected_layers as protected_for
+from .models import (DTYPES, ModelError, adapter_for, find_decoder_layers, is_local, load_config, load_model,
+                     resolve_model_id, text_config, validate_device)
 from .pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
 from .scores import Scores
 from .scoring import ScoreSettings, score_model
@@ -35,31 +39,56 @@ def _as_list(paths: PathLike | Sequence[PathLike]) -> list[PathLike]:
 def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | None = None, *,
           batch_size: int = 4, max_samples: int | None = None, max_span: int | None = None,
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
-          trust_remote_code: bool = False, progress: bool = True) -> Scores:
+          trust_remote_code: bool = False, progress: bool = True, overwrite: bool = False) -> Scores:
     """Score every decoder layer of checkpoint ``model`` on calibration JSONL ``data``.
 
-    Returns the :class:`Scores` (also written to ``out``, a ``.json`` path, if given).
+    Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
+    ``.safetensors`` beside it, if given; existing files only with ``overwrite``). Everything
+    cheap (output, data, images, device, config) is checked before the weights load.
     """
     model = resolve_model_id(model)
     settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples, max_span=max_span)
+    inputs = _inputs(model, data)
+    if out is not None:
+        if not str(out).endswith(".json"):
+            raise ValueError(f"--out {out}: the scores file name must end in .json")
+        for target in (Path(out), Path(out).with_suffix(".safetensors")):
+            check_output(target, overwrite, kind="file", inputs=inputs)
     records = load_records(_as_list(data))
-    if out is not None and not str(out).endswith(".json"):
-        raise ValueError(f"{out}: the scores file name must end in .json")
+    num_layers = text_config(_check_model_cheaply(model, dtype, device, device_map,
+                                                  trust_remote_code)).num_hidden_layers
+    if max_span is not None and max_span > num_layers:
+        raise ValueError(f"--max-span {max_span} is more than the model's {num_layers} decoder layers")
     net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
                                 trust_remote_code=trust_remote_code)
     scores = score_model(net, processor, records, settings, model_id=str(model), progress=progress)
     scores.settings["data_files"] = [str(p) for p in _as_list(data)]
     if out is not None:
-        scores.save(out)
+        scores.save(out, overwrite=overwrite)
     return scores
 
 
-def empty_scores(model: torch.nn.Module, model_id: str) -> Scores:
+def _inputs(model: PathLike, data: PathLike | Sequence[PathLike] | None) -> list[PathLike]:
+    """The local paths a run reads (outputs may not be, or be inside, any of them)."""
+    files = [p for p in (_as_list(data) if data is not None else []) if not Path(p).is_dir()]
+    return ([model] if is_local(model) else []) + files  # a directory as --data is refused by the loader
+
+
+def _check_model_cheaply(model: PathLike, dtype: str, device: str, device_map: str | None,
+                         trust_remote_code: bool) -> Any:
+    """dtype, device and config checks that need no weights; returns the config."""
+    if dtype not in DTYPES:
+        raise ModelError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
+    validate_device(device, device_map)
+    return load_config(model, trust_remote_code)
+
+
+def empty_scores(num_layers: int, model_id: str, architecture_protected: list[int]) -> Scores:
     """Scores with no samples: enough for the score-free methods (last, uniform, random)."""
-    n = len(find_decoder_layers(model)[1])
+    n = num_layers
     return Scores(model_id=model_id, num_layers=n, max_span=1, sample_ids=[], sample_domains=[],
                   sums=torch.zeros(0, 2, 4, n, 1, dtype=torch.float64),
-                  counts=torch.zeros(0, 4, dtype=torch.int64), protected_layers=protected_layers(model))
+                  counts=torch.zeros(0, 4, dtype=torch.int64), protected_layers=list(architecture_protected))
 
 
 def plan(scores: Scores | PathLike, method: str, budget: int | float | str, *,
@@ -79,22 +108,13 @@ def plan(scores: Scores | PathLike, method: str, budget: int | float | str, *,
 
 def manual_plan(num_layers: int, layers: Sequence[int], architecture_protected: list[int],
                 allow_deepstack: bool = False, protect_first: int = 0, protect_last: int = 0) -> Plan:
-    """A plan removing exactly ``layers`` (0-based), refusing protected ones."""
-    from .methods import protected_layers as protected_for
+    """A plan removing exactly ``layers`` (0-based): integers, distinct, within the model, at
+    least one layer left, none protected. Raises RankError naming --layers."""
     req = RankRequest(method="manual", budget=len(layers), allow_deepstack=allow_deepstack,
                       protect_first=protect_first, protect_last=protect_last)
     protected = protected_for(num_layers, architecture_protected, req)
-    remove = sorted(set(int(i) for i in layers))
-    bad = [i for i in remove if not 0 <= i < num_layers]
-    if bad or not remove or len(remove) >= num_layers:
-        raise RankError(f"--layers {list(layers)}: layers must be distinct, 0-based, within 0..{num_layers - 1}, "
-                        "and at least one layer must remain")
-    hit = [i for i in remove if i in protected]
-    if hit:
-        why = ("Qwen3-VL deepstack-injection layers; pass --allow-deepstack to remove them anyway"
-               if set(hit) & set(architecture_protected) and not allow_deepstack
-               else "protected by --protect-first/--protect-last; lower those")
-        raise RankError(f"--layers asks to remove protected layer(s) {hit}: {why}")
+    remove = check_layer_list(list(layers), num_layers, f"--layers {','.join(map(str, layers))}")
+    check_protection(remove, protected, architecture_protected, allow_deepstack, "--layers")
     req_dict = {k: v for k, v in vars(req).items()}
     req_dict["layers"] = remove
     return Plan(method="manual", num_layers=num_layers, budget=len(remove), remove=remove,
@@ -102,58 +122,98 @@ def manual_plan(num_layers: int, layers: Sequence[int], architecture_protected: 
                 request=req_dict)
 
 
+def check_plan(the_plan: Plan, num_layers: int, architecture_protected: list[int], source: str,
+               allow_deepstack: bool = False, protect_first: int = 0, protect_last: int = 0) -> Plan:
+    """Validate a given plan (a file or an object) against the model exactly as ``--layers``:
+    layer count, integers, distinct, range, and the protection the model needs (the plan's
+    own request flags, or the ones passed here, may lift it). Returns the plan."""
+    if the_plan.num_layers != num_layers:
+        raise RankError(f"{source}: the plan is for a model of {the_plan.num_layers} decoder layers but "
+                        f"the model has {num_layers}; rank again on scores of this model")
+    remove = check_layer_list(list(the_plan.remove), num_layers, f"{source}: 'remove'")
+    req = the_plan.request
+    flags = dict(allow_deepstack=bool(req.get("allow_deepstack")) or allow_deepstack,
+                 protect_first=max(int(req.get("protect_first") or 0), protect_first),
+                 protect_last=max(int(req.get("protect_last") or 0), protect_last))
+    protected = protected_for(num_layers, architecture_protected,
+                              RankRequest(method=the_plan.method, budget=len(remove), **flags))
+    check_protection(remove, protected, architecture_protected, flags["allow_deepstack"], source)
+    return the_plan
+
+
 def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out: PathLike, *,
           layers: Sequence[int] | None = None, method: str | None = None, budget: int | float | str | None = None,
           data: PathLike | Sequence[PathLike] | None = None, overwrite: bool = False,
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
           trust_remote_code: bool = False, batch_size: int = 4, max_samples: int | None = None,
-          progress: bool = True, **plan_kwargs: Any) -> Path:
+          progress: bool = True, return_info: bool = False, **plan_kwargs: Any) -> Path | tuple[Path, dict]:
     """Remove decoder layers from checkpoint ``model`` and save a stock checkpoint to ``out``.
 
     Pass explicit ``layers``, a :class:`Plan` (or a saved ``.plan.json``), or scores plus ``method`` and
     ``budget`` (and :func:`plan`'s keyword arguments); ``last``/``uniform``/``random`` need
-    no scores, ``iterative`` needs ``data``. Returns the output directory.
+    no scores, ``iterative`` needs ``data``. Returns the output directory (and, with
+    ``return_info``, the ``pruning.json`` dict this call wrote).
+
+    Everything that can be checked without the weights is checked first: the output (never
+    the source, inside it or around it), dtype/device, the config, the plan or the scores and
+    method, the data. Only then does the model load.
     """
     model = resolve_model_id(model)
-    prepare_output_dir(out, overwrite)  # fail before loading a large model
-    net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
-                                trust_remote_code=trust_remote_code)
-    num_layers = len(find_decoder_layers(net)[1])
+    prepare_output_dir(out, overwrite, _inputs(model, data))
+    config = _check_model_cheaply(model, dtype, device, device_map, trust_remote_code)
+    num_layers = text_config(config).num_hidden_layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # load_model warns about untested architectures once
+        arch_protected = adapter_for(config).protected(config)
+    flags = {k: plan_kwargs[k] for k in ("allow_deepstack", "protect_first", "protect_last") if k in plan_kwargs}
+    the_plan: Plan | None = None
+    scores: Scores | None = None
+    records = None
     if layers is not None:
-        plan_or_scores = manual_plan(num_layers, layers, protected_layers(net),
-                                     **{k: plan_kwargs[k] for k in ("allow_deepstack", "protect_first",
-                                                                    "protect_last") if k in plan_kwargs})
-    if isinstance(plan_or_scores, (str, os.PathLike)) and str(plan_or_scores).endswith(".plan.json"):
-        plan_or_scores = Plan.load(plan_or_scores)
-    if not isinstance(plan_or_scores, Plan):
+        the_plan = manual_plan(num_layers, layers, arch_protected, **flags)
+    elif isinstance(plan_or_scores, Plan) or (isinstance(plan_or_scores, (str, os.PathLike))
+                                              and str(plan_or_scores).endswith(".plan.json")):
+        source = "the plan" if isinstance(plan_or_scores, Plan) else str(plan_or_scores)
+        loaded = plan_or_scores if isinstance(plan_or_scores, Plan) else Plan.load(plan_or_scores)
+        the_plan = check_plan(loaded, num_layers, arch_protected, source, **flags)
+    else:
         if method is None or budget is None:
             raise RankError("prune needs a plan, or a method and a budget (--method, --budget)")
-        scores = plan_or_scores
-        if scores is None:
+        req = RankRequest(method=method, budget=budget, **{k: v for k, v in plan_kwargs.items()
+                                                           if k in RankRequest.__dataclass_fields__})
+        check_request(req)
+        resolve_budget(budget, num_layers)
+        if plan_or_scores is None:
             if method not in SCORE_FREE and method != "iterative":
                 raise RankError(f"method '{method}' needs scores: pass --scores FILE "
                                 "(from `depthprune score`)")
-            scores = empty_scores(net, str(model))
-        elif not isinstance(scores, Scores):
-            scores = Scores.load(scores)
-        score_fn: Any = None
+            scores = empty_scores(num_layers, str(model), arch_protected)
+        else:
+            scores = plan_or_scores if isinstance(plan_or_scores, Scores) else Scores.load(plan_or_scores)
+            if scores.num_layers != num_layers:
+                raise RankError(f"the scores are of a model with {scores.num_layers} decoder layers but "
+                                f"{model} has {num_layers}; re-run `depthprune score` on this model")
         if method == "iterative":
             if data is None:
                 raise RankError("method 'iterative' re-scores the model after each removal: pass --data")
             records = load_records(_as_list(data))
-            settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)
+            check_request(req, sorted({r.domain for r in records}), where="data")
+        else:
+            the_plan = plan(scores, method, budget, **plan_kwargs)  # no model needed: fail early
+    net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
+                                trust_remote_code=trust_remote_code)
+    if len(find_decoder_layers(net)[1]) != num_layers:
+        raise ModelError(f"{model}: the loaded model has {len(find_decoder_layers(net)[1])} decoder layers, "
+                         f"its config says {num_layers}")
+    if the_plan is None:  # iterative: re-scores the model after each removal
+        settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)
 
-            def rescore(removed: list[int]) -> Scores:
-                with layers_removed(net, removed):
-                    return score_model(net, processor, records, settings, str(model), progress=progress)
-            score_fn = rescore
-            if not scores.sample_ids:  # no scores given: step 0 scores the full model
-                scores = score_fn([])
-        plan_or_scores = plan(scores, method, budget, score_fn=score_fn, **plan_kwargs)
-    the_plan = plan_or_scores
-    if the_plan.num_layers != num_layers:
-        raise RankError(f"the plan is for a model of {the_plan.num_layers} decoder layers but {model} "
-                        f"has {num_layers}; re-run `depthprune score` on this model")
+        def rescore(removed: list[int]) -> Scores:
+            with layers_removed(net, removed):
+                return score_model(net, processor, records, settings, str(model), progress=progress)
+        if not scores.sample_ids:  # no scores given: step 0 scores the full model
+            scores = rescore([])
+        the_plan = plan(scores, method, budget, score_fn=rescore, **plan_kwargs)
     if the_plan.scores_model_id and Path(str(the_plan.scores_model_id)).name != Path(str(model)).name:
         warnings.warn(f"scores were computed on '{the_plan.scores_model_id}', pruning '{model}'",
                       stacklevel=2)
@@ -164,4 +224,5 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
                                "request": req, "protected_layers": the_plan.protected,
                                "reasons": {str(k): v for k, v in the_plan.reasons.items()},
                                "scores_fingerprint": the_plan.scores_fingerprint})
-    return save_pruned(net, processor, out, info, source_model=model, overwrite=overwrite)
+    path = save_pruned(net, processor, out, info, source_model=model, overwrite=overwrite)
+    return (path, info) if return_info else path

@@ -1,47 +1,111 @@
 """`depthprune` command line: score, rank, prune, eval, data synth, demo.
 
 Every command is a thin wrapper over the Python API (depthprune.api and friends). User
-errors print one line naming the input and the fix, and exit with status 2.
+errors (ValueError subclasses raised where the file, record or option is known, and OSErrors
+such as a full or read-only disk) print one line ``error: ...`` on stderr and exit with
+status 2; anything else is a bug: one line and exit 1, with the traceback under ``--debug``.
+Heavy libraries (torch, transformers) are imported inside the commands, so ``--help`` is fast.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
+import click
 import typer
 from rich.console import Console
+from rich.text import Text
+
+from . import runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Domain-aware depth pruning of Hugging Face VLMs and LLMs. "
                        "Decoder layers are numbered 0-based everywhere.")
 data_app = typer.Typer(no_args_is_help=True, help="Data utilities (synthetic benchmark).")
 app.add_typer(data_app, name="data")
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: paths in messages are never broken across lines (logs, pipes, narrow terminals);
+# markup off: a path such as runs/[a]/x must print as it is, not be parsed as rich markup
+console = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .data import DataError
-    from .methods import RankError
-    from .models import ModelError
-    from .pruning import PruneError
-    from .scores import ScoresError
-    return (DataError, RankError, ModelError, PruneError, ScoresError, FileExistsError,
-            FileNotFoundError, ValueError)
+@app.callback()
+def _global_options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=runtime.ENV_QUIET,
+                                        help="No progress bars (for logs).")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, envvar=runtime.ENV_THREADS,
+                                                help="CPU threads for torch (torch.set_num_threads). Use 1 (or "
+                                                     "cores / processes) when other processes share the cores.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", envvar=runtime.ENV_DEBUG,
+                                        help="Print the traceback above the error line (for bug reports).")] = False,
+) -> None:
+    """Global options; they apply to every command and go before it: depthprune --quiet score ..."""
+    runtime.configure(quiet=quiet, threads=threads, debug=debug)
+    if not console.is_terminal:  # a pipe or a log file: no wrapping at 80 columns anywhere
+        console.width = err.width = 10_000
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line ``warning: ...`` that does not break a progress bar."""
+    text = f"warning: {' '.join(str(message).split())}"
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def error_message(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit status for an exception escaping a command."""
+    if isinstance(exc, ValueError):
+        return _one_line(str(exc)) or type(exc).__name__, 2
+    if isinstance(exc, OSError):
+        from .atomic import describe_oserror
+        where = exc.filename if exc.filename is not None else ""
+        if exc.filename2 is not None:
+            where = f"{where} -> {exc.filename2}"
+        return _one_line(f"{where + ': ' if where else ''}{describe_oserror(exc)}"), 2
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return ("out of memory: lower --batch-size, use --dtype bfloat16, or spread the model with "
+                "--device-map auto"), 2
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; nothing was written", 130
+    detail = _one_line(str(exc))
+    return (f"unexpected {type(exc).__name__}{': ' + detail if detail else ''} (a bug in depthprune? "
+            "rerun with --debug for the traceback and report it)"), 1
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn known user errors into one red line on stderr and exit status 2."""
+    """Turn every exception into one line ``error: ...`` on stderr (on a fresh line, progress
+    bars closed) and an exit status: 2 for user errors, 1 for bugs, 130 for Ctrl-C."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the one place errors become messages
+            if isinstance(exc, SystemExit):
+                raise
+            runtime.close_progress_bars()
+            message, status = error_message(exc)
+            if runtime.debug():
+                traceback.print_exception(exc, file=sys.stderr)
+            sys.stdout.flush()
+            err.print(Text.assemble(("error:", "bold red"), " ", message))
+            raise typer.Exit(status) from None
     return wrapper
 
 
@@ -64,7 +128,7 @@ Seed = Annotated[int, typer.Option(help="Seed for --method random and the bootst
 AllowDeepstack = Annotated[bool, typer.Option(help="Allow removing Qwen3-VL deepstack-injection layers (0..2); moves where visual features are injected.")]
 ProtectFirst = Annotated[int, typer.Option(min=0, help="Never remove the first K layers.")]
 ProtectLast = Annotated[int, typer.Option(min=0, help="Never remove the last K layers.")]
-Overwrite = Annotated[bool, typer.Option(help="Replace an existing non-empty output.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing output (never an input: an output equal to, inside or containing the model or data is always refused).")]
 
 
 def _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last) -> dict:
@@ -89,10 +153,9 @@ def score(
 ) -> None:
     """Run calibration prompts through MODEL once and record every layer's similarity statistics."""
     from . import api
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: scores file exists. Choose another --out or pass --overwrite")
     scores = api.score(model, data, out, batch_size=batch_size, max_samples=max_samples, max_span=max_span,
-                       dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
+                       dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                       overwrite=overwrite)
     counts = ", ".join(f"{d}: {int(scores.sample_mask(d).sum())}" for d in scores.domains)
     out_msg = (f"scored {len(scores.sample_ids)} samples ({counts}) over {scores.num_layers} layers "
                f"in {scores.settings['seconds']:.1f} s -> {out}")
@@ -108,12 +171,19 @@ def rank(
     allow_deepstack: AllowDeepstack = False, protect_first: ProtectFirst = 0, protect_last: ProtectLast = 0,
     save_plan: Annotated[Path | None, typer.Option(help="Write the plan (.plan.json) for `prune --plan`.")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Resamples for the stability estimate (0: skip).")] = 100,
+    overwrite: Overwrite = False,
 ) -> None:
     """Choose layers to remove from a scores file (no model pass) and print the table."""
     from . import api
+    from .atomic import check_output
     from .diagnostics import bootstrap_stability, plan_table
     from .methods import RankRequest
     from .scores import Scores
+    if save_plan is not None:  # before any work
+        if not str(save_plan).endswith(".plan.json"):
+            raise ValueError(f"--save-plan {save_plan}: plan files must end in .plan.json")
+        check_output(save_plan, overwrite, kind="file", inputs=[scores, Path(scores).with_suffix(".safetensors")],
+                     option="--save-plan")
     loaded = Scores.load(scores)
     kwargs = _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last)
     the_plan = api.plan(loaded, method, budget, **kwargs)
@@ -127,9 +197,7 @@ def rank(
             console.print(f"stability of {dom}: the same {the_plan.budget} layers in {frac:.0%} of "
                       f"{bootstrap} bootstrap resamples of that domain", highlight=False)
     if save_plan is not None:
-        if not str(save_plan).endswith(".plan.json"):
-            raise ValueError(f"{save_plan}: plan files must end in .plan.json")
-        the_plan.save(save_plan)
+        the_plan.save(save_plan, overwrite=overwrite)
         console.print(f"plan -> {save_plan}", highlight=False)
 
 
@@ -152,20 +220,26 @@ def prune(
     """Remove decoder layers from MODEL and save a stock Hugging Face checkpoint."""
     from . import api
     source = plan if plan is not None else scores
-    kwargs = {} if plan is not None else _plan_kwargs(domain, weights, base, token_group, seed,
-                                                      allow_deepstack, protect_first, protect_last)
+    kwargs = _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last)
+    if plan is not None or layers is not None:  # only the protection flags apply to a given plan
+        kwargs = {k: kwargs[k] for k in ("allow_deepstack", "protect_first", "protect_last")}
     explicit = None
     if layers is not None:
+        if sum(x is not None for x in (plan, scores)):
+            raise ValueError("--layers replaces --scores and --plan: pass only one of them")
         try:
-            explicit = [int(x) for x in layers.split(",") if x.strip()]
+            explicit = [int(x) for x in layers.split(",")]
         except ValueError:
             raise ValueError(f"--layers {layers!r}: give comma-separated 0-based integers, e.g. 5,9,12") from None
         source = None
-    result = api.prune(model, source, out_dir, layers=explicit, method=method, budget=budget, data=data or None,
-                       overwrite=overwrite, dtype=dtype, device=device, device_map=device_map,
-                       trust_remote_code=trust_remote_code, batch_size=batch_size, **kwargs)
-    import json
-    info = json.loads((result / "pruning.json").read_text())
+    elif plan is not None and scores is not None:
+        raise ValueError("--plan already says which layers to remove: pass --plan or --scores, not both")
+    elif plan is not None and not str(plan).endswith(".plan.json"):
+        raise ValueError(f"--plan {plan}: plan files end in .plan.json (written by `depthprune rank --save-plan`)")
+    result, info = api.prune(model, source, out_dir, layers=explicit, method=method, budget=budget,
+                             data=data or None, overwrite=overwrite, dtype=dtype, device=device,
+                             device_map=device_map, trust_remote_code=trust_remote_code, batch_size=batch_size,
+                             return_info=True, **kwargs)
     console.print(f"removed layers {info['removed_layers']} (0-based) with {info['method']}: "
               f"{info['original_num_layers']} -> {info['num_layers']} layers -> {result}", highlight=False)
 
@@ -204,7 +278,9 @@ def data_synth(
     Eval and calib do not depend on --n-train: with --seed 0 and the default sizes they are
     the toy model's held-out splits.
     """
+    from .atomic import check_output
     from .synth import synthesize
+    check_output(out_dir, overwrite=False)
     paths = synthesize(out_dir, seed=seed, n_train=n_train, n_calib=n_calib, n_eval=n_eval)
     for split, path in paths.items():
         console.print(f"{split}: {path}", highlight=False)
@@ -225,10 +301,12 @@ def demo(
 
     from . import api
     from .evaluation import evaluate_path
+    from .methods import check_budget_spec
     from .pruning import atomic_dir, prepare_output_dir
     from .toy import MODEL_DIR, default_data
+    check_budget_spec(budget)
     out = prepare_output_dir(out_dir, overwrite)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         data = default_data(tmp / "data")
         console.print(f"[1/3] scoring the bundled toy model ({MODEL_DIR}) on {data['calib'].name}",
                       highlight=False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 
 class DataError(ValueError):
@@ -72,6 +72,9 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise _fail(source, f"each message needs 'role' and 'content', got {turn!r}",
                         "See the data format in the README")
+        if turn["role"] not in ("system", "user", "assistant"):
+            raise _fail(source, f"message role {turn['role']!r} is not system, user or assistant",
+                        "Use one of those roles")
         content = turn["content"]
         if isinstance(content, str):
             messages.append({"role": turn["role"], "content": [{"type": "text", "text": content}]})
@@ -97,8 +100,8 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
     if messages[-1]["role"] == "assistant":
         last = messages.pop()
         answer = "".join(p.get("text", "") for p in last["content"])
-    if not messages:
-        raise _fail(source, "'messages' holds no prompt before the assistant answer",
+    if not any(m["role"] == "user" for m in messages):
+        raise _fail(source, "'messages' holds no user turn before the assistant answer",
                     "Add a user turn")
     return tuple(messages), paths, answer
 
@@ -133,6 +136,7 @@ def parse_record(obj: Any, base: Path, source: str) -> Record:
         if not path.is_file():
             raise _fail(source, f"image '{ref}' not found (looked for {path})",
                         "Image paths are relative to the JSONL file; fix the path or add the file")
+        check_image(path, source)
         resolved.append(path.resolve())
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
     return Record(id=str(rid), domain=domain.strip(), question=question,
@@ -154,27 +158,39 @@ def load_records(paths: str | Path | Sequence[str | Path], require_answer: bool 
     seen: dict[str, str] = {}
     for p in paths:
         path = Path(p)
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory. Pass a JSONL file to --data")
         if not path.is_file():
             raise DataError(f"{path}: data file not found. Check the path passed to --data")
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                source = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise _fail(source, f"malformed JSON ({err.msg} at column {err.colno})",
-                                "Each line must be one complete JSON object") from None
-                rec = parse_record(obj, path.parent, source)
-                if require_answer and rec.answer is None:
-                    raise _fail(source, "record has no 'answer'",
-                                "Evaluation needs an answer on every record")
-                if rec.id in seen:
-                    raise _fail(source, f"duplicate id '{rec.id}' (first at {seen[rec.id]})",
-                                "Give every record a unique id")
-                seen[rec.id] = source
-                records.append(rec)
+        try:
+            raw_lines = path.read_bytes().splitlines()
+        except OSError as err:
+            raise DataError(f"{path}: cannot read the data file ({err.strerror or err})") from None
+        for lineno, raw in enumerate(raw_lines, start=1):
+            source = f"{path}:{lineno}"
+            try:  # a UTF-8 byte-order mark (Windows editors write one) is accepted on line 1
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise _fail(source, f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})",
+                            "Save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise _fail(source, f"malformed JSON ({err.msg} at column {err.colno})",
+                            "Each line must be one complete JSON object") from None
+            except RecursionError:
+                raise _fail(source, "JSON nested too deeply", "Each line must be one flat record") from None
+            rec = parse_record(obj, path.parent, source)
+            if require_answer and rec.answer is None:
+                raise _fail(source, "record has no 'answer'",
+                            "Evaluation needs an answer on every record")
+            if rec.id in seen:
+                raise _fail(source, f"duplicate id '{rec.id}' (first at {seen[rec.id]})",
+                            "Give every record a unique id")
+            seen[rec.id] = source
+            records.append(rec)
     if not records:
         raise DataError(f"{', '.join(map(str, paths))}: no records found. The file is empty")
     return records
@@ -191,14 +207,31 @@ def data_fingerprint(records: Iterable[Record]) -> str:
     return h.hexdigest()[:16]
 
 
+def _image_error(path: Path, source: str, err: BaseException) -> DataError:
+    if isinstance(err, Image.DecompressionBombError):
+        return DataError(f"{source}: image {path} is too large to decode safely ({err}). "
+                         "Downscale it (PIL refuses images this large as a decompression-bomb guard)")
+    return DataError(f"{source}: image {path} cannot be read ({type(err).__name__}: {err}). "
+                     "Replace it with a valid PNG/JPEG file")
+
+
+def check_image(path: Path, source: str = "") -> None:
+    """Decode the image once (before any model is loaded); raises DataError naming the record
+    if PIL cannot identify, decode (truncated file) or accept it (decompression-bomb guard)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for a bad file
+        raise _image_error(path, source, err) from None
+
+
 def load_image(path: Path, source: str = "") -> Image.Image:
     """Open an image as RGB; raises DataError naming the record if it cannot be read."""
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{source}: image {path} cannot be read ({err}). "
-                        "Replace it with a valid PNG/JPEG file") from None
+    except Exception as err:  # noqa: BLE001 - truncated data, bombs, unknown formats, broken PNG chunks
+        raise _image_error(path, source, err) from None
 
 
 def chat_messages(record: Record, with_answer: bool = False) -> list[dict]:
@@ -236,8 +269,13 @@ def render_prompt(processor: Any, record: Record, with_answer: bool = False) -> 
             messages = [{"role": m["role"],
                          "content": "".join(p.get("text", "") for p in m["content"])}
                         for m in messages]
-        return template_owner.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=not with_answer)
+        try:
+            return template_owner.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=not with_answer)
+        except Exception as err:  # noqa: BLE001 - jinja errors, raise_exception() in templates
+            raise DataError(f"{record.source}: the model's chat template cannot render this record "
+                            f"({type(err).__name__}: {' '.join(str(err).split())}). Check its roles and "
+                            "content (e.g. a template that wants alternating user/assistant turns)") from None
     text = record.question or "".join(
         p.get("text", "") for m in chat_messages(record) for p in m["content"])
     if with_answer:
@@ -264,7 +302,12 @@ def encode(processor: Any, records: Sequence[Record], texts: Sequence[str] | Non
             bad = next(r for r in records if r.images)
             raise DataError(f"{bad.source}: record has an image but this model has no image "
                             "processor. Use a vision-language model or drop the image")
-        return processor(text=list(texts), images=images, padding=True, return_tensors="pt")
+        try:
+            return processor(text=list(texts), images=images, padding=True, return_tensors="pt")
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:  # e.g. an extreme aspect ratio
+            where = records[0].source if len(records) == 1 else f"{records[0].source} .. {records[-1].source}"
+            raise DataError(f"{where}: the model's processor cannot encode these records' images "
+                            f"({' '.join(str(err).split())}). Check the images (size, aspect ratio)") from None
     if processor is tok:
         # a chat template already writes BOS and friends; plain text needs them added
         return tok(list(texts), padding=True, return_tensors="pt",

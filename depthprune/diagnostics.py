@@ -8,13 +8,14 @@ import torch
 from rich.markup import escape
 from rich.table import Table
 
-from .methods import SCORE_FREE, Plan, RankError, RankRequest, rank
+from .methods import SCORE_FREE, Plan, RankError, RankRequest, domains_used, rank
 from .scores import Scores
 
 
 def bootstrap_stability(scores: Scores, req: RankRequest, n_resamples: int = 100,
                         seed: int = 0) -> dict[str, float]:
-    """Per domain, the fraction (0..1) of bootstrap resamples whose removed set equals the plan's.
+    """Per domain the ranking depends on (:func:`~depthprune.methods.domains_used`), the
+    fraction (0..1) of bootstrap resamples whose removed set equals the plan's.
 
     Each resample redraws that domain's samples with replacement, other domains unchanged,
     and re-ranks; a resample that cannot be ranked counts as different. Returns {} for
@@ -25,7 +26,7 @@ def bootstrap_stability(scores: Scores, req: RankRequest, n_resamples: int = 100
     full = rank(scores, req).remove
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for domain in scores.domains:
+    for domain in domains_used(req, scores.domains):
         mine = torch.nonzero(scores.sample_mask(domain)).flatten()
         index = torch.arange(len(scores.sample_ids))
         same = 0

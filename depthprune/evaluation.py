@@ -38,11 +38,11 @@ from typing import Any
 import torch
 from rich.table import Table
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import __version__
 from .data import DataError, Record, batches, data_fingerprint, encode, load_records, render_prompt
-from .models import input_device, load_model, resolve_model_id
+from .models import DTYPES, ModelError, input_device, is_local, load_config, load_model, resolve_model_id
+from .runtime import progress as progress_bar
 
 # ----------------------------------------------------------------------------- extraction
 _END_OF_TURN = re.compile(r"<\|im_end\|>|<\|eot_id\|>|<\|end\|>|<\|endoftext\|>|<end_of_turn>|</s>"
@@ -390,7 +390,7 @@ def evaluate(model: nn.Module, processor: Any, records: Sequence[Record], batch_
                         "Evaluation needs a non-empty answer on every record")
     predictions: list[Prediction] = []
     started = time.perf_counter()
-    bar = tqdm(total=len(records), desc="eval", unit="sample", disable=not progress)
+    bar = progress_bar(total=len(records), desc="eval", unit="sample", disable=not progress)
     for chunk in batches(records, batch_size):
         outputs = generate_outputs(model, processor, chunk, max_new_tokens)
         for r, output, (nll, n_tokens) in zip(chunk, outputs, answer_nll(model, processor, chunk)):
@@ -410,18 +410,6 @@ def predictions_path(out: str | os.PathLike) -> Path:
     return Path(out).with_suffix(".predictions.jsonl")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # a temp file in the same directory, then os.replace: readers never see half a file
-    # (open(), not mkstemp, so the file gets the user's umask permissions, not 0600)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | Sequence[str | os.PathLike],
                   out: str | os.PathLike, batch_size: int = 8, max_new_tokens: int = 16,
                   dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
@@ -429,20 +417,28 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     """Load checkpoint ``model_id``, evaluate it on the JSONL file(s) ``data_paths`` and write the
     metrics JSON ``out`` and the per-sample :func:`predictions_path` JSONL beside it.
 
-    Returns the metrics dict that was written. Raises FileExistsError if an output exists and
-    ``overwrite`` is False, DataError for a record without an answer (before loading the model).
+    Returns the metrics dict that was written. Raises OutputError if an output exists and
+    ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,
+    ModelError for a bad device or checkpoint; all of these before the model loads.
     """
+    from .atomic import atomic_files, check_output
+    from .models import validate_device
     model_id = resolve_model_id(model_id)
     out = Path(out)
+    paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
+    inputs = ([model_id] if is_local(model_id) else []) + [p for p in paths if not Path(p).is_dir()]
+    if out.suffix != ".json":
+        raise ValueError(f"--out {out}: the metrics file name must end in .json")
     for path in (out, predictions_path(out)):
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists. Pass --overwrite to replace it, "
-                                  "or choose another --out")
+        check_output(path, overwrite, kind="file", inputs=inputs)
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"--batch-size and --max-new-tokens must be >= 1, "
                          f"got {batch_size} and {max_new_tokens}")
-    paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
     records = load_records(paths, require_answer=True)
+    if dtype not in DTYPES:
+        raise ModelError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
+    validate_device(device, device_map)
+    load_config(model_id, trust_remote_code)
     model, processor = load_model(model_id, dtype=dtype, device=device, device_map=device_map,
                                   trust_remote_code=trust_remote_code)
     result = evaluate(model, processor, records, batch_size, max_new_tokens, progress)
@@ -459,9 +455,11 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
                      "torch": torch.__version__},
     }
     lines = [json.dumps(dict(asdict(p), nll=_finite(p.nll)), ensure_ascii=False) for p in result.predictions]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(predictions_path(out), "\n".join(lines) + "\n")
-    _write_atomic(out, json.dumps(metrics, indent=1, allow_nan=False) + "\n")  # last: marks completion
+    text = json.dumps(metrics, indent=1, allow_nan=False) + "\n"
+    # both or neither; the metrics file last, as the completion mark
+    with atomic_files([predictions_path(out), out], overwrite) as (tmp_predictions, tmp_metrics):
+        tmp_predictions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp_metrics.write_text(text, encoding="utf-8")
     return metrics
 
 

@@ -85,17 +85,137 @@ class Plan:
         d["reasons"] = {str(k): v for k, v in self.reasons.items()}
         return d
 
-    def save(self, path: str | Path) -> None:
-        """Write the plan as JSON (strict: no NaN)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the plan as JSON (strict: no NaN), atomically; without ``overwrite`` an existing
+        file is an OutputError and is never replaced. Returns the path."""
+        from .atomic import write_text_atomic
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n",
+                                 overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        """Read a plan written by :meth:`save`."""
-        d = json.loads(Path(path).read_text())
-        d.pop("keep", None)
-        d["reasons"] = {int(k): v for k, v in d["reasons"].items()}
+        """Read a plan written by :meth:`save`, validated: every key present with its type,
+        no unknown key, ``remove`` distinct 0-based layers within the model with ``budget``
+        and ``keep`` consistent. Raises RankError naming the file and the key."""
+        from .scores import _check_schema, _read_json_object
+        path = Path(path)
+        if path.is_dir() or not path.is_file():
+            raise RankError(f"{path}: plan file not found. Write one with `depthprune rank --save-plan`")
+        d = _read_json_object(path, "plan", RankError)
+        _check_schema(path, d, _PLAN_SCHEMA, RankError, "plan",
+                      optional=("keep", "scores_fingerprint", "scores_model_id", "columns"))
+        n = d["num_layers"]
+        check_layer_list(d["remove"], n, f"{path}: 'remove'")
+        check_layer_list(d["protected"], n, f"{path}: 'protected'", allow_empty=True, allow_all=True)
+        if d["budget"] != len(d["remove"]):
+            raise RankError(f"{path}: 'budget' is {d['budget']} but 'remove' lists {len(d['remove'])} layers; "
+                            "the plan was edited. Make them agree or write the plan again")
+        keep = [i for i in range(n) if i not in set(d["remove"])]
+        if "keep" in d and d["keep"] != keep:
+            raise RankError(f"{path}: 'keep' {d['keep']} is not the complement of 'remove' {d['remove']}; "
+                            "the plan was edited. Fix or delete 'keep'")
+        _check_request_dict(path, d["request"])
+        try:
+            reasons = {int(k): str(v) for k, v in d["reasons"].items()}
+        except ValueError:
+            raise RankError(f"{path}: 'reasons' keys must be layer numbers") from None
+        d = {k: v for k, v in d.items() if k != "keep"}
+        d["reasons"] = reasons
+        d["remove"] = sorted(d["remove"])
+        d.setdefault("columns", {})
         return cls(**d)
+
+
+def _check_request_dict(path: Path, req: dict) -> None:
+    """The plan's ``request`` (the RankRequest it was made from, plus ``layers`` for manual
+    plans): known keys only, each of its type. Raises RankError naming the file and key."""
+    types = {"method": (str,), "budget": (int, float, str), "domain": (str, type(None)),
+             "weights": (dict, type(None)), "base": (str,), "token_group": (str,), "seed": (int,),
+             "allow_deepstack": (bool,), "protect_first": (int,), "protect_last": (int,), "layers": (list,)}
+    unknown = sorted(set(req) - set(types))
+    if unknown:
+        raise RankError(f"{path}: unknown key(s) {unknown} in 'request'; the plan was edited or written by "
+                        "another version. Restore it or write it again")
+    for key, value in req.items():
+        ok = isinstance(value, types[key]) and (key == "allow_deepstack" or not isinstance(value, bool))
+        if key in ("protect_first", "protect_last") and ok:
+            ok = value >= 0
+        if not ok:
+            raise RankError(f"{path}: 'request.{key}' has the wrong type or value ({json.dumps(value)[:40]}); "
+                            "restore the plan file or write it again")
+
+
+def _opt_str(v: object) -> bool:
+    return v is None or isinstance(v, str)
+
+
+_PLAN_SCHEMA = {
+    "method": (lambda v: isinstance(v, str) and v != "", "a method name"),
+    "num_layers": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "budget": (lambda v: _is_int(v), "an integer"),
+    "remove": (lambda v: isinstance(v, list), "a list of 0-based layer numbers"),
+    "protected": (lambda v: isinstance(v, list), "a list of 0-based layer numbers"),
+    "reasons": (lambda v: isinstance(v, dict), "an object {layer: reason}"),
+    "columns": (lambda v: isinstance(v, dict), "an object"),
+    "request": (lambda v: isinstance(v, dict), "an object"),
+    "scores_fingerprint": (_opt_str, "a string or null"),
+    "scores_model_id": (_opt_str, "a string or null"),
+    "keep": (lambda v: isinstance(v, list), "a list of 0-based layer numbers"),
+}
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_layer_list(layers: object, num_layers: int, what: str, allow_empty: bool = False,
+                     allow_all: bool = False) -> list[int]:
+    """Validate a list of 0-based layers: integers (not strings or booleans), distinct, within
+    0..num_layers-1, at least one (unless ``allow_empty``) and not all (unless ``allow_all``).
+    Returns them sorted.
+    Raises RankError starting with ``what`` (the option or file and key)."""
+    if not isinstance(layers, (list, tuple)):
+        raise RankError(f"{what} must be a list of 0-based layer numbers, got {layers!r}")
+    wrong = [x for x in layers if not _is_int(x)]
+    if wrong:
+        raise RankError(f"{what}: {wrong[:3]} are not layer numbers; give 0-based integers, e.g. [5, 9]")
+    dupes = sorted({x for x in layers if list(layers).count(x) > 1})
+    if dupes:
+        raise RankError(f"{what}: layer(s) {dupes} given more than once; list each layer once")
+    bad = sorted(x for x in layers if not 0 <= x < num_layers)
+    if bad:
+        raise RankError(f"{what}: layer(s) {bad} do not exist; the model has layers 0..{num_layers - 1} (0-based)")
+    if not layers and not allow_empty:
+        raise RankError(f"{what}: no layers given; name at least one 0-based layer")
+    if not allow_all and len(layers) >= num_layers:
+        raise RankError(f"{what}: cannot remove all {num_layers} decoder layers; keep at least one")
+    return sorted(layers)
+
+
+def check_protection(remove: list[int], protected: list[int], architecture_protected: list[int],
+                     allow_deepstack: bool, what: str) -> None:
+    """Refuse removing a protected layer, saying which flag lifts the protection."""
+    hit = sorted(set(remove) & set(protected))
+    if hit:
+        why = ("Qwen3-VL deepstack-injection layers; pass --allow-deepstack to remove them anyway"
+               if set(hit) & set(architecture_protected) and not allow_deepstack
+               else "protected by --protect-first/--protect-last; lower those")
+        raise RankError(f"{what} asks to remove protected layer(s) {hit}: {why}")
+
+
+def domains_used(req: RankRequest, domains: list[str]) -> list[str]:
+    """The domains whose samples the ranking of ``req`` depends on (what bootstrap stability
+    is reported for): ``domain`` its one domain, ``mixed`` those with a positive weight,
+    pooled methods (block-influence, angular-block) every domain, score-free methods none."""
+    if req.method in SCORE_FREE:
+        return []
+    base = req.method if req.method in ("domain", "mixed") else req.base \
+        if req.method in ("spaced", "iterative") else "pooled"
+    if base == "domain":
+        return [d for d in domains if d == req.domain]
+    if base == "mixed":
+        return [d for d in domains if req.weights is None or req.weights.get(d, 0) > 0]
+    return list(domains)
 
 
 MethodFn = Callable[[Scores, int, list[int], RankRequest], Selection]
@@ -113,14 +233,16 @@ def register(name: str) -> Callable[[MethodFn], MethodFn]:
 
 
 # ---------------------------------------------------------------------- request parsing
-def resolve_budget(budget: int | float | str, num_layers: int) -> int:
+def resolve_budget(budget: int | float | str, num_layers: int | None) -> int:
     """Number of decoder layers to remove.
 
     An int (or "4") is a layer count; a float in (0, 1) (or "0.25") is a fraction of
     ``num_layers``, rounded half up to the nearest integer and at least 1. An integer-valued
     float >= 2 ("4.0") is read as a count. Raises RankError for anything else.
     """
-    fix = f"give a layer count 1..{num_layers - 1} or a fraction in (0, 1) such as 0.25"
+    count_text = f"a layer count 1..{num_layers - 1}" if num_layers else "a whole layer count"
+    fix = f"give {count_text} or a fraction in (0, 1) such as 0.25"
+    num_layers = num_layers or 2**62  # form only: the count is checked once the model is known
     value: int | float = budget  # type: ignore[assignment]
     if isinstance(budget, str):
         text = budget.strip()
@@ -152,6 +274,12 @@ def resolve_budget(budget: int | float | str, num_layers: int) -> int:
     if count >= num_layers:
         raise RankError(f"budget {budget!r} would remove {count} of {num_layers} layers, leaving none; {fix}")
     return count
+
+
+def check_budget_spec(budget: int | float | str) -> None:
+    """Check a budget's form before the layer count is known (before any model loads):
+    a positive whole count or a fraction in (0, 1). Raises RankError like :func:`resolve_budget`."""
+    resolve_budget(budget, None)
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -381,8 +509,10 @@ def best_spaced(values: dict[int, float], k: int) -> list[int]:
         for j in range(1, k + 1):
             best[i][j] = max(best[i - 1][j], best[prev][j - 1] + values[layer])
     if best[n][k] == neg:
-        raise RankError(f"cannot remove {k} layers without removing two neighbours: removable layers "
-                        f"{layers} allow at most {_max_non_adjacent(layers)}; lower the budget")
+        raise RankError(f"spaced never removes two neighbours (adjacent layers): the removable layers {layers} allow at "
+                        f"most {_max_non_adjacent(layers)}, not {k}. With protected layers (e.g. Qwen3-VL "
+                        "deepstack layers 0..2) a 50% budget is out of its reach; lower the budget or "
+                        "use another method")
     chosen, i, j = [], n, k
     while j > 0:  # walk back: prefer skipping when it is as good, which is deterministic
         if best[i - 1][j] == best[i][j]:
@@ -448,6 +578,33 @@ def iterative_selection(score_fn: Callable[[list[int]], Scores], num_layers: int
 
 
 # ---------------------------------------------------------------------- entry point
+def check_request(req: RankRequest, domains: list[str] | None = None, where: str = "scores") -> None:
+    """Validate everything in ``req`` that needs neither scores nor a model (method, token
+    group, base, budget form, protection counts, weights, and the domain against ``domains``
+    when known), so a bad option fails before anything expensive. Raises RankError."""
+    if req.method not in METHODS:
+        raise RankError(f"unknown method '{req.method}'; choose one of {', '.join(METHODS)}")
+    if req.token_group not in GROUPS:
+        raise RankError(f"unknown token group '{req.token_group}'; choose one of {', '.join(GROUPS)}")
+    if req.base not in BASES:
+        raise RankError(f"unknown base '{req.base}'; choose one of {', '.join(BASES)}")
+    check_budget_spec(req.budget)
+    for name in ("protect_first", "protect_last"):
+        if not _is_int(getattr(req, name)) or getattr(req, name) < 0:
+            raise RankError(f"--{name.replace('_', '-')} must be a whole number >= 0")
+    needs_domain = req.method == "domain" or (req.method in ("spaced", "iterative") and req.base == "domain")
+    if needs_domain and req.domain is None:
+        raise RankError(f"method '{req.method}' needs --domain"
+                        + (f"; domains in the {where}: {', '.join(domains)}" if domains else ""))
+    if domains is not None and needs_domain and req.domain not in domains:
+        raise RankError(f"domain '{req.domain}' is not in the {where}; present: {', '.join(domains)}")
+    if domains is not None and req.weights is not None:
+        unknown = sorted(set(req.weights) - set(domains))
+        if unknown:
+            raise RankError(f"weights name domains {unknown} that are not in the {where}; present: "
+                            f"{', '.join(domains)}")
+
+
 def rank(scores: Scores, req: RankRequest,
          score_fn: Callable[[list[int]], Scores] | None = None) -> Plan:
     """Choose the layers to remove; returns a validated Plan (sorted 0-based layers).
@@ -455,14 +612,9 @@ def rank(scores: Scores, req: RankRequest,
     ``score_fn`` (see :func:`iterative_selection`) is only used, and required, by
     method "iterative".
     """
-    if req.method not in METHODS:
-        raise RankError(f"unknown method '{req.method}'; choose one of {', '.join(METHODS)}")
-    if req.token_group not in GROUPS:
-        raise RankError(f"unknown token group '{req.token_group}'; choose one of {', '.join(GROUPS)}")
-    if req.base not in BASES:
-        raise RankError(f"unknown base '{req.base}'; choose one of {', '.join(BASES)}")
     n = scores.num_layers
     k = resolve_budget(req.budget, n)
+    check_request(req, scores.domains if scores.sample_ids else None)
     protected = protected_layers(n, scores.protected_layers, req)
     candidates = [i for i in range(n) if i not in protected]
     if k > len(candidates):

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from . import __version__
-from .atomic import atomic_dir  # noqa: F401 - re-exported: callers import it from here
+from .atomic import atomic_dir, check_output  # atomic_dir is re-exported: callers import it from here
 from .models import adapter_for, find_decoder_layers, is_local, text_config
 
 
@@ -32,19 +32,24 @@ class PruneError(ValueError):
 
 #: Config fields holding one entry per decoder layer, sliced with the layers.
 PER_LAYER_FIELDS = ("layer_types", "no_rope_layers", "attention_chunk_sizes")
-#: Files never copied from the source checkpoint (they are rewritten or meaningless).
-_NOT_COPIED = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.msgpack|\.h5|\.index\.json)$|"
-                         r"^(config\.json|README\.md|pruning\.json)$")
+#: The only files copied (byte-for-byte) from the source checkpoint: tokenizer, processor,
+#: chat-template and generation-config files. Anything else (training logs, plots, weights,
+#: the source's model card) does not describe the pruned model.
+COPIED_FILES = re.compile(
+    r"^(tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|"
+    r"merges\.txt|[\w.-]+\.model|[\w.-]+\.tiktoken|"
+    r"(preprocessor|processor|image_processor|video_preprocessor|feature_extractor)_config\.json|"
+    r"chat_template\.(json|jinja)|generation_config\.json)$")
+#: Directories copied whole (transformers 5 keeps named chat templates there).
+COPIED_DIRS = ("additional_chat_templates",)
 
 
 def _check_layers(remove: Sequence[int], num_layers: int) -> list[int]:
-    remove = sorted(set(int(i) for i in remove))
-    bad = [i for i in remove if not 0 <= i < num_layers]
-    if bad:
-        raise PruneError(f"layers {bad} do not exist; the model has layers 0..{num_layers - 1} (0-based)")
-    if len(remove) >= num_layers:
-        raise PruneError(f"cannot remove all {num_layers} decoder layers; keep at least one")
-    return remove
+    from .methods import RankError, check_layer_list
+    try:
+        return check_layer_list(list(remove), num_layers, "layers to remove", allow_empty=True)
+    except RankError as err:
+        raise PruneError(str(err)) from None
 
 
 def _set_layers(model: nn.Module, path: str, layers: nn.ModuleList) -> None:
@@ -139,15 +144,12 @@ def layers_removed(model: nn.Module, remove: Sequence[int]) -> Iterator[nn.Modul
 
 
 # --------------------------------------------------------------------------- saving
-def prepare_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty ``out_dir`` unless ``overwrite``; returns it as a Path."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise PruneError(f"{out}: exists and is not a directory. Choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise PruneError(f"{out}: output directory exists and is not empty. "
-                         "Choose another --out or pass --overwrite")
-    return out
+def prepare_output_dir(out_dir: str | Path, overwrite: bool,
+                       inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Validate an output directory before any work (see :func:`depthprune.atomic.check_output`):
+    refuse a non-empty one unless ``overwrite``, one equal to / inside / containing any of
+    ``inputs`` (always), and an unwritable parent. Returns it as a Path."""
+    return check_output(out_dir, overwrite, kind="dir", inputs=inputs)
 
 
 def source_files_dir(model_id: str | os.PathLike) -> Path | None:
@@ -164,11 +166,15 @@ def source_files_dir(model_id: str | os.PathLike) -> Path | None:
 
 
 def copy_processor_files(source: Path, dest: Path) -> list[str]:
-    """Copy every non-weight, non-config file of ``source`` byte-for-byte; returns their names."""
+    """Copy the tokenizer / processor / chat-template / generation-config files of ``source``
+    (:data:`COPIED_FILES`, :data:`COPIED_DIRS`) byte-for-byte; returns their names."""
     copied = []
     for f in sorted(source.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and not _NOT_COPIED.search(f.name):
+        if f.is_file() and COPIED_FILES.match(f.name):
             shutil.copyfile(f, dest / f.name)
+            copied.append(f.name)
+        elif f.is_dir() and f.name in COPIED_DIRS:
+            shutil.copytree(f, dest / f.name, dirs_exist_ok=True)
             copied.append(f.name)
     return copied
 
@@ -227,10 +233,11 @@ def save_pruned(model: nn.Module, processor: Any, out_dir: str | Path, info: dic
     processor is saved. Raises PruneError if the saved safetensors do not hold exactly the
     surviving layers. Returns the output directory.
     """
-    out = prepare_output_dir(out_dir, overwrite)
+    inputs = [source_model] if source_model is not None and is_local(source_model) else []
+    out = prepare_output_dir(out_dir, overwrite, inputs)
     _, layers = find_decoder_layers(model)
     source = source_files_dir(source_model) if source_model is not None else None
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if source is not None and source.is_dir():
             copy_processor_files(source, tmp)

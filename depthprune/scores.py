@@ -159,13 +159,20 @@ class Scores:
                     continue
         return out
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (JSON) and ``path`` with suffix ``.safetensors``; returns the JSON path."""
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write ``path`` (JSON) and ``path`` with suffix ``.safetensors``; returns the JSON path.
+
+        Both files are written to temporaries first and published together (the JSON last,
+        as the completion mark). Without ``overwrite`` an existing file of either name is an
+        OutputError and is never replaced.
+        """
+        from .atomic import atomic_files, check_output
         path = Path(path)
         if path.suffix != ".json":
             raise ScoresError(f"{path}: the scores file name must end in .json")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors_path = path.with_suffix(".safetensors")
+        for target in (path, tensors_path):
+            check_output(target, overwrite, kind="file")
         meta = {
             "format_version": SCORES_FORMAT_VERSION,
             "model_id": self.model_id,
@@ -183,38 +190,122 @@ class Scores:
             "sample_ids": self.sample_ids,
             "sample_domains": self.sample_domains,
         }
-        tmp_json, tmp_st = path.with_suffix(".json.tmp"), path.with_suffix(".safetensors.tmp")
-        save_file({"sums": self.sums.contiguous(), "counts": self.counts.contiguous()}, str(tmp_st))
-        tmp_json.write_text(json.dumps(meta, indent=1, allow_nan=False))
-        tmp_st.replace(tensors_path)
-        tmp_json.replace(path)
+        text = json.dumps(meta, indent=1, allow_nan=False)
+        with atomic_files([tensors_path, path], overwrite) as (tmp_st, tmp_json):
+            save_file({"sums": self.sums.contiguous(), "counts": self.counts.contiguous()}, str(tmp_st))
+            tmp_json.write_text(text, encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "Scores":
-        """Read a scores file written by :meth:`save`; raises ScoresError naming the file."""
+        """Read a scores file written by :meth:`save`; raises ScoresError naming the file (and
+        the key) for anything missing, extra, of the wrong type or inconsistent."""
         path = Path(path)
+        if path.is_dir():
+            raise ScoresError(f"{path}: is a directory; pass the scores .json file written by `depthprune score`")
         if not path.is_file():
             raise ScoresError(f"{path}: scores file not found. Create it with `depthprune score`")
-        try:
-            meta = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ScoresError(f"{path}: not a scores JSON file ({err})") from None
+        meta = _read_json_object(path, "scores", ScoresError)
         if meta.get("format_version") != SCORES_FORMAT_VERSION:
             raise ScoresError(f"{path}: unsupported scores format {meta.get('format_version')!r}; "
                               f"this depthprune reads version {SCORES_FORMAT_VERSION}. Re-run `depthprune score`")
+        _check_schema(path, meta, _SCORES_SCHEMA, ScoresError, "scores")
+        for key, want in (("groups", list(GROUPS)), ("stats", list(STATS))):
+            if meta[key] != want:
+                raise ScoresError(f"{path}: '{key}' is {meta[key]}, expected {want}; the file was edited "
+                                  "or written by another version. Re-run `depthprune score`")
+        if Path(meta["tensors"]).name != meta["tensors"]:
+            raise ScoresError(f"{path}: 'tensors' must be a file name beside the JSON, got {meta['tensors']!r}")
         tensors_path = path.parent / meta["tensors"]
         if not tensors_path.is_file():
             raise ScoresError(f"{path}: its tensors file {tensors_path} is missing; keep both files together")
-        tensors = load_file(str(tensors_path))
-        scores = cls(model_id=meta["model_id"], num_layers=meta["num_layers"], max_span=meta["max_span"],
-                     sample_ids=meta["sample_ids"], sample_domains=meta["sample_domains"],
-                     sums=tensors["sums"], counts=tensors["counts"],
-                     protected_layers=meta.get("protected_layers", []), settings=meta.get("settings", {}))
+        try:
+            tensors = load_file(str(tensors_path))
+        except Exception as err:  # noqa: BLE001 - SafetensorError for a truncated/corrupt file
+            raise ScoresError(f"{tensors_path}: corrupt or truncated safetensors file "
+                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__}). "
+                              "Re-run `depthprune score`") from None
+        if set(tensors) != {"sums", "counts"} or tensors["sums"].dtype != torch.float64 \
+                or tensors["counts"].dtype != torch.int64:
+            raise ScoresError(f"{tensors_path}: expected float64 'sums' and int64 'counts' tensors, found "
+                              f"{ {k: str(v.dtype) for k, v in tensors.items()} }. Re-run `depthprune score`")
+        try:
+            scores = cls(model_id=meta["model_id"], num_layers=meta["num_layers"], max_span=meta["max_span"],
+                         sample_ids=meta["sample_ids"], sample_domains=meta["sample_domains"],
+                         sums=tensors["sums"], counts=tensors["counts"],
+                         protected_layers=meta["protected_layers"], settings=meta["settings"])
+        except ScoresError as err:
+            raise ScoresError(f"{path}: {err}; the JSON and {tensors_path.name} do not fit together. "
+                              "Re-run `depthprune score`") from None
+        bad = [i for i in scores.protected_layers if not 0 <= i < scores.num_layers]
+        if bad:
+            raise ScoresError(f"{path}: protected_layers {bad} outside 0..{scores.num_layers - 1}")
         if scores.fingerprint() != meta["fingerprint"]:
-            raise ScoresError(f"{path}: fingerprint mismatch; the JSON and {tensors_path.name} "
-                              "come from different runs. Re-run `depthprune score`")
+            raise ScoresError(f"{path}: fingerprint mismatch; the JSON was edited, or it and "
+                              f"{tensors_path.name} come from different runs. Re-run `depthprune score`")
         return scores
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _list_of(check):  # noqa: ANN001, ANN202 - tiny schema combinator
+    return lambda v: isinstance(v, list) and all(check(x) for x in v)
+
+
+#: key -> (check, description) for every key of a scores JSON file.
+_SCORES_SCHEMA = {
+    "format_version": (_is_int, "an integer"),
+    "model_id": (lambda v: isinstance(v, str), "a string"),
+    "num_layers": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "max_span": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "groups": (_list_of(lambda x: isinstance(x, str)), "a list of strings"),
+    "stats": (_list_of(lambda x: isinstance(x, str)), "a list of strings"),
+    "indexing": (lambda v: isinstance(v, str), "a string"),
+    "protected_layers": (_list_of(_is_int), "a list of integers"),
+    "settings": (lambda v: isinstance(v, dict), "an object"),
+    "fingerprint": (lambda v: isinstance(v, str), "a string"),
+    "tensors": (lambda v: isinstance(v, str) and v != "", "a file name"),
+    "domains": (lambda v: isinstance(v, dict), "an object"),
+    "mean_cosine": (lambda v: isinstance(v, dict), "an object"),
+    "sample_ids": (_list_of(lambda x: isinstance(x, str)), "a list of strings"),
+    "sample_domains": (_list_of(lambda x: isinstance(x, str)), "a list of strings"),
+}
+
+
+def _read_json_object(path: Path, what: str, error: type[ValueError]) -> dict:
+    """The JSON object in ``path``; ``error`` (naming the file) if unreadable, not JSON, or not an object."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not a {what} file (not valid UTF-8 at byte {err.start})") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read the {what} file ({err.strerror or err})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not a {what} JSON file ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except RecursionError:
+        raise error(f"{path}: not a {what} JSON file (nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: a {what} file holds one JSON object, found a {type(obj).__name__}") from None
+    return obj
+
+
+def _check_schema(path: Path, obj: dict, schema: dict, error: type[ValueError], what: str,
+                  optional: tuple[str, ...] = ()) -> None:
+    """Refuse missing, extra (possibly misspelt) and wrongly typed keys, naming them."""
+    missing = [k for k in schema if k not in obj and k not in optional]
+    extra = sorted(set(obj) - set(schema))
+    if missing or extra:
+        parts = ([f"missing key(s) {missing}"] if missing else []) + ([f"unknown key(s) {extra}"] if extra else [])
+        raise error(f"{path}: {' and '.join(parts)}; the {what} file was edited or written by another "
+                    f"version. Restore it or write it again")
+    for key, (check, desc) in schema.items():
+        if key in obj and not check(obj[key]):
+            raise error(f"{path}: '{key}' must be {desc}, got {json.dumps(obj[key])[:60]}; restore the "
+                        f"{what} file or write it again")
 
 
 def angular_distance(cos: torch.Tensor) -> torch.Tensor:

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import __version__
 from .data import Record, batches, data_fingerprint, encode
 from .models import find_decoder_layers, input_device, protected_layers
+from .runtime import progress as progress_bar
 from .scores import GROUPS, STATS, Scores
 
 
@@ -179,7 +179,7 @@ def score_model(model: nn.Module, processor: Any, records: Sequence[Record],
     device = input_device(model)
     all_sums, all_counts = [], []
     started = time.perf_counter()
-    bar = tqdm(total=len(records), desc="scoring", unit="sample", disable=not progress)
+    bar = progress_bar(total=len(records), desc="scoring", unit="sample", disable=not progress)
     with SimilarityRecorder(layers, max_span) as recorder:
         for chunk in batches(records, settings.batch_size):
             batch = encode(processor, chunk).to(device)

@@ -280,7 +280,7 @@ def synthesize(out_dir: str | Path, seed: int = 0, n_train: int = 12000, n_calib
             raise ValueError(f"n_{name} must be >= 0, got {n}")
     seen: set[tuple[str, str]] = set()
     written = {}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=False) as tmp:  # never replaces a directory that appeared meanwhile
         for split in SPLITS:
             if sizes[split] == 0:
                 continue
