@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .methods import SCORE_FREE, RankError, RankRequest, rank
 from .scores import Scores
@@ -83,6 +84,7 @@ class BudgetStats:
     accuracy: dict[str, float | None]
     nll: dict[str, float | None]
     nll_ci: dict[str, tuple[float, float] | None]
+    acc_ci: dict[str, tuple[float, float] | None]   # the stored 95% (Wilson) interval
     methods: dict[str, str]                         # label -> method name
     leader: str
     spread_accuracy: float | None
@@ -162,7 +164,9 @@ def budget_stats(rows: list[ResultRow]) -> BudgetStats:
     return BudgetStats(
         budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric,
         accuracy={r.label: r.accuracy for r in rows}, nll={r.label: r.nll for r in rows},
-        nll_ci={r.label: _nll_ci(r) for r in rows}, methods={r.label: r.method for r in rows},
+        nll_ci={r.label: _nll_ci(r) for r in rows},
+        acc_ci={r.label: (r.ci_low, r.ci_high) if r.ci_low is not None else None for r in rows},
+        methods={r.label: r.method for r in rows},
         leader=leader.label,
         spread_accuracy=max(accs) - min(accs) if len(accs) > 1 else None,
         spread_nll=max(nlls) - min(nlls) if len(nlls) > 1 else None,
@@ -219,11 +223,14 @@ def _runs(budgets: list[BudgetStats]) -> list[tuple[str, float, float]]:
 def analyze(rows: list[ResultRow]) -> list[Series]:
     """Regime analysis of every series in ``rows`` (see the module docstring for the rule).
 
-    Budgets where fewer than two methods were evaluated are skipped. Series are ordered by
-    eval set, domain, then unhealed before healed.
+    Budgets where fewer than two methods were evaluated are skipped, and so are rows of the
+    unpruned model (budget 0: the baseline, not a competitor). Series are ordered by eval set,
+    domain, then unhealed before healed.
     """
     groups: dict[tuple, dict[int, list[ResultRow]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
+        if r.budget == 0:
+            continue
         groups[(r.eval_set, r.domain, json.dumps(r.heal, sort_keys=True))][r.budget].append(r)
     out = []
     for (eval_set, domain, heal), by_budget in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "null", kv[0][2])):
@@ -267,7 +274,7 @@ def _score_column(columns: dict[str, list]) -> list | None:
 
 
 def ranking_stability(scores: Scores, rankings: list[tuple[str, str, dict, int]], n_resamples: int = 50,
-                      seed: int = 0) -> list[Stability]:
+                      seed: int = 0, progress: bool = False) -> list[Stability]:
     """Bootstrap stability of each ``(label, method, options, budget)`` ranking.
 
     One resample redraws every domain's calibration samples with replacement within the
@@ -289,7 +296,7 @@ def ranking_stability(scores: Scores, rankings: list[tuple[str, str, dict, int]]
     overlaps: dict = defaultdict(list)
     taus: dict = defaultdict(list)
     failed: dict = defaultdict(int)
-    for _ in range(n_resamples):
+    for _ in tqdm(range(n_resamples), desc="ranking stability", unit="resample", disable=not progress):
         index = torch.cat([m[torch.randint(len(m), (len(m),), generator=gen)] for m in by_domain])
         sample = scores.select(index)
         for key, req in requests.items():

@@ -1,0 +1,196 @@
+"""The report's figures (matplotlib, Agg backend), each returned as PNG bytes.
+
+Budgets are plotted as the fraction of decoder layers removed; layers are 0-based.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from .regimes import CONVERGED, RANKING, STRUCTURE, Series, Stability  # noqa: E402
+from .store import ResultRow  # noqa: E402
+
+REGIME_COLORS = {RANKING: "#f6c28b", CONVERGED: "#d9d9d9", STRUCTURE: "#9ecae1"}
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
+                     "figure.dpi": 100, "savefig.dpi": 110})
+
+
+def label_colors(labels: list[str]) -> dict[str, tuple]:
+    """One stable colour per method label across every figure."""
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return {lab: cmap(i % cmap.N) for i, lab in enumerate(sorted(labels))}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grid(n: int, ncols: int, width: float, height: float):
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _shade(ax, series: Series | None) -> None:
+    """Shade each budget's regime, from midway to the previous budget to midway to the next."""
+    if series is None or not series.budgets:
+        return
+    xs = [100 * b.fraction for b in series.budgets]
+    for i, b in enumerate(series.budgets):
+        left = xs[i] - (xs[i] - xs[i - 1]) / 2 if i else xs[i] - (xs[1] - xs[0]) / 2 if len(xs) > 1 else xs[i] - 2
+        right = xs[i] + (xs[i + 1] - xs[i]) / 2 if i + 1 < len(xs) else xs[i] + (xs[i] - xs[i - 1]) / 2 if i else xs[i] + 2
+        ax.axvspan(left, right, color=REGIME_COLORS[b.regime], alpha=0.45, lw=0, zorder=0)
+
+
+def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str, colors: dict) -> bytes:
+    """One panel per eval set x domain: ``metric`` ("accuracy" or "nll") vs budget, a line per
+    method (healed cells dashed, open markers), the unpruned model dotted, regimes shaded."""
+    keys = sorted({(r.eval_set, r.domain) for r in rows})
+    fig, axes = _grid(len(keys), 2, 6.4, 4.0)
+    unhealed = {(s.eval_set, s.domain): s for s in series if s.heal == "null"}
+    for ax, (eval_set, domain) in zip(axes, keys):
+        _shade(ax, unhealed.get((eval_set, domain)))
+        lines: dict[tuple, list] = defaultdict(list)
+        for r in rows:
+            if (r.eval_set, r.domain) != (eval_set, domain):
+                continue
+            value = r.accuracy if metric == "accuracy" else r.nll
+            if value is None:
+                continue
+            value = 100 * value if metric == "accuracy" else value
+            if r.budget == 0:
+                ax.axhline(value, color="black", ls=":", lw=1.2, zorder=3)
+                continue
+            lines[(r.label, r.heal is not None)].append((100 * r.budget_fraction, value))
+        for (label, healed), pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[label],
+                    ls="--" if healed else "-", marker="D" if healed else "o", ms=4,
+                    mfc="none" if healed else colors[label], lw=1.4, zorder=2)
+        ax.set_title(f"{domain}  ({eval_set})")
+        ax.set_xlabel("layers removed (% of decoder layers)")
+        ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token, lower is better)")
+    handles = [plt.Line2D([], [], color=colors[lab], marker="o", ms=4, lw=1.4, label=lab) for lab in sorted(colors)]
+    if any(r.heal is not None for r in rows):
+        handles.append(plt.Line2D([], [], color="grey", ls="--", marker="D", mfc="none", label="healed"))
+    if any(r.budget == 0 for r in rows):
+        handles.append(plt.Line2D([], [], color="black", ls=":", label="unpruned"))
+    handles += [Patch(color=c, alpha=0.6, label=f"regime: {name}") for name, c in REGIME_COLORS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * math.ceil(len(handles) / 4)))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def score_profiles(profiles: dict[str, dict[str, list[float]]], ablation: dict[str, list[float]] | None,
+                   protected: list[int]) -> bytes:
+    """Per-layer mean input/output cosine per domain, one panel per token group, and beside them
+    the ablation ground truth (mean NLL increase when the layer alone is skipped) if measured."""
+    groups = sorted({g for by_group in profiles.values() for g in by_group}, key=["all", "text", "image", "last"].index)
+    panels = [("cos", g) for g in groups] + ([("ablation", None)] if ablation else [])
+    fig, axes = _grid(len(panels), 3, 4.6, 3.4)
+    domain_colors = {d: plt.get_cmap("Dark2")(i) for i, d in enumerate(sorted(profiles))}
+    for ax, (kind, group) in zip(axes, panels):
+        for layer in protected:
+            ax.axvspan(layer - 0.5, layer + 0.5, color="#eeeeee", zorder=0, lw=0)
+        source = {d: v[group] for d, v in profiles.items() if group in v} if kind == "cos" else ablation
+        for domain, values in sorted(source.items()):
+            ax.plot(range(len(values)), values, marker="o", ms=3, color=domain_colors.get(domain, "black"),
+                    label=domain)
+        ax.set_xlabel("decoder layer (0-based)")
+        if kind == "cos":
+            ax.set_title(f"cos(input, output), {group} tokens")
+            ax.set_ylabel("mean cosine (high = redundant)")
+        else:
+            ax.set_title("ablation: skip one layer")
+            ax.set_ylabel("answer NLL increase (nats/token)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def removed_grid(rows: list[ResultRow], num_layers: int, protected: list[int]) -> bytes:
+    """Small multiples, one per method: which layers (x) each budget (y) removes."""
+    plans: dict[str, dict[int, list[int]]] = defaultdict(dict)
+    for r in rows:
+        if r.budget > 0:
+            plans[r.label][r.budget] = r.removed
+    labels = sorted(plans)
+    budgets = sorted({b for p in plans.values() for b in p})
+    fig, axes = _grid(len(labels), 4, 3.6, 0.9 + 0.22 * len(budgets))
+    cmap = ListedColormap(["white", "#f2f2f2", "#c0392b"])
+    for ax, label in zip(axes, labels):
+        grid = np.zeros((len(budgets), num_layers))
+        grid[:, protected] = 1
+        for i, b in enumerate(budgets):
+            for layer in plans[label].get(b, []):
+                grid[i, layer] = 2
+            if b not in plans[label]:
+                grid[i, :] = np.where(grid[i] == 1, 1, 0)
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.set_yticks(range(len(budgets)), [str(b) for b in budgets], fontsize=7)
+        step = max(1, num_layers // 8)
+        ax.set_xticks(range(0, num_layers, step))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xticks(np.arange(-0.5, num_layers, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, len(budgets), 1), minor=True)
+        ax.grid(which="minor", color="#dddddd", lw=0.5)
+        ax.grid(which="major", visible=False)
+        ax.tick_params(which="minor", length=0)
+        ax.set_xlabel("layer (0-based)", fontsize=8)
+        ax.set_ylabel("layers removed", fontsize=8)
+    fig.legend(handles=[Patch(color="#c0392b", label="removed"), Patch(color="#f2f2f2", label="protected")],
+               loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def stability_plot(stability: list[Stability], num_layers: int, sensitive: set[int], colors: dict) -> bytes:
+    """Mean top-k overlap and Kendall tau vs budget, one line per score-based ranking;
+    budgets that are ranking-sensitive in some series shaded."""
+    fig, axes = plt.subplots(1, 2, figsize=(12.8, 3.8), squeeze=False)
+    by_label: dict[str, list[Stability]] = defaultdict(list)
+    for s in stability:
+        by_label[s.label].append(s)
+    for ax, what in zip(axes[0], ("overlap", "tau")):
+        for b in sensitive:
+            x = 100 * b / num_layers
+            ax.axvspan(x - 100 / num_layers / 2, x + 100 / num_layers / 2, color=REGIME_COLORS[RANKING], alpha=0.45, lw=0)
+        for label, items in sorted(by_label.items()):
+            items = sorted(items, key=lambda s: s.budget)
+            pts = [(100 * s.budget / num_layers, getattr(s, what), getattr(s, what + "_sd")) for s in items
+                   if getattr(s, what) is not None]
+            if not pts:
+                continue
+            x, y, sd = (np.array(v, dtype=float) for v in zip(*pts))
+            ax.plot(x, y, marker="o", ms=4, color=colors.get(label, "black"), label=label)
+            ax.fill_between(x, y - sd, np.minimum(y + sd, 1.0), color=colors.get(label, "black"), alpha=0.08, lw=0)
+        ax.set_xlabel("layers removed (% of decoder layers)")
+        ax.set_ylabel("top-k overlap with full-data plan" if what == "overlap" else "Kendall tau of layer scores")
+        ax.set_title("removed set agreement" if what == "overlap" else "per-layer score order agreement")
+        ax.set_ylim(-0.05 if what == "overlap" else None, 1.05)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def heal_key(row: ResultRow) -> str:
+    return json.dumps(row.heal, sort_keys=True)
