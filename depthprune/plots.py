@@ -26,10 +26,27 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "
                      "figure.dpi": 100, "savefig.dpi": 110})
 
 
+MARKERS = "osv^DPX*<>ph"
+
+
 def label_colors(labels: list[str]) -> dict[str, tuple]:
     """One stable colour per method label across every figure."""
     cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
     return {lab: cmap(i % cmap.N) for i, lab in enumerate(sorted(labels))}
+
+
+def _style(label: str, colors: dict) -> dict:
+    """Colour and marker of a label; markers differ so that coinciding lines stay visible."""
+    i = sorted(colors).index(label) if label in colors else 0
+    return {"color": colors.get(label, "black"), "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _dodge(label: str, colors: dict, width: float) -> float:
+    """A small horizontal offset per label (total ``width``) so equal values do not hide each other."""
+    n = len(colors)
+    if n < 2 or label not in colors:
+        return 0.0
+    return (sorted(colors).index(label) / (n - 1) - 0.5) * width
 
 
 def _png(fig) -> bytes:
@@ -79,23 +96,24 @@ def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str, c
                 ax.axhline(value, color="black", ls=":", lw=1.2, zorder=3)
                 continue
             lines[(r.label, r.heal is not None)].append((100 * r.budget_fraction, value))
+        step = min(np.diff(sorted({p[0] for pts in lines.values() for p in pts})), default=5.0)
         for (label, healed), pts in sorted(lines.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[label],
-                    ls="--" if healed else "-", marker="D" if healed else "o", ms=4,
-                    mfc="none" if healed else colors[label], lw=1.4, zorder=2)
+            style = _style(label, colors)
+            dx = _dodge(label, colors, 0.1 * step)
+            ax.plot([p[0] + dx for p in pts], [p[1] for p in pts], ls="--" if healed else "-", ms=5,
+                    mfc="white" if healed else style["color"], lw=1.4, zorder=2, **style)
         ax.set_title(f"{domain}  ({eval_set})")
         ax.set_xlabel("layers removed (% of decoder layers)")
         ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token, lower is better)")
-    handles = [plt.Line2D([], [], color=colors[lab], marker="o", ms=4, lw=1.4, label=lab) for lab in sorted(colors)]
+    handles = [plt.Line2D([], [], ms=5, lw=1.4, label=lab, **_style(lab, colors)) for lab in sorted(colors)]
     if any(r.heal is not None for r in rows):
-        handles.append(plt.Line2D([], [], color="grey", ls="--", marker="D", mfc="none", label="healed"))
+        handles.append(plt.Line2D([], [], color="grey", ls="--", marker="o", mfc="white", label="healed (dashed, open)"))
     if any(r.budget == 0 for r in rows):
         handles.append(plt.Line2D([], [], color="black", ls=":", label="unpruned"))
     handles += [Patch(color=c, alpha=0.6, label=f"regime: {name}") for name, c in REGIME_COLORS.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), frameon=False,
-               bbox_to_anchor=(0.5, -0.02 - 0.035 * math.ceil(len(handles) / 4)))
     fig.tight_layout()
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _png(fig)
 
 
@@ -134,7 +152,7 @@ def removed_grid(rows: list[ResultRow], num_layers: int, protected: list[int]) -
             plans[r.label][r.budget] = r.removed
     labels = sorted(plans)
     budgets = sorted({b for p in plans.values() for b in p})
-    fig, axes = _grid(len(labels), 4, 3.6, 0.9 + 0.22 * len(budgets))
+    fig, axes = _grid(len(labels), 4, 3.6, 1.3 + 0.22 * len(budgets))
     cmap = ListedColormap(["white", "#f2f2f2", "#c0392b"])
     for ax, label in zip(axes, labels):
         grid = np.zeros((len(budgets), num_layers))
@@ -144,17 +162,15 @@ def removed_grid(rows: list[ResultRow], num_layers: int, protected: list[int]) -
                 grid[i, layer] = 2
             if b not in plans[label]:
                 grid[i, :] = np.where(grid[i] == 1, 1, 0)
-        ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
+        # one mesh (not per-cell ticks/gridlines): cheap to draw, cell borders included
+        ax.pcolormesh(grid, cmap=cmap, vmin=0, vmax=2, edgecolors="#dddddd", linewidth=0.5)
+        ax.invert_yaxis()
+        ax.grid(False)
         ax.set_title(label, fontsize=9)
-        ax.set_yticks(range(len(budgets)), [str(b) for b in budgets], fontsize=7)
+        ax.set_yticks(np.arange(len(budgets)) + 0.5, [str(b) for b in budgets], fontsize=7)
         step = max(1, num_layers // 8)
-        ax.set_xticks(range(0, num_layers, step))
+        ax.set_xticks(np.arange(0, num_layers, step) + 0.5, [str(i) for i in range(0, num_layers, step)])
         ax.tick_params(axis="x", labelsize=7)
-        ax.set_xticks(np.arange(-0.5, num_layers, 1), minor=True)
-        ax.set_yticks(np.arange(-0.5, len(budgets), 1), minor=True)
-        ax.grid(which="minor", color="#dddddd", lw=0.5)
-        ax.grid(which="major", visible=False)
-        ax.tick_params(which="minor", length=0)
         ax.set_xlabel("layer (0-based)", fontsize=8)
         ax.set_ylabel("layers removed", fontsize=8)
     fig.legend(handles=[Patch(color="#c0392b", label="removed"), Patch(color="#f2f2f2", label="protected")],
@@ -181,14 +197,15 @@ def stability_plot(stability: list[Stability], num_layers: int, sensitive: set[i
             if not pts:
                 continue
             x, y, sd = (np.array(v, dtype=float) for v in zip(*pts))
-            ax.plot(x, y, marker="o", ms=4, color=colors.get(label, "black"), label=label)
-            ax.fill_between(x, y - sd, np.minimum(y + sd, 1.0), color=colors.get(label, "black"), alpha=0.08, lw=0)
+            dx = _dodge(label, colors, 0.15 * 100 / num_layers)
+            ax.errorbar(x + dx, y, yerr=sd, ms=5, lw=1.4, capsize=2, elinewidth=0.8, label=label,
+                        **_style(label, colors))
         ax.set_xlabel("layers removed (% of decoder layers)")
         ax.set_ylabel("top-k overlap with full-data plan" if what == "overlap" else "Kendall tau of layer scores")
         ax.set_title("removed set agreement" if what == "overlap" else "per-layer score order agreement")
         ax.set_ylim(-0.05 if what == "overlap" else None, 1.05)
-    axes[0][0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
+    axes[0][1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _png(fig)
 
 
