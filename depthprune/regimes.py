@@ -183,7 +183,14 @@ def _span(first: float, last: float) -> str:
 
 def _verdict(series: Series) -> tuple[bool, str]:
     labels = [r[0] for r in series.runs]
-    where = "; ".join(f"{name} at {_span(a, b)}" for name, a, b in series.runs)
+
+    def leaders(name: str, first: float, last: float) -> str:
+        if name == CONVERGED:
+            return ""
+        names = sorted({b.leader for b in series.budgets if first <= b.fraction <= last})
+        return f" (leader{'s' if len(names) > 1 else ''} {', '.join(names)})"
+
+    where = "; ".join(f"{name} at {_span(a, b)}{leaders(name, a, b)}" for name, a, b in series.runs)
     if not series.budgets:
         return False, "No budget has two or more methods to compare."
     if labels == [CONVERGED]:
