@@ -72,3 +72,45 @@ def test_nll_only_uses_paired_bootstrap():
     assert abs(by_other["mixed"].nll_diff - 0.5) < 1e-9
     assert not by_other["spaced"].significant
     assert b.regime == RANKING
+
+
+def _scores(noise: float, n: int = 20, layers: int = 8):
+    import torch
+
+    from depthprune.scores import Scores
+    gen = torch.Generator().manual_seed(0)
+    base = torch.linspace(0.5, 0.95, layers, dtype=torch.float64)  # layer 7 most redundant
+    sums = torch.zeros(n, 2, 4, layers, 1, dtype=torch.float64)
+    sums[:, 0, :, :, 0] = (base + noise * torch.randn(n, 1, layers, generator=gen, dtype=torch.float64))
+    counts = torch.ones(n, 4, dtype=torch.int64)
+    return Scores(model_id="synthetic", num_layers=layers, max_span=1, sample_ids=[f"s{i}" for i in range(n)],
+                  sample_domains=["math" if i % 2 else "general" for i in range(n)], sums=sums, counts=counts)
+
+
+def test_ranking_stability_is_perfect_without_noise_and_lower_with_it():
+    from depthprune.regimes import ranking_stability, stability_claim
+    rankings = [("domain:math", "domain", {"domain": "math"}, 3), ("block-influence", "block-influence", {}, 3),
+                ("last", "last", {}, 3)]
+    exact = ranking_stability(_scores(0.0), rankings, n_resamples=10)
+    assert [s.label for s in exact] == ["domain:math", "block-influence"]  # score-free `last` skipped
+    assert all(s.overlap == 1.0 and s.tau == 1.0 and s.full_removed == [5, 6, 7] for s in exact)
+    noisy = ranking_stability(_scores(0.3), rankings, n_resamples=20)
+    assert all(0.0 <= s.overlap < 1.0 and s.tau < 1.0 for s in noisy)
+    # single-domain ranking on half the samples varies more than the pooled one
+    by = {s.label: s for s in noisy}
+    assert by["domain:math"].tau < by["block-influence"].tau
+    claim = stability_claim(noisy, [])
+    assert claim.startswith("Cannot be checked as stated: no budget is ranking-sensitive")
+    assert "block-influence" in claim
+
+
+def test_stability_claim_is_checked_at_ranking_sensitive_budgets():
+    from depthprune.regimes import ranking_stability, stability_claim
+    rows = [_row("domain:math", 3, 110), _row("mixed", 3, 60), _row("spaced", 3, 60)]
+    series = analyze(rows)
+    assert series[0].budgets[0].regime == RANKING
+    rankings = [("domain:math", "domain", {"domain": "math"}, 3), ("block-influence", "block-influence", {}, 3)]
+    noisy = ranking_stability(_scores(0.3), rankings, n_resamples=20)
+    assert stability_claim(noisy, series).startswith("The claim does not hold")
+    exact = ranking_stability(_scores(0.0), rankings[:1], n_resamples=5)
+    assert stability_claim(exact, series).startswith("The claim holds")
