@@ -70,9 +70,10 @@ def _shade(ax, series: Series | None) -> None:
     if series is None or not series.budgets:
         return
     xs = [100 * b.fraction for b in series.budgets]
+    gaps = np.diff(xs) if len(xs) > 1 else np.array([4.0])
+    edges = [xs[0] - gaps[0] / 2] + [(a + b) / 2 for a, b in zip(xs, xs[1:])] + [xs[-1] + gaps[-1] / 2]
     for i, b in enumerate(series.budgets):
-        left = xs[i] - (xs[i] - xs[i - 1]) / 2 if i else xs[i] - (xs[1] - xs[0]) / 2 if len(xs) > 1 else xs[i] - 2
-        right = xs[i] + (xs[i + 1] - xs[i]) / 2 if i + 1 < len(xs) else xs[i] + (xs[i] - xs[i - 1]) / 2 if i else xs[i] + 2
+        left, right = edges[i], edges[i + 1]
         ax.axvspan(left, right, color=REGIME_COLORS[b.regime], alpha=0.45, lw=0, zorder=0)
 
 
@@ -108,7 +109,8 @@ def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str, c
         ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token, lower is better)")
     handles = [plt.Line2D([], [], ms=5, lw=1.4, label=lab, **_style(lab, colors)) for lab in sorted(colors)]
     if any(r.heal is not None for r in rows):
-        handles.append(plt.Line2D([], [], color="grey", ls="--", marker="o", mfc="white", label="healed (dashed, open)"))
+        handles.append(plt.Line2D([], [], color="grey", ls="--", marker="o", mfc="white",
+                                  label="healed (dashed, open)"))
     if any(r.budget == 0 for r in rows):
         handles.append(plt.Line2D([], [], color="black", ls=":", label="unpruned"))
     handles += [Patch(color=c, alpha=0.6, label=f"regime: {name}") for name, c in REGIME_COLORS.items()]
@@ -189,7 +191,8 @@ def stability_plot(stability: list[Stability], num_layers: int, sensitive: set[i
     for ax, what in zip(axes[0], ("overlap", "tau")):
         for b in sensitive:
             x = 100 * b / num_layers
-            ax.axvspan(x - 100 / num_layers / 2, x + 100 / num_layers / 2, color=REGIME_COLORS[RANKING], alpha=0.45, lw=0)
+            half = 50 / num_layers
+            ax.axvspan(x - half, x + half, color=REGIME_COLORS[RANKING], alpha=0.45, lw=0)
         for label, items in sorted(by_label.items()):
             items = sorted(items, key=lambda s: s.budget)
             pts = [(100 * s.budget / num_layers, getattr(s, what), getattr(s, what + "_sd")) for s in items

@@ -240,7 +240,11 @@ def analyze(rows: list[ResultRow]) -> list[Series]:
             continue
         groups[(r.eval_set, r.domain, json.dumps(r.heal, sort_keys=True))][r.budget].append(r)
     out = []
-    for (eval_set, domain, heal), by_budget in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "null", kv[0][2])):
+    def order(item: tuple) -> tuple:
+        (eval_set, domain, heal), _ = item
+        return eval_set, domain, heal != "null", heal
+
+    for (eval_set, domain, heal), by_budget in sorted(groups.items(), key=order):
         stats = [budget_stats(sorted(rs, key=lambda r: r.label)) for _, rs in sorted(by_budget.items())
                  if len({r.label for r in rs}) > 1]
         n = max((r.n for rs in by_budget.values() for r in rs), default=0)

@@ -214,9 +214,10 @@ details summary{cursor:pointer;font-weight:600;margin:8px 0}
 class _Doc:
     """Builds the HTML and the Markdown side by side."""
 
-    def __init__(self) -> None:
+    def __init__(self, html_name: str = "report.html") -> None:
         self.html: list[str] = []
         self.md: list[str] = []
+        self.html_name = html_name
 
     def h(self, level: int, text: str) -> None:
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
@@ -246,7 +247,7 @@ class _Doc:
     def image(self, png: bytes, alt: str) -> None:
         data = base64.b64encode(png).decode("ascii")
         self.html.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
-        self.md.append(f"*Figure: {alt} (embedded in report.html).*\n")
+        self.md.append(f"*Figure: {alt} (embedded in {self.html_name}).*\n")
 
     def raw_details(self, summary: str, head: list[str], body: list[list[str]]) -> None:
         self.html.append(f"<details><summary>{html.escape(summary)}</summary>")
@@ -290,21 +291,27 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     stability: list[Stability] = []
     if scores is not None and resamples > 0:
+        # the study's protection settings (stored in meta by `sweep`) apply to every ranking
+        study_protect = (meta.get("study") or {}).get("protect") or {}
+        protect = {k: study_protect[src] for k, src in (("allow_deepstack", "allow_deepstack"),
+                                                        ("protect_first", "first"), ("protect_last", "last"))
+                   if src in study_protect}
         rankings = sorted({(r.label, r.method, json.dumps(r.options, sort_keys=True), r.budget)
                            for r in rows if r.budget > 0})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            stability = ranking_stability(scores, [(lab, m, json.loads(o), b) for lab, m, o, b in rankings],
+            rankings = [(lab, m, {**protect, **json.loads(o)}, b) for lab, m, o, b in rankings]
+            stability = ranking_stability(scores, rankings,
                                           n_resamples=resamples, seed=seed, progress=progress)
-        mismatched = sorted({s.label for s in stability
-                             for r in rows if r.label == s.label and r.budget == s.budget and r.removed != s.full_removed})
+        stored = {(r.label, r.budget): r.removed for r in rows}
+        mismatched = sorted({s.label for s in stability if stored.get((s.label, s.budget)) != s.full_removed})
         if mismatched:
             notes.append(f"Re-ranking {SCORES_NAME} does not reproduce the stored removed layers of "
                          f"{', '.join(mismatched)}; their stability describes the re-ranked plan.")
     claim = stability_claim(stability, series) if scores is not None and resamples > 0 else \
         "Not checked: ranking stability was not computed."
 
-    doc = _Doc()
+    doc = _Doc(out.name)
     model = meta.get("model", "?")
     doc.h(1, f"depthprune study: {model}")
     cells = len({r.cell for r in rows})
@@ -372,9 +379,12 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         doc.table(*_stability_table(stability))
 
     head = ["method", "budget", "heal", "eval set", "domain", "n", "accuracy [95% CI]", "NLL", "removed", "s"]
+    def ci(r: ResultRow) -> str:
+        return f" [{_pct(r.ci_low)}, {_pct(r.ci_high)}]" if r.ci_low is not None else ""
+
     body = [[r.label, _budget_label(r.budget, r.budget_fraction), "no" if r.heal is None else "yes", r.eval_set,
-             r.domain, str(r.n), _pct(r.accuracy) + (f" [{_pct(r.ci_low)}, {_pct(r.ci_high)}]" if r.ci_low is not None else ""),
-             _num(r.nll), ",".join(map(str, r.removed)) or "–", f"{r.seconds:.1f}"] for r in rows]
+             r.domain, str(r.n), _pct(r.accuracy) + ci(r), _num(r.nll), ",".join(map(str, r.removed)) or "–",
+             f"{r.seconds:.1f}"] for r in rows]
     doc.h(2, "All results")
     doc.raw_details(f"{len(rows)} rows", head, body)
 
