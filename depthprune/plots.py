@@ -22,7 +22,7 @@ from .regimes import CONVERGED, RANKING, STRUCTURE, Series, Stability  # noqa: E
 from .store import ResultRow  # noqa: E402
 
 REGIME_COLORS = {RANKING: "#f6c28b", CONVERGED: "#d9d9d9", STRUCTURE: "#9ecae1"}
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
+plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3,
                      "figure.dpi": 100, "savefig.dpi": 110})
 
 
@@ -65,6 +65,14 @@ def _grid(n: int, ncols: int, width: float, height: float):
     return fig, list(axes.flat[:n])
 
 
+def _budget_ticks(ax, budgets: list[int], num_layers: int) -> None:
+    """x ticks at the evaluated budgets: layers removed over the percentage (when few enough)."""
+    budgets = sorted(set(budgets))
+    if 0 < len(budgets) <= 10:
+        ax.set_xticks([100 * b / num_layers for b in budgets],
+                      [f"{b}\n{100 * b / num_layers:.0f}%" for b in budgets])
+
+
 def _shade(ax, series: Series | None) -> None:
     """Shade each budget's regime, from midway to the previous budget to midway to the next."""
     if series is None or not series.budgets:
@@ -81,7 +89,7 @@ def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str, c
     """One panel per eval set x domain: ``metric`` ("accuracy" or "nll") vs budget, a line per
     method (healed cells dashed, open markers), the unpruned model dotted, regimes shaded."""
     keys = sorted({(r.eval_set, r.domain) for r in rows})
-    fig, axes = _grid(len(keys), 2, 6.4, 4.0)
+    fig, axes = _grid(len(keys), 2, 6.4, 4.6)
     unhealed = {(s.eval_set, s.domain): s for s in series if s.heal == "null"}
     for ax, (eval_set, domain) in zip(axes, keys):
         _shade(ax, unhealed.get((eval_set, domain)))
@@ -105,8 +113,11 @@ def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str, c
             ax.plot([p[0] + dx for p in pts], [p[1] for p in pts], ls="--" if healed else "-", ms=5,
                     mfc="white" if healed else style["color"], lw=1.4, zorder=2, **style)
         ax.set_title(f"{domain}  ({eval_set})")
-        ax.set_xlabel("layers removed (% of decoder layers)")
-        ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token, lower is better)")
+        num_layers = next((round(r.budget / r.budget_fraction) for r in rows if r.budget_fraction > 0), 0)
+        if num_layers:
+            _budget_ticks(ax, [r.budget for r in rows if r.budget > 0], num_layers)
+        ax.set_xlabel("layers removed (count, % of decoder layers)")
+        ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token)\nlower is better")
     handles = [plt.Line2D([], [], ms=5, lw=1.4, label=lab, **_style(lab, colors)) for lab in sorted(colors)]
     if any(r.heal is not None for r in rows):
         handles.append(plt.Line2D([], [], color="grey", ls="--", marker="o", mfc="white",
@@ -135,6 +146,11 @@ def score_profiles(profiles: dict[str, dict[str, list[float]]], ablation: dict[s
             ax.plot(range(len(values)), values, marker="o", ms=3, color=domain_colors.get(domain, "black"),
                     label=domain)
         ax.set_xlabel("decoder layer (0-based)")
+        free = [v[i] for v in source.values() for i in range(len(v)) if i not in protected and v[i] == v[i]]
+        if kind == "cos" and free and protected:  # fit the removable layers; protected ones may leave the axis
+            low, high = min(free), max(free)
+            pad = 0.08 * (high - low or 0.01)
+            ax.set_ylim(low - pad, high + pad)
         if kind == "cos":
             ax.set_title(f"cos(input, output), {group} tokens")
             ax.set_ylabel("mean cosine (high = redundant)")
@@ -184,7 +200,7 @@ def removed_grid(rows: list[ResultRow], num_layers: int, protected: list[int]) -
 def stability_plot(stability: list[Stability], num_layers: int, sensitive: set[int], colors: dict) -> bytes:
     """Mean top-k overlap and Kendall tau vs budget, one line per score-based ranking;
     budgets that are ranking-sensitive in some series shaded."""
-    fig, axes = plt.subplots(1, 2, figsize=(12.8, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(12.8, 4.4), squeeze=False)
     by_label: dict[str, list[Stability]] = defaultdict(list)
     for s in stability:
         by_label[s.label].append(s)
@@ -201,9 +217,11 @@ def stability_plot(stability: list[Stability], num_layers: int, sensitive: set[i
                 continue
             x, y, sd = (np.array(v, dtype=float) for v in zip(*pts))
             dx = _dodge(label, colors, 0.15 * 100 / num_layers)
-            ax.errorbar(x + dx, y, yerr=sd, ms=5, lw=1.4, capsize=2, elinewidth=0.8, label=label,
+            yerr = np.vstack([sd, np.maximum(0.0, np.minimum(sd, 1.0 - y))])  # never past 1
+            ax.errorbar(x + dx, y, yerr=yerr, ms=5, lw=1.4, capsize=2, elinewidth=0.8, label=label,
                         **_style(label, colors))
-        ax.set_xlabel("layers removed (% of decoder layers)")
+        _budget_ticks(ax, [s.budget for s in stability], num_layers)
+        ax.set_xlabel("layers removed (count, % of decoder layers)")
         ax.set_ylabel("top-k overlap with full-data plan" if what == "overlap" else "Kendall tau of layer scores")
         ax.set_title("removed set agreement" if what == "overlap" else "per-layer score order agreement")
         ax.set_ylim(-0.05 if what == "overlap" else None, 1.05)

@@ -164,7 +164,7 @@ def _stability_table(stability: list[Stability]) -> tuple[list[str], list[list[s
     budgets = sorted({s.budget for s in stability})
     labels = sorted({s.label for s in stability})
     cell = {(s.label, s.budget): s for s in stability}
-    head = ["ranking"] + [f"{b} layers" for b in budgets]
+    head = ["ranking"] + [f"k = {b}" for b in budgets]
     body = []
     for lab in labels:
         row = [lab]
@@ -352,7 +352,11 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     healing = _healing_table(rows)
     if healing[1]:
         doc.h(2, "Healing")
-        doc.table(*healing)
+        doc.p("Each healed cell against the same plan unhealed, on the same samples.", cls="muted")
+        if len(healing[1]) > 12:
+            doc.raw_details(f"{len(healing[1])} healed cells", *healing)
+        else:
+            doc.table(*healing)
 
     if scores is not None:
         doc.h(2, "Per-layer score profiles")
