@@ -89,7 +89,7 @@ class BudgetStats:
     leader: str
     spread_accuracy: float | None
     spread_nll: float | None
-    comparisons: list[Comparison]
+    comparisons: list[Comparison]                   # leader vs each other method, best first
     regime: str
 
     @property
@@ -98,8 +98,13 @@ class BudgetStats:
 
     @property
     def runner_up(self) -> Comparison | None:
-        """The comparison with the closest competitor (largest Holm p)."""
-        return max(self.comparisons, key=lambda c: (c.p_holm, c.p), default=None)
+        """The leader vs the second-best method by the metric."""
+        return self.comparisons[0] if self.comparisons else None
+
+    @property
+    def strongest(self) -> Comparison | None:
+        """The leader's most significant win (smallest Holm p)."""
+        return min(self.comparisons, key=lambda c: (c.p_holm, c.p), default=None)
 
 
 @dataclass
@@ -151,10 +156,11 @@ def budget_stats(rows: list[ResultRow]) -> BudgetStats:
     """Leader, spread and leader-vs-others tests for the rows of one budget of one series."""
     metric = "accuracy" if all(r.accuracy is not None for r in rows) else "nll"
     if metric == "accuracy":
-        leader = max(rows, key=lambda r: (r.accuracy, -(r.nll if r.nll is not None else np.inf)))
+        ranked = sorted(rows, key=lambda r: (-r.accuracy, r.nll if r.nll is not None else np.inf))
     else:
-        leader = min(rows, key=lambda r: r.nll if r.nll is not None else np.inf)
-    comparisons = [_compare(leader, r, metric) for r in rows if r is not leader]
+        ranked = sorted(rows, key=lambda r: r.nll if r.nll is not None else np.inf)
+    leader = ranked[0]  # sorted() is stable: exact ties go to the first label
+    comparisons = [_compare(leader, r, metric) for r in ranked[1:]]
     for c, p in zip(comparisons, holm([c.p for c in comparisons])):
         c.p_holm = p
     accs = [r.accuracy for r in rows if r.accuracy is not None]

@@ -121,7 +121,7 @@ def _budget_label(b: int, fraction: float) -> str:
 def _best_table(series: Series) -> tuple[list[str], list[list[str]]]:
     head = ["budget (layers, %)", "regime", "leader", "leader accuracy [95% CI]" if series.budgets and
             series.budgets[0].metric == "accuracy" else "leader NLL [95% CI]", "spread acc (points)",
-            "spread NLL", "beats beyond noise", "closest competitor", "p (Holm)"]
+            "spread NLL", "beats beyond noise", "runner-up", "p vs runner-up", "strongest win (p)"]
     body = []
     for b in series.budgets:
         if b.metric == "accuracy":
@@ -130,11 +130,12 @@ def _best_table(series: Series) -> tuple[list[str], list[list[str]]]:
         else:
             ci = b.nll_ci.get(b.leader)
             lead = _num(b.nll[b.leader]) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else "")
-        ru = b.runner_up
+        ru, st = b.runner_up, b.strongest
         body.append([_budget_label(b.budget, b.fraction), b.regime, b.leader, lead,
                      "–" if b.spread_accuracy is None else f"{100 * b.spread_accuracy:.1f}",
                      _num(b.spread_nll), f"{len(b.beaten)} of {len(b.comparisons)}",
-                     "–" if ru is None else ru.other, "–" if ru is None else _p(ru.p_holm)])
+                     "–" if ru is None else ru.other, "–" if ru is None else _p(ru.p_holm),
+                     "–" if st is None else f"{st.other} ({_p(st.p_holm)})"])
     return head, body
 
 
@@ -340,9 +341,10 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     doc.h(2, "Best method per budget")
     doc.p(f"Leader = highest accuracy (ties: lower NLL; lowest NLL where accuracy was not measured). "
-          f"'Beats beyond noise' counts the methods it beats with Holm-adjusted p < {ALPHA}; the p-value is "
-          f"against its closest competitor (exact McNemar on paired per-sample correctness, or a paired "
-          f"bootstrap of the NLL). Spread = best minus worst method at that budget.", cls="muted")
+          f"'Beats beyond noise' counts the methods it beats with Holm-adjusted p < {ALPHA}. p-values are "
+          f"Holm-adjusted, leader vs the runner-up (second best) and vs the method it beats most clearly "
+          f"(exact McNemar on paired per-sample correctness, or a paired bootstrap of the NLL). "
+          f"Spread = best minus worst method at that budget.", cls="muted")
     for s in series:
         if not s.budgets:
             continue
