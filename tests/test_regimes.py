@@ -33,6 +33,8 @@ def test_three_regimes_found_in_the_papers_order():
     assert series.matches_paper and series.verdict.startswith("The paper's three regimes appear")
     low = series.budgets[0]
     assert low.leader == "domain:math" and sorted(low.beaten) == ["mixed", "spaced"]
+    assert low.runner_up.other == "mixed" and (low.runner_up.leader_only, low.runner_up.other_only) == (50, 0)
+    assert low.runner_up.p == 2 / 2 ** 50  # exact McNemar: 50 discordant pairs, all one way
     assert abs(low.spread_accuracy - (110 - 60) / N) < 1e-12
     assert series.budgets[-1].leader == "spaced"
 
