@@ -291,12 +291,13 @@ def _score_column(columns: dict[str, list]) -> list | None:
 
 
 def ranking_stability(scores: Scores, rankings: list[tuple[str, str, dict, int]], n_resamples: int = 50,
-                      seed: int = 0, progress: bool = False) -> list[Stability]:
+                      seed: int = 0, progress: bool = False, skipped: list[str] | None = None) -> list[Stability]:
     """Bootstrap stability of each ``(label, method, options, budget)`` ranking.
 
     One resample redraws every domain's calibration samples with replacement within the
     domain; all rankings are re-ranked on the same resamples (paired across methods). The
-    score-free methods (last, uniform, random) and iterative are skipped.
+    score-free methods (last, uniform, random) and iterative are skipped; a ranking that cannot
+    be re-ranked from ``scores`` is skipped with its reason appended to ``skipped``.
     """
     todo = [(lab, m, o, b) for lab, m, o, b in rankings if m not in SCORE_FREE and m != "iterative"]
     if not todo:
@@ -306,8 +307,10 @@ def ranking_stability(scores: Scores, rankings: list[tuple[str, str, dict, int]]
     for key, req in list(requests.items()):
         try:
             full[key] = rank(scores, req)
-        except RankError:
+        except ValueError as exc:  # RankError / ScoresError: e.g. a method this scores file cannot serve
             requests.pop(key)
+            if skipped is not None:
+                skipped.append(f"{key[0]} at k={key[1]}: {exc}")
     gen = torch.Generator().manual_seed(seed)
     by_domain = [torch.nonzero(scores.sample_mask(d)).flatten() for d in scores.domains]
     overlaps: dict = defaultdict(list)

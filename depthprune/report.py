@@ -302,8 +302,11 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rankings = [(lab, m, {**protect, **json.loads(o)}, b) for lab, m, o, b in rankings]
-            stability = ranking_stability(scores, rankings,
-                                          n_resamples=resamples, seed=seed, progress=progress)
+            skipped: list[str] = []
+            stability = ranking_stability(scores, rankings, n_resamples=resamples, seed=seed,
+                                          progress=progress, skipped=skipped)
+        if skipped:
+            notes.append("Ranking stability not computed for " + "; ".join(skipped) + ".")
         stored = {(r.label, r.budget): r.removed for r in rows}
         mismatched = sorted({s.label for s in stability if stored.get((s.label, s.budget)) != s.full_removed})
         if mismatched:
@@ -381,7 +384,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         doc.p(f"{resamples} bootstrap resamples of the calibration samples (within each domain, paired across "
               "methods). Cells: mean top-k overlap of the removed layers with the full-data plan / mean Kendall "
               "tau of the per-layer scores. Shaded: budgets that are ranking-sensitive in some series. "
-              "Score-free methods (last, uniform, random) are not bootstrapped.", cls="muted")
+              "Score-free methods (last, uniform, random) and iterative (it needs the model) are not "
+              "bootstrapped.", cls="muted")
         doc.table(*_stability_table(stability))
 
     head = ["method", "budget", "heal", "eval set", "domain", "n", "accuracy [95% CI]", "NLL", "removed", "s"]
