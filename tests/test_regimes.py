@@ -116,3 +116,13 @@ def test_stability_claim_is_checked_at_ranking_sensitive_budgets():
     assert stability_claim(noisy, series).startswith("The claim does not hold")
     exact = ranking_stability(_scores(0.0), rankings[:1], n_resamples=5)
     assert stability_claim(exact, series).startswith("The claim holds")
+
+
+def test_rankings_that_cannot_be_reranked_are_named():
+    from depthprune.regimes import ranking_stability
+    skipped: list[str] = []
+    out = ranking_stability(_scores(0.1), [("angular-block", "angular-block", {}, 3),
+                                           ("domain:math", "domain", {"domain": "math"}, 3)],
+                            n_resamples=3, skipped=skipped)
+    assert [s.label for s in out] == ["domain:math"]
+    assert len(skipped) == 1 and skipped[0].startswith("angular-block at k=3:") and "max-span" in skipped[0]
