@@ -344,6 +344,20 @@ def demo(
     console.print(f"everything -> {out}", highlight=False)
 
 
+@app.command()
+@handle_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of `depthprune sweep` / `demo` (holds results.sqlite and scores.json).")],
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default RUN_DIR/report.html); the Markdown goes beside it with suffix .md.")] = None,
+    resamples: Annotated[int, typer.Option(min=0, help="Bootstrap resamples of the calibration samples for ranking stability (0: skip).")] = 50,
+    seed: Seed = 0,
+) -> None:
+    """Regime map of a study: leaders, spreads and paired tests per budget, stability, plots -> HTML + Markdown."""
+    from .report import write_report
+    html_path = write_report(run_dir, out, resamples=resamples, seed=seed)
+    console.print(f"report -> {html_path} (+ {html_path.with_suffix('.md').name})", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
