@@ -168,6 +168,8 @@ def prune(
     info = json.loads((result / "pruning.json").read_text())
     console.print(f"removed layers {info['removed_layers']} (0-based) with {info['method']}: "
               f"{info['original_num_layers']} -> {info['num_layers']} layers -> {result}", highlight=False)
+    from .speed import format_speedup
+    console.print(format_speedup(info["expected_speedup"]), highlight=False)
 
 
 @app.command("eval")
