@@ -93,6 +93,17 @@ def _safe(name: str) -> str:
     return re.sub(r"\W+", "_", name).strip("_").lower() or "x"
 
 
+def _dataset(rows: list[dict], features: Any, fingerprint: str) -> Any:
+    """A datasets.Dataset of ``rows``, built from an Arrow table with a given fingerprint:
+    ``Dataset.from_list`` would hash the whole table (slow for images, and it fails with
+    some dill/pyarrow pairs); the records' fingerprint identifies the content already."""
+    import datasets
+    import pyarrow as pa
+    batch = features.encode_batch({k: [r[k] for r in rows] for k in features})
+    table = pa.Table.from_pydict(batch, schema=features.arrow_schema)
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=fingerprint)
+
+
 def write_task(data: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                name: str = "depthprune_local", max_new_tokens: int = 16, overwrite: bool = False) -> list[str]:
     """Turn answered JSONL records into a local lmms-eval task directory (for ``--include-path``).
@@ -105,7 +116,7 @@ def write_task(data: str | os.PathLike | Sequence[str | os.PathLike], out_dir: s
     import datasets
     import yaml
 
-    from .data import DataError, load_records
+    from .data import DataError, data_fingerprint, load_records
     from .pruning import prepare_output_dir
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     records = load_records(paths, require_answer=True)
@@ -130,9 +141,9 @@ def write_task(data: str | os.PathLike | Sequence[str | os.PathLike], out_dir: s
             "choices": [str(c) for c in choices],
             "images": [{"bytes": Path(p).read_bytes(), "path": None} for p in r.images]})
     domains = {_safe(r.domain): r.domain for r in records}
+    fingerprint = data_fingerprint(records)
     with atomic_dir(out) as tmp:
-        ds = datasets.DatasetDict({s: datasets.Dataset.from_list(rows, features=features)
-                                   for s, rows in splits.items()})
+        ds = datasets.DatasetDict({s: _dataset(rows, features, f"{fingerprint}-{s}") for s, rows in splits.items()})
         ds.save_to_disk(str(tmp / "dataset"))
         shutil.copyfile(TASKS_DIR / "utils.py", tmp / "utils.py")
         tasks = []
