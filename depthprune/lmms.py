@@ -338,6 +338,66 @@ def plugin_class() -> Any:
 
 
 # ----------------------------------------------------------------------------- running
+def _task_configs(manager: Any, name: str, seen: set[str]) -> list[tuple[str, dict]]:
+    """(task, YAML config) of ``name`` and, for a group or tag, of every task under it."""
+    from lmms_eval.utils import load_yaml_config
+    info = manager.task_index.get(name)
+    if info is None or name in seen:
+        return []
+    seen.add(name)
+    if info["type"] == "task":
+        return [(name, load_yaml_config(info["yaml_path"], mode="simple"))]
+    members = info.get("task") if isinstance(info.get("task"), list) else None
+    if members is None and info.get("yaml_path") not in (None, -1):
+        members = load_yaml_config(info["yaml_path"], mode="simple").get("task") or []
+    return [c for m in members or [] if isinstance(m, str) for c in _task_configs(manager, m, seen)]
+
+
+def _is_cached(dataset: str) -> bool:
+    """Whether hub dataset ``dataset`` ("org/name") has a snapshot or a build in the local cache."""
+    import datasets
+    from huggingface_hub import constants
+    hub = Path(constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}"
+    built = Path(datasets.config.HF_DATASETS_CACHE)
+    prefix = dataset.replace("/", "___").lower()
+    return hub.is_dir() or (built.is_dir() and any(p.name.lower().startswith(prefix) for p in built.iterdir()))
+
+
+def check_datasets_offline(manager: Any, tasks: Sequence[str]) -> None:
+    """Refuse, before any model loads, tasks whose hub dataset is not in the local cache
+    (offline, lmms-eval would retry the network for minutes, then fail with a traceback)."""
+    missing = {}
+    for task in tasks:
+        try:
+            configs = _task_configs(manager, task, set())
+        except Exception:  # noqa: BLE001 - a config we cannot read here: lmms-eval will say
+            continue
+        for name, cfg in configs:
+            path, kwargs = cfg.get("dataset_path"), cfg.get("dataset_kwargs") or {}
+            if not isinstance(path, str) or kwargs.get("load_from_disk") or Path(path).exists():
+                continue
+            if not _is_cached(path):
+                missing[name] = path
+    if missing:
+        names = ", ".join(f"{t} ({d})" for t, d in sorted(missing.items()))
+        raise LmmsError(f"--lmms-eval: task dataset(s) not in the local Hugging Face cache: {names}. depthprune "
+                        "runs lmms-eval offline (nothing is downloaded): fetch them once on a machine with "
+                        "network, e.g. `huggingface-cli download --repo-type dataset "
+                        f"{next(iter(missing.values()))}`, into the same HF_HOME")
+
+
+def _offline_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps, e.g. tenacity's RetryError) is a failed download."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in (
+                "ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "DatasetNotFoundError",
+                "RetryError"):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLike, *,
         include_path: str | os.PathLike | None = None, limit: int | None = None, batch_size: int = 1,
         max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
@@ -378,6 +438,7 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
         raise LmmsError("--lmms-eval: unknown task(s) " + "; ".join(
             f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
             + ". Local tasks need --include-path DIR")
+    check_datasets_offline(manager, tasks)
     from lmms_eval.utils import simple_parse_args_string
     args: dict[str, Any] = {"pretrained": str(model_id)}
     if family == "depthprune_qwen3_vl":
@@ -395,7 +456,9 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
         results = evaluator.simple_evaluate(model=lm, model_args=arg_text, tasks=tasks, limit=limit,
                                             batch_size=batch_size, device=device, task_manager=manager,
                                             log_samples=True, gen_kwargs=gen_kwargs)
-    except (ConnectionError, FileNotFoundError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - offline dataset/model failures only; others re-raised
+        if not _offline_failure(exc):
+            raise
         raise LmmsError(f"lmms-eval could not load a dataset or model offline ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}). Hub tasks need their dataset in the "
                         "local Hugging Face cache (download it once where there is network); "
