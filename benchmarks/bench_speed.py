@@ -68,8 +68,8 @@ ARGS = parse_args()
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)  # before torch starts its thread pool
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
-from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 torch.set_num_threads(ARGS.threads)
 

@@ -456,7 +456,7 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
         results = evaluator.simple_evaluate(model=lm, model_args=arg_text, tasks=tasks, limit=limit,
                                             batch_size=batch_size, device=device, task_manager=manager,
                                             log_samples=True, gen_kwargs=gen_kwargs)
-    except Exception as exc:  # noqa: BLE001 - offline dataset/model failures only; others re-raised
+    except Exception as exc:
         if not _offline_failure(exc):
             raise
         raise LmmsError(f"lmms-eval could not load a dataset or model offline ({type(exc).__name__}: "
