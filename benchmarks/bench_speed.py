@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     ap.add_argument("--vllm", action="store_true", help="also time vLLM on CUDA (untested here)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses (no timing)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -107,12 +108,14 @@ def materialise(model, device: str, dtype: torch.dtype):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02, generator=gen)
-        for m in model.modules():  # to_empty left inv_freq uninitialised
-            if hasattr(m, "inv_freq") and hasattr(m, "rope_init_fn"):
-                inv_freq, m.attention_scaling = m.rope_init_fn(m.config, device)
-                m.inv_freq.copy_(inv_freq)
-                if hasattr(m, "original_inv_freq"):
-                    m.original_inv_freq = m.inv_freq
+        for m in model.modules():  # to_empty left the rotary frequencies uninitialised
+            if isinstance(getattr(m, "inv_freq", None), torch.Tensor):
+                fresh = type(m)(m.config).to(device)  # recompute them as __init__ does
+                m.inv_freq.copy_(fresh.inv_freq)
+                if isinstance(getattr(m, "original_inv_freq", None), torch.Tensor):
+                    m.original_inv_freq.copy_(fresh.inv_freq)
+                if hasattr(fresh, "attention_scaling"):
+                    m.attention_scaling = fresh.attention_scaling
     model.tie_weights()
     return model.to(dtype).eval()
 
@@ -197,8 +200,16 @@ def memory_child(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     loaded = torch.cuda.memory_allocated(device) if cuda else rss_bytes()
     run_generate(model, inputs, new_tokens, StepClock(cuda))
-    peak = torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated(device) if cuda else rss_high_water()
     print(json.dumps({"loaded": loaded, "peak": peak}))
+
+
+def rss_high_water() -> int:
+    """Peak RSS of this process image (VmHWM). Not ru_maxrss: Linux carries that over
+    fork+exec from the parent, so a child of a process that once held the full model
+    would report the parent's peak."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
 
 
 def rss_bytes() -> int:
@@ -262,6 +273,27 @@ def vllm_times(variants: list[tuple[str, object]], args: argparse.Namespace, tok
     return results
 
 
+def memory_only(args: argparse.Namespace, fractions: list[float]) -> None:
+    """Peak memory of every variant (fresh subprocesses), with ratios to the ideal."""
+    meta = meta_model(args.small)
+    n_layers = meta.config.text_config.num_hidden_layers
+    ks = [0] + [len(plan_for(meta, f)) for f in fractions]
+    mem = peak_memory(args, len(ks))
+    print(f"peak memory ({'CUDA allocated' if settings(args)[0].startswith('cuda') else 'RSS high-water'}), "
+          f"{n_layers} layers, each variant built pruned in its own process; threads {args.threads}")
+    rows = []
+    for k, m in zip(ks, mem):
+        ideal = n_layers / (n_layers - k)
+        ratio = mem[0]["peak"] / m["peak"]
+        weights = mem[0]["loaded"] / m["loaded"]
+        rows.append({"removed": k, "ideal": round(ideal, 4), "peak_gib": round(m["peak"] / 2**30, 3),
+                     "loaded_gib": round(m["loaded"] / 2**30, 3), "peak_ratio": round(ratio, 4),
+                     "loaded_ratio": round(weights, 4)})
+        print(f"  k={k:>2}: loaded {m['loaded'] / 2**30:6.2f} GiB (ratio {weights:.3f} = {weights / ideal:.3f} x ideal)"
+              f"  peak {m['peak'] / 2**30:6.2f} GiB (ratio {ratio:.3f} = {ratio / ideal:.3f} x ideal)")
+    print(json.dumps({"memory": rows}))
+
+
 def try_vllm(variants: list, args: argparse.Namespace, tokens: int, new_tokens: int) -> dict | None:
     """vLLM timings, or None (with the reason printed) when vLLM is not installed."""
     try:
@@ -280,6 +312,8 @@ def main() -> None:
     device, dtype, tokens, new_tokens = settings(args)
     cuda = device.startswith("cuda")
     fractions = [float(f) for f in args.fractions.split(",")]
+    if args.memory_only:
+        return memory_only(args, fractions)
     started = time.perf_counter()
     model = materialise(meta_model(args.small), device, dtype)
     n_layers = model.config.text_config.num_hidden_layers
