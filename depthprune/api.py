@@ -28,6 +28,7 @@ from .models import (DTYPES, ModelError, adapter_for, find_decoder_layers, is_lo
 from .pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
 from .scores import Scores
 from .scoring import ScoreSettings, score_model
+from .speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike
 
@@ -217,12 +218,15 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     if the_plan.scores_model_id and Path(str(the_plan.scores_model_id)).name != Path(str(model)).name:
         warnings.warn(f"scores were computed on '{the_plan.scores_model_id}', pruning '{model}'",
                       stacklevel=2)
+    params_before = count_parameters(net)
     prune_layers(net, the_plan.remove)
+    speedup = expected_speedup(num_layers, len(the_plan.remove), params_before, count_parameters(net))
     req = the_plan.request
     info = pruning_info(str(model), num_layers, the_plan.remove, the_plan.method, req.get("budget"),
                         extra={"domain": req.get("domain"), "weights": req.get("weights"),
                                "request": req, "protected_layers": the_plan.protected,
                                "reasons": {str(k): v for k, v in the_plan.reasons.items()},
-                               "scores_fingerprint": the_plan.scores_fingerprint})
+                               "scores_fingerprint": the_plan.scores_fingerprint,
+                               "expected_speedup": speedup})
     path = save_pruned(net, processor, out, info, source_model=model, overwrite=overwrite)
     return (path, info) if return_info else path

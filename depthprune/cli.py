@@ -242,24 +242,41 @@ def prune(
                              return_info=True, **kwargs)
     console.print(f"removed layers {info['removed_layers']} (0-based) with {info['method']}: "
               f"{info['original_num_layers']} -> {info['num_layers']} layers -> {result}", highlight=False)
+    from .speed import format_speedup
+    console.print(format_speedup(info["expected_speedup"]), highlight=False)
 
 
 @app.command("eval")
 @handle_errors
 def eval_(
     model: Model,
-    data: DataOpt,
     out_file: Annotated[Path, typer.Option("--out", help="Metrics JSON to write; per-sample predictions go beside it.")],
+    data: Annotated[list[Path] | None, typer.Option("--data", help="JSONL file (repeat for several). Image paths are relative to it. Not with --lmms-eval.")] = None,
     batch_size: BatchSize = 8,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation length limit.")] = 16,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Generation length limit (default 16; with --lmms-eval: each task's own).")] = None,
+    lmms_eval: Annotated[str | None, typer.Option("--lmms-eval", help="Run these lmms-eval tasks (comma-separated) instead of --data; needs depthprune[lmms]. Runs offline: hub tasks need cached datasets.")] = None,
+    include_path: Annotated[Path | None, typer.Option(help="Directory of extra lmms-eval task YAMLs (e.g. from `depthprune data lmms-task`).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="lmms-eval: at most N samples per task.")] = None,
+    lmms_model: Annotated[str | None, typer.Option(help="lmms-eval model name (default: chosen from the checkpoint's model_type).")] = None,
+    lmms_model_args: Annotated[str | None, typer.Option(help="Extra lmms-eval model_args, k=v,k=v (e.g. system_prompt=...,max_pixels=...).")] = None,
     dtype: Dtype = "auto", device: Device = "cpu", device_map: DeviceMap = None,
     trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
 ) -> None:
-    """Greedy-generate answers, score them per domain (accuracy, 95% CI) and the answer NLL."""
+    """Greedy-generate answers, score them per domain (accuracy, 95% CI) and the answer NLL;
+    or run lmms-eval tasks (--lmms-eval) into the same metrics format."""
     from .evaluation import evaluate_path, format_metrics_table
-    metrics = evaluate_path(model, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                            dtype=dtype, device=device, device_map=device_map,
-                            trust_remote_code=trust_remote_code, overwrite=overwrite)
+    if (lmms_eval is None) == (not data):
+        raise ValueError("eval needs exactly one of --data FILE or --lmms-eval TASKS")
+    if lmms_eval is not None:
+        from . import lmms
+        metrics = lmms.run(model, lmms_eval.split(","), out_file, include_path=include_path, limit=limit,
+                           batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
+                           device=device_map or device, lmms_model=lmms_model, model_args=lmms_model_args,
+                           overwrite=overwrite)
+    else:
+        metrics = evaluate_path(model, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens or 16,
+                                dtype=dtype, device=device, device_map=device_map,
+                                trust_remote_code=trust_remote_code, overwrite=overwrite)
     console.print(format_metrics_table(metrics))
     console.print(f"metrics -> {out_file}", highlight=False)
 
@@ -356,6 +373,23 @@ def report(
     from .report import write_report
     html_path = write_report(run_dir, out, resamples=resamples, seed=seed)
     console.print(f"report -> {html_path} (+ {html_path.with_suffix('.md').name})", highlight=False)
+
+
+@data_app.command("lmms-task")
+@handle_errors
+def data_lmms_task(
+    data: DataOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Task directory to create; pass it to `eval --include-path`.")],
+    name: Annotated[str, typer.Option(help="Task group name; one task per domain is named NAME_DOMAIN.")] = "depthprune_local",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation length written into the task YAMLs.")] = 16,
+    overwrite: Overwrite = False,
+) -> None:
+    """Turn answered JSONL records into a local lmms-eval task (dataset saved with datasets.save_to_disk,
+    depthprune's scoring rules), to run them through `depthprune eval --lmms-eval`."""
+    from .lmms import write_task
+    tasks = write_task(data, out_dir, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)
+    console.print(f"lmms-eval tasks {', '.join(tasks)} -> {out_dir} "
+                  f"(use: --lmms-eval {tasks[0]} --include-path {out_dir})", highlight=False)
 
 
 def main() -> None:

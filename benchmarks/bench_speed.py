@@ -1,0 +1,413 @@
+"""Real speed-up of depth pruning: the unpruned model and pruned copies, side by side.
+
+Model: random-init ``Qwen3VLForConditionalGeneration`` whose text decoder has the shapes of
+Qwen3-VL-2B (28 layers, hidden 2048, intermediate 6144, 16 heads / 8 KV heads, head_dim 128,
+vocab 151936, tied embeddings; tiny vision tower, text-only prompts). Pruned copies remove
+10%, 25% and 50% of the decoder layers with depthprune's own code path
+(``api.plan(..., "uniform")`` + ``pruning.prune_layers``) on copies that share the weight
+tensors, so one model's memory serves all variants.
+
+Measured per variant, through ``model.generate`` (greedy, a fixed number of new tokens;
+a logits processor timestamps every step, so prefill = start -> first step, decode = first
+-> last step, in one call):
+
+* prefill latency (s) and decode tokens/s, wall clock and process CPU time, medians over
+  repeats that interleave the variants (the machines here are shared: only ratios measured
+  side by side mean anything, and CPU time is robust to waiting for a core);
+* parameters (distinct, whole model);
+* peak memory: each variant is built pruned (on the meta device, then materialised) in a
+  fresh subprocess that runs the same generate; peak RSS on CPU, peak allocated on CUDA.
+
+Each speed-up (unpruned / pruned) is printed with its ratio to the ideal L/(L-k).
+Target: decode speed-up >= 0.9 x ideal. The LM head and embeddings are not pruned, so
+the whole-model parameter ratio is the realistic bound for memory-bound decoding; it is
+printed beside the ideal.
+
+    python benchmarks/bench_speed.py                 # Qwen3-VL-2B shapes on CPU (~9 GB RAM)
+    python benchmarks/bench_speed.py --small         # seconds-long smoke run
+    python benchmarks/bench_speed.py --device cuda   # auto when CUDA is available (bfloat16)
+    python benchmarks/bench_speed.py --vllm          # also vLLM on CUDA (UNTESTED: no GPU here)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TARGET = 0.90  # decode speed-up >= TARGET x ideal
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="tiny shapes, for a smoke run")
+    ap.add_argument("--fractions", default="0.1,0.25,0.5", help="pruning budgets (fractions of the decoder layers)")
+    ap.add_argument("--tokens", type=int, default=None, help="prompt length (default 128 on CPU, 1024 on CUDA)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="generated tokens (default 16 on CPU, 128 on CUDA)")
+    ap.add_argument("--batch", type=int, default=1, help="prompts per generate call")
+    ap.add_argument("--repeats", type=int, default=3, help="timed generate calls per variant (interleaved)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads and OMP_NUM_THREADS (default 1: the cores are shared)")
+    ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    ap.add_argument("--vllm", action="store_true", help="also time vLLM on CUDA (untested here)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses (no timing)")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+ARGS = parse_args()
+os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)  # before torch starts its thread pool
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+torch.set_num_threads(ARGS.threads)
+
+
+def text_shapes(small: bool) -> dict:
+    """Qwen3-VL-2B text-decoder shapes (or tiny ones for --small)."""
+    if small:
+        return dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                    rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                     "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+    return dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+                rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                 "mrope_section": [24, 20, 20], "mrope_interleaved": True})
+
+
+def meta_model(small: bool):
+    """The model on the meta device (no memory), so it can be pruned before materialising."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    text = text_shapes(small)
+    config = Qwen3VLConfig(
+        text_config=text, tie_word_embeddings=True,
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                           out_hidden_size=text["hidden_size"], deepstack_visual_indexes=[0, 1, 2]),
+        image_token_id=10, video_token_id=11, vision_start_token_id=12, vision_end_token_id=13)
+    with torch.device("meta"):
+        return Qwen3VLForConditionalGeneration(config)
+
+
+def materialise(model, device: str, dtype: torch.dtype):
+    """Random weights without the slow per-module initialisers; rotary buffers recomputed."""
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=gen)
+        for m in model.modules():  # to_empty left the rotary frequencies uninitialised
+            if isinstance(getattr(m, "inv_freq", None), torch.Tensor):
+                fresh = type(m)(m.config).to(device)  # recompute them as __init__ does
+                m.inv_freq.copy_(fresh.inv_freq)
+                if isinstance(getattr(m, "original_inv_freq", None), torch.Tensor):
+                    m.original_inv_freq.copy_(fresh.inv_freq)
+                if hasattr(fresh, "attention_scaling"):
+                    m.attention_scaling = fresh.attention_scaling
+    model.tie_weights()
+    return model.to(dtype).eval()
+
+
+def plan_for(model, fraction: float) -> list[int]:
+    """Layers to remove: depthprune's `uniform` method (deepstack layers 0-2 protected)."""
+    from depthprune import api
+    scores = api.empty_scores(model, "bench")
+    return api.plan(scores, "uniform", fraction).remove
+
+
+def pruned_copy(model, remove: list[int]):
+    """A pruned copy sharing every weight tensor with ``model`` (no extra weight memory)."""
+    from depthprune.pruning import prune_layers
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    clone = copy.deepcopy(model, memo)
+    return prune_layers(clone, remove) if remove else clone
+
+
+class StepClock(LogitsProcessor):
+    """Timestamps each generation step (called once per forward, after its logits)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.wall, self.cpu = cuda, [], []
+
+    def start(self) -> None:
+        self.wall, self.cpu = [time.perf_counter()], [time.process_time()]
+
+    def __call__(self, input_ids, scores):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+        return scores
+
+
+@torch.inference_mode()
+def run_generate(model, inputs: dict, new_tokens: int, clock: StepClock) -> dict:
+    """One greedy generate of exactly ``new_tokens``; prefill and per-token decode times."""
+    clock.start()
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                         eos_token_id=None, pad_token_id=0, logits_processor=LogitsProcessorList([clock]))
+    assert out.shape[1] == inputs["input_ids"].shape[1] + new_tokens
+    steps = len(clock.wall) - 2  # decode forwards between the first and the last timestamp
+    return {"prefill_s": clock.wall[1] - clock.wall[0], "prefill_cpu": clock.cpu[1] - clock.cpu[0],
+            "decode_tok_s": steps * inputs["input_ids"].shape[0] / (clock.wall[-1] - clock.wall[1]),
+            "decode_cpu_per_tok": (clock.cpu[-1] - clock.cpu[1]) / steps}
+
+
+def make_inputs(vocab: int, batch: int, tokens: int, device: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, vocab, (batch, tokens), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+def settings(args: argparse.Namespace) -> tuple[str, torch.dtype, int, int]:
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device.startswith("cuda")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
+    tokens = args.tokens or (1024 if cuda else 128)
+    new_tokens = args.new_tokens or (128 if cuda else 16)
+    if new_tokens < 2:
+        raise SystemExit("--new-tokens must be >= 2 (decode is timed between the first and last token)")
+    return device, dtype, tokens, new_tokens
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """In a fresh process: build the model pruned by fraction index ``args.memory_child``
+    (-1: unpruned) on meta, materialise, generate once; print peak memory as JSON."""
+    device, dtype, tokens, new_tokens = settings(args)
+    model = meta_model(args.small)
+    if args.memory_child >= 0:
+        from depthprune.pruning import prune_layers
+        fraction = [float(f) for f in args.fractions.split(",")][args.memory_child]
+        prune_layers(model, plan_for(model, fraction))
+    model = materialise(model, device, dtype)
+    inputs = make_inputs(model.config.text_config.vocab_size, args.batch, tokens, device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    loaded = torch.cuda.memory_allocated(device) if cuda else rss_bytes()
+    run_generate(model, inputs, new_tokens, StepClock(cuda))
+    peak = torch.cuda.max_memory_allocated(device) if cuda else rss_high_water()
+    print(json.dumps({"loaded": loaded, "peak": peak}))
+
+
+def rss_high_water() -> int:
+    """Peak RSS of this process image (VmHWM). Not ru_maxrss: Linux carries that over
+    fork+exec from the parent, so a child of a process that once held the full model
+    would report the parent's peak."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def peak_memory(args: argparse.Namespace, n_variants: int) -> list[dict]:
+    """Peak memory of each variant, each in its own subprocess, one after another."""
+    results = []
+    for index in range(-1, n_variants - 1):
+        cmd = [sys.executable, __file__, "--memory-child", str(index), "--fractions", args.fractions,
+               "--batch", str(args.batch), "--threads", str(args.threads), "--device", args.device]
+        for flag in ("tokens", "new_tokens", "dtype"):
+            if getattr(args, flag) is not None:
+                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        cmd += ["--small"] if args.small else []
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def vllm_times(variants: list[tuple[str, object]], args: argparse.Namespace, tokens: int,
+               new_tokens: int) -> dict[str, dict]:
+    """UNTESTED (no GPU where this was written): save each variant as a checkpoint (bfloat16,
+    with the toy's tokenizer/processor files so vLLM's Qwen3-VL processor can start; prompts
+    are token ids, so the vocabulary is never used) and time prefill and decode in vLLM."""
+    import gc
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from depthprune.pruning import copy_processor_files
+    from depthprune.toy import MODEL_DIR
+    g = torch.Generator().manual_seed(0)
+    prompts = [TokensPrompt(prompt_token_ids=torch.randint(100, 150000, (tokens,), generator=g).tolist())
+               for _ in range(args.batch)]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in variants:
+            path = os.path.join(tmp, name)
+            model.to(torch.bfloat16).save_pretrained(path)
+            from pathlib import Path
+            copy_processor_files(MODEL_DIR, Path(path))
+            llm = LLM(model=path, skip_tokenizer_init=True, dtype="bfloat16", max_model_len=tokens + new_tokens + 8,
+                      gpu_memory_utilization=0.35, limit_mm_per_prompt={"image": 0, "video": 0}, seed=0)
+            timings = {"prefill": [], "full": []}
+            for _ in range(args.repeats + 1):  # the first is a warm-up
+                for key, n in (("prefill", 1), ("full", new_tokens + 1)):
+                    params = SamplingParams(max_tokens=n, min_tokens=n, temperature=0.0, ignore_eos=True,
+                                            detokenize=False)
+                    t0 = time.perf_counter()
+                    llm.generate(prompts, params, use_tqdm=False)
+                    timings[key].append(time.perf_counter() - t0)
+            prefill = statistics.median(timings["prefill"][1:])
+            decode = statistics.median(timings["full"][1:]) - prefill
+            results[name] = {"prefill_s": prefill, "decode_tok_s": new_tokens * args.batch / decode}
+            del llm
+            gc.collect()
+            torch.cuda.empty_cache()
+    return results
+
+
+def memory_only(args: argparse.Namespace, fractions: list[float]) -> None:
+    """Peak memory of every variant (fresh subprocesses), with ratios to the ideal."""
+    meta = meta_model(args.small)
+    n_layers = meta.config.text_config.num_hidden_layers
+    ks = [0] + [len(plan_for(meta, f)) for f in fractions]
+    mem = peak_memory(args, len(ks))
+    print(f"peak memory ({'CUDA allocated' if settings(args)[0].startswith('cuda') else 'RSS high-water'}), "
+          f"{n_layers} layers, each variant built pruned in its own process; threads {args.threads}")
+    rows = []
+    for k, m in zip(ks, mem):
+        ideal = n_layers / (n_layers - k)
+        ratio = mem[0]["peak"] / m["peak"]
+        weights = mem[0]["loaded"] / m["loaded"]
+        rows.append({"removed": k, "ideal": round(ideal, 4), "peak_gib": round(m["peak"] / 2**30, 3),
+                     "loaded_gib": round(m["loaded"] / 2**30, 3), "peak_ratio": round(ratio, 4),
+                     "loaded_ratio": round(weights, 4)})
+        print(f"  k={k:>2}: loaded {m['loaded'] / 2**30:6.2f} GiB (ratio {weights:.3f} = {weights / ideal:.3f} x ideal)"
+              f"  peak {m['peak'] / 2**30:6.2f} GiB (ratio {ratio:.3f} = {ratio / ideal:.3f} x ideal)")
+    print(json.dumps({"memory": rows}))
+
+
+def try_vllm(variants: list, args: argparse.Namespace, tokens: int, new_tokens: int) -> dict | None:
+    """vLLM timings, or None (with the reason printed) when vLLM is not installed."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        print(f"vLLM: not installed ({exc})")
+        return None
+    return vllm_times([(name.split()[0].replace("%", "pct"), m) for name, _, m in variants], args, tokens,
+                      new_tokens)
+
+
+def main() -> None:
+    args = ARGS
+    if args.memory_child is not None:
+        return memory_child(args)
+    device, dtype, tokens, new_tokens = settings(args)
+    cuda = device.startswith("cuda")
+    fractions = [float(f) for f in args.fractions.split(",")]
+    if args.memory_only:
+        return memory_only(args, fractions)
+    started = time.perf_counter()
+    model = materialise(meta_model(args.small), device, dtype)
+    n_layers = model.config.text_config.num_hidden_layers
+    variants = [("unpruned", [], model)]
+    for f in fractions:
+        remove = plan_for(model, f)
+        variants.append((f"{f:.0%} (k={len(remove)})", remove, pruned_copy(model, remove)))
+    print(f"model: Qwen3-VL{' (small)' if args.small else '-2B text shapes'}, {n_layers} decoder layers, "
+          f"hidden {model.config.text_config.hidden_size}, {dtype}, device {device}; batch {args.batch} x "
+          f"{tokens} prompt tokens, {new_tokens} new tokens; repeats {args.repeats} (interleaved); "
+          f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} torch threads={torch.get_num_threads()}; "
+          f"built in {time.perf_counter() - started:.0f} s; RSS {rss_bytes() / 2**30:.2f} GiB with all variants")
+    for name, remove, _ in variants[1:]:
+        print(f"  {name}: remove layers {remove} (0-based, depthprune 'uniform')")
+    inputs = make_inputs(model.config.text_config.vocab_size, args.batch, tokens, device)
+    clock = StepClock(cuda)
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    for _, _, m in variants:  # warm-up
+        run_generate(m, inputs, new_tokens, clock)
+    for _ in range(args.repeats):
+        for name, _, m in variants:
+            runs[name].append(run_generate(m, inputs, new_tokens, clock))
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    params = {name: sum(p.numel() for p in m.parameters()) for name, _, m in variants}
+    plans = [(name, remove) for name, remove, _ in variants]
+    vllm_result = None
+    if args.vllm and cuda:
+        vllm_result = try_vllm(variants, args, tokens, new_tokens)
+    del variants, model, m  # free the weights before the memory subprocesses build their own
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    memory = None
+    if not args.no_memory:
+        memory = dict(zip(runs, peak_memory(args, len(plans))))
+
+    base = med["unpruned"]
+    rows = []
+    for name, remove in plans:
+        k = len(remove)
+        ideal = n_layers / (n_layers - k)
+        m = med[name]
+        row = {"variant": name, "removed": k, "layers": n_layers - k, "ideal": round(ideal, 4),
+               "params": params[name], "param_ratio": round(params["unpruned"] / params[name], 4),
+               "prefill_s": round(m["prefill_s"], 4),
+               "prefill_speedup": round(base["prefill_s"] / m["prefill_s"], 4),
+               "prefill_cpu_speedup": round(base["prefill_cpu"] / m["prefill_cpu"], 4),
+               "decode_tok_s": round(m["decode_tok_s"], 3),
+               "decode_speedup": round(m["decode_tok_s"] / base["decode_tok_s"], 4),
+               "decode_cpu_speedup": round(base["decode_cpu_per_tok"] / m["decode_cpu_per_tok"], 4)}
+        if memory:
+            row["peak_gib"] = round(memory[name]["peak"] / 2**30, 3)
+            row["memory_ratio"] = round(memory["unpruned"]["peak"] / memory[name]["peak"], 4)
+        rows.append(row)
+    clock_kind = "wall" if cuda else "CPU-time"
+    print(f"\n{'variant':<14}{'layers':>7}{'ideal':>7}{'params M':>10}{'(x ideal)':>10}"
+          f"{'prefill s':>11}{'speed-up':>9}{'x ideal':>8}{'CPU x id':>9}"
+          f"{'decode tok/s':>13}{'speed-up':>9}{'x ideal':>8}{'CPU x id':>9}"
+          + (f"{'peak GiB':>9}{'ratio':>7}{'x ideal':>8}" if memory else ""))
+    for r in rows:
+        i = r["ideal"]
+        line = (f"{r['variant']:<14}{r['layers']:>7}{i:>7.3f}{r['params'] / 1e6:>10.1f}{r['param_ratio'] / i:>10.3f}"
+                f"{r['prefill_s']:>11.3f}{r['prefill_speedup']:>9.3f}{r['prefill_speedup'] / i:>8.3f}"
+                f"{r['prefill_cpu_speedup'] / i:>9.3f}{r['decode_tok_s']:>13.3f}{r['decode_speedup']:>9.3f}"
+                f"{r['decode_speedup'] / i:>8.3f}{r['decode_cpu_speedup'] / i:>9.3f}")
+        if memory:
+            line += f"{r['peak_gib']:>9.2f}{r['memory_ratio']:>7.3f}{r['memory_ratio'] / i:>8.3f}"
+        print(line)
+    print("speed-up = unpruned / pruned (time) or pruned / unpruned (tokens/s); 'x ideal' divides by "
+          "L/(L-k); 'CPU x id' uses process CPU time instead of wall time; params '(x ideal)' is the "
+          "whole-model parameter ratio over the ideal, the bound for memory-bound decoding")
+    verdicts = {}
+    for r in rows[1:]:
+        achieved = (r["decode_speedup"] if cuda else r["decode_cpu_speedup"]) / r["ideal"]
+        verdicts[r["variant"]] = round(achieved, 4)
+        status = "MET" if achieved >= TARGET else f"MISSED by {TARGET - achieved:.3f}"
+        print(f"target decode speed-up >= {TARGET} x ideal ({clock_kind}): {r['variant']}: "
+              f"{achieved:.3f} x ideal -> {status} (parameter-ratio bound {r['param_ratio'] / r['ideal']:.3f} x ideal)")
+    result = {"device": device, "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+              "tokens": tokens, "new_tokens": new_tokens, "batch": args.batch, "repeats": args.repeats,
+              "num_layers": n_layers, "rows": rows, "decode_x_ideal": verdicts, "target": TARGET}
+    if args.vllm and not cuda:
+        print("vLLM: skipped (needs CUDA)")
+    elif vllm_result is not None:
+        names = list(vllm_result)
+        for (name, remove), key in zip(plans, names):
+            ideal = n_layers / (n_layers - len(remove))
+            speed = vllm_result[key]["decode_tok_s"] / vllm_result[names[0]]["decode_tok_s"]
+            print(f"vLLM {name}: prefill {vllm_result[key]['prefill_s']:.4f} s, decode "
+                  f"{vllm_result[key]['decode_tok_s']:.1f} tok/s, decode speed-up {speed:.3f} = "
+                  f"{speed / ideal:.3f} x ideal")
+        result["vllm"] = vllm_result
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""Bridge to lmms-eval: standard multimodal benchmarks, results in depthprune's metrics format.
+
+``depthprune eval MODEL --lmms-eval TASKS --out metrics.json`` runs lmms-eval in this process
+(``lmms_eval.evaluator.simple_evaluate``) and writes the same files as the built-in
+evaluator: ``metrics.json`` (per-"domain" accuracy, 95% Wilson interval, n) and
+``metrics.predictions.jsonl`` (one line per sample, with its correctness), so sweeps and
+reports treat both alike.
+
+* Domains: each lmms-eval task is one domain, named by the task's ``metadata.domain`` if its
+  YAML sets one (so several tasks can pool into e.g. ``math``), else by the task name.
+* Correctness: the per-sample value of the task's first metric, when lmms-eval logs one that
+  is 0/1 (or a dict holding such a ``score``/``correct``/``acc`` entry). Tasks whose
+  per-sample metric is not binary (e.g. ANLS) or not a number (judge-scored submissions)
+  are reported under ``lmms_results`` with lmms-eval's aggregate only, and named in a warning.
+  No answer NLL (lmms-eval generates only): ``answer_nll`` is null.
+* Model family: chosen from the checkpoint's ``model_type`` (:data:`FAMILIES`) so the
+  family's own lmms-eval prompts and image handling apply; ``--lmms-model`` overrides it.
+  Qwen3-VL (dense and MoE) runs through :class:`DepthpruneQwen3VL`, lmms-eval's own
+  ``qwen3_vl`` class with two changes: the checkpoint is loaded by depthprune (refused if it
+  does not load exactly; any device/dtype) and ``system_prompt=""`` sends no system turn.
+* Offline: lmms-eval runs with ``HF_HUB_OFFLINE=1`` / ``HF_DATASETS_OFFLINE=1``. Hub tasks
+  (mmstar, mathvista, ...) need their datasets in the local Hugging Face cache; local tasks
+  (``depthprune data lmms-task``, or any YAML with ``dataset_kwargs: {load_from_disk: true}``)
+  need nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import atomic_dir
+
+#: model_type -> lmms-eval model name (a registered lmms-eval model, or ours below)
+FAMILIES = {
+    "qwen3_vl": "depthprune_qwen3_vl",
+    "qwen3_vl_moe": "depthprune_qwen3_vl",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen2_vl": "qwen2_vl",
+    "llava": "llava_hf",
+    "llava_onevision": "llava_hf",
+}
+#: per-sample result keys that hold a 0/1 correctness inside a dict-valued metric
+_SCORE_KEYS = ("score", "correct", "acc", "accuracy", "exact_match", "true_false")
+TASKS_DIR = Path(__file__).resolve().parent / "lmms_tasks"
+
+
+class LmmsError(ValueError):
+    """lmms-eval cannot run as asked (not installed, unknown task, unsupported model...)."""
+
+
+def _require_lmms() -> None:
+    try:
+        import lmms_eval  # noqa: F401
+    except ImportError:
+        raise LmmsError("--lmms-eval needs the lmms-eval package: pip install 'depthprune[lmms]'") from None
+
+
+def set_offline() -> None:
+    """Never download: models, tokenizers and datasets come from disk or the local cache."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[var] = "1"
+
+
+def family_for(model_id: str | os.PathLike, override: str | None = None) -> str:
+    """The lmms-eval model name for checkpoint ``model_id`` (``override`` wins)."""
+    if override:
+        return override
+    from transformers import AutoConfig
+    try:
+        config = AutoConfig.from_pretrained(str(model_id))
+    except (OSError, ValueError) as exc:
+        raise LmmsError(f"{model_id}: cannot read its config.json ({exc}). Give a checkpoint directory") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise LmmsError(f"{model_id}: no lmms-eval model family is known for model_type '{model_type}' "
+                        f"(known: {', '.join(sorted(FAMILIES))}). Pass --lmms-model NAME, an lmms-eval "
+                        "model whose prompts suit this checkpoint")
+    return FAMILIES[model_type]
+
+
+# ----------------------------------------------------------------------------- local tasks
+def _safe(name: str) -> str:
+    return re.sub(r"\W+", "_", name).strip("_").lower() or "x"
+
+
+def _dataset(rows: list[dict], features: Any, fingerprint: str) -> Any:
+    """A datasets.Dataset of ``rows``, built from an Arrow table with a given fingerprint:
+    ``Dataset.from_list`` would hash the whole table (slow for images, and it fails with
+    some dill/pyarrow pairs); the records' fingerprint identifies the content already."""
+    import datasets
+    import pyarrow as pa
+    batch = features.encode_batch({k: [r[k] for r in rows] for k in features})
+    table = pa.Table.from_pydict(batch, schema=features.arrow_schema)
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=fingerprint)
+
+
+def write_task(data: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+               name: str = "depthprune_local", max_new_tokens: int = 16, overwrite: bool = False) -> list[str]:
+    """Turn answered JSONL records into a local lmms-eval task directory (for ``--include-path``).
+
+    Writes ``out_dir/dataset`` (``datasets.save_to_disk``, one split per domain, images
+    embedded as PNG bytes), ``utils.py`` (prompt = the question, scoring = depthprune's rules)
+    and one task YAML per domain, ``{name}_{domain}``, plus a group ``{name}`` of them all.
+    Returns the task names (the group first). Records must use ``question`` (not ``messages``).
+    """
+    import datasets
+    import yaml
+
+    from .data import DataError, data_fingerprint, load_records
+    from .pruning import prepare_output_dir
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    records = load_records(paths, require_answer=True)
+    bad = next((r for r in records if r.messages is not None), None)
+    if bad is not None:
+        raise DataError(f"{bad.source}: lmms-task needs 'question' records (the task prompt is the question "
+                        "text); rewrite 'messages' as 'question' + 'image'")
+    if not re.fullmatch(r"[A-Za-z_]\w*", name):
+        raise LmmsError(f"--name {name!r}: use letters, digits and underscores (a task name)")
+    out = prepare_output_dir(out_dir, overwrite)
+    features = datasets.Features({"id": datasets.Value("string"), "domain": datasets.Value("string"),
+                                  "question": datasets.Value("string"), "answer": datasets.Value("string"),
+                                  "choices": datasets.Sequence(datasets.Value("string")),
+                                  "images": datasets.Sequence(datasets.Image())})
+    splits: dict[str, list[dict]] = {}
+    for r in records:
+        choices = r.extra.get("choices") or []
+        if isinstance(choices, dict):
+            choices = [choices[k] for k in sorted(choices)]
+        splits.setdefault(_safe(r.domain), []).append({
+            "id": r.id, "domain": r.domain, "question": r.question, "answer": str(r.answer),
+            "choices": [str(c) for c in choices],
+            "images": [{"bytes": Path(p).read_bytes(), "path": None} for p in r.images]})
+    domains = {_safe(r.domain): r.domain for r in records}
+    fingerprint = data_fingerprint(records)
+    with atomic_dir(out) as tmp:
+        ds = datasets.DatasetDict({s: _dataset(rows, features, f"{fingerprint}-{s}") for s, rows in splits.items()})
+        ds.save_to_disk(str(tmp / "dataset"))
+        shutil.copyfile(TASKS_DIR / "utils.py", tmp / "utils.py")
+        tasks = []
+        for split, domain in domains.items():
+            task = f"{name}_{split}"
+            config = {
+                "task": task, "dataset_path": str((out / "dataset").resolve()),
+                "dataset_kwargs": {"load_from_disk": True}, "test_split": split,
+                "output_type": "generate_until",
+                "doc_to_visual": "!function utils.doc_to_visual", "doc_to_text": "!function utils.doc_to_text",
+                "doc_to_target": "!function utils.doc_to_target",
+                "generation_kwargs": {"max_new_tokens": max_new_tokens, "temperature": 0, "do_sample": False},
+                "process_results": "!function utils.process_results",
+                "metric_list": [{"metric": "accuracy", "aggregation": "mean", "higher_is_better": True}],
+                "metadata": {"domain": domain, "version": 1,
+                             "source": [str(Path(p).resolve()) for p in paths]},
+            }
+            text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+            # lmms-eval resolves functions through the `!function` tag, which must stay unquoted
+            text = re.sub(r"'(!function [\w.]+)'", r"\1", text)
+            (tmp / f"{task}.yaml").write_text(text, encoding="utf-8")
+            tasks.append(task)
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump({"group": name, "task": tasks}, sort_keys=False))
+    return [name, *tasks]
+
+
+# ----------------------------------------------------------------------------- results
+def _sample_value(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        for key in _SCORE_KEYS:
+            if key in value and isinstance(value[key], (bool, int, float)):
+                return float(value[key])
+    return None
+
+
+#: keys lmms-eval writes into every logged sample besides the metrics
+_SAMPLE_FIELDS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "token_counts",
+                  "doc_hash", "input_media"}
+
+
+def _first_metric(config: dict, sample: dict) -> str | None:
+    """The task's first metric (metric_list order) that the sample holds as a number."""
+    names = [m["metric"] for m in config.get("metric_list") or [] if isinstance(m, dict) and "metric" in m]
+    names += [k for k in sample if k not in names and k not in _SAMPLE_FIELDS]
+    return next((n for n in names if n in sample and _sample_value(sample[n]) is not None), None)
+
+
+def _text(value: Any) -> str:
+    while isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return "" if value is None or isinstance(value, (list, tuple)) else str(value)
+
+
+def _question(doc: Any, arguments: Any) -> str:
+    if isinstance(doc, dict):
+        for key in ("question", "query", "prompt", "problem"):
+            if isinstance(doc.get(key), str):
+                return doc[key]
+    return _text(arguments)
+
+
+def convert_results(results: dict) -> tuple[list, dict]:
+    """lmms-eval's ``simple_evaluate`` output (with ``log_samples``) -> (predictions, extras).
+
+    ``predictions`` are :class:`~depthprune.evaluation.Prediction` objects for every task with
+    a binary per-sample metric (domain: the task's ``metadata.domain``, else its name);
+    ``extras`` maps each task to lmms-eval's aggregate results, the metric used, the domain,
+    and ``per_sample: False`` for tasks left out of the predictions (with the reason).
+    """
+    from .evaluation import Prediction, extract_answer
+    configs, samples = results.get("configs") or {}, results.get("samples") or {}
+    predictions, extras = [], {}
+    for task in sorted(set(results.get("results") or {}) | set(samples)):
+        config = configs.get(task) or {}
+        aggregate = (results.get("results") or {}).get(task, {})
+        metadata = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
+        domain = str(metadata.get("domain") or task)
+        rows = samples.get(task)
+        if rows is None:  # a group's aggregate (its tasks are listed on their own)
+            extras[task] = {"aggregate": aggregate, "per_sample": False, "reason": "group or no logged samples"}
+            continue
+        metric = _first_metric(config, rows[0]) if rows else None
+        values = [_sample_value(r.get(metric)) for r in rows] if metric else []
+        info = {"aggregate": aggregate, "metric": metric, "domain": domain}
+        if metric is None or not rows or any(v is None or v not in (0.0, 1.0) for v in values):
+            info.update(per_sample=False, reason="per-sample metric is missing or not 0/1")
+            extras[task] = info
+            continue
+        extras[task] = dict(info, per_sample=True)
+        for r, value in zip(rows, values):
+            output = _text(r.get("resps"))
+            filtered = _text(r.get("filtered_resps")) or output
+            doc = r.get("doc") if isinstance(r.get("doc"), dict) else {}
+            key = doc.get("id", r.get("doc_id"))  # the record's own id when the task keeps one
+            predictions.append(Prediction(
+                id=f"{task}/{key}", domain=domain, question=_question(doc, r.get("arguments")),
+                reference=_text(r.get("target")), output=output, extracted=extract_answer(filtered),
+                correct=value == 1.0, nll=float("nan"), answer_tokens=0))
+    return predictions, extras
+
+
+# ----------------------------------------------------------------------------- Qwen3-VL plugin
+LMMS_DEFAULT_MAX_PIXELS = 1605632  # lmms-eval's qwen3_vl default cap on an image's pixels
+
+
+def image_limits(model_id: str | os.PathLike) -> dict[str, int]:
+    """``min_pixels``/``max_pixels`` for lmms-eval's Qwen image resizing: the checkpoint
+    processor's own limits (so images are sized as its processor sizes them), the maximum
+    capped at lmms-eval's default. {} if the processor config gives none."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(model_id) / name
+        if path.is_file():
+            cfg = json.loads(path.read_text())
+            size = (cfg.get("image_processor") or cfg).get("size") or {}
+            low, high = size.get("shortest_edge"), size.get("longest_edge")
+            if low and high:
+                return {"min_pixels": int(low), "max_pixels": int(min(high, LMMS_DEFAULT_MAX_PIXELS))}
+    return {}
+
+
+_PLUGIN: Any = None
+
+
+def plugin_class() -> Any:
+    """lmms-eval's ``qwen3_vl`` model, loading through depthprune; registered as
+    ``depthprune_qwen3_vl``. Differences from the stock class: the checkpoint must load
+    exactly (depthprune's loader: no missing/unexpected weights), dense or MoE by config
+    (not by name), any ``device``/``dtype`` (stock: bfloat16, ``device_map``), and
+    ``system_prompt=""`` (our default) sends no system turn (stock: "You are a helpful
+    assistant."), and generation stops on all of the checkpoint's end tokens; prompts,
+    image handling and generation are otherwise lmms-eval's own code."""
+    global _PLUGIN
+    if _PLUGIN is not None:
+        return _PLUGIN
+    import torch
+    from lmms_eval.api.model import lmms
+    from lmms_eval.models.simple.qwen3_vl import Qwen3_VL
+
+    from .models import load_model
+
+    class DepthpruneQwen3VL(Qwen3_VL):
+        def __init__(self, pretrained: str, device: str = "cpu", dtype: str = "auto",
+                     batch_size: int | str = 1, use_cache: bool = True, min_pixels: int = 256 * 28 * 28,
+                     max_pixels: int = LMMS_DEFAULT_MAX_PIXELS, max_num_frames: int = 32,
+                     fps: float | None = None, total_pixels: int | None = None,
+                     enable_thinking: bool | None = None, system_prompt: str = "", interleave_visuals: bool = False,
+                     reasoning_prompt: str | None = None, trust_remote_code: bool = False, **kwargs: Any) -> None:
+            lmms.__init__(self)  # not Qwen3_VL.__init__: it loads the model its own way
+            if kwargs:
+                raise LmmsError(f"unknown lmms model_args for depthprune_qwen3_vl: {sorted(kwargs)}")
+            model, processor = load_model(pretrained, dtype=dtype, device=device,
+                                          trust_remote_code=bool(trust_remote_code))
+            self._model, self._config = model.eval(), model.config
+            self.processor = processor
+            self._tokenizer = processor.tokenizer
+            self._device, self.device_map = torch.device(device), device
+            self.max_pixels, self.min_pixels = int(max_pixels), int(min_pixels)
+            self.max_num_frames, self.fps, self.total_pixels = int(max_num_frames), fps, total_pixels
+            self.enable_thinking = enable_thinking
+            self.reasoning_prompt = reasoning_prompt.replace("\\n", "\n") if reasoning_prompt else None
+            self.system_prompt, self.interleave_visuals = system_prompt or "", interleave_visuals
+            self._max_length, self.batch_size_per_gpu = 2048, int(batch_size)
+            self.use_cache = use_cache in (True, "True", "true", 1)
+            self._rank, self._world_size = 0, 1
+
+        @property
+        def model(self) -> Any:
+            return self._model
+
+        def _apply_chat_template(self, batched_messages: list, **kwargs: Any) -> Any:
+            # lmms-eval always opens with a system turn; an empty one means none, as in
+            # depthprune's own evaluator (a real Qwen3-VL template then adds no default)
+            batched_messages = [[m for m in conv if not (m.get("role") == "system" and not m.get("content"))]
+                                for conv in batched_messages]
+            return super()._apply_chat_template(batched_messages, **kwargs)
+
+        def _build_generate_kwargs(self, gen_kwargs: dict) -> dict:
+            # stop on every end token of the checkpoint's generation config (the toy has two),
+            # not only the tokenizer's eos, as transformers' generate does by default
+            kwargs = super()._build_generate_kwargs(gen_kwargs)
+            eos = getattr(self._model.generation_config, "eos_token_id", None)
+            if eos is not None:
+                kwargs["eos_token_id"] = eos
+            return kwargs
+
+    _PLUGIN = DepthpruneQwen3VL
+    return _PLUGIN
+
+
+# ----------------------------------------------------------------------------- running
+def _task_configs(manager: Any, name: str, seen: set[str]) -> list[tuple[str, dict]]:
+    """(task, YAML config) of ``name`` and, for a group or tag, of every task under it."""
+    from lmms_eval.utils import load_yaml_config
+    info = manager.task_index.get(name)
+    if info is None or name in seen:
+        return []
+    seen.add(name)
+    if info["type"] == "task":
+        return [(name, load_yaml_config(info["yaml_path"], mode="simple"))]
+    members = info.get("task") if isinstance(info.get("task"), list) else None
+    if members is None and info.get("yaml_path") not in (None, -1):
+        members = load_yaml_config(info["yaml_path"], mode="simple").get("task") or []
+    return [c for m in members or [] if isinstance(m, str) for c in _task_configs(manager, m, seen)]
+
+
+def _is_cached(dataset: str) -> bool:
+    """Whether hub dataset ``dataset`` ("org/name") has a snapshot or a build in the local cache."""
+    import datasets
+    from huggingface_hub import constants
+    hub = Path(constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}"
+    built = Path(datasets.config.HF_DATASETS_CACHE)
+    prefix = dataset.replace("/", "___").lower()
+    return hub.is_dir() or (built.is_dir() and any(p.name.lower().startswith(prefix) for p in built.iterdir()))
+
+
+def check_datasets_offline(manager: Any, tasks: Sequence[str]) -> None:
+    """Refuse, before any model loads, tasks whose hub dataset is not in the local cache
+    (offline, lmms-eval would retry the network for minutes, then fail with a traceback)."""
+    missing = {}
+    for task in tasks:
+        try:
+            configs = _task_configs(manager, task, set())
+        except Exception:  # noqa: BLE001 - a config we cannot read here: lmms-eval will say
+            continue
+        for name, cfg in configs:
+            path, kwargs = cfg.get("dataset_path"), cfg.get("dataset_kwargs") or {}
+            if not isinstance(path, str) or kwargs.get("load_from_disk") or Path(path).exists():
+                continue
+            if not _is_cached(path):
+                missing[name] = path
+    if missing:
+        names = ", ".join(f"{t} ({d})" for t, d in sorted(missing.items()))
+        raise LmmsError(f"--lmms-eval: task dataset(s) not in the local Hugging Face cache: {names}. depthprune "
+                        "runs lmms-eval offline (nothing is downloaded): fetch them once on a machine with "
+                        "network, e.g. `huggingface-cli download --repo-type dataset "
+                        f"{next(iter(missing.values()))}`, into the same HF_HOME")
+
+
+def _offline_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps, e.g. tenacity's RetryError) is a failed download."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in (
+                "ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "DatasetNotFoundError",
+                "RetryError"):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLike, *,
+        include_path: str | os.PathLike | None = None, limit: int | None = None, batch_size: int = 1,
+        max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
+        lmms_model: str | None = None, model_args: str | None = None, overwrite: bool = False) -> dict:
+    """Evaluate checkpoint ``model_id`` on lmms-eval ``tasks`` and write ``out`` (metrics JSON)
+    and its predictions JSONL beside it, as :func:`depthprune.evaluation.evaluate_path` does.
+
+    ``max_new_tokens`` overrides every task's generation length (the ``*_reasoning`` tasks
+    default to thousands of tokens); ``model_args`` ("k=v,k=v") are passed to the lmms-eval
+    model after depthprune's own (``pretrained``, ``device``...), so they win.
+    Returns the metrics dict.
+    """
+    from .evaluation import EvalResult, _finite, _write_atomic, predictions_path
+    from .models import resolve_model_id
+    model_id = resolve_model_id(model_id)
+    out = Path(out)
+    for path in (out, predictions_path(out)):  # cheap checks before anything loads
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists. Pass --overwrite to replace it, or choose another --out")
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise LmmsError("--lmms-eval: give task names, e.g. --lmms-eval mmstar,ai2d")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise LmmsError(f"--include-path {include_path}: not a directory of task YAML files")
+    if limit is not None and limit < 1:
+        raise LmmsError(f"--limit must be >= 1, got {limit}")
+    _require_lmms()
+    set_offline()
+    family = family_for(model_id, lmms_model)
+
+    from lmms_eval import evaluator
+    from lmms_eval.tasks import TaskManager
+    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        import difflib
+        hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
+        raise LmmsError("--lmms-eval: unknown task(s) " + "; ".join(
+            f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
+            + ". Local tasks need --include-path DIR")
+    check_datasets_offline(manager, tasks)
+    from lmms_eval.utils import simple_parse_args_string
+    args: dict[str, Any] = {"pretrained": str(model_id)}
+    if family == "depthprune_qwen3_vl":
+        args.update(device=device, dtype=dtype, **image_limits(model_id))
+    else:
+        args["device_map"] = device
+    args.update(simple_parse_args_string(model_args or ""))  # the user's model_args win
+    arg_text = ",".join(f"{k}={v}" for k, v in args.items())
+    gen_kwargs = f"max_new_tokens={max_new_tokens}" if max_new_tokens else None
+    lm: Any = family
+    if family == "depthprune_qwen3_vl":  # our class: built here, handed to lmms-eval as an object
+        lm = plugin_class()(**{"batch_size": batch_size, **args})
+    started = time.perf_counter()
+    try:
+        results = evaluator.simple_evaluate(model=lm, model_args=arg_text, tasks=tasks, limit=limit,
+                                            batch_size=batch_size, device=device, task_manager=manager,
+                                            log_samples=True, gen_kwargs=gen_kwargs)
+    except Exception as exc:
+        if not _offline_failure(exc):
+            raise
+        raise LmmsError(f"lmms-eval could not load a dataset or model offline ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}). Hub tasks need their dataset in the "
+                        "local Hugging Face cache (download it once where there is network); "
+                        "depthprune runs lmms-eval with HF_HUB_OFFLINE=1") from None
+    seconds = time.perf_counter() - started
+    predictions, extras = convert_results(results)
+    left_out = [t for t, e in extras.items() if not e["per_sample"] and "metric" in e]
+    if left_out:
+        warnings.warn(f"lmms-eval task(s) {left_out} have no 0/1 per-sample metric: only their lmms-eval "
+                      "aggregate is kept (metrics.json 'lmms_results'), not per-domain accuracy", stacklevel=2)
+    if not predictions:
+        raise LmmsError(f"lmms-eval tasks {tasks} gave no per-sample 0/1 results to convert; their aggregates: "
+                        + json.dumps({t: e['aggregate'] for t, e in extras.items()}, default=str))
+    result = EvalResult(predictions, seconds)
+    import lmms_eval
+    import torch
+    import transformers
+    metrics = {
+        "model": str(model_id), "data_files": [], "data_fingerprint": None,
+        "predictions_file": predictions_path(out).name, **result.to_dict(),
+        "units": {"accuracy": "fraction correct (lmms-eval per-sample metric)",
+                  "ci95": "95% Wilson interval of accuracy", "answer_nll": "not measured by lmms-eval (null)"},
+        "lmms_eval": {"tasks": tasks, "include_path": str(include_path) if include_path else None,
+                      "limit": limit, "model": family, "model_args": arg_text, "gen_kwargs": gen_kwargs,
+                      "version": getattr(lmms_eval, "__version__", None)},
+        "lmms_results": {t: {k: v for k, v in e.items()} for t, e in extras.items()},
+        "settings": {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "decoding": "greedy",
+                     "evaluator": "lmms-eval", "depthprune": __version__,
+                     "transformers": transformers.__version__, "torch": torch.__version__},
+    }
+    lines = [json.dumps(dict(asdict(p), nll=_finite(p.nll)), ensure_ascii=False) for p in predictions]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(predictions_path(out), "\n".join(lines) + "\n")
+    _write_atomic(out, json.dumps(metrics, indent=1, allow_nan=False, default=str) + "\n")
+    return metrics

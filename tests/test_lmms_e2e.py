@@ -1,0 +1,53 @@
+"""The lmms-eval round trip, for real and offline: toy benchmark records -> a local lmms-eval
+task (datasets.save_to_disk) -> `depthprune eval --lmms-eval` on the toy model and a pruned
+toy model, compared sample by sample with the built-in evaluator on the same records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from depthprune.cli import app
+
+pytestmark = pytest.mark.slow
+
+
+def _predictions(metrics_file) -> dict[str, dict]:
+    rows = [json.loads(line) for line in metrics_file.with_suffix(".predictions.jsonl").read_text().splitlines()]
+    return {r["id"].rsplit("/", 1)[-1]: r for r in rows}  # lmms ids are TASK/RECORD_ID
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["toy", "toy-pruned-25%"])
+def test_lmms_eval_matches_builtin_evaluator(tmp_path_factory, pruned):
+    pytest.importorskip("lmms_eval")
+    from depthprune import api
+    from depthprune.synth import synthesize
+    from depthprune.toy import MODEL_DIR
+    tmp = tmp_path_factory.mktemp("lmms")
+    data = synthesize(tmp / "data", seed=3, n_train=0, n_calib=0, n_eval=24)["eval"]
+    model = MODEL_DIR
+    if pruned:
+        model = api.prune(MODEL_DIR, None, tmp / "pruned", method="last", budget=0.25, progress=False)
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "lmms-task", "--data", str(data), "--out", str(tmp / "task"),
+                              "--name", "toyq", "--max-new-tokens", "16"])
+    assert res.exit_code == 0, res.output
+    builtin, lmms = tmp / "builtin.json", tmp / "lmms.json"
+    res = runner.invoke(app, ["eval", str(model), "--data", str(data), "--out", str(builtin),
+                              "--batch-size", "1", "--max-new-tokens", "16"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", str(model), "--lmms-eval", "toyq", "--include-path", str(tmp / "task"),
+                              "--out", str(lmms), "--batch-size", "1"])
+    assert res.exit_code == 0, res.output
+    a, b = json.loads(builtin.read_text()), json.loads(lmms.read_text())
+    pa, pb = _predictions(builtin), _predictions(lmms)
+    assert set(pa) == set(pb)
+    differ = {k: (pa[k]["output"], pb[k]["output"]) for k in pa
+              if (pa[k]["output"].strip(), pa[k]["correct"]) != (pb[k]["output"].strip(), pb[k]["correct"])}
+    assert not differ, f"built-in vs lmms-eval outputs differ: {differ}"
+    for domain in ("math", "general"):
+        for key in ("n", "correct", "accuracy", "ci95"):
+            assert a["domains"][domain][key] == b["domains"][domain][key], (domain, key)
+    assert b["lmms_eval"]["tasks"] == ["toyq"] and b["domains"]["math"]["answer_nll"] is None
