@@ -36,7 +36,7 @@ def test_loads_like_a_hub_checkpoint(toy):
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
     assert type(processor).__name__ == "Qwen3VLProcessor"
     text, vision = model.config.text_config, model.config.vision_config
-    assert text.num_hidden_layers >= 16
+    assert text.num_hidden_layers >= 12
     assert len(model.model.language_model.layers) == text.num_hidden_layers
     assert len(vision.deepstack_visual_indexes) == 3
     assert max(vision.deepstack_visual_indexes) < vision.depth
@@ -87,8 +87,8 @@ def test_accuracy_targets(toy, eval_records):
 
 def test_training_is_deterministic_by_seed(tmp_path):
     from depthprune.toy.train import train
-    runs = [train(tmp_path / name, steps=3, n_train=48, batch_size=4) for name in ("a", "b")]
+    runs = [train(tmp_path / name, steps=3, n_train=48, batch_size=4, n_eval=20) for name in ("a", "b")]
     weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("a", "b")]
     assert weights[0] == weights[1]
     assert [c["loss"] for c in runs[0]["loss_curve"]] == [c["loss"] for c in runs[1]["loss_curve"]]
-    assert not runs[0]["time_bound"]
+    assert runs[0]["steps_done"] == 3

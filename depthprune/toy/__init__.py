@@ -15,8 +15,8 @@ from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 TRAIN_SEED = 0
-N_CALIB = 128  # 64 per domain
-N_EVAL = 400  # 200 per domain
+N_CALIB = 256  # 128 per domain
+N_EVAL = 1200  # 600 per domain: a 5-point paired difference is significant
 
 
 def default_data(out_dir: str | Path) -> dict[str, Path]:
