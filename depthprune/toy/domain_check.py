@@ -53,10 +53,19 @@ def paired(pred_a: Path, pred_b: Path, domain: str) -> dict:
             "only_a": only_a, "only_b": only_b, "p": mcnemar_exact(only_a, only_b)}
 
 
-def _cli(*args: str) -> None:
+def _cli(*args: str, wait: bool = True) -> subprocess.Popen | None:
     cmd = [sys.executable, "-m", "depthprune.cli", *args]
     print("$ depthprune " + " ".join(args), flush=True)
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     subprocess.run(cmd, check=True)
+    return None
+
+
+def _eval_args(model: str, data: Path, out: Path, batch_size: str) -> list[str]:
+    # toy answers are at most 5 tokens; 8 new tokens leave room and keep generation short
+    return ["eval", model, "--data", str(data / "eval.jsonl"), "--out", str(out),
+            "--batch-size", batch_size, "--max-new-tokens", "8", "--dtype", "float32"]
 
 
 def ablation(model_dir: str | Path, data: Path, batch_size: int = 32) -> dict:
@@ -121,30 +130,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     bs = str(args.batch_size)
     _cli("score", args.model, "--data", str(data / "calib.jsonl"), "--out", str(out / "scores.json"),
          "--batch-size", bs)
-    _cli("eval", args.model, "--data", str(data / "eval.jsonl"), "--out", str(out / "base.json"),
-         "--batch-size", bs)
-    results: dict = {"seed": args.seed, "model": args.model, "budget": args.budget,
-                     "base": json.loads((out / "base.json").read_text()).get("domains")}
+    evals = {"base": args.model}  # name -> checkpoint; identical plans are evaluated once
+    alias: dict[str, str] = {}
+    removed: dict[str, list[int]] = {}
     for group in groups:
-        preds = {}
         for domain in DOMAINS:
             name = f"{domain}-aware-{group}"
             _cli("prune", args.model, "--scores", str(out / "scores.json"), "--method", "domain",
                  "--domain", domain, "--budget", args.budget, "--token-group", group,
                  "--out", str(out / name))
-            _cli("eval", str(out / name), "--data", str(data / "eval.jsonl"),
-                 "--out", str(out / f"{name}.json"), "--batch-size", bs)
-            preds[domain] = out / f"{name}.predictions.jsonl"
-            removed = json.loads((out / name / "pruning.json").read_text()).get("removed_layers")
-            results.setdefault("removed", {})[name] = removed
-        # A = math-aware, B = general-aware, on each domain
-        results[group] = {d: paired(preds["math"], preds["general"], d) for d in DOMAINS}
+            removed[name] = json.loads((out / name / "pruning.json").read_text())["removed_layers"]
+            same = next((n for n in removed if n != name and removed[n] == removed[name]), None)
+            if same is None:
+                evals[name] = str(out / name)
+            alias[name] = same or name
+    # the evaluations run side by side: on a shared machine each process gets its own CPU share
+    procs = [_cli(*_eval_args(ckpt, data, out / f"{name}.json", bs), wait=False)
+             for name, ckpt in evals.items()]
+    results: dict = {"seed": args.seed, "model": args.model, "budget": args.budget,
+                     "removed": removed}
     if args.ablation:
         results["ablation"] = ablation(args.model, data / "calib.jsonl", args.batch_size)
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"an evaluation failed (exit {proc.returncode}); see its output above")
+    results["base"] = json.loads((out / "base.json").read_text())["domains"]
+    for group in groups:  # A = math-aware, B = general-aware, on each domain
+        pred = {d: out / f"{alias[f'{d}-aware-{group}']}.predictions.jsonl" for d in DOMAINS}
+        results[group] = {d: paired(pred["math"], pred["general"], d) for d in DOMAINS}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     print(f"\nseed {args.seed}, budget {args.budget}; unpruned: "
-          + ", ".join(f"{d} {results['base'][d]['accuracy']:.3f}" for d in DOMAINS if results["base"]))
+          + ", ".join(f"{d} {results['base'][d]['accuracy']:.3f}" for d in DOMAINS))
     print("group  eval on  math-aware  general-aware  only-M  only-G  McNemar p   removed (M | G)")
     for group in groups:
         for d in DOMAINS:

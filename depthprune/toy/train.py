@@ -89,11 +89,11 @@ def evaluate(model, processor, records: Sequence[Record], batch_size: int = 50,
     return {k: round(h / n, 4) for k, (h, n) in sorted(hits.items())}
 
 
-def _lr_at(step: int, steps: int, lr: float) -> float:
-    """Linear warmup over WARMUP steps, then cosine from ``lr`` to 5% of it at the last step."""
-    if step < WARMUP:
-        return lr * (step + 1) / WARMUP
-    progress = (step - WARMUP) / max(1, steps - WARMUP)
+def _lr_at(step: int, steps: int, lr: float, warmup: int = WARMUP) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to 5% of it at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -117,13 +117,19 @@ def _plot(curve: list[dict], path: Path) -> None:
 
 def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
           batch_size: int = BATCH, lr: float = LR, n_train: int = N_TRAIN,
-          n_eval: int = N_EVAL) -> dict:
+          n_eval: int = N_EVAL, init: Path | None = None, warmup: int = WARMUP,
+          probe_every: int = PROBE_EVERY) -> dict:
     """Train, save into ``out`` (replaced atomically) and return the ``training.json`` dict."""
     start = time.time()
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
-    processor = build_processor()
-    model = build_model(processor.tokenizer)
+    if init is None:
+        processor = build_processor()
+        model = build_model(processor.tokenizer)
+    else:  # continue from a trained checkpoint (weights upcast to float32, its own tokenizer)
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        processor = AutoProcessor.from_pretrained(init)
+        model = AutoModelForImageTextToText.from_pretrained(init, dtype=torch.float32)
     header = processor.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
 
     out = Path(out).resolve()
@@ -151,7 +157,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
             inputs = encode(processor, batch, with_answer=True)
             labels = answer_labels(inputs["input_ids"], header)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, steps, lr)
+                group["lr"] = _lr_at(step, steps, lr, warmup)
             loss = model(**inputs, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,7 +170,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
                               "lr": round(group["lr"], 7), "elapsed_s": round(time.time() - start, 1)})
                 bar.set_postfix(loss=curve[-1]["loss"])
                 window = []
-            if done % PROBE_EVERY == 0:
+            if done % probe_every == 0:
                 acc = evaluate(model, processor, eval_recs[:PROBE_N], progress=False)
                 probes.append({"step": done, **acc})
                 tqdm.write(json.dumps(probes[-1]))
@@ -185,7 +191,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
             info = {
                 "command": " ".join([Path(sys.executable).name, "-m", "depthprune.toy.train", *sys.argv[1:]]),
                 "seed": seed, "steps_planned": steps, "steps_done": done,
-                "batch_size": batch_size, "lr": lr, "warmup": WARMUP,
+                "batch_size": batch_size, "lr": lr, "warmup": warmup, "init": str(init) if init else None,
                 "n_train": n_train, "n_calib": N_CALIB, "n_eval": n_eval, "threads": torch.get_num_threads(),
                 "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - start, 1),
                 "torch": torch.__version__, "eval_accuracy_float32": accuracy,
@@ -206,8 +212,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--lr", type=float, default=LR, help="peak learning rate")
     ap.add_argument("--n-train", type=int, default=N_TRAIN, help="synthetic training records")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this trained checkpoint instead of random weights")
+    ap.add_argument("--warmup", type=int, default=WARMUP, help="linear warmup steps")
+    ap.add_argument("--probe-every", type=int, default=PROBE_EVERY, help="steps between probe evaluations")
     args = ap.parse_args(argv)
-    info = train(args.out, seed=args.seed, steps=args.steps,
+    info = train(args.out, seed=args.seed, steps=args.steps, init=args.init, warmup=args.warmup,
+                 probe_every=args.probe_every,
                  batch_size=args.batch_size, lr=args.lr, n_train=args.n_train)
     print(json.dumps({k: info[k] for k in ("train_seconds", "steps_done", "eval_accuracy_float32")},
                      indent=1))
