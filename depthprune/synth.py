@@ -301,7 +301,7 @@ def _generate_split(split: str, n: int, seed: int, seen: set[tuple[str, str]],
     return records
 
 
-def synthesize(out_dir: str | Path, seed: int = 0, n_train: int = 24000, n_calib: int = 256,
+def synthesize(out_dir: str | Path, seed: int = 0, n_train: int = 4800, n_calib: int = 256,
                n_eval: int = 1200) -> dict[str, Path]:
     """Write the benchmark into the new directory ``out_dir``; returns split name -> JSONL path.
 

@@ -36,7 +36,7 @@ def test_loads_like_a_hub_checkpoint(toy):
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
     assert type(processor).__name__ == "Qwen3VLProcessor"
     text, vision = model.config.text_config, model.config.vision_config
-    assert text.num_hidden_layers >= 12
+    assert text.num_hidden_layers >= 16
     assert len(model.model.language_model.layers) == text.num_hidden_layers
     assert len(vision.deepstack_visual_indexes) == 3
     assert max(vision.deepstack_visual_indexes) < vision.depth

@@ -1,7 +1,7 @@
 """Build the toy model's tokenizer, processor and (untrained) model from scratch.
 
-The toy is the real ``Qwen3VLForConditionalGeneration`` at a small size: 16 narrow decoder
-layers (hidden 96), a 4-block vision tower (8 px patches, 2x2 merge) with deepstack
+The toy is the real ``Qwen3VLForConditionalGeneration`` at a small size: 16 decoder
+layers (hidden 128), a 4-block vision tower (8 px patches, 2x2 merge) with deepstack
 features taken from ViT blocks 1, 2, 3, a byte-level BPE tokenizer with the Qwen special
 tokens trained on the synthetic benchmark's text, and a stock ``Qwen3VLProcessor``.
 """
@@ -95,17 +95,17 @@ def build_processor() -> Qwen3VLProcessor:
 def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen3VLConfig:
     """The toy Qwen3-VL config; special-token ids come from ``tokenizer``."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    hidden = 64  # narrow, so that depth (not width) carries the multi-step math
+    hidden = 128
     config = Qwen3VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=192,
-            num_hidden_layers=12, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=256,
+            num_hidden_layers=16, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
             max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=True,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                              "mrope_section": [6, 5, 5], "mrope_interleaved": True},
             bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(
-            depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=PATCH,
+            depth=4, hidden_size=64, intermediate_size=256, num_heads=4, patch_size=PATCH,
             spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL, out_hidden_size=hidden,
             num_position_embeddings=256, deepstack_visual_indexes=[1, 2, 3]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],

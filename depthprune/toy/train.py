@@ -33,19 +33,21 @@ from depthprune import synth
 from depthprune.atomic import atomic_dir
 from depthprune.data import Record, encode, load_records
 from depthprune.evaluation import generate_outputs
-from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
+from depthprune.toy import MODEL_DIR, TRAIN_SEED
 from depthprune.toy.build import build_model, build_processor
 
-N_TRAIN = 16000
-STEPS = 1000
+N_TRAIN = 4800
+N_CALIB = 256  # the sizes of the redesigned benchmark (``depthprune data synth`` defaults)
+N_EVAL = 1200
+STEPS = 300
 BATCH = 16
-LR = 3e-3
+LR = 1e-3
 # One thread: on a shared 2-core machine, two OpenMP threads wait on each other whenever one
 # is descheduled, and a step took 10x longer than with one (measured 2026-11-24, load ~16).
 THREADS = 1
-WARMUP = 100
+WARMUP = 20
 LOG_EVERY = 25
-PROBE_EVERY = 250  # greedy accuracy on the first PROBE_N eval records, to see learning happen
+PROBE_EVERY = 150  # greedy accuracy on the first PROBE_N eval records, to see learning happen
 PROBE_N = 100
 MAX_NEW_TOKENS = 6  # the longest answer ("small purple triangle") is 4-5 tokens
 
@@ -214,11 +216,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--n-train", type=int, default=N_TRAIN, help="synthetic training records")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from this trained checkpoint instead of random weights")
+    ap.add_argument("--n-eval", type=int, default=N_EVAL, help="held-out eval records measured at the end")
     ap.add_argument("--warmup", type=int, default=WARMUP, help="linear warmup steps")
     ap.add_argument("--probe-every", type=int, default=PROBE_EVERY, help="steps between probe evaluations")
     args = ap.parse_args(argv)
     info = train(args.out, seed=args.seed, steps=args.steps, init=args.init, warmup=args.warmup,
-                 probe_every=args.probe_every,
+                 probe_every=args.probe_every, n_eval=args.n_eval,
                  batch_size=args.batch_size, lr=args.lr, n_train=args.n_train)
     print(json.dumps({k: info[k] for k in ("train_seconds", "steps_done", "eval_accuracy_float32")},
                      indent=1))
