@@ -286,14 +286,15 @@ def eval_(
 def data_synth(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")],
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
-    n_train: Annotated[int, typer.Option(min=0, help="Training records (0: no train split).")] = 12000,
-    n_calib: Annotated[int, typer.Option(min=0, help="Calibration records.")] = 128,
-    n_eval: Annotated[int, typer.Option(min=0, help="Evaluation records.")] = 400,
+    n_train: Annotated[int, typer.Option(min=0, help="Training records (0: no train split).")] = 4800,
+    n_calib: Annotated[int, typer.Option(min=0, help="Calibration records.")] = 256,
+    n_eval: Annotated[int, typer.Option(min=0, help="Evaluation records.")] = 1200,
 ) -> None:
     """Write the two-domain synthetic benchmark (math / general) with train, calib and eval splits.
 
-    Eval and calib do not depend on --n-train: with --seed 0 and the default sizes they are
-    the toy model's held-out splits.
+    The defaults are those of `python -m depthprune.toy.train`. Eval and calib do not depend
+    on --n-train; math operand combinations of calib/eval are never in any train split. (The
+    shipped toy weights know the earlier design: depthprune.toy.default_data writes that.)
     """
     from .atomic import check_output
     from .synth import synthesize

@@ -13,7 +13,7 @@ from PIL import Image
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from depthprune.data import load_records  # noqa: E402
-from depthprune.synth import TEMPLATES, synthesize  # noqa: E402
+from depthprune.synth import TEMPLATES, held_out, synthesize  # noqa: E402
 
 SIZES = dict(n_train=300, n_calib=40, n_eval=120)
 
@@ -72,10 +72,8 @@ def test_records_load_with_both_domains_and_text_only(bench):
             assert len(r.images) <= 1 and r.answer.strip()
             if r.domain == "math":
                 assert r.answer.lstrip("-").isdigit(), r
-            elif r.extra["template"] == "digits":  # reading a number back, no arithmetic
-                assert r.answer.isdigit() and r.images, r
-            else:
-                assert not any(ch.isdigit() for ch in r.answer), r
+            else:  # general never shows or asks for a digit: no reading-and-arithmetic path
+                assert not any(ch.isdigit() for ch in r.answer + r.question), r
     raw = [json.loads(line) for line in bench["eval"].read_text().splitlines()]
     assert set(raw[0]) >= {"id", "domain", "image", "question", "answer"}
     assert not Path(next(r["image"] for r in raw if r["image"])).is_absolute()
@@ -99,3 +97,24 @@ def test_refuses_non_empty_dir_and_accepts_empty(tmp_path):
     empty.mkdir()
     assert set(synthesize(empty, n_train=2, n_calib=2, n_eval=2)) == {"train", "calib", "eval"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary dir left over"
+
+
+def test_held_out_operand_combinations(bench):
+    """Train never holds an operand combination that calib or eval ask about (any seed)."""
+    counted = 0
+    for split, path in bench.items():
+        for raw in map(json.loads, path.read_text().splitlines()):
+            if "operands" in raw:
+                counted += 1
+                combo = tuple(raw["operands"])
+                assert held_out(raw["template"], combo) == (split != "train"), raw
+    assert counted > 50
+    add2 = [json.loads(line) for line in bench["eval"].read_text().splitlines()]
+    add2 = [r for r in add2 if r["template"] == "add2"]
+    assert add2 and all(int(r["answer"]) == sum(r["operands"]) for r in add2)
+
+
+def test_held_out_share_is_about_a_fifth():
+    combos = [(a, b, c) for a in range(10) for b in range(10) for c in range(10)]
+    share = sum(held_out("sum3", c) for c in combos) / len(combos)
+    assert 0.15 < share < 0.25

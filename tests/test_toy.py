@@ -87,8 +87,28 @@ def test_accuracy_targets(toy, eval_records):
 
 def test_training_is_deterministic_by_seed(tmp_path):
     from depthprune.toy.train import train
-    runs = [train(tmp_path / name, steps=3, n_train=48, batch_size=4) for name in ("a", "b")]
+    runs = [train(tmp_path / name, steps=3, n_train=48, batch_size=4, n_eval=20) for name in ("a", "b")]
     weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("a", "b")]
     assert weights[0] == weights[1]
     assert [c["loss"] for c in runs[0]["loss_curve"]] == [c["loss"] for c in runs[1]["loss_curve"]]
-    assert not runs[0]["time_bound"]
+    assert runs[0]["steps_done"] == 3
+
+
+def test_mcnemar_exact_matches_the_binomial_tail():
+    from depthprune.toy.domain_check import mcnemar_exact
+    assert mcnemar_exact(0, 6) == 2 / 64  # both one-sided tails of Binomial(6, 1/2) at 0
+    assert mcnemar_exact(6, 0) == mcnemar_exact(0, 6)
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    # 10 vs 25 discordant pairs: sum_{i<=10} C(35, i) / 2^35, doubled
+    assert abs(mcnemar_exact(10, 25) - 0.016674) < 1e-6
+
+
+def test_paired_counts_discordant_records(tmp_path):
+    from depthprune.toy.domain_check import paired
+    rows = [("a", "math", True, False), ("b", "math", True, True), ("c", "math", False, True),
+            ("d", "math", True, False), ("e", "general", False, True)]
+    for name, col in (("A", 2), ("B", 3)):
+        (tmp_path / name).write_text("".join(
+            json.dumps({"id": r[0], "domain": r[1], "correct": r[col]}) + "\n" for r in rows))
+    r = paired(tmp_path / "A", tmp_path / "B", "math")
+    assert (r["n"], r["only_a"], r["only_b"], r["acc_a"], r["acc_b"]) == (4, 2, 1, 0.75, 0.5)

@@ -54,7 +54,7 @@ def _corpus(n: int = 4000) -> list[str]:
     for _ in range(n):
         for templates in synth.TEMPLATES.values():
             _, gen, _ = rng.choice(templates)
-            question, answer, _ = gen(rng)
+            question, answer, _, _ = gen(rng)
             lines += [question, answer, " " + answer]
     return lines
 

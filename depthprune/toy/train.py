@@ -1,6 +1,6 @@
-"""Train the bundled toy Qwen3-VL from scratch on the synthetic benchmark (CPU, 2 threads).
+"""Train the bundled toy Qwen3-VL from scratch on the synthetic benchmark (CPU, one thread).
 
-    python -m depthprune.toy.train [--out DIR] [--seed S] [--steps N] [--minutes M]
+    python -m depthprune.toy.train [--out DIR] [--seed S] [--steps N]
 
 Reads top to bottom: build tokenizer/processor/model, synthesize the data, train with
 AdamW + warmup/cosine (loss on the answer tokens and the closing ``<|im_end|>`` only,
@@ -8,11 +8,8 @@ teacher forcing through the chat template), save in bfloat16, reload the saved d
 in float32 and measure greedy exact-match accuracy on the held-out eval split. The result
 (model files, ``training.json``, ``loss_curve.png``) replaces ``--out`` atomically.
 
-Deterministic by seed (weights, data, data order) when ``--steps`` sets the pace. The LR
-schedule follows step count or wall time since start (``--minutes``, evaluation and
-saving not included), whichever is further along, so a slow or busy machine still finishes
-annealed in time; such a run is not bit-reproducible, and ``training.json`` says
-``"time_bound": true``.
+Step-paced and deterministic by seed (weights, data, data order, LR schedule): a busy
+machine only makes the run take longer, never changes the result.
 """
 
 from __future__ import annotations
@@ -36,18 +33,23 @@ from depthprune import synth
 from depthprune.atomic import atomic_dir
 from depthprune.data import Record, encode, load_records
 from depthprune.evaluation import generate_outputs
-from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
+from depthprune.toy import MODEL_DIR, TRAIN_SEED
 from depthprune.toy.build import build_model, build_processor
 
-N_TRAIN = 24000
-STEPS = 10000
-MINUTES = 42.0
+N_TRAIN = 4800
+N_CALIB = 256  # the sizes of the redesigned benchmark (``depthprune data synth`` defaults)
+N_EVAL = 1200
+STEPS = 300
 BATCH = 16
-LR = 2e-3
-WARMUP = 100
+LR = 1e-3
+# One thread: on a shared 2-core machine, two OpenMP threads wait on each other whenever one
+# is descheduled, and a step took 10x longer than with one (measured 2026-11-24, load ~16).
+THREADS = 1
+WARMUP = 20
 LOG_EVERY = 25
-PROBE_EVERY = 250  # greedy accuracy on the first PROBE_N eval records, to see learning happen
+PROBE_EVERY = 150  # greedy accuracy on the first PROBE_N eval records, to see learning happen
 PROBE_N = 100
+MAX_NEW_TOKENS = 6  # the longest answer ("small purple triangle") is 4-5 tokens
 
 
 def normalize(text: str) -> str:
@@ -71,7 +73,7 @@ def answer_labels(input_ids: torch.Tensor, header: Sequence[int]) -> torch.Tenso
 
 @torch.no_grad()
 def evaluate(model, processor, records: Sequence[Record], batch_size: int = 50,
-             max_new_tokens: int = 4, progress: bool = True) -> dict:
+             max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> dict:
     """Greedy exact-match accuracy (0-1) per domain and per template, plus ``overall``.
 
     Stricter than :func:`depthprune.evaluation.evaluate` (no answer extraction): the toy
@@ -89,10 +91,11 @@ def evaluate(model, processor, records: Sequence[Record], batch_size: int = 50,
     return {k: round(h / n, 4) for k, (h, n) in sorted(hits.items())}
 
 
-def _lr_at(step: int, progress: float, lr: float) -> float:
-    """Linear warmup over WARMUP steps, then cosine from ``lr`` to 5% of it as progress goes 0->1."""
-    if step < WARMUP:
-        return lr * (step + 1) / WARMUP
+def _lr_at(step: int, steps: int, lr: float, warmup: int = WARMUP) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to 5% of it at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -114,14 +117,21 @@ def _plot(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float = MINUTES,
-          batch_size: int = BATCH, lr: float = LR, n_train: int = N_TRAIN) -> dict:
+def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
+          batch_size: int = BATCH, lr: float = LR, n_train: int = N_TRAIN,
+          n_eval: int = N_EVAL, init: Path | None = None, warmup: int = WARMUP,
+          probe_every: int = PROBE_EVERY) -> dict:
     """Train, save into ``out`` (replaced atomically) and return the ``training.json`` dict."""
     start = time.time()
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
-    processor = build_processor()
-    model = build_model(processor.tokenizer)
+    if init is None:
+        processor = build_processor()
+        model = build_model(processor.tokenizer)
+    else:  # continue from a trained checkpoint (weights upcast to float32, its own tokenizer)
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        processor = AutoProcessor.from_pretrained(init)
+        model = AutoModelForImageTextToText.from_pretrained(init, dtype=torch.float32)
     header = processor.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
 
     out = Path(out).resolve()
@@ -129,7 +139,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.data-", dir=out.parent))
     try:
         paths = synth.synthesize(work / "data", seed=seed, n_train=n_train,
-                                 n_calib=N_CALIB, n_eval=N_EVAL)
+                                 n_calib=N_CALIB, n_eval=n_eval)
         train_recs = load_records(paths["train"], require_answer=True)
         eval_recs = load_records(paths["eval"], require_answer=True)
 
@@ -137,18 +147,9 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
         order_rng = random.Random(seed)
         order: list[int] = []
         curve, window, probes, done = [], [], [], 0
-        time_bound = False
         model.train()
         bar = tqdm(range(steps), desc="train")
         for step in bar:
-            # the schedule follows steps, or wall time where that is further along, so a slow
-            # machine still anneals fully inside --minutes (then the run is not reproducible)
-            by_steps = max(0, step - WARMUP) / max(1, steps - WARMUP)
-            by_time = (time.time() - start) / (minutes * 60)
-            if by_time > by_steps and step >= WARMUP:  # warmup follows the step count only
-                time_bound = True
-            if min(1.0, max(by_steps, by_time)) >= 1.0 and step > WARMUP:
-                break
             if len(order) < batch_size:  # a fresh shuffled epoch
                 epoch = list(range(len(train_recs)))
                 order_rng.shuffle(epoch)
@@ -158,7 +159,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
             inputs = encode(processor, batch, with_answer=True)
             labels = answer_labels(inputs["input_ids"], header)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, max(by_steps, by_time), lr)
+                group["lr"] = _lr_at(step, steps, lr, warmup)
             loss = model(**inputs, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -171,7 +172,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
                               "lr": round(group["lr"], 7), "elapsed_s": round(time.time() - start, 1)})
                 bar.set_postfix(loss=curve[-1]["loss"])
                 window = []
-            if done % PROBE_EVERY == 0:
+            if done % probe_every == 0:
                 acc = evaluate(model, processor, eval_recs[:PROBE_N], progress=False)
                 probes.append({"step": done, **acc})
                 tqdm.write(json.dumps(probes[-1]))
@@ -192,8 +193,8 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS, minutes: float 
             info = {
                 "command": " ".join([Path(sys.executable).name, "-m", "depthprune.toy.train", *sys.argv[1:]]),
                 "seed": seed, "steps_planned": steps, "steps_done": done,
-                "time_bound": time_bound, "batch_size": batch_size, "lr": lr, "warmup": WARMUP,
-                "n_train": n_train, "n_calib": N_CALIB, "n_eval": N_EVAL, "threads": torch.get_num_threads(),
+                "batch_size": batch_size, "lr": lr, "warmup": warmup, "init": str(init) if init else None,
+                "n_train": n_train, "n_calib": N_CALIB, "n_eval": n_eval, "threads": torch.get_num_threads(),
                 "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - start, 1),
                 "torch": torch.__version__, "eval_accuracy_float32": accuracy,
                 "probe_accuracy": probes, "loss_curve": curve,
@@ -210,13 +211,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=MODEL_DIR, help="model directory to (re)write")
     ap.add_argument("--seed", type=int, default=TRAIN_SEED, help="seed of weights, data and order")
     ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps (sets the LR schedule)")
-    ap.add_argument("--minutes", type=float, default=MINUTES,
-                    help="wall-time budget; the schedule anneals by then even if steps remain")
     ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--lr", type=float, default=LR, help="peak learning rate")
     ap.add_argument("--n-train", type=int, default=N_TRAIN, help="synthetic training records")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this trained checkpoint instead of random weights")
+    ap.add_argument("--n-eval", type=int, default=N_EVAL, help="held-out eval records measured at the end")
+    ap.add_argument("--warmup", type=int, default=WARMUP, help="linear warmup steps")
+    ap.add_argument("--probe-every", type=int, default=PROBE_EVERY, help="steps between probe evaluations")
     args = ap.parse_args(argv)
-    info = train(args.out, seed=args.seed, steps=args.steps, minutes=args.minutes,
+    info = train(args.out, seed=args.seed, steps=args.steps, init=args.init, warmup=args.warmup,
+                 probe_every=args.probe_every, n_eval=args.n_eval,
                  batch_size=args.batch_size, lr=args.lr, n_train=args.n_train)
     print(json.dumps({k: info[k] for k in ("train_seconds", "steps_done", "eval_accuracy_float32")},
                      indent=1))
