@@ -406,6 +406,40 @@ def _ablation(scores: Scores, k: int, candidates: list[int], req: RankRequest) -
     return Selection(chosen, reasons, columns)
 
 
+#: weight of the contrast term of `contrast` (see its docstring and the README's evidence)
+CONTRAST_BETA = 0.5
+
+
+@register("contrast")
+def _contrast(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """Domain-aware with a contrast term: the k candidates most redundant for ``req.domain``
+    *and* most used by the other domains.
+
+    score = z_d + beta * (z_d - mean over other domains o of z_o), with z the span-1 cosine
+    of ``req.token_group`` standardised across the candidates (as `mixed`) and beta =
+    :data:`CONTRAST_BETA`. beta = 0 is `domain`; the contrast term alone predicts which layers
+    a domain needs *more* than the others, but not which it needs at all (README, "Ablation
+    ground truth"), hence the sum.
+    """
+    own = _domain_cos(scores, req.domain, req.token_group)
+    idx = torch.tensor(candidates, dtype=torch.long)
+    others = [d for d in scores.domains if d != req.domain]
+    if not others:
+        raise RankError(f"contrast needs at least two domains; the scores hold only '{req.domain}'")
+    z_own = _zscore(own[idx])
+    columns = {f"cos[{req.domain}]": own.tolist()}
+    z_other = torch.zeros_like(z_own)
+    for domain in others:
+        cos = _domain_cos(scores, domain, req.token_group)
+        z_other += _zscore(cos[idx]) / len(others)
+        columns[f"cos[{domain}]"] = cos.tolist()
+    combined = z_own + CONTRAST_BETA * (z_own - z_other)
+    values = {layer: float(v) for layer, v in zip(candidates, combined)}
+    columns["contrast score"] = _per_layer(values, scores.num_layers)
+    chosen = _top_k(values, k)
+    return Selection(chosen, _ranked_reasons(values, chosen, "contrast score"), columns)
+
+
 def best_spaced(values: dict[int, float], k: int) -> list[int]:
     """Exactly k layers maximising the sum of ``values`` with no two removed layers adjacent.
 

@@ -214,3 +214,17 @@ def test_gguf_errors_name_the_input_and_fix(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smollm2").mkdir()  # a local path of that name wins over the alias
     assert str(resolve_model_id("smollm2")) == "smollm2"
+
+
+def test_contrast_prefers_layers_the_other_domain_uses():
+    # math's cosine ties layers 1 and 3; general transforms its tokens in layer 3 (low
+    # cosine) but not in layer 1, so math-aware contrast removes 3: redundant for math AND
+    # used by general; plain `domain` takes the lower layer of the tie
+    s = scores_with({"math": [0.5, 0.9, 0.6, 0.9, 0.7], "general": [0.6, 0.95, 0.7, 0.5, 0.8]},
+                    {"math": [0.0] * 5, "general": [0.0] * 5})
+    assert rank(s, RankRequest("contrast", 1, domain="math")).remove == [3]
+    assert rank(s, RankRequest("domain", 1, domain="math")).remove == [1]  # tie -> lower layer
+    assert rank(s, RankRequest("contrast", 1, domain="general")).remove == [1]
+    single = scores_with({"math": [0.5, 0.9, 0.6]}, {"math": [0.0] * 3})
+    with pytest.raises(RankError, match="at least two domains"):
+        rank(single, RankRequest("contrast", 1, domain="math"))
