@@ -12,7 +12,9 @@ Two more things decide whether a signal is *domain*-aware, not just "this layer 
 - ``rho_specific[d]``: correlation with the domain-specific part of the damage,
   ``damage[d] - mean(damage[other domains])`` (does it tell which layers d needs *more*);
 - the ``contrast[d]`` signal, ``z(1 - cos[d]) - mean_o z(1 - cos[o])`` (a layer that
-  transforms d's tokens more than the others'), z-scored across the removable layers.
+  transforms d's tokens more than the others'), z-scored across the removable layers, and
+  ``contrast-method[d]`` = ``z(1 - cos[d]) + beta * contrast[d]``, what ``--method contrast``
+  ranks by (beta = :data:`depthprune.methods.CONTRAST_BETA`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from rich.markup import escape
 from rich.table import Table
 
+from .methods import CONTRAST_BETA
 from .scores import GROUPS, Scores, ScoresError
 
 
@@ -91,6 +94,8 @@ def diagnose(scores: Scores, layers: list[int] | None = None) -> dict:
             for d in domains:
                 others = torch.stack([_z(dissim[o]) for o in domains if o != d]).mean(0)
                 named[f"contrast[{d}]"] = _z(dissim[d]) - others
+                # what `--method contrast` ranks by, in dissimilarity terms
+                named[f"contrast-method[{d}]"] = _z(dissim[d]) + CONTRAST_BETA * (_z(dissim[d]) - others)
         for name, values in named.items():
             signals.append({"group": group, "signal": name,
                             "rho": {d: spearman(values, damage[d]) for d in domains},
