@@ -49,10 +49,10 @@ def test_score_rank_prune_eval_on_smollm2(smollm2_path, tmp_path):
         assert result.exit_code == 0, result.output
         return result.output
 
-    run("data", "text", "--out", str(tmp_path / "data"), "--n-calib", "6", "--n-eval", "8")
+    run("data", "text", "--out", str(tmp_path / "data"), "--n-calib", "2", "--n-eval", "3")
     scores = tmp_path / "scores.json"
     run("score", "smollm2", "--data", str(tmp_path / "data" / "calib.jsonl"), "--out", str(scores),
-        "--ablation", "--batch-size", "6")
+        "--ablation", "--batch-size", "4")
     out = run("diagnose", str(scores))
     assert "rho" in out
     out = run("rank", str(scores), "--method", "ablation", "--domain", "math", "--budget", "0.1",
@@ -66,4 +66,4 @@ def test_score_rank_prune_eval_on_smollm2(smollm2_path, tmp_path):
     run("eval", str(tmp_path / "pruned"), "--data", str(tmp_path / "data" / "eval.jsonl"),
         "--out", str(tmp_path / "metrics.json"))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["domains"]) == {"math", "general"} and metrics["num_samples"] == 16
+    assert set(metrics["domains"]) == {"math", "general"} and metrics["num_samples"] == 6
