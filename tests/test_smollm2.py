@@ -28,7 +28,7 @@ def test_gguf_load_is_exact_and_records_its_source(smollm2_path):
 
     from depthprune.gguf_models import gguf_source
     from depthprune.models import find_decoder_layers, load_model
-    model, tok = load_model("smollm2")
+    model, tok = load_model(smollm2_path)
     assert type(model).__name__ == "LlamaForCausalLM" and len(find_decoder_layers(model)[1]) == 30
     source = gguf_source(model)
     assert source["quantization"] == "Q4_1" and source["gguf_file"] == str(smollm2_path)
