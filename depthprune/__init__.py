@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 # Public names, imported on first use (PEP 562) so that `import depthprune` (and the CLI's
 # --help) does not load torch and transformers.
 _LAZY = {
-    "plan": "api", "prune": "api", "score": "api",
+    "plan": "api", "prune": "api", "score": "api", "diagnose": "api",
     "DataError": "data", "Record": "data", "load_records": "data",
     "METHODS": "methods", "Plan": "methods", "RankError": "methods", "RankRequest": "methods",
     "ModelError": "models", "load_model": "models",

@@ -27,7 +27,7 @@ from .models import (DTYPES, ModelError, adapter_for, find_decoder_layers, is_lo
                      resolve_model_id, text_config, validate_device)
 from .pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
 from .scores import Scores
-from .scoring import ScoreSettings, score_model
+from .scoring import ScoreSettings, cap_per_domain, score_model
 from .speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike
@@ -40,9 +40,12 @@ def _as_list(paths: PathLike | Sequence[PathLike]) -> list[PathLike]:
 def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | None = None, *,
           batch_size: int = 4, max_samples: int | None = None, max_span: int | None = None,
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
-          trust_remote_code: bool = False, progress: bool = True, overwrite: bool = False) -> Scores:
+          trust_remote_code: bool = False, progress: bool = True, overwrite: bool = False,
+          ablation: bool = False) -> Scores:
     """Score every decoder layer of checkpoint ``model`` on calibration JSONL ``data``.
 
+    ``ablation``: also measure every record's answer NLL with each single layer removed
+    (:mod:`depthprune.ablation`; one more forward per layer; every record needs an answer).
     Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
     ``.safetensors`` beside it, if given; existing files only with ``overwrite``). Everything
     cheap (output, data, images, device, config) is checked before the weights load.
@@ -60,10 +63,22 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
                                                   trust_remote_code)).num_hidden_layers
     if max_span is not None and max_span > num_layers:
         raise ValueError(f"--max-span {max_span} is more than the model's {num_layers} decoder layers")
+    if ablation:  # before the model loads
+        from .ablation import require_answers
+        require_answers(cap_per_domain(records, max_samples))
     net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
                                 trust_remote_code=trust_remote_code)
     scores = score_model(net, processor, records, settings, model_id=str(model), progress=progress)
     scores.settings["data_files"] = [str(p) for p in _as_list(data)]
+    if ablation:
+        import time
+
+        from .ablation import ablation_nll
+        started = time.perf_counter()
+        scores.base_nll, scores.ablation_nll = ablation_nll(
+            net, processor, cap_per_domain(records, max_samples), batch_size=batch_size, progress=progress)
+        scores.settings["ablation"] = {"seconds": round(time.perf_counter() - started, 3),
+                                       "measure": "answer NLL, nats/token, one layer removed at a time"}
     if out is not None:
         scores.save(out, overwrite=overwrite)
     return scores
@@ -228,5 +243,20 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
                                "reasons": {str(k): v for k, v in the_plan.reasons.items()},
                                "scores_fingerprint": the_plan.scores_fingerprint,
                                "expected_speedup": speedup})
-    path = save_pruned(net, processor, out, info, source_model=model, overwrite=overwrite)
+    from .gguf_models import gguf_source
+    files_from: PathLike = model
+    if gguf_source(net) is not None:  # e.g. {"gguf_file": ".../x.Q4_1.gguf", "quantization": "Q4_1", ...}
+        info["gguf_source"] = gguf_source(net)
+        files_from = gguf_source(net)["converted_dir"]  # its tokenizer files, copied byte-for-byte
+    path = save_pruned(net, processor, out, info, source_model=files_from, overwrite=overwrite)
     return (path, info) if return_info else path
+
+
+def diagnose(scores: Scores | PathLike, layers: Sequence[int] | None = None) -> dict:
+    """How well each similarity signal (token group x domain) predicts each domain's
+    single-layer ablation damage: Spearman correlations and the damage table (see
+    :func:`depthprune.diagnosis.diagnose`). ``scores`` must come from ``score(..., ablation=True)``."""
+    from .diagnosis import diagnose as _diagnose
+    if not isinstance(scores, Scores):
+        scores = Scores.load(scores)
+    return _diagnose(scores, None if layers is None else list(layers))

