@@ -59,13 +59,13 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
         for target in (Path(out), Path(out).with_suffix(".safetensors")):
             check_output(target, overwrite, kind="file", inputs=inputs)
     records = load_records(_as_list(data))
+    if ablation:  # before the model loads
+        from .ablation import require_answers
+        require_answers(cap_per_domain(records, max_samples))
     num_layers = text_config(_check_model_cheaply(model, dtype, device, device_map,
                                                   trust_remote_code)).num_hidden_layers
     if max_span is not None and max_span > num_layers:
         raise ValueError(f"--max-span {max_span} is more than the model's {num_layers} decoder layers")
-    if ablation:  # before the model loads
-        from .ablation import require_answers
-        require_answers(cap_per_domain(records, max_samples))
     net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
                                 trust_remote_code=trust_remote_code)
     scores = score_model(net, processor, records, settings, model_id=str(model), progress=progress)

@@ -394,6 +394,8 @@ def data_lmms_task(
                   f"(use: --lmms-eval {tasks[0]} --include-path {out_dir})", highlight=False)
 
 
+@app.command()
+@handle_errors
 def diagnose(
     scores: Annotated[Path, typer.Argument(help="Scores file from `depthprune score --ablation`.")],
     out: Annotated[Path | None, typer.Option(help="Also write the diagnosis as JSON here.")] = None,
