@@ -20,10 +20,8 @@ student)`` on the same answer tokens, with softmax temperature ``T`` (Hinton et 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -32,14 +30,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data import DataError, Record, data_fingerprint
 from .models import find_decoder_layers, text_config
-from .sft import (HealError, RecordCollator, _checkpoints, _freeze_for, _sft_trainer_class,
-                  _trainable_prefixes, _trained_layers, lora_target_regex, neighbour_layers,
-                  training_batch)
+from .sft import (
+    HealError,
+    RecordCollator,
+    _checkpoints,
+    _freeze_for,
+    _sft_trainer_class,
+    _trainable_prefixes,
+    _trained_layers,
+    lora_target_regex,
+    neighbour_layers,
+    training_batch,
+)
 
 __all__ = ["HEAL_MODES", "HealConfig", "HealError", "HealStats", "heal", "heal_model",
            "neighbour_layers", "training_batch", "verify_stock_keys", "work_dir_for"]
@@ -195,11 +201,12 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
         trained = _freeze_for(model, config.mode, removed_layers)
     steps_per_epoch = math.ceil(len(records) / (config.batch_size * config.grad_accum))
     max_steps = config.steps if config.steps is not None else max(1, round(config.epochs * steps_per_epoch))
+    log_every = min(config.logging_steps, max_steps)
     args = SFTConfig(
         output_dir=str(work_dir), max_steps=max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
         lr_scheduler_type="cosine", warmup_steps=round(config.warmup_ratio * max_steps),
-        weight_decay=0.0, logging_steps=min(config.logging_steps, max_steps), save_steps=config.save_steps,
+        weight_decay=0.0, logging_steps=log_every, save_steps=config.save_steps,
         save_total_limit=2, seed=config.seed, data_seed=config.seed, report_to="none",
         disable_tqdm=not progress, bf16=config.bf16, max_length=None, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
@@ -236,7 +243,7 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
     losses = [float(e["loss"]) for e in log if "loss" in e]
     windows: dict[int, list[float]] = {}
     for step, value in getattr(trainer, "kl_log", []):  # mean KL per logging window
-        windows.setdefault(step // config.logging_steps, []).append(value)
+        windows.setdefault(step // log_every, []).append(value)
     kl_logged = [sum(v) / len(v) for _, v in sorted(windows.items())]
     final = losses[-1] if losses else float(log[-1].get("train_loss", float("nan"))) if log else float("nan")
     import peft
@@ -303,7 +310,7 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     request = {"model": str(model_id), "data_fingerprint": data_fingerprint(records),
                "teacher": str(teacher_id) if teacher_id else None, "config": asdict(config)}
     request_file = work / "heal_request.json"
-    if _checkpoints(work) if work.is_dir() else False:
+    if work.is_dir() and _checkpoints(work):
         if not resume:
             raise HealError(f"{work}: holds checkpoints of an interrupted heal run. Pass --resume to "
                             f"continue it, or delete {work} to start over")

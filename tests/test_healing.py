@@ -15,15 +15,22 @@ from typer.testing import CliRunner
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from depthprune.cli import app  # noqa: E402
-from depthprune.data import load_records  # noqa: E402
-from depthprune.healing import (HealConfig, HealError, heal, heal_model, neighbour_layers,  # noqa: E402
-                                training_batch)
-from depthprune.models import load_model  # noqa: E402
-from tiny_models import save_tiny  # noqa: E402
+from tiny_models import save_tiny
+
+from depthprune.cli import app
+from depthprune.data import load_records
+from depthprune.healing import (
+    HealConfig,
+    HealError,
+    heal,
+    heal_model,
+    neighbour_layers,
+    training_batch,
+)
+from depthprune.models import load_model
 
 runner = CliRunner()
-FAST = dict(steps=2, batch_size=4, logging_steps=1, save_steps=1)
+FAST = {"steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1}
 
 
 def run(*args):
@@ -52,7 +59,7 @@ def _tensors(path):
     out = {}
     for shard in sorted(path.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as fh:
-            out.update({k: fh.get_tensor(k) for k in fh.keys()})
+            out.update({k: fh.get_tensor(k) for k in fh.keys()})  # noqa: SIM118 - safe_open is not a dict
     return out
 
 
