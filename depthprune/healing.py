@@ -62,10 +62,10 @@ class HealConfig:
     #: "lora" (merged on save), "full" (decoder layers + final norm), "neighbours" (only the
     #: kept layers next to removed ones, all their weights)
     mode: str = "lora"
-    #: optimizer steps; None: ``epochs`` passes over the data
-    steps: int | None = None
-    #: passes over the data when ``steps`` is None
-    epochs: float = 2.0
+    #: optimizer steps (100 x 16 records heal the 25%-pruned toy, see the README); None: ``epochs``
+    steps: int | None = 100
+    #: passes over the data; when set, it replaces ``steps``
+    epochs: float | None = None
     #: peak learning rate (AdamW, linear warm-up then cosine decay); None: DEFAULT_LR[mode]
     learning_rate: float | None = None
     #: records per optimizer step and device (times ``grad_accum``)
@@ -96,10 +96,12 @@ class HealConfig:
             raise HealError(f"unknown heal mode '{self.mode}'; choose one of {', '.join(HEAL_MODES)}")
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lora_r": self.lora_r,
                     "lora_alpha": self.lora_alpha, "save_steps": self.save_steps,
-                    "logging_steps": self.logging_steps, "epochs": self.epochs,
-                    "temperature": self.temperature}
-        if self.steps is not None:
-            positive["steps"] = self.steps
+                    "logging_steps": self.logging_steps, "temperature": self.temperature}
+        if self.steps is None and self.epochs is None:
+            raise HealError("give steps or epochs")
+        for name in ("steps", "epochs"):
+            if getattr(self, name) is not None:
+                positive[name] = getattr(self, name)
         if self.learning_rate is not None:
             positive["learning_rate"] = self.learning_rate
         for name, value in positive.items():
@@ -200,7 +202,7 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
     else:
         trained = _freeze_for(model, config.mode, removed_layers)
     steps_per_epoch = math.ceil(len(records) / (config.batch_size * config.grad_accum))
-    max_steps = config.steps if config.steps is not None else max(1, round(config.epochs * steps_per_epoch))
+    max_steps = config.steps if config.epochs is None else max(1, round(config.epochs * steps_per_epoch))
     log_every = min(config.logging_steps, max_steps)
     args = SFTConfig(
         output_dir=str(work_dir), max_steps=max_steps, per_device_train_batch_size=config.batch_size,

@@ -34,7 +34,7 @@ def test_heal_recovers_half_of_the_lost_accuracy_on_the_toy(options, tmp_path):
     run("data", "synth", "--out", tmp_path / "eval", "--seed", 11, "--n-train", 0, "--n-calib", 0)
     run("prune", "toy", "--layers", MATH_AWARE_25, "--out", tmp_path / "pruned")
     run("heal", tmp_path / "pruned", "--data", tmp_path / "train" / "train.jsonl", "--out",
-        tmp_path / "healed", "--steps", 100, *options)
+        tmp_path / "healed", *options)  # default recipe: 100 steps of 16 records
     acc = {}
     for name, path in (("toy", "toy"), ("pruned", tmp_path / "pruned"), ("healed", tmp_path / "healed")):
         run("eval", path, "--data", tmp_path / "eval" / "eval.jsonl", "--out", tmp_path / f"{name}.json",
