@@ -1,4 +1,4 @@
-"""`depthprune` command line: score, rank, prune, eval, data synth, demo.
+"""`depthprune` command line: score, rank, prune, heal, eval, data synth, demo.
 
 Every command is a thin wrapper over the Python API (depthprune.api and friends). User
 errors (ValueError subclasses raised where the file, record or option is known, and OSErrors
@@ -433,6 +433,56 @@ def data_text(
     paths = write_text_benchmark(out_dir, seed=seed, n_calib=n_calib, n_eval=n_eval, overwrite=overwrite)
     for split, path in paths.items():
         console.print(f"{split}: {path}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def heal(
+    model: Model,
+    data: DataOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Healed checkpoint directory (written atomically; TRL checkpoints go to OUT.heal-work beside it until it succeeds).")],
+    mode: Annotated[str, typer.Option(help="What trains: lora (language-decoder q/k/v/o/gate/up/down projections, merged into the weights on save) or full (all decoder layers and the final norm). Never the vision tower, embeddings or LM head.")] = "lora",
+    train_layers: Annotated[str, typer.Option(help="all, or neighbours: fully train only the kept layers next to removed ones (read from MODEL's pruning.json); overrides --mode.")] = "all",
+    teacher: Annotated[str | None, typer.Option(help="Unpruned model to distil from: loss = (1-w)*SFT + w*T^2*KL(teacher||student) on answer tokens.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps (ignored when --epochs is given).")] = 100,
+    epochs: Annotated[float | None, typer.Option(min=0.01, help="Passes over the data; replaces --steps.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate, linear warm-up then cosine (default: 1e-3 lora, 2e-4 full/neighbours).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Records per optimizer step and device.")] = 16,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
+    lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(min=1, help="LoRA alpha (update scale alpha/r).")] = 32,
+    distill_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight w of the KL term with --teacher.")] = 0.5,
+    temperature: Annotated[float, typer.Option(min=0.01, help="Softmax temperature T of the distillation KL.")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Seed of the data order and the LoRA initialisation.")] = 0,
+    save_steps: Annotated[int, typer.Option(min=1, help="Write a resumable checkpoint every N steps.")] = 50,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its latest checkpoint in OUT.heal-work (same options).")] = False,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 mixed precision (GPUs).")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
+    dtype: Dtype = "float32", device: Device = "cpu",
+    trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
+) -> None:
+    """Heal MODEL (e.g. a pruned checkpoint) with a brief supervised fine-tuning on answered JSONL records."""
+    from .healing import HealConfig, heal as heal_checkpoint
+    if train_layers not in ("all", "neighbours"):
+        raise ValueError(f"--train-layers {train_layers!r}: choose all or neighbours")
+    if mode not in ("lora", "full"):
+        raise ValueError(f"--mode {mode!r}: choose lora or full (or --train-layers neighbours)")
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+    config = HealConfig(mode="neighbours" if train_layers == "neighbours" else mode, steps=steps,
+                        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                        grad_accum=grad_accum, lora_r=lora_r, lora_alpha=lora_alpha,
+                        distill_weight=distill_weight, temperature=temperature, seed=seed,
+                        save_steps=save_steps, bf16=bf16)
+    result = heal_checkpoint(model, data, out_dir, config, teacher_id=teacher, resume=resume,
+                             overwrite=overwrite, dtype=dtype, device=device,
+                             trust_remote_code=trust_remote_code)
+    import json
+    entry = json.loads((result / "pruning.json").read_text())["healing"]
+    console.print(f"healed ({entry['recipe']['mode']}{', distilled' if teacher else ''}): "
+                  f"{entry['steps']} steps in {entry['seconds']:.0f} s, final loss "
+                  f"{entry['final_loss']:.4f} -> {result}", highlight=False)
 
 
 def main() -> None:
