@@ -72,13 +72,14 @@ def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet
     ``accuracy`` and the set asks for it. lmms-eval sets go through ``depthprune.lmms``."""
     results: dict[str, list[Sample]] = {}
     for es, records in sets:
+        max_new = es.max_new_tokens or max_new_tokens
         if es.kind == "lmms":
             from . import lmms  # type: ignore[attr-defined]  # the lmms-eval bridge, when installed
             results[es.name] = list(lmms.sweep_samples(  # type: ignore[attr-defined]
                 model, processor, es.tasks, limit=es.max_samples, batch_size=batch_size,
-                max_new_tokens=max_new_tokens, accuracy=accuracy and es.accuracy))
+                max_new_tokens=max_new, accuracy=accuracy and es.accuracy))
         elif accuracy and es.accuracy:
-            res = evaluate(model, processor, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            res = evaluate(model, processor, records, batch_size=batch_size, max_new_tokens=max_new,
                            progress=progress)
             results[es.name] = [(p.id, p.domain, int(p.correct), p.nll) for p in res.predictions]
         else:

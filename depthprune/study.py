@@ -65,6 +65,7 @@ class EvalSet:
     tasks: list[str] = field(default_factory=list)
     max_samples: int | None = None  # jsonl: first N per domain; lmms: limit per task
     accuracy: bool = True
+    max_new_tokens: int | None = None  # None: the study's metrics.max_new_tokens
 
 
 @dataclass
@@ -257,14 +258,14 @@ def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
             raise _err(src, key, "expected a mapping, e.g. {data: eval.jsonl} or {kind: lmms, tasks: [mmstar]}")
         kind = entry.get("kind", "jsonl")
         if kind == "jsonl":
-            _check_keys(src, key, entry, {"kind", "data", "name", "max_samples", "accuracy"})
+            _check_keys(src, key, entry, {"kind", "data", "name", "max_samples", "accuracy", "max_new_tokens"})
             if "data" not in entry:
                 raise _err(src, f"{key}.data", "missing: the eval JSONL file(s)")
             paths = _paths(src, f"{key}.data", entry["data"], base)
             name = _str(src, f"{key}.name", entry.get("name", Path(paths[0]).stem))
             es = EvalSet(name, kind, paths=paths)
         elif kind == "lmms":
-            _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy"})
+            _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens"})
             if importlib.util.find_spec("depthprune.lmms") is None:
                 raise _err(src, f"{key}.kind", "lmms-eval tasks need the depthprune.lmms bridge, which this "
                                                "install lacks; update depthprune or use kind: jsonl")
@@ -279,6 +280,7 @@ def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
         if kind == "jsonl":
             es.max_samples = _int(src, f"{key}.max_samples", entry.get("max_samples"))
         es.accuracy = _bool(src, f"{key}.accuracy", entry.get("accuracy", True))
+        es.max_new_tokens = _int(src, f"{key}.max_new_tokens", entry.get("max_new_tokens"))
         if any(s.name == es.name for s in sets):
             raise _err(src, f"{key}.name", f"eval set name {es.name!r} is used twice; give each a distinct name")
         sets.append(es)
@@ -399,7 +401,8 @@ def study_dict(study: Study) -> dict[str, Any]:
                         "max_span": study.max_span},
         "eval": [({"kind": "jsonl", "name": e.name, "data": e.paths, "max_samples": e.max_samples}
                   if e.kind == "jsonl" else {"kind": "lmms", "name": e.name, "tasks": e.tasks,
-                                             "limit": e.max_samples}) | {"accuracy": e.accuracy}
+                                             "limit": e.max_samples}) | {"accuracy": e.accuracy,
+                                                                         "max_new_tokens": e.max_new_tokens}
                  for e in study.eval_sets],
         "methods": [{"method": m.method, **m.options} for m in study.methods],
         "budgets": study.budgets, "protect": study.protect, "metrics": {"accuracy": study.accuracy,

@@ -10,6 +10,7 @@ distinct plans are dealt round-robin to the processes (:mod:`depthprune.distribu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -29,7 +30,8 @@ STUDY_NAME = "study.yaml"
 
 @dataclass
 class SweepResult:
-    """What one process did: cells in the study, cells it evaluated, cells already stored."""
+    """What one process did: cells in the study, cells it evaluated (and sent to the store),
+    cells already stored when it started, distinct plans it evaluated, notes (skipped cells)."""
 
     run_dir: Path
     cells_total: int
@@ -108,9 +110,10 @@ def _scores(study: Study, out: Path, net: Any, processor: Any, calib: list, ctx:
     return scores, settings
 
 
-def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any) -> dict[str, list[int]]:
+def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped: list[str]) -> dict[str, list[int]]:
     """Removed layers per cell key (the same on every process: pure functions of the scores,
-    and `iterative`'s re-scoring is collective)."""
+    and `iterative`'s re-scoring is collective). A method that cannot meet a budget skips that
+    cell, with the reason appended to ``skipped``, instead of stopping the study."""
     from .methods import RankError, RankRequest, rank
     removed: dict[str, list[int]] = {}
     for cell in cells:
@@ -123,8 +126,9 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any) -> dict[
                           **cell.variant.options)
         try:
             plan = rank(scores, req, score_fn=score_fn if cell.variant.method == "iterative" else None)
-        except RankError as exc:
-            raise StudyError(f"{study.source}: {cell.variant.label} at budget {cell.budget}: {exc}") from None
+        except RankError as exc:  # e.g. `spaced` cannot remove half the layers without neighbours
+            skipped.append(f"{cell.variant.label} at {cell.budget} layers: {exc}")
+            continue
         removed[cell.key] = plan.remove
     return removed
 
@@ -177,8 +181,17 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
     ctx.barrier()
-    conn = open_store(out / STORE_NAME)
-    _check_resume(conn, study, out)
+    # only rank 0 touches the store (any filesystem, any number of nodes); the others send it rows
+    conn = open_store(out / STORE_NAME) if ctx.main else None
+    problem = None
+    if ctx.main:
+        try:
+            _check_resume(conn, study, out)
+        except StudyError as exc:
+            problem = str(exc)
+    problem = ctx.broadcast(problem)
+    if problem:
+        raise StudyError(problem)
 
     from .models import load_model, resolve_model_id
     from .pruning import layers_removed
@@ -187,16 +200,23 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     scores, settings = _scores(study, out, net, processor, calib, ctx, progress)
     memo: dict[tuple[int, ...], Any] = {}
 
-    def rescore(remove: list[int]) -> Any:  # for `iterative`: collective, memoised across budgets
+    # `iterative` re-scores after each removal; its bases read single layers only (span 1), so
+    # the re-scoring records no longer blocks. Collective under torchrun, memoised across budgets.
+    rescore_settings = dataclasses.replace(settings, max_span=1)
+
+    def rescore(remove: list[int]) -> Any:
         key = tuple(sorted(remove))
         if key not in memo:
             with layers_removed(net, remove):
-                memo[key] = score_parallel(net, processor, calib, settings, str(study.model), ctx, progress=False)
+                memo[key] = score_parallel(net, processor, calib, rescore_settings, str(study.model), ctx,
+                                           progress=False)
         return memo[key]
 
-    removed = _plans(study, cells, scores, rescore)
+    skipped: list[str] = []
+    removed = _plans(study, cells, scores, rescore, skipped)
+    cells = [c for c in cells if c.key in removed]
     if ctx.main:
-        set_meta(conn, _meta(study, scores, eval_sets, len(cells)))
+        set_meta(conn, _meta(study, scores, eval_sets, len(cells)) | {"skipped_cells": skipped})
         import yaml
         _write_text_atomic(out / STUDY_NAME, yaml.safe_dump(study_dict(study), sort_keys=False))
     ctx.barrier()
@@ -204,42 +224,50 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
         groups[(len(removed[cell.key]), tuple(removed[cell.key]), json.dumps(cell.heal, sort_keys=True))].append(cell)
-    order = sorted(groups)
-    mine = order[ctx.rank::ctx.world]
     keys = {c.key for c in cells}
-    done = completed_cells(conn)
-    result = SweepResult(out, len(cells), 0, len(keys & done), 0, 0.0)
+    done = ctx.broadcast(completed_cells(conn) if ctx.main else None)
+    pending_groups = [g for g in sorted(groups) if any(c.key not in done for c in groups[g])]
+    if ctx.world > 1 and any(g[2] != "null" for g in pending_groups):
+        # healing trains with accelerate, which would join the group as DDP: one process only
+        pending_groups = [g for g in pending_groups if g[2] == "null"]
+        skipped.append("healed cells under torchrun (several processes): run the same command in one "
+                       "process afterwards to add them")
+    mine = pending_groups[ctx.rank::ctx.world]
+    result = SweepResult(out, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
     bar = tqdm(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell", disable=not progress,
                dynamic_ncols=True)
     from .cells import cell_rows, evaluate_sets, heal_copy, pruned_in_memory
-    for gkey in mine:
-        pending = [c for c in groups[gkey] if c.key not in done]
-        if not pending:
-            continue
-        t0 = time.perf_counter()
-        remove, heal = list(gkey[1]), pending[0].heal
-        bar.set_postfix_str(f"{pending[0].variant.label} k={len(remove)}{' +heal' if heal else ''}")
-        if heal is None:
-            with pruned_in_memory(net, remove):
-                results = evaluate_sets(net, processor, eval_sets, study.batch_size, study.max_new_tokens,
+    rounds = -(-len(pending_groups) // ctx.world)
+    for i in range(rounds):  # each round: every process evaluates one plan, rank 0 stores them all
+        produced: list[list] = []
+        if i < len(mine):
+            gkey = mine[i]
+            pending = [c for c in groups[gkey] if c.key not in done]
+            t0 = time.perf_counter()
+            remove, heal = list(gkey[1]), pending[0].heal
+            bar.set_postfix_str(f"{pending[0].variant.label} k={len(remove)}{' +heal' if heal else ''}")
+            if heal is None:
+                with pruned_in_memory(net, remove):
+                    results = evaluate_sets(net, processor, eval_sets, study.batch_size, study.max_new_tokens,
+                                            study.accuracy, progress)
+            else:
+                student = heal_copy(net, processor, remove, heal, heal_records, study.heal["distill"], progress)
+                results = evaluate_sets(student, processor, eval_sets, study.batch_size, study.max_new_tokens,
                                         study.accuracy, progress)
-        else:
-            student = heal_copy(net, processor, remove, heal, heal_records, study.heal["distill"], progress)
-            results = evaluate_sets(student, processor, eval_sets, study.batch_size, study.max_new_tokens,
-                                    study.accuracy, progress)
-            del student
-        seconds = time.perf_counter() - t0
-        result.plans_evaluated += 1
-        for cell in pending:
-            if write_cell(conn, cell_rows(cell, remove, num_layers, results, seconds)):
-                result.cells_written += 1
-        if progress:
-            done = completed_cells(conn)
-            bar.update(len(keys & done) - bar.n)
+                del student
+            seconds = time.perf_counter() - t0
+            result.plans_evaluated += 1
+            produced = [cell_rows(cell, remove, num_layers, results, seconds) for cell in pending]
+            result.cells_written += len(produced)
+        for rows_of_rank in ctx.gather(produced):
+            for rows in rows_of_rank:
+                if ctx.main and write_cell(conn, rows):
+                    bar.update(1)
     bar.close()
     ctx.barrier()
     result.seconds = time.perf_counter() - started
-    conn.close()
+    if conn is not None:
+        conn.close()
     return result
 
 
