@@ -78,7 +78,7 @@ def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
 
 @dataclass
 class Headline:
-    """Math-aware vs general-aware at one budget, per domain."""
+    """Math-aware vs general-aware at one budget, per ranking signal and domain."""
 
     budget: int
     num_layers: int
@@ -86,9 +86,13 @@ class Headline:
     rows: list[dict[str, Any]]
 
 
+#: (math-aware label, general-aware label) pairs the headline compares, when present.
+PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "ablation") for g in ("", "@last")]
+
+
 def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
-    """Per domain: accuracy of the unpruned model, of math-aware and of general-aware removal
-    at ``budget`` (unhealed), and the exact McNemar p-value of math-aware vs general-aware."""
+    """Per ranking signal and domain: accuracy of the unpruned model, of math-aware and of
+    general-aware removal at ``budget`` (unhealed), and the exact McNemar p-value of the two."""
     from .methods import resolve_budget
     from .store import get_meta, open_store, read_results
     conn = open_store(Path(run_dir) / "results.sqlite")
@@ -99,35 +103,37 @@ def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
     pick = {(r.label, r.budget, r.eval_set, r.domain): r for r in rows}
     rows_out = []
     removed: dict[str, list[int]] = {}
-    for (label, b, eval_set, domain), base in sorted(pick.items()):
-        if label != "unpruned":
-            continue
-        math_r, gen_r = pick.get(("domain:math", k, eval_set, domain)), pick.get(("domain:general", k, eval_set, domain))
-        if math_r is None or gen_r is None or math_r.accuracy is None:
-            continue
-        removed = {"math-aware": math_r.removed, "general-aware": gen_r.removed}
-        a = {s[0]: s[1] for s in math_r.samples}
-        g = {s[0]: s[1] for s in gen_r.samples}
-        ids = sorted(set(a) & set(g))
-        a_only, g_only, p = mcnemar([a[i] for i in ids], [g[i] for i in ids])
-        rows_out.append({"eval_set": eval_set, "domain": domain, "n": len(ids), "unpruned": base.accuracy,
-                         "math-aware": math_r.accuracy, "general-aware": gen_r.accuracy,
-                         "math_only": a_only, "general_only": g_only, "p": p})
+    for math_label, gen_label in PAIRS:
+        for (label, _, eval_set, domain), base in sorted(pick.items()):
+            if label != "unpruned":
+                continue
+            math_r, gen_r = pick.get((math_label, k, eval_set, domain)), pick.get((gen_label, k, eval_set, domain))
+            if math_r is None or gen_r is None or math_r.accuracy is None or gen_r.accuracy is None:
+                continue
+            removed |= {math_label: math_r.removed, gen_label: gen_r.removed}
+            a = {s[0]: s[1] for s in math_r.samples}
+            g = {s[0]: s[1] for s in gen_r.samples}
+            ids = sorted(set(a) & set(g))
+            a_only, g_only, p = mcnemar([a[i] for i in ids], [g[i] for i in ids])
+            rows_out.append({"ranking": math_label.replace(":math", ":*"), "eval_set": eval_set, "domain": domain,
+                             "n": len(ids), "unpruned": base.accuracy, "math-aware": math_r.accuracy,
+                             "general-aware": gen_r.accuracy, "math_only": a_only, "general_only": g_only, "p": p})
     return Headline(k, n_layers, removed, rows_out)
 
 
 def headline_table(h: Headline) -> Any:
     """The headline as a rich table."""
     from rich.table import Table
-    rm = "; ".join(f"{name} removes {','.join(map(str, layers))}" for name, layers in h.removed.items())
-    table = Table(title=f"toy Qwen3-VL: {h.budget} of {h.num_layers} layers removed "
-                        f"({h.budget / h.num_layers:.0%}); {rm} (0-based)")
-    for col in ("domain", "n", "unpruned", "math-aware", "general-aware", "only math-aware right",
+    table = Table(title=f"toy Qwen3-VL, {h.budget} of {h.num_layers} layers removed ({h.budget / h.num_layers:.0%}), "
+                        "unhealed: math-aware vs general-aware")
+    for col in ("ranking", "domain", "n", "unpruned", "math-aware", "general-aware", "only math-aware right",
                 "only general-aware right", "McNemar p (exact)"):
-        table.add_column(col, justify="left" if col == "domain" else "right")
+        table.add_column(col, justify="left" if col in ("ranking", "domain") else "right")
     for r in h.rows:
-        table.add_row(r["domain"], str(r["n"]), f"{r['unpruned']:.1%}", f"{r['math-aware']:.1%}",
+        table.add_row(r["ranking"], r["domain"], str(r["n"]), f"{r['unpruned']:.1%}", f"{r['math-aware']:.1%}",
                       f"{r['general-aware']:.1%}", str(r["math_only"]), str(r["general_only"]), f"{r['p']:.3g}")
+    table.caption = "removed (0-based): " + "; ".join(f"{name}: {','.join(map(str, layers))}"
+                                                       for name, layers in h.removed.items())
     return table
 
 
@@ -156,6 +162,9 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
         if importlib.util.find_spec("depthprune.report") is None:
             notes.append("report.html not written: depthprune.report is not installed in this version")
         else:
+            import inspect
+
             from .report import write_report  # type: ignore[import-not-found]
-            report_path = write_report(out)
+            quiet_kw = {"progress": not quiet} if "progress" in inspect.signature(write_report).parameters else {}
+            report_path = write_report(out, **quiet_kw)
     return result, headline(out), report_path, notes

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_models import save_tiny
 
 from depthprune.cells import pruned_in_memory
 from depthprune.data import load_records
@@ -27,7 +28,6 @@ from depthprune.pruning import prune_layers
 from depthprune.scores import Scores
 from depthprune.store import get_meta, open_store, read_results
 from depthprune.sweep import run_study
-from tiny_models import save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, llm, calib_dir, eval
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
     assert 3 <= done < total
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert comparable(run) == comparable(reference)
     assert Scores.load(run / "scores.json").fingerprint() == Scores.load(reference / "scores.json").fingerprint()
@@ -179,5 +179,5 @@ def test_heal_cells_are_stored_beside_unhealed(tmp_path, llm, calib_dir, eval_fi
     rows = read_results(tmp_path / "run" / "results.sqlite")
     healed = [r for r in rows if r.heal is not None]
     assert healed and {r.domain for r in healed} == {"math", "general"}
-    assert healed[0].heal["mode"] == "lora" and healed[0].removed == [r for r in rows if r.heal is None
-                                                                         and r.budget == 2][0].removed
+    unhealed = next(r for r in rows if r.heal is None and r.budget == 2)
+    assert healed[0].heal["mode"] == "lora" and healed[0].removed == unhealed.removed
