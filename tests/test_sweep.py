@@ -113,8 +113,9 @@ def test_sweep_stores_every_cell_once_and_resumes(tmp_path, llm, calib_dir, eval
         run_study(study_file(tmp_path, llm, calib_dir, eval_file, dtype="bfloat16"), run, quiet=True)
 
 
+@pytest.mark.slow  # three sweeps, two of them in fresh interpreters
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, llm, calib_dir, eval_file):
-    path = study_file(tmp_path, llm, calib_dir, eval_file)
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
     reference = tmp_path / "ref"
     run_study(path, reference, quiet=True)
     run = tmp_path / "run"
@@ -150,6 +151,7 @@ def _worker(rank: int, port: int, study: str, out: str, report: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # a single-process sweep, then two spawned interpreters
 def test_two_gloo_processes_equal_one(tmp_path, llm, calib_dir, eval_file):
     path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2],
                       calibration={"data": str(calib_dir / "text.jsonl")}, batch_size=2)
