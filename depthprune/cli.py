@@ -214,7 +214,7 @@ def data_synth(
 @handle_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory: the study's data, scores, results.sqlite and report.html. Run again with the same --out to resume.")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option(help="Fewer budgets (12%, 25%, 50%), variants and eval records: about 3 minutes on 2 CPU cores.")] = False,
+    quick: Annotated[bool, typer.Option(help="Fewer budgets (12%, 25%, 50%), variants and eval records (what the end-to-end test runs).")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass (scoring and eval).")] = 32,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over: delete the demo files already in --out (data, scores, results, report) instead of resuming.")] = False,
@@ -240,7 +240,7 @@ def demo(
 @app.command()
 @handle_errors
 def sweep(
-    study_file: Annotated[Path, typer.Argument(help="Study YAML: model, calibration, eval sets, methods, budgets, heal, metrics (see README 'Sweeps').")],
+    study_file: Annotated[Path, typer.Argument(help="Study YAML: model, calibration, eval sets, methods, budgets, heal, metrics (format in README, section depthprune sweep).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (created; an existing one is resumed: stored cells are not recomputed).")],
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
