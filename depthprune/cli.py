@@ -1,4 +1,4 @@
-"""`depthprune` command line: score, rank, prune, heal, eval, data synth, demo.
+"""`depthprune` command line: score, rank, prune, heal, eval, diagnose, data, sweep, report, demo.
 
 Every command is a thin wrapper over the Python API (depthprune.api and friends). User
 errors (ValueError subclasses raised where the file, record or option is known, and OSErrors
@@ -308,59 +308,46 @@ def data_synth(
 @app.command()
 @handle_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for everything the demo writes.")] = Path("runs/demo"),
-    budget: Budget = "0.25",
-    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass (scoring and eval).")] = 16,
-    overwrite: Overwrite = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory: the study's data, scores, results.sqlite and report.html. Run again with the same --out to resume.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="Fewer budgets (12%, 25%, 50%), variants and eval records (what the end-to-end test runs).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass (scoring and eval).")] = 32,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over: delete the demo files already in --out (data, scores, results, report) instead of resuming.")] = False,
 ) -> None:
-    """On the bundled toy Qwen3-VL: score, prune math-aware and general-aware, evaluate all three."""
-    import json
+    """A complete study on the bundled toy Qwen3-VL: every method, budgets 6% to 50%, healing at two budgets; writes the store and report, prints the headline."""
+    from .demo import headline_table, run_demo
+    from .runtime import quiet as runtime_quiet
+    from .sweep import summary_line
+    if overwrite and out_dir.is_dir():
+        import shutil
+        for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "scores.json",
+                     "scores.safetensors", "study.yaml", "report.html", "report.md"):
+            (out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "data", ignore_errors=True)
+    result, head, report_path, notes = run_demo(out_dir, quick=quick, quiet=quiet or runtime_quiet(),
+                                                batch_size=batch_size)
+    console.print(headline_table(head))
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(summary_line(result), highlight=False)
+    if report_path is not None:
+        console.print(f"report -> {report_path}", highlight=False)
 
-    from rich.table import Table
 
-    from . import api
-    from .evaluation import evaluate_path
-    from .methods import check_budget_spec
-    from .pruning import atomic_dir, prepare_output_dir
-    from .toy import MODEL_DIR, default_data
-    check_budget_spec(budget)
-    out = prepare_output_dir(out_dir, overwrite)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        data = default_data(tmp / "data")
-        console.print(f"[1/3] scoring the bundled toy model ({MODEL_DIR}) on {data['calib'].name}",
-                      highlight=False)
-        scores = api.score(MODEL_DIR, data["calib"], tmp / "scores.json", batch_size=batch_size,
-                           dtype="float32")
-        models: dict[str, tuple[Path, list[int]]] = {"original": (MODEL_DIR, [])}
-        console.print(f"[2/3] pruning {budget} of {scores.num_layers} layers, domain-aware per domain",
-                      highlight=False)
-        for domain in scores.domains:
-            the_plan = api.plan(scores, "domain", budget, domain=domain)
-            path = api.prune(MODEL_DIR, the_plan, tmp / f"pruned-{domain}-aware", dtype="float32")
-            models[f"{domain}-aware"] = (path, the_plan.remove)
-        console.print(f"[3/3] evaluating on {data['eval'].name}", highlight=False)
-        summary = {}
-        for name, (path, removed) in models.items():
-            metrics = evaluate_path(path, [data["eval"]], tmp / f"metrics-{name}.json",
-                                    batch_size=batch_size, dtype="float32")
-            summary[name] = {"removed_layers": removed, "domains": metrics["domains"]}
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-    table = Table(title=f"toy Qwen3-VL, {scores.num_layers} layers, budget {budget} (layers 0-based)")
-    table.add_column("model")
-    table.add_column("removed")
-    domains = scores.domains
-    for d in domains:
-        table.add_column(f"{d} acc", justify="right")
-        table.add_column(f"{d} NLL", justify="right")
-    for name, row in summary.items():
-        cells = [name, ",".join(map(str, row["removed_layers"])) or "-"]
-        for d in domains:
-            m = row["domains"].get(d) or {}
-            acc, nll = m.get("accuracy"), m.get("answer_nll")
-            cells += ["-" if acc is None else f"{100 * acc:.1f}%", "-" if nll is None else f"{nll:.3f}"]
-        table.add_row(*cells)
-    console.print(table)
-    console.print(f"everything -> {out}", highlight=False)
+@app.command()
+@handle_errors
+def sweep(
+    study_file: Annotated[Path, typer.Argument(help="Study YAML: model, calibration, eval sets, methods, budgets, heal, metrics (format in README, section depthprune sweep).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (created; an existing one is resumed: stored cells are not recomputed).")],
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run every cell of a study (method x budget x heal) into RUN_DIR/results.sqlite; resumable, and data-parallel under torchrun."""
+    from .runtime import quiet as runtime_quiet
+    from .sweep import run_study, summary_line
+    result = run_study(study_file, out_dir, quiet=quiet or runtime_quiet())
+    for note in result.notes:
+        console.print(f"note: skipped {note}", highlight=False)
+    console.print(summary_line(result), highlight=False)
 
 
 @app.command()

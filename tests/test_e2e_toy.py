@@ -1,8 +1,9 @@
-"""End to end on the bundled toy Qwen3-VL: score the calib split, prune 25% math-aware and
-general-aware, evaluate the original and both pruned models on both domains."""
+"""End to end on the bundled toy Qwen3-VL: `depthprune demo --quick` runs a whole study (every
+method, three budgets), prints the headline, and a second run resumes without recomputing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -12,23 +13,28 @@ from depthprune.cli import app
 
 
 @pytest.mark.slow
-def test_demo_domain_aware_pruning_on_toy(tmp_path):
+def test_demo_quick_study_on_toy_and_resume(tmp_path):
+    from depthprune.methods import METHODS
+    from depthprune.store import get_meta, open_store, read_results
     from depthprune.toy import MODEL_DIR
     if not (MODEL_DIR / "model.safetensors").is_file():
         pytest.fail(f"bundled toy weights missing in {MODEL_DIR}; run python -m depthprune.toy.train")
-    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--quiet"])
     assert res.exit_code == 0, res.output
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert set(summary) == {"original", "math-aware", "general-aware"}
-    original = summary["original"]["domains"]
-    assert original["general"]["accuracy"] >= 0.90 and original["math"]["accuracy"] >= 0.80
-    n_layers = json.loads((tmp_path / "demo" / "pruned-math-aware" / "pruning.json").read_text())
-    assert n_layers["budget"] == round(0.25 * n_layers["original_num_layers"])
-    for name in ("math-aware", "general-aware"):
-        removed = summary[name]["removed_layers"]
-        assert removed and not set(removed) & {0, 1, 2}  # deepstack layers protected
-        for domain in ("math", "general"):
-            assert summary[name]["domains"][domain]["n"] == original[domain]["n"]
-    # the four numbers of the study, printed for the record
-    print(json.dumps({name: {d: summary[name]["domains"][d]["accuracy"] for d in ("math", "general")}
-                      for name in summary}))
+    assert "McNemar" in res.output and "math-aware" in res.output
+    rows = read_results(out / "results.sqlite")
+    meta = get_meta(open_store(out / "results.sqlite"))
+    assert meta["num_layers"] == 16 and meta["protected_layers"] == [0, 1, 2]
+    assert {r.method for r in rows} >= set(METHODS) | {"none"}  # every registered method ran
+    assert {r.budget for r in rows if r.heal is None} == {0, 2, 4, 8}
+    base = {r.domain: r for r in rows if r.label == "unpruned"}
+    assert base["general"].accuracy >= 0.85 and base["math"].accuracy >= 0.80
+    for r in rows:
+        assert r.n == 40 and len(r.samples) == 40 and not set(r.removed) & {0, 1, 2}
+    if importlib.util.find_spec("depthprune.report") is not None:
+        assert (out / "report.html").is_file()
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "0 written" in again.output and len(read_results(out / "results.sqlite")) == len(rows)
+    print(json.dumps({r.label: r.accuracy for r in rows if r.budget == 4 and r.domain == "math"}))

@@ -1,0 +1,124 @@
+"""Evaluating one sweep cell in memory: prune (and maybe heal) without writing a checkpoint,
+measure every eval set, and turn the per-sample outcomes into store rows."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import Record, batches
+from .evaluation import answer_nll, evaluate, wilson_interval
+from .models import find_decoder_layers, text_config
+from .pruning import _set_layers, prune_layers
+from .store import ResultRow
+from .study import Cell, EvalSet
+
+#: (sample id, domain, correct 1/0/None, NLL or None) for one eval sample.
+Sample = tuple[str, str, int | None, float | None]
+
+
+@contextlib.contextmanager
+def pruned_in_memory(model: nn.Module, remove: Sequence[int]) -> Iterator[nn.Module]:
+    """Prune ``model`` in place for the duration of the block, then restore it exactly.
+
+    Unlike :func:`depthprune.pruning.layers_removed` (forwards without a cache only), this runs
+    :func:`depthprune.pruning.prune_layers` itself, so ``layer_idx`` and the per-layer config
+    fields match the surviving layers and cached generation is correct; on exit the layer
+    list, every ``layer_idx`` and the config fields are put back.
+    """
+    if not remove:
+        yield model
+        return
+    path, layers = find_decoder_layers(model)
+    original = list(layers)
+    configs = list({id(c): c for c in (model.config, text_config(model))}.values())
+    # sub-configs are restored in place (modules hold references to them), not replaced
+    saved = [(c, {k: copy.deepcopy(v) for k, v in vars(c).items() if not hasattr(v, "to_dict")})
+             for c in configs]
+    attrs = [(m, name, getattr(m, name)) for m in model.modules()
+             for name in ("layer_idx", "has_sliding_layers") if hasattr(m, name)]
+    try:
+        prune_layers(model, remove)
+        yield model
+    finally:
+        _set_layers(model, path, nn.ModuleList(original))
+        for m, name, value in attrs:
+            setattr(m, name, value)
+        for c, values in saved:
+            vars(c).update(values)
+
+
+def _nll_only(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int,
+              progress: bool) -> list[Sample]:
+    out: list[Sample] = []
+    bar = tqdm(total=len(records), desc="answer NLL", unit="sample", leave=False, disable=not progress)
+    for chunk in batches(records, batch_size):
+        for r, (nll, _) in zip(chunk, answer_nll(model, processor, chunk)):
+            out.append((r.id, r.domain, None, nll))
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet, list[Record]]],
+                  batch_size: int, max_new_tokens: int, accuracy: bool, progress: bool) -> dict[str, list[Sample]]:
+    """Per eval set, every sample's outcome: answer NLL always, generation correctness when
+    ``accuracy`` and the set asks for it. lmms-eval sets go through ``depthprune.lmms``."""
+    results: dict[str, list[Sample]] = {}
+    for es, records in sets:
+        max_new = es.max_new_tokens or max_new_tokens
+        if es.kind == "lmms":
+            from . import lmms  # type: ignore[attr-defined]  # the lmms-eval bridge, when installed
+            results[es.name] = list(lmms.sweep_samples(  # type: ignore[attr-defined]
+                model, processor, es.tasks, limit=es.max_samples, batch_size=batch_size,
+                max_new_tokens=max_new, accuracy=accuracy and es.accuracy))
+        elif accuracy and es.accuracy:
+            res = evaluate(model, processor, records, batch_size=batch_size, max_new_tokens=max_new,
+                           progress=progress)
+            results[es.name] = [(p.id, p.domain, int(p.correct), p.nll) for p in res.predictions]
+        else:
+            results[es.name] = _nll_only(model, processor, records, batch_size, progress)
+    return results
+
+
+def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: dict[str, Any],
+              records: Sequence[Record], distill: bool, progress: bool) -> nn.Module:
+    """A pruned, healed deep copy of ``model`` (the original is untouched)."""
+    from .healing import HealConfig, heal_model  # type: ignore[import-not-found]
+    student = prune_layers(copy.deepcopy(model), remove)
+    heal_model(student, processor, records, HealConfig(**recipe), teacher=model if distill else None,
+               removed_layers=list(remove), progress=progress)
+    return student
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def cell_rows(cell: Cell, removed: list[int], num_layers: int, results: dict[str, list[Sample]],
+              seconds: float) -> list[ResultRow]:
+    """One row per (eval set, domain) for ``cell``, with the per-sample outcomes for paired tests."""
+    rows = []
+    for eval_set, samples in results.items():
+        for domain in sorted({s[1] for s in samples}):
+            mine = [s for s in samples if s[1] == domain]
+            correct = [s[2] for s in mine]
+            nlls = [x for x in (_finite(s[3]) for s in mine) if x is not None]
+            acc = ci = None
+            if correct and all(c is not None for c in correct):
+                k = sum(correct)  # type: ignore[arg-type]
+                acc, ci = k / len(mine), wilson_interval(k, len(mine))
+            rows.append(ResultRow(
+                cell=cell.key, method=cell.variant.method, label=cell.variant.label,
+                options=cell.variant.options, budget=cell.budget, budget_fraction=cell.budget / num_layers,
+                removed=list(removed), heal=cell.heal, eval_set=eval_set, domain=domain, n=len(mine),
+                accuracy=acc, ci_low=None if ci is None else ci[0], ci_high=None if ci is None else ci[1],
+                nll=math.fsum(nlls) / len(nlls) if nlls else None,
+                samples=[(s[0], s[2], _finite(s[3])) for s in mine], seconds=round(seconds, 3)))
+    return rows

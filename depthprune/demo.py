@@ -1,0 +1,170 @@
+"""`depthprune demo`: a complete study on the bundled toy Qwen3-VL, then its report.
+
+Every registered ranking method (domain-aware per domain, on all tokens and on the last
+token, mixed at three weightings, random at two seeds, ...), budgets from 1 of 16 layers
+(6%) to 8 (50%), healing at two budgets when ``depthprune.healing`` is installed, NLL and
+generation accuracy on both domains. It is an ordinary sweep (:func:`depthprune.sweep.run_study`)
+in ``--out``, so running it again resumes. The headline compares math-aware with
+general-aware removal at 25% per domain with exact McNemar tests on per-sample correctness.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .sweep import SweepResult
+
+FULL_BUDGETS = [0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5]
+QUICK_BUDGETS = [0.125, 0.25, 0.5]
+HEADLINE_BUDGET = 0.25
+WEIGHTS = [{"math": 0.5, "general": 0.5}, {"math": 0.75, "general": 0.25}, {"math": 0.25, "general": 0.75}]
+
+
+def demo_methods(quick: bool) -> list[Any]:
+    """Every registered method with the options the toy needs (domains, weights, seeds)."""
+    from .methods import METHODS
+    entries: list[Any] = []
+    for name in METHODS:
+        if name in ("domain", "ablation"):
+            entries.append({"method": name, "domain": ["math", "general"]})
+            if name == "domain" and not quick:
+                entries.append({"method": name, "domain": ["math", "general"], "token_group": "last"})
+        elif name == "mixed":
+            entries.append({"method": name, "weights": WEIGHTS[:1] if quick else WEIGHTS})
+        elif name == "random":
+            entries.append({"method": name, "seed": [0] if quick else [0, 1]})
+        else:
+            entries.append(name)
+    return entries
+
+
+def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict[str, Any]:
+    """The demo's study as a dict (the same keys as a study YAML file)."""
+    study: dict[str, Any] = {
+        "model": "toy", "dtype": "float32", "batch_size": batch_size,
+        "calibration": {"data": str(data["calib"])},
+        "eval": [{"name": "toy", "data": str(data["eval"]), "max_samples": 40 if quick else 100}],
+        "methods": demo_methods(quick),
+        "budgets": QUICK_BUDGETS if quick else FULL_BUDGETS,
+        "metrics": {"accuracy": True, "max_new_tokens": 8},
+    }
+    if importlib.util.find_spec("depthprune.healing") is not None:
+        study["heal"] = {"recipe": {"mode": "lora", "steps": 20 if quick else 60, "batch_size": 16},
+                         "budgets": [HEADLINE_BUDGET] if quick else [HEADLINE_BUDGET, 0.5],
+                         "methods": ["domain:math", "domain:general"]}
+    return study
+
+
+def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
+    """(only a right, only b right, exact two-sided p) on paired correctness; uses
+    ``depthprune.stats.mcnemar_exact`` when present."""
+    try:
+        from .stats import mcnemar_exact  # type: ignore[import-not-found]
+        return mcnemar_exact(a, b)
+    except ImportError:
+        pass
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    n = a_only + b_only
+    if n == 0:
+        return a_only, b_only, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2 ** n
+    return a_only, b_only, min(1.0, 2 * tail)
+
+
+@dataclass
+class Headline:
+    """Math-aware vs general-aware at one budget, per ranking signal and domain."""
+
+    budget: int
+    num_layers: int
+    removed: dict[str, list[int]]
+    rows: list[dict[str, Any]]
+
+
+#: (math-aware label, general-aware label) pairs the headline compares, when present.
+PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "ablation") for g in ("", "@last")]
+
+
+def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
+    """Per ranking signal and domain: accuracy of the unpruned model, of math-aware and of
+    general-aware removal at ``budget`` (unhealed), and the exact McNemar p-value of the two."""
+    from .methods import resolve_budget
+    from .store import get_meta, open_store, read_results
+    conn = open_store(Path(run_dir) / "results.sqlite")
+    n_layers = get_meta(conn)["num_layers"]
+    k = resolve_budget(budget, n_layers)
+    rows = [r for r in read_results(conn) if r.heal is None]
+    conn.close()
+    pick = {(r.label, r.budget, r.eval_set, r.domain): r for r in rows}
+    rows_out = []
+    removed: dict[str, list[int]] = {}
+    for math_label, gen_label in PAIRS:
+        for (label, _, eval_set, domain), base in sorted(pick.items()):
+            if label != "unpruned":
+                continue
+            math_r, gen_r = pick.get((math_label, k, eval_set, domain)), pick.get((gen_label, k, eval_set, domain))
+            if math_r is None or gen_r is None or math_r.accuracy is None or gen_r.accuracy is None:
+                continue
+            removed |= {math_label: math_r.removed, gen_label: gen_r.removed}
+            a = {s[0]: s[1] for s in math_r.samples}
+            g = {s[0]: s[1] for s in gen_r.samples}
+            ids = sorted(set(a) & set(g))
+            a_only, g_only, p = mcnemar([a[i] for i in ids], [g[i] for i in ids])
+            rows_out.append({"ranking": math_label.replace(":math", ":*"), "eval_set": eval_set, "domain": domain,
+                             "n": len(ids), "unpruned": base.accuracy, "math-aware": math_r.accuracy,
+                             "general-aware": gen_r.accuracy, "math_only": a_only, "general_only": g_only, "p": p})
+    return Headline(k, n_layers, removed, rows_out)
+
+
+def headline_table(h: Headline) -> Any:
+    """The headline as a rich table."""
+    from rich.table import Table
+    table = Table(title=f"toy Qwen3-VL, {h.budget} of {h.num_layers} layers removed ({h.budget / h.num_layers:.0%}), "
+                        "unhealed: math-aware vs general-aware")
+    for col in ("ranking", "domain", "n", "unpruned", "math-aware", "general-aware", "only math-aware right",
+                "only general-aware right", "McNemar p (exact)"):
+        table.add_column(col, justify="left" if col in ("ranking", "domain") else "right")
+    for r in h.rows:
+        table.add_row(r["ranking"], r["domain"], str(r["n"]), f"{r['unpruned']:.1%}", f"{r['math-aware']:.1%}",
+                      f"{r['general-aware']:.1%}", str(r["math_only"]), str(r["general_only"]), f"{r['p']:.3g}")
+    table.caption = "removed (0-based): " + "; ".join(f"{name}: {','.join(map(str, layers))}"
+                                                       for name, layers in h.removed.items())
+    return table
+
+
+def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_size: int = 32,
+             report: bool = True) -> tuple[SweepResult, Headline, Path | None, list[str]]:
+    """Run (or resume) the demo study in ``out``; returns the sweep result, the headline, the
+    report path (None if the report module is missing) and notes for the user."""
+    from .study import parse_study
+    from .sweep import run_study
+    from .toy import default_data
+    out = Path(out)
+    notes: list[str] = []
+    data_dir = out / "data"
+    data = {"calib": data_dir / "calib.jsonl", "eval": data_dir / "eval.jsonl"}
+    if not all(p.is_file() for p in data.values()):
+        out.mkdir(parents=True, exist_ok=True)
+        data = default_data(data_dir)
+    raw = demo_study(data, quick, batch_size)
+    if "heal" not in raw:
+        notes.append("healing skipped: depthprune.healing is not installed in this version")
+    study = parse_study(raw, out, source="demo study")
+    result = run_study(study, out, quiet=quiet)
+    notes += [f"skipped {s}" for s in result.notes]
+    report_path = None
+    if report:
+        if importlib.util.find_spec("depthprune.report") is None:
+            notes.append("report.html not written: depthprune.report is not installed in this version")
+        else:
+            import inspect
+
+            from .report import write_report  # type: ignore[import-not-found]
+            quiet_kw = {"progress": not quiet} if "progress" in inspect.signature(write_report).parameters else {}
+            report_path = write_report(out, **quiet_kw)
+    return result, headline(out), report_path, notes

@@ -1,0 +1,458 @@
+"""A study: the YAML file `depthprune sweep` runs, validated before any model loads.
+
+A study names one model, its calibration data, the eval sets, the ranking methods (with
+options; a list-valued option expands into one variant per value), the budgets, and
+optionally a healing recipe applied at some budgets. :func:`load_study` checks every key and
+raises :class:`StudyError` naming it (``study.yaml: methods[2].weights: ...``);
+:func:`expand_cells` turns a study into the grid of cells once the layer count is known.
+
+Example (paths are relative to the study file)::
+
+    model: Qwen/Qwen3-VL-2B-Instruct
+    dtype: bfloat16
+    device: cuda
+    calibration: {data: [calib.jsonl], max_samples: 64}
+    eval:
+      - {data: eval.jsonl, max_samples: 200}          # built-in evaluator (kind: jsonl)
+      - {kind: lmms, tasks: [mmstar, ai2d], limit: 500}
+    methods:
+      - {method: domain, domain: [math, general]}
+      - {method: mixed, weights: [{math: 0.7, general: 0.3}, {math: 0.5, general: 0.5}]}
+      - {method: random, seed: [0, 1, 2]}
+      - block-influence
+    budgets: [0.05, 0.1, 0.25, 0.5]
+    heal: {recipe: {mode: lora, steps: 200}, budgets: [0.25], methods: [domain:math]}
+    metrics: {accuracy: true, max_new_tokens: 16}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .methods import METHODS, RankRequest, parse_weights
+
+
+class StudyError(ValueError):
+    """The study file is malformed; the message names the file and the key."""
+
+
+#: Keys of RankRequest set by the study itself, not per method.
+_STUDY_LEVEL = ("method", "budget", "allow_deepstack", "protect_first", "protect_last")
+TOP_KEYS = {"model", "dtype", "device", "device_map", "trust_remote_code", "batch_size", "calibration",
+            "eval", "methods", "budgets", "protect", "heal", "metrics", "baseline"}
+
+
+def method_option_keys() -> list[str]:
+    """Options a method entry may set: every RankRequest field except the study-level ones
+    (so options added by new methods, e.g. `ablation`, pass through)."""
+    return [f.name for f in dataclasses.fields(RankRequest) if f.name not in _STUDY_LEVEL]
+
+
+@dataclass
+class EvalSet:
+    """One eval set: a JSONL file (built-in evaluator) or lmms-eval tasks."""
+
+    name: str
+    kind: str                      # "jsonl" | "lmms"
+    paths: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    max_samples: int | None = None  # jsonl: first N per domain; lmms: limit per task
+    accuracy: bool = True
+    max_new_tokens: int | None = None  # None: the study's metrics.max_new_tokens
+
+
+@dataclass
+class MethodVariant:
+    """One ranking method with fixed options; ``label`` is its display name."""
+
+    method: str
+    options: dict[str, Any]
+    label: str
+
+
+@dataclass
+class Study:
+    """A validated study. ``source`` is the file it came from (for messages); paths are absolute."""
+
+    model: str
+    calibration: list[str]
+    eval_sets: list[EvalSet]
+    methods: list[MethodVariant]
+    budgets: list[int | float]
+    dtype: str = "auto"
+    device: str = "cpu"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    batch_size: int = 8
+    calib_max_samples: int | None = None
+    max_span: int | None = None
+    protect: dict[str, Any] = field(default_factory=lambda: {"allow_deepstack": False, "first": 0, "last": 0})
+    heal: dict[str, Any] | None = None        # {"recipe": {...}, "budgets": [...], "methods": [...]|None, "data": [...]|None, "distill": bool}
+    accuracy: bool = True
+    max_new_tokens: int = 16
+    baseline: bool = True
+    source: str = "study"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change when a run directory is resumed (it changes every number)."""
+        return {"model": self.model, "dtype": self.dtype, "calibration": self.calibration,
+                "calib_max_samples": self.calib_max_samples, "max_span": self.max_span,
+                "batch_size": self.batch_size, "protect": self.protect,
+                "eval": [dataclasses.asdict(e) for e in self.eval_sets],
+                "max_new_tokens": self.max_new_tokens}
+
+
+# ------------------------------------------------------------------------- validation helpers
+def _err(src: str, key: str, msg: str) -> StudyError:
+    return StudyError(f"{src}: {key}: {msg}")
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _int(src: str, key: str, value: Any, low: int = 1, none_ok: bool = True) -> int | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _err(src, key, f"expected an integer >= {low}, got {value!r}")
+    return value
+
+
+def _bool(src: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _err(src, key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _str(src: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _err(src, key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _check_keys(src: str, key: str, data: dict, allowed: set[str] | list[str]) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise _err(src, f"{key}{'.' if key else ''}{unknown[0]}",
+                   f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+
+def _paths(src: str, key: str, value: Any, base: Path) -> list[str]:
+    out = []
+    for i, p in enumerate(_as_list(value)):
+        k = f"{key}[{i}]" if isinstance(value, list) else key
+        path = (base / _str(src, k, p)).resolve()
+        if not path.is_file():
+            raise _err(src, k, f"file {path} not found (paths are relative to the study file)")
+        out.append(str(path))
+    if not out:
+        raise _err(src, key, "give at least one JSONL file")
+    return out
+
+
+def _budget(src: str, key: str, value: Any) -> int | float:
+    ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or \
+         (isinstance(value, float) and math.isfinite(value) and 0 < value < 1)
+    if not ok:
+        raise _err(src, key, f"{value!r} is neither a layer count (integer >= 1) nor a fraction in (0, 1)")
+    return value
+
+
+def _weights(src: str, key: str, value: Any) -> dict[str, float]:
+    try:
+        if isinstance(value, str):
+            return parse_weights(value)
+        if isinstance(value, dict) and value and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+            if sum(value.values()) <= 0:
+                raise ValueError("weights must not all be zero")
+            return {str(k): float(v) for k, v in sorted(value.items())}
+        raise ValueError("expected a mapping domain: weight (non-negative numbers), e.g. {math: 0.7, general: 0.3}")
+    except ValueError as exc:
+        raise _err(src, key, str(exc)) from None
+
+
+def variant_label(method: str, options: dict[str, Any]) -> str:
+    """Display name of a method with options, e.g. ``domain:math``, ``mixed:general=0.3,math=0.7``,
+    ``random:seed=1``, ``domain:math@last`` (token group ``last``)."""
+    parts = []
+    for key, value in sorted(options.items()):
+        if key == "token_group":
+            continue
+        if key == "domain":
+            parts.insert(0, str(value))
+        elif key == "weights":
+            parts.append(",".join(f"{d}={w:g}" for d, w in sorted(value.items())))
+        else:
+            parts.append(f"{key}={value}")
+    label = method + (":" + ",".join(parts) if parts else "")
+    if "token_group" in options:
+        label += f"@{options['token_group']}"
+    return label
+
+
+def _methods(src: str, raw: Any, domains: set[str] | None) -> list[MethodVariant]:
+    if not isinstance(raw, list) or not raw:
+        raise _err(src, "methods", "expected a non-empty list of methods, e.g. [{method: domain, domain: math}, last]")
+    allowed = method_option_keys()
+    variants: dict[str, MethodVariant] = {}
+    for i, entry in enumerate(raw):
+        key = f"methods[{i}]"
+        entry = {"method": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or "method" not in entry:
+            raise _err(src, key, "expected a method name or a mapping with a 'method' key")
+        name = entry["method"]
+        if name not in METHODS:
+            raise _err(src, f"{key}.method", f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+        _check_keys(src, key, entry, ["method", *allowed])
+        axes: list[list[tuple[str, Any]]] = []
+        for opt in sorted(k for k in entry if k != "method"):
+            values = _as_list(entry[opt])
+            if not values:
+                raise _err(src, f"{key}.{opt}", "empty list")
+            normalised = []
+            for j, v in enumerate(values):
+                k = f"{key}.{opt}" + (f"[{j}]" if isinstance(entry[opt], list) else "")
+                if opt == "weights":
+                    v = _weights(src, k, v)
+                    if domains is not None and set(v) - domains:
+                        raise _err(src, k, f"domain(s) {sorted(set(v) - domains)} not in the calibration "
+                                           f"data (domains: {', '.join(sorted(domains))})")
+                elif opt == "domain":
+                    v = _str(src, k, v)
+                    if domains is not None and v not in domains:
+                        raise _err(src, k, f"domain {v!r} is not in the calibration data "
+                                           f"(domains: {', '.join(sorted(domains))})")
+                elif opt == "seed":
+                    v = _int(src, k, v, low=0, none_ok=False)
+                elif v is not None and not isinstance(v, (str, int, float, bool)):
+                    raise _err(src, k, f"expected a scalar value (or a list of them), got {v!r}")
+                normalised.append((opt, v))
+            axes.append(normalised)
+        for combo in itertools.product(*axes) if axes else [()]:
+            options = dict(combo)  # options given explicitly stay in the label, defaults too
+            if name == "domain" and "domain" not in options:
+                raise _err(src, f"{key}.domain", "method 'domain' needs a domain, e.g. domain: [math, general]")
+            label = variant_label(name, options)
+            variants.setdefault(label, MethodVariant(name, options, label))
+    return list(variants.values())
+
+
+def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
+    if not isinstance(raw, list) or not raw:
+        raise _err(src, "eval", "expected a non-empty list of eval sets, e.g. [{data: eval.jsonl}]")
+    sets: list[EvalSet] = []
+    for i, entry in enumerate(raw):
+        key = f"eval[{i}]"
+        entry = {"data": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict):
+            raise _err(src, key, "expected a mapping, e.g. {data: eval.jsonl} or {kind: lmms, tasks: [mmstar]}")
+        kind = entry.get("kind", "jsonl")
+        if kind == "jsonl":
+            _check_keys(src, key, entry, {"kind", "data", "name", "max_samples", "accuracy", "max_new_tokens"})
+            if "data" not in entry:
+                raise _err(src, f"{key}.data", "missing: the eval JSONL file(s)")
+            paths = _paths(src, f"{key}.data", entry["data"], base)
+            name = _str(src, f"{key}.name", entry.get("name", Path(paths[0]).stem))
+            es = EvalSet(name, kind, paths=paths)
+        elif kind == "lmms":
+            _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens"})
+            if importlib.util.find_spec("depthprune.lmms") is None:
+                raise _err(src, f"{key}.kind", "lmms-eval tasks need the depthprune.lmms bridge, which this "
+                                               "install lacks; update depthprune or use kind: jsonl")
+            tasks = [_str(src, f"{key}.tasks", t) for t in _as_list(entry.get("tasks") or [])]
+            if not tasks:
+                raise _err(src, f"{key}.tasks", "give at least one lmms-eval task name")
+            name = _str(src, f"{key}.name", entry.get("name", "lmms"))
+            es = EvalSet(name, kind, tasks=tasks)
+            es.max_samples = _int(src, f"{key}.limit", entry.get("limit"))
+        else:
+            raise _err(src, f"{key}.kind", f"unknown kind {kind!r}; choose jsonl or lmms")
+        if kind == "jsonl":
+            es.max_samples = _int(src, f"{key}.max_samples", entry.get("max_samples"))
+        es.accuracy = _bool(src, f"{key}.accuracy", entry.get("accuracy", True))
+        es.max_new_tokens = _int(src, f"{key}.max_new_tokens", entry.get("max_new_tokens"))
+        if any(s.name == es.name for s in sets):
+            raise _err(src, f"{key}.name", f"eval set name {es.name!r} is used twice; give each a distinct name")
+        sets.append(es)
+    return sets
+
+
+def _heal(src: str, raw: Any, base: Path, labels: list[str]) -> dict[str, Any] | None:
+    if raw is None or raw is False:
+        return None
+    if not isinstance(raw, dict):
+        raise _err(src, "heal", "expected a mapping {recipe: {...}, budgets: [...]} or null")
+    _check_keys(src, "heal", raw, {"recipe", "budgets", "methods", "data", "distill"})
+    if importlib.util.find_spec("depthprune.healing") is None:
+        raise _err(src, "heal", "healing needs depthprune.healing, which this install lacks; remove "
+                                "the heal section or update depthprune")
+    from .healing import HealConfig  # type: ignore[import-not-found]
+    recipe = raw.get("recipe") or {}
+    if not isinstance(recipe, dict):
+        raise _err(src, "heal.recipe", "expected a mapping of HealConfig fields, e.g. {mode: lora, steps: 100}")
+    known = {f.name for f in dataclasses.fields(HealConfig)}
+    _check_keys(src, "heal.recipe", recipe, known)
+    try:
+        HealConfig(**recipe)
+    except (ValueError, TypeError) as exc:
+        raise _err(src, "heal.recipe", str(exc)) from None
+    if "budgets" not in raw:
+        raise _err(src, "heal.budgets", "missing: the budgets at which to heal, e.g. [0.25, 0.5]")
+    budgets = [_budget(src, f"heal.budgets[{i}]", b) for i, b in enumerate(_as_list(raw["budgets"]))]
+    methods = raw.get("methods")
+    if methods is not None:
+        methods = [_str(src, "heal.methods", m) for m in _as_list(methods)]
+        missing = [m for m in methods if m not in labels]
+        if missing:
+            raise _err(src, "heal.methods", f"{missing[0]!r} is not one of the study's methods "
+                                            f"({', '.join(labels)})")
+    data = _paths(src, "heal.data", raw["data"], base) if raw.get("data") is not None else None
+    return {"recipe": dict(sorted(recipe.items())), "budgets": budgets, "methods": methods, "data": data,
+            "distill": _bool(src, "heal.distill", raw.get("distill", False))}
+
+
+def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
+    """Validate a study given as a dict (paths relative to ``base``). Loads only the
+    calibration records' domain labels, never a model."""
+    src = source
+    if not isinstance(raw, dict):
+        raise StudyError(f"{src}: expected a YAML mapping with keys model, calibration, eval, methods, budgets")
+    _check_keys(src, "", raw, TOP_KEYS)
+    for key in ("model", "calibration", "eval", "methods", "budgets"):
+        if key not in raw:
+            raise _err(src, key, "missing (required keys: model, calibration, eval, methods, budgets)")
+    model = _str(src, "model", str(raw["model"]) if isinstance(raw["model"], Path) else raw["model"])
+    calib = raw["calibration"]
+    calib = {"data": calib} if isinstance(calib, (str, list)) else calib
+    if not isinstance(calib, dict):
+        raise _err(src, "calibration", "expected {data: [calib.jsonl], max_samples: N}")
+    _check_keys(src, "calibration", calib, {"data", "max_samples", "max_span"})
+    if "data" not in calib:
+        raise _err(src, "calibration.data", "missing: the calibration JSONL file(s)")
+    calib_paths = _paths(src, "calibration.data", calib["data"], base)
+    from .data import load_records
+    domains = {r.domain for r in load_records(calib_paths)}
+    eval_sets = _eval_sets(src, raw["eval"], base)
+    methods = _methods(src, raw["methods"], domains)
+    budgets_raw = raw["budgets"]
+    if not isinstance(budgets_raw, list) or not budgets_raw:
+        raise _err(src, "budgets", "expected a non-empty list of layer counts or fractions, e.g. [0.1, 0.25, 0.5]")
+    budgets = [_budget(src, f"budgets[{i}]", b) for i, b in enumerate(budgets_raw)]
+    protect = raw.get("protect") or {}
+    if not isinstance(protect, dict):
+        raise _err(src, "protect", "expected {allow_deepstack: false, first: 0, last: 0}")
+    _check_keys(src, "protect", protect, {"allow_deepstack", "first", "last"})
+    protect = {"allow_deepstack": _bool(src, "protect.allow_deepstack", protect.get("allow_deepstack", False)),
+               "first": _int(src, "protect.first", protect.get("first", 0), low=0, none_ok=False),
+               "last": _int(src, "protect.last", protect.get("last", 0), low=0, none_ok=False)}
+    metrics = raw.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise _err(src, "metrics", "expected {accuracy: true, max_new_tokens: 16}")
+    _check_keys(src, "metrics", metrics, {"accuracy", "max_new_tokens"})
+    dtype = raw.get("dtype", "auto")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise _err(src, "dtype", f"{dtype!r}: choose auto, float32, bfloat16 or float16")
+    device_map = raw.get("device_map")
+    if device_map is not None:
+        device_map = _str(src, "device_map", device_map)
+    study = Study(
+        model=model, calibration=calib_paths, eval_sets=eval_sets, methods=methods, budgets=budgets,
+        dtype=dtype, device=_str(src, "device", raw.get("device", "cpu")), device_map=device_map,
+        trust_remote_code=_bool(src, "trust_remote_code", raw.get("trust_remote_code", False)),
+        batch_size=_int(src, "batch_size", raw.get("batch_size", 8), none_ok=False),
+        calib_max_samples=_int(src, "calibration.max_samples", calib.get("max_samples")),
+        max_span=_int(src, "calibration.max_span", calib.get("max_span")),
+        protect=protect, heal=_heal(src, raw.get("heal"), base, [m.label for m in methods]),
+        accuracy=_bool(src, "metrics.accuracy", metrics.get("accuracy", True)),
+        max_new_tokens=_int(src, "metrics.max_new_tokens", metrics.get("max_new_tokens", 16), none_ok=False),
+        baseline=_bool(src, "baseline", raw.get("baseline", True)), source=src, raw=raw)
+    return study
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study YAML file; raises StudyError naming the file and key."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: study file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_study(raw, path.parent.resolve(), source=path.name)
+
+
+def study_dict(study: Study) -> dict[str, Any]:
+    """The validated study as plain data (absolute paths), for study.yaml and the store's meta."""
+    out: dict[str, Any] = {
+        "model": study.model, "dtype": study.dtype, "device": study.device, "device_map": study.device_map,
+        "trust_remote_code": study.trust_remote_code, "batch_size": study.batch_size,
+        "calibration": {"data": study.calibration, "max_samples": study.calib_max_samples,
+                        "max_span": study.max_span},
+        "eval": [({"kind": "jsonl", "name": e.name, "data": e.paths, "max_samples": e.max_samples}
+                  if e.kind == "jsonl" else {"kind": "lmms", "name": e.name, "tasks": e.tasks,
+                                             "limit": e.max_samples}) | {"accuracy": e.accuracy,
+                                                                         "max_new_tokens": e.max_new_tokens}
+                 for e in study.eval_sets],
+        "methods": [{"method": m.method, **m.options} for m in study.methods],
+        "budgets": study.budgets, "protect": study.protect, "metrics": {"accuracy": study.accuracy,
+                                                                        "max_new_tokens": study.max_new_tokens},
+        "baseline": study.baseline,
+    }
+    if study.heal is not None:
+        out["heal"] = {k: v for k, v in study.heal.items() if v is not None}
+    return json.loads(json.dumps(out))
+
+
+# ------------------------------------------------------------------------- the grid
+@dataclass(frozen=True)
+class Cell:
+    """One grid point. ``heal`` is the recipe dict or None; ``budget`` a layer count."""
+
+    variant: MethodVariant
+    budget: int
+    heal: dict[str, Any] | None
+
+    @property
+    def key(self) -> str:
+        from .store import cell_key
+        return cell_key(self.variant.method, self.variant.options, self.budget, self.heal)
+
+
+def resolve_budgets(study: Study, num_layers: int, specs: list[int | float] | None = None) -> list[int]:
+    """Distinct layer counts of the study's budgets (or ``specs``) for a model of ``num_layers``."""
+    from .methods import RankError, resolve_budget
+    counts = []
+    for i, spec in enumerate(study.budgets if specs is None else specs):
+        try:
+            counts.append(resolve_budget(spec, num_layers))
+        except RankError as exc:
+            raise _err(study.source, f"budgets[{i}]", str(exc)) from None
+    return sorted(set(counts))
+
+
+BASELINE = MethodVariant("none", {}, "unpruned")
+
+
+def expand_cells(study: Study, num_layers: int) -> list[Cell]:
+    """Every cell of the study: methods x budgets (unhealed), plus healed cells at the heal
+    budgets (for the heal methods, default all), plus the unpruned baseline (budget 0)."""
+    cells = [Cell(BASELINE, 0, None)] if study.baseline else []
+    for budget in resolve_budgets(study, num_layers):
+        cells += [Cell(v, budget, None) for v in study.methods]
+    if study.heal is not None:
+        recipe = study.heal["recipe"]
+        names = study.heal["methods"]
+        for budget in resolve_budgets(study, num_layers, study.heal["budgets"]):
+            cells += [Cell(v, budget, recipe) for v in study.methods if names is None or v.label in names]
+    return cells

@@ -1,0 +1,95 @@
+"""Study files: validation names the key, before any model loads; the grid expands as written."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from depthprune.cli import app
+from depthprune.study import StudyError, expand_cells, load_study
+
+
+def write(tmp_path, calib_dir, **over):
+    study = {"model": "toy", "calibration": {"data": str(calib_dir / "calib.jsonl")},
+             "eval": [{"data": str(calib_dir / "calib.jsonl"), "name": "tiny"}],
+             "methods": [{"method": "domain", "domain": ["math", "general"]}, "last"],
+             "budgets": [1, 0.5]}
+    study.update(over)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_expansion_labels_and_cells(tmp_path, calib_dir):
+    path = write(tmp_path, calib_dir, methods=[
+        {"method": "domain", "domain": ["math", "general"], "token_group": ["all", "last"]},
+        {"method": "mixed", "weights": [{"math": 0.7, "general": 0.3}, "math=1,general=1"]},
+        {"method": "random", "seed": [0, 1]}, "block-influence", "last"],
+        budgets=[1, 0.5, 0.49])
+    study = load_study(path)
+    labels = [m.label for m in study.methods]
+    assert labels == ["domain:math@all", "domain:math@last", "domain:general@all", "domain:general@last",
+                      "mixed:general=0.3,math=0.7", "mixed:general=1,math=1", "random:seed=0", "random:seed=1",
+                      "block-influence", "last"]
+    cells = expand_cells(study, num_layers=16)
+    budgets = sorted({c.budget for c in cells})
+    assert budgets == [0, 1, 8]  # 0.5 and 0.49 of 16 layers both round to 8: one budget
+    assert len(cells) == 1 + 2 * len(labels)
+    assert len({c.key for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"methods": [{"method": "domain", "domain": "math"}, "last",
+                  {"method": "mixed", "weights": {"math": -1}}]}, "methods[2].weights"),
+    ({"methods": ["nope"]}, "methods[0].method"),
+    ({"methods": [{"method": "domain"}]}, "methods[0].domain"),
+    ({"methods": [{"method": "domain", "domain": "chemistry"}]}, "methods[0].domain"),
+    ({"methods": [{"method": "last", "colour": 3}]}, "methods[0].colour"),
+    ({"budgets": [0.25, 1.5]}, "budgets[1]"),
+    ({"budgets": []}, "budgets"),
+    ({"eval": [{"data": "missing.jsonl"}]}, "eval[0].data"),
+    ({"eval": [{"data": "x.jsonl", "colour": 1}]}, "eval[0].colour"),
+    ({"calibration": {"data": "nowhere.jsonl"}}, "calibration.data"),
+    ({"dtype": "float8"}, "dtype"),
+    ({"protect": {"first": -1}}, "protect.first"),
+    ({"batchsize": 3}, "batchsize"),
+])
+def test_errors_name_the_key(tmp_path, calib_dir, over, needle):
+    path = write(tmp_path, calib_dir, **over)
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    assert f"study.yaml: {needle}" in str(err.value)
+
+
+def test_missing_bridges_are_named(tmp_path, calib_dir):
+    if importlib.util.find_spec("depthprune.lmms") is None:
+        path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
+        with pytest.raises(StudyError, match=r"eval\[0\].kind"):
+            load_study(path)
+    if importlib.util.find_spec("depthprune.healing") is None:
+        path = write(tmp_path, calib_dir, heal={"recipe": {"mode": "lora"}, "budgets": [1]})
+        with pytest.raises(StudyError, match="heal"):
+            load_study(path)
+    else:
+        path = write(tmp_path, calib_dir, heal={"recipe": {"mode": "lora", "stepz": 3}, "budgets": [1]})
+        with pytest.raises(StudyError, match=r"heal.recipe.stepz"):
+            load_study(path)
+
+
+def test_cli_bad_study_is_one_line_exit_2_before_loading(tmp_path, calib_dir):
+    path = write(tmp_path, calib_dir, model=str(tmp_path / "no-such-model"),
+                 methods=[{"method": "mixed", "weights": "math=x"}])
+    res = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2
+    assert "study.yaml: methods[0].weights" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()
+    # a budget the model cannot meet is caught from its config, still before the weights load
+    from tiny_models import save_tiny
+    model = save_tiny("qwen3", tmp_path / "m")
+    path = write(tmp_path, calib_dir, model=str(model), budgets=[6])
+    res = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "budgets[0]" in res.output, res.output
+    assert not (tmp_path / "run").exists()
