@@ -410,13 +410,13 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
     model after depthprune's own (``pretrained``, ``device``...), so they win.
     Returns the metrics dict.
     """
-    from .evaluation import EvalResult, _finite, _write_atomic, predictions_path
+    from .atomic import atomic_files, check_output
+    from .evaluation import EvalResult, _finite, predictions_path
     from .models import resolve_model_id
     model_id = resolve_model_id(model_id)
     out = Path(out)
     for path in (out, predictions_path(out)):  # cheap checks before anything loads
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists. Pass --overwrite to replace it, or choose another --out")
+        check_output(path, overwrite, kind="file", inputs=[model_id])
     tasks = [t.strip() for t in tasks if t.strip()]
     if not tasks:
         raise LmmsError("--lmms-eval: give task names, e.g. --lmms-eval mmstar,ai2d")
@@ -490,7 +490,9 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
                      "transformers": transformers.__version__, "torch": torch.__version__},
     }
     lines = [json.dumps(dict(asdict(p), nll=_finite(p.nll)), ensure_ascii=False) for p in predictions]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(predictions_path(out), "\n".join(lines) + "\n")
-    _write_atomic(out, json.dumps(metrics, indent=1, allow_nan=False, default=str) + "\n")
+    # published together, the metrics last, under the same --overwrite rule as `eval --data`
+    with atomic_files([predictions_path(out), out], overwrite) as (tmp_predictions, tmp_metrics):
+        tmp_predictions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp_metrics.write_text(json.dumps(metrics, indent=1, allow_nan=False, default=str) + "\n",
+                               encoding="utf-8")
     return metrics
