@@ -29,7 +29,7 @@ def demo_methods(quick: bool) -> list[Any]:
     from .methods import METHODS
     entries: list[Any] = []
     for name in METHODS:
-        if name in ("domain", "ablation"):
+        if name in ("domain", "ablation", "contrast"):
             entries.append({"method": name, "domain": ["math", "general"]})
             if name == "domain" and not quick:
                 entries.append({"method": name, "domain": ["math", "general"], "token_group": "last"})
@@ -46,7 +46,7 @@ def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict
     """The demo's study as a dict (the same keys as a study YAML file)."""
     study: dict[str, Any] = {
         "model": "toy", "dtype": "float32", "batch_size": batch_size,
-        "calibration": {"data": str(data["calib"])},
+        "calibration": {"data": str(data["calib"]), "ablation": True},
         "eval": [{"name": "toy", "data": str(data["eval"]), "max_samples": 40 if quick else 100}],
         "methods": demo_methods(quick),
         "budgets": QUICK_BUDGETS if quick else FULL_BUDGETS,
@@ -87,7 +87,7 @@ class Headline:
 
 
 #: (math-aware label, general-aware label) pairs the headline compares, when present.
-PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "ablation") for g in ("", "@last")]
+PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "contrast", "ablation") for g in ("", "@last")]
 
 
 def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:

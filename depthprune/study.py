@@ -93,6 +93,7 @@ class Study:
     batch_size: int = 8
     calib_max_samples: int | None = None
     max_span: int | None = None
+    ablation: bool = False                    # also measure single-layer ablation (score --ablation)
     protect: dict[str, Any] = field(default_factory=lambda: {"allow_deepstack": False, "first": 0, "last": 0})
     heal: dict[str, Any] | None = None        # {"recipe": {...}, "budgets": [...], "methods": [...]|None, "data": [...]|None, "distill": bool}
     accuracy: bool = True
@@ -105,6 +106,7 @@ class Study:
         """What must not change when a run directory is resumed (it changes every number)."""
         return {"model": self.model, "dtype": self.dtype, "calibration": self.calibration,
                 "calib_max_samples": self.calib_max_samples, "max_span": self.max_span,
+                "ablation": self.ablation,
                 "batch_size": self.batch_size, "protect": self.protect,
                 "eval": [dataclasses.asdict(e) for e in self.eval_sets],
                 "max_new_tokens": self.max_new_tokens}
@@ -336,12 +338,16 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
     calib = {"data": calib} if isinstance(calib, (str, list)) else calib
     if not isinstance(calib, dict):
         raise _err(src, "calibration", "expected {data: [calib.jsonl], max_samples: N}")
-    _check_keys(src, "calibration", calib, {"data", "max_samples", "max_span"})
+    _check_keys(src, "calibration", calib, {"data", "max_samples", "max_span", "ablation"})
     if "data" not in calib:
         raise _err(src, "calibration.data", "missing: the calibration JSONL file(s)")
     calib_paths = _paths(src, "calibration.data", calib["data"], base)
     from .data import load_records
-    domains = {r.domain for r in load_records(calib_paths)}
+    calib_records = load_records(calib_paths)
+    domains = {r.domain for r in calib_records}
+    if calib.get("ablation"):  # its answer NLL needs answers: say so before any model loads
+        from .ablation import require_answers
+        require_answers(calib_records)
     eval_sets = _eval_sets(src, raw["eval"], base)
     methods = _methods(src, raw["methods"], domains)
     budgets_raw = raw["budgets"]
@@ -372,6 +378,7 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
         batch_size=_int(src, "batch_size", raw.get("batch_size", 8), none_ok=False),
         calib_max_samples=_int(src, "calibration.max_samples", calib.get("max_samples")),
         max_span=_int(src, "calibration.max_span", calib.get("max_span")),
+        ablation=_bool(src, "calibration.ablation", calib.get("ablation", False)),
         protect=protect, heal=_heal(src, raw.get("heal"), base, [m.label for m in methods]),
         accuracy=_bool(src, "metrics.accuracy", metrics.get("accuracy", True)),
         max_new_tokens=_int(src, "metrics.max_new_tokens", metrics.get("max_new_tokens", 16), none_ok=False),
@@ -398,7 +405,7 @@ def study_dict(study: Study) -> dict[str, Any]:
         "model": study.model, "dtype": study.dtype, "device": study.device, "device_map": study.device_map,
         "trust_remote_code": study.trust_remote_code, "batch_size": study.batch_size,
         "calibration": {"data": study.calibration, "max_samples": study.calib_max_samples,
-                        "max_span": study.max_span},
+                        "max_span": study.max_span, "ablation": study.ablation},
         "eval": [({"kind": "jsonl", "name": e.name, "data": e.paths, "max_samples": e.max_samples}
                   if e.kind == "jsonl" else {"kind": "lmms", "name": e.name, "tasks": e.tasks,
                                              "limit": e.max_samples}) | {"accuracy": e.accuracy,
