@@ -47,6 +47,10 @@ from .sft import (
     training_batch,
 )
 
+# TRL 1.16 reads transformers' renamed `gradient_checkpointing` attributes; the deprecation
+# warnings are about its code, not the user's, and would print on every healing run.
+warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated")
+
 __all__ = ["HEAL_MODES", "HealConfig", "HealError", "HealStats", "heal", "heal_model",
            "neighbour_layers", "training_batch", "verify_stock_keys", "work_dir_for"]
 
@@ -222,6 +226,9 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
         data_collator=RecordCollator(processor, records), processing_class=processor,
         peft_config=peft_config, teacher=teacher, distill_weight=config.distill_weight if teacher else 0.0,
         temperature=config.temperature)
+    if not progress:  # with tqdm off, transformers prints every log dict instead: keep logs clean
+        from transformers.trainer_callback import PrinterCallback
+        trainer.remove_callback(PrinterCallback)
     if teacher is not None:
         teacher.to(trainer.args.device)
     if config.mode == "lora":
