@@ -236,7 +236,10 @@ def test_layers_and_options_checked_before_loading(models, scored, calib_dir, tm
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert_user_error(run("prune", broken, "--layers", "4", "--out", afile / "sub"), afile / "sub", "cannot write")
-    assert_user_error(run("demo", "--budget", "abc", "--out", tmp_path / "demo"), "budget 'abc'")
+    study = tmp_path / "study.yaml"  # a study's budgets are checked before its model loads
+    study.write_text(f"model: {broken}\ncalibration: {{data: [{calib_dir / 'calib.jsonl'}]}}\n"
+                     f"eval: [{{name: e, data: [{calib_dir / 'calib.jsonl'}]}}]\nmethods: [last]\nbudgets: [abc]\n")
+    assert_user_error(run("sweep", study, "--out", tmp_path / "demo"), "budgets")
     assert tree_hash(broken) == before and not out.exists() and not (tmp_path / "demo").exists()
 
 
