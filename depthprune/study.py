@@ -268,9 +268,11 @@ def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
             es = EvalSet(name, kind, paths=paths)
         elif kind == "lmms":
             _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens"})
-            if importlib.util.find_spec("depthprune.lmms") is None:
-                raise _err(src, f"{key}.kind", "lmms-eval tasks need the depthprune.lmms bridge, which this "
-                                               "install lacks; update depthprune or use kind: jsonl")
+            from . import lmms
+            if not hasattr(lmms, "sweep_samples"):  # in-memory pruned models are not wired to lmms-eval yet
+                raise _err(src, f"{key}.kind", "lmms-eval tasks inside a sweep are not supported yet: run the "
+                                               "study on kind: jsonl eval sets, then evaluate the pruned "
+                                               "checkpoints you pick with `depthprune eval --lmms-eval`")
             tasks = [_str(src, f"{key}.tasks", t) for t in _as_list(entry.get("tasks") or [])]
             if not tasks:
                 raise _err(src, f"{key}.tasks", "give at least one lmms-eval task name")

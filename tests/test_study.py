@@ -65,10 +65,9 @@ def test_errors_name_the_key(tmp_path, calib_dir, over, needle):
 
 
 def test_missing_bridges_are_named(tmp_path, calib_dir):
-    if importlib.util.find_spec("depthprune.lmms") is None:
-        path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
-        with pytest.raises(StudyError, match=r"eval\[0\].kind"):
-            load_study(path)
+    path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
+    with pytest.raises(StudyError, match=r"eval\[0\].kind.*not supported yet"):  # not wired into sweeps yet
+        load_study(path)
     if importlib.util.find_spec("depthprune.healing") is None:
         path = write(tmp_path, calib_dir, heal={"recipe": {"mode": "lora"}, "budgets": [1]})
         with pytest.raises(StudyError, match="heal"):
