@@ -11,7 +11,6 @@ general-aware removal at 25% per domain with exact McNemar tests on per-sample c
 from __future__ import annotations
 
 import importlib.util
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,20 +59,9 @@ def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict
 
 
 def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
-    """(only a right, only b right, exact two-sided p) on paired correctness; uses
-    ``depthprune.stats.mcnemar_exact`` when present."""
-    try:
-        from .stats import mcnemar_exact  # type: ignore[import-not-found]
-        return mcnemar_exact(a, b)
-    except ImportError:
-        pass
-    a_only = sum(1 for x, y in zip(a, b) if x and not y)
-    b_only = sum(1 for x, y in zip(a, b) if y and not x)
-    n = a_only + b_only
-    if n == 0:
-        return a_only, b_only, 1.0
-    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2 ** n
-    return a_only, b_only, min(1.0, 2 * tail)
+    """(only a right, only b right, exact two-sided p) on paired correctness."""
+    from .stats import mcnemar_exact
+    return mcnemar_exact(a, b)
 
 
 @dataclass

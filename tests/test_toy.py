@@ -95,12 +95,12 @@ def test_training_is_deterministic_by_seed(tmp_path):
 
 
 def test_mcnemar_exact_matches_the_binomial_tail():
-    from depthprune.toy.domain_check import mcnemar_exact
-    assert mcnemar_exact(0, 6) == 2 / 64  # both one-sided tails of Binomial(6, 1/2) at 0
-    assert mcnemar_exact(6, 0) == mcnemar_exact(0, 6)
-    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    from depthprune.stats import binomial_two_sided
+    assert binomial_two_sided(0, 6) == 2 / 64  # both one-sided tails of Binomial(6, 1/2) at 0
+    assert binomial_two_sided(6, 6) == binomial_two_sided(0, 6)
+    assert binomial_two_sided(3, 6) == 1.0 and binomial_two_sided(0, 0) == 1.0
     # 10 vs 25 discordant pairs: sum_{i<=10} C(35, i) / 2^35, doubled
-    assert abs(mcnemar_exact(10, 25) - 0.016674) < 1e-6
+    assert abs(binomial_two_sided(10, 35) - 0.016674) < 1e-6
 
 
 def test_paired_counts_discordant_records(tmp_path):

@@ -21,22 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from depthprune.stats import binomial_two_sided
 
 DOMAINS = ("math", "general")
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs (binomial, p=1/2)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
 
 
 def paired(pred_a: Path, pred_b: Path, domain: str) -> dict:
@@ -50,7 +41,7 @@ def paired(pred_a: Path, pred_b: Path, domain: str) -> dict:
     only_a = sum(a[k] and not b[k] for k in a)
     only_b = sum(b[k] and not a[k] for k in a)
     return {"n": len(a), "acc_a": sum(a.values()) / len(a), "acc_b": sum(b.values()) / len(b),
-            "only_a": only_a, "only_b": only_b, "p": mcnemar_exact(only_a, only_b)}
+            "only_a": only_a, "only_b": only_b, "p": binomial_two_sided(only_a, only_a + only_b)}
 
 
 def _cli(*args: str, wait: bool = True) -> subprocess.Popen | None:
