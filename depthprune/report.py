@@ -256,12 +256,6 @@ class _Doc:
         self.html.append("</details>")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 # ----------------------------------------------------------------------------- the report
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                  resamples: int = 50, seed: int = 0, progress: bool = True) -> Path:
@@ -401,8 +395,10 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>depthprune report: {html.escape(str(model))}</title><style>{CSS}</style></head><body>"
             + "\n".join(doc.html) + "</body></html>")
-    _write_atomic(out, page)
-    _write_atomic(out.with_suffix(".md"), "\n".join(doc.md).lstrip() + "\n")
+    # the report is derived from the run directory: regenerating it replaces the old one
+    from .atomic import write_text_atomic
+    write_text_atomic(out, page, overwrite=True)
+    write_text_atomic(out.with_suffix(".md"), "\n".join(doc.md).lstrip() + "\n", overwrite=True)
     return out
 
 
