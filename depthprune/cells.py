@@ -73,11 +73,11 @@ def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet
     results: dict[str, list[Sample]] = {}
     for es, records in sets:
         max_new = es.max_new_tokens or max_new_tokens
-        if es.kind == "lmms":
-            from . import lmms  # type: ignore[attr-defined]  # the lmms-eval bridge, when installed
-            results[es.name] = list(lmms.sweep_samples(  # type: ignore[attr-defined]
-                model, processor, es.tasks, limit=es.max_samples, batch_size=batch_size,
-                max_new_tokens=max_new, accuracy=accuracy and es.accuracy))
+        if es.kind == "lmms":  # accuracy only (validated: lmms sets need metrics.accuracy)
+            from . import lmms
+            results[es.name] = lmms.sweep_samples(
+                model, processor, es.tasks, include_path=es.include_path, limit=es.max_samples,
+                batch_size=batch_size, max_new_tokens=es.max_new_tokens, progress=progress)
         elif accuracy and es.accuracy:
             res = evaluate(model, processor, records, batch_size=batch_size, max_new_tokens=max_new,
                            progress=progress)

@@ -412,12 +412,16 @@ def data_text(
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
     n_calib: Annotated[int, typer.Option(min=0, help="Calibration records per domain.")] = 40,
     n_eval: Annotated[int, typer.Option(min=0, help="Evaluation records per domain.")] = 100,
+    n_train: Annotated[int, typer.Option(min=0, help=(
+        "Training records per domain for `heal` (0 = no train split); general ones come from the "
+        "questions calib/eval left unused plus training-only word questions."))] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Write the text two-domain benchmark (math: arithmetic and word problems; general: everyday
-    knowledge and word facts) with calib and eval splits sharing no question."""
+    knowledge and word facts) with calib, eval (and train) splits sharing no question."""
     from .textbench import write_text_benchmark
-    paths = write_text_benchmark(out_dir, seed=seed, n_calib=n_calib, n_eval=n_eval, overwrite=overwrite)
+    paths = write_text_benchmark(out_dir, seed=seed, n_calib=n_calib, n_eval=n_eval,
+                                 n_train=n_train, overwrite=overwrite)
     for split, path in paths.items():
         console.print(f"{split}: {path}", highlight=False)
 

@@ -59,10 +59,11 @@ class LmmsError(ValueError):
 
 
 def _require_lmms() -> None:
-    try:
-        import lmms_eval  # noqa: F401
-    except ImportError:
-        raise LmmsError("--lmms-eval needs the lmms-eval package: pip install 'depthprune[lmms]'") from None
+    import importlib.util
+    # decord and qwen_vl_utils: imported at module level by lmms-eval's qwen3_vl model
+    missing = [m for m in ("lmms_eval", "decord", "qwen_vl_utils") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LmmsError(f"--lmms-eval needs {', '.join(missing)} (not installed): pip install 'depthprune[lmms]'")
 
 
 def set_offline() -> None:
@@ -253,6 +254,16 @@ def convert_results(results: dict) -> tuple[list, dict]:
 LMMS_DEFAULT_MAX_PIXELS = 1605632  # lmms-eval's qwen3_vl default cap on an image's pixels
 
 
+def _limits(size: Any) -> dict[str, int]:
+    """From a processor's ``size``: a dict (config JSON) or transformers' ``SizeDict``."""
+    def get(key: str) -> Any:
+        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    low, high = get("shortest_edge"), get("longest_edge")
+    if low and high:
+        return {"min_pixels": int(low), "max_pixels": int(min(high, LMMS_DEFAULT_MAX_PIXELS))}
+    return {}
+
+
 def image_limits(model_id: str | os.PathLike) -> dict[str, int]:
     """``min_pixels``/``max_pixels`` for lmms-eval's Qwen image resizing: the checkpoint
     processor's own limits (so images are sized as its processor sizes them), the maximum
@@ -261,10 +272,9 @@ def image_limits(model_id: str | os.PathLike) -> dict[str, int]:
         path = Path(model_id) / name
         if path.is_file():
             cfg = json.loads(path.read_text())
-            size = (cfg.get("image_processor") or cfg).get("size") or {}
-            low, high = size.get("shortest_edge"), size.get("longest_edge")
-            if low and high:
-                return {"min_pixels": int(low), "max_pixels": int(min(high, LMMS_DEFAULT_MAX_PIXELS))}
+            limits = _limits((cfg.get("image_processor") or cfg).get("size"))
+            if limits:
+                return limits
     return {}
 
 
@@ -300,10 +310,31 @@ def plugin_class() -> Any:
                 raise LmmsError(f"unknown lmms model_args for depthprune_qwen3_vl: {sorted(kwargs)}")
             model, processor = load_model(pretrained, dtype=dtype, device=device,
                                           trust_remote_code=bool(trust_remote_code))
+            self._setup(model, processor, batch_size=batch_size, use_cache=use_cache, min_pixels=min_pixels,
+                        max_pixels=max_pixels, max_num_frames=max_num_frames, fps=fps,
+                        total_pixels=total_pixels, enable_thinking=enable_thinking,
+                        system_prompt=system_prompt, interleave_visuals=interleave_visuals,
+                        reasoning_prompt=reasoning_prompt)
+
+        @classmethod
+        def around(cls, model: Any, processor: Any, **options: Any) -> Any:
+            """An instance around an already loaded ``model`` (e.g. a sweep's pruned-in-memory
+            copy): nothing is loaded; ``options`` as for the constructor."""
+            self = cls.__new__(cls)
+            lmms.__init__(self)
+            self._setup(model, processor, **options)
+            return self
+
+        def _setup(self, model: Any, processor: Any, *, batch_size: int | str = 1, use_cache: Any = True,
+                   min_pixels: int = 256 * 28 * 28, max_pixels: int = LMMS_DEFAULT_MAX_PIXELS,
+                   max_num_frames: int = 32, fps: float | None = None, total_pixels: int | None = None,
+                   enable_thinking: bool | None = None, system_prompt: str = "",
+                   interleave_visuals: bool = False, reasoning_prompt: str | None = None) -> None:
             self._model, self._config = model.eval(), model.config
             self.processor = processor
             self._tokenizer = processor.tokenizer
-            self._device, self.device_map = torch.device(device), device
+            device = next(model.parameters()).device
+            self._device, self.device_map = device, str(device)
             self.max_pixels, self.min_pixels = int(max_pixels), int(min_pixels)
             self.max_num_frames, self.fps, self.total_pixels = int(max_num_frames), fps, total_pixels
             self.enable_thinking = enable_thinking
@@ -398,6 +429,54 @@ def _offline_failure(exc: BaseException) -> bool:
     return False
 
 
+def task_manager(tasks: Sequence[str], include_path: str | os.PathLike | None = None,
+                 what: str = "--lmms-eval") -> Any:
+    """lmms-eval's TaskManager for ``tasks``, once every task is known and its dataset is on
+    disk (offline; :func:`check_datasets_offline`). ``what`` names the option in errors."""
+    _require_lmms()
+    set_offline()
+    from lmms_eval.tasks import TaskManager
+    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        import difflib
+        hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
+        raise LmmsError(f"{what}: unknown task(s) " + "; ".join(
+            f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
+            + ". Local tasks need an include path (--include-path DIR; in a study, include_path:)")
+    check_datasets_offline(manager, tasks)
+    return manager
+
+
+def sweep_samples(model: Any, processor: Any, tasks: Sequence[str], *, include_path: str | os.PathLike | None = None,
+                  limit: int | None = None, batch_size: int = 1, max_new_tokens: int | None = None,
+                  manager: Any = None, progress: bool = False) -> list[tuple[str, str, int, None]]:
+    """Run lmms-eval ``tasks`` on an in-memory Qwen3-VL ``model`` (a sweep's pruned copy) and
+    return every sample as (id ``TASK/DOC_ID``, domain, correct 0/1, None): the sample tuples
+    of :mod:`depthprune.cells`. lmms-eval measures no NLL; tasks without a 0/1 per-sample
+    metric are left out with a warning, as in :func:`run`. ``max_new_tokens`` None keeps each
+    task's own generation length."""
+    manager = manager or task_manager(tasks, include_path, what="study eval set")
+    from lmms_eval import evaluator
+    limits = _limits(getattr(getattr(processor, "image_processor", None), "size", None))
+    lm = plugin_class().around(model, processor, batch_size=batch_size, **limits)
+    try:
+        results = evaluator.simple_evaluate(
+            model=lm, tasks=list(tasks), limit=limit, batch_size=batch_size, device=str(lm.device),
+            task_manager=manager, log_samples=True, bootstrap_iters=0,  # the report does its own statistics
+            gen_kwargs=f"max_new_tokens={max_new_tokens}" if max_new_tokens else None, verbosity="ERROR")
+    finally:
+        model.eval()
+    predictions, extras = convert_results(results)
+    left_out = [t for t, e in extras.items() if not e["per_sample"] and "metric" in e]
+    if left_out:
+        warnings.warn(f"lmms-eval task(s) {left_out} have no 0/1 per-sample metric: left out of the sweep",
+                      stacklevel=2)
+    if not predictions:
+        raise LmmsError(f"lmms-eval tasks {list(tasks)} gave no per-sample 0/1 results")
+    return [(p.id, p.domain, int(p.correct), None) for p in predictions]
+
+
 def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLike, *,
         include_path: str | os.PathLike | None = None, limit: int | None = None, batch_size: int = 1,
         max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
@@ -424,21 +503,9 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
         raise LmmsError(f"--include-path {include_path}: not a directory of task YAML files")
     if limit is not None and limit < 1:
         raise LmmsError(f"--limit must be >= 1, got {limit}")
-    _require_lmms()
-    set_offline()
     family = family_for(model_id, lmms_model)
-
+    manager = task_manager(tasks, include_path)
     from lmms_eval import evaluator
-    from lmms_eval.tasks import TaskManager
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        import difflib
-        hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
-        raise LmmsError("--lmms-eval: unknown task(s) " + "; ".join(
-            f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
-            + ". Local tasks need --include-path DIR")
-    check_datasets_offline(manager, tasks)
     from lmms_eval.utils import simple_parse_args_string
     args: dict[str, Any] = {"pretrained": str(model_id)}
     if family == "depthprune_qwen3_vl":

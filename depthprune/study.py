@@ -65,7 +65,8 @@ class EvalSet:
     tasks: list[str] = field(default_factory=list)
     max_samples: int | None = None  # jsonl: first N per domain; lmms: limit per task
     accuracy: bool = True
-    max_new_tokens: int | None = None  # None: the study's metrics.max_new_tokens
+    max_new_tokens: int | None = None  # None: the study's metrics.max_new_tokens (lmms: the task's own)
+    include_path: str | None = None    # lmms: a directory of local task YAML files
 
 
 @dataclass
@@ -267,17 +268,26 @@ def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
             name = _str(src, f"{key}.name", entry.get("name", Path(paths[0]).stem))
             es = EvalSet(name, kind, paths=paths)
         elif kind == "lmms":
-            _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens"})
-            from . import lmms
-            if not hasattr(lmms, "sweep_samples"):  # in-memory pruned models are not wired to lmms-eval yet
-                raise _err(src, f"{key}.kind", "lmms-eval tasks inside a sweep are not supported yet: run the "
-                                               "study on kind: jsonl eval sets, then evaluate the pruned "
-                                               "checkpoints you pick with `depthprune eval --lmms-eval`")
+            _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens",
+                                          "include_path"})
+            import importlib.util
+            if importlib.util.find_spec("lmms_eval") is None:
+                raise _err(src, f"{key}.kind", "lmms-eval sets need the lmms-eval package: "
+                                               "pip install 'depthprune[lmms]'")
             tasks = [_str(src, f"{key}.tasks", t) for t in _as_list(entry.get("tasks") or [])]
             if not tasks:
                 raise _err(src, f"{key}.tasks", "give at least one lmms-eval task name")
+            if entry.get("accuracy", True) is False:
+                raise _err(src, f"{key}.accuracy", "lmms-eval sets measure accuracy only (no answer NLL): "
+                                                   "drop accuracy: false or the set")
             name = _str(src, f"{key}.name", entry.get("name", "lmms"))
             es = EvalSet(name, kind, tasks=tasks)
+            if entry.get("include_path") is not None:
+                include = Path(_str(src, f"{key}.include_path", entry["include_path"])).expanduser()
+                include = include if include.is_absolute() else (base / include)
+                if not include.is_dir():
+                    raise _err(src, f"{key}.include_path", f"{include}: not a directory of lmms-eval task YAML files")
+                es.include_path = str(include)
             es.max_samples = _int(src, f"{key}.limit", entry.get("limit"))
         else:
             raise _err(src, f"{key}.kind", f"unknown kind {kind!r}; choose jsonl or lmms")
@@ -385,6 +395,9 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
         accuracy=_bool(src, "metrics.accuracy", metrics.get("accuracy", True)),
         max_new_tokens=_int(src, "metrics.max_new_tokens", metrics.get("max_new_tokens", 16), none_ok=False),
         baseline=_bool(src, "baseline", raw.get("baseline", True)), source=src, raw=raw)
+    if not study.accuracy and any(e.kind == "lmms" for e in eval_sets):
+        raise _err(src, "metrics.accuracy", "false leaves the lmms-eval sets nothing to measure (they give "
+                                            "accuracy only): set it true or drop those sets")
     return study
 
 
@@ -410,6 +423,7 @@ def study_dict(study: Study) -> dict[str, Any]:
                         "max_span": study.max_span, "ablation": study.ablation},
         "eval": [({"kind": "jsonl", "name": e.name, "data": e.paths, "max_samples": e.max_samples}
                   if e.kind == "jsonl" else {"kind": "lmms", "name": e.name, "tasks": e.tasks,
+                                             "include_path": e.include_path,
                                              "limit": e.max_samples}) | {"accuracy": e.accuracy,
                                                                          "max_new_tokens": e.max_new_tokens}
                  for e in study.eval_sets],

@@ -156,13 +156,34 @@ def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells:
             info |= {"files": es.paths, "n": len(records),
                      "domains": {d: sum(r.domain == d for r in records) for d in sorted({r.domain for r in records})}}
         else:
-            info |= {"tasks": es.tasks, "limit": es.max_samples}
+            info |= {"tasks": es.tasks, "limit": es.max_samples, "include_path": es.include_path}
         sets[es.name] = info
     return {"model": str(study.model), "num_layers": scores.num_layers, "domains": scores.domains,
             "protected_layers": protected_layers(scores.num_layers, scores.protected_layers, req),
             "study": study_dict(study), "eval_sets": sets, "depthprune_version": __version__,
             "study_identity": study.identity(), "scores_fingerprint": scores.fingerprint(),
             "cells_total": n_cells}
+
+
+def _check_lmms_sets(study: Study) -> None:
+    """Before the model loads: lmms-eval sets need a Qwen3-VL model (pruned copies live in
+    memory and go to lmms-eval through depthprune's qwen3_vl class), known tasks and their
+    datasets on disk."""
+    lmms_sets = [es for es in study.eval_sets if es.kind == "lmms"]
+    if not lmms_sets:
+        return
+    from . import lmms
+    from .models import resolve_model_id
+    try:
+        family = lmms.family_for(resolve_model_id(study.model))
+    except lmms.LmmsError:
+        family = None
+    if family != "depthprune_qwen3_vl":
+        raise StudyError(f"{study.source}: eval: lmms-eval sets inside a sweep need a Qwen3-VL model; for "
+                         f"{study.model} run the study on jsonl sets and evaluate the pruned checkpoints you "
+                         "pick with `depthprune eval --lmms-eval`")
+    for es in lmms_sets:
+        lmms.task_manager(es.tasks, es.include_path, what=f"{study.source}: eval set {es.name!r}")
 
 
 def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False) -> SweepResult:
@@ -207,6 +228,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
 
     from .models import load_model, resolve_model_id
     from .pruning import layers_removed
+    _check_lmms_sets(study)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
                                 device_map=study.device_map, trust_remote_code=study.trust_remote_code)
     scores, settings = _scores(study, out, net, processor, calib, ctx, progress)

@@ -82,6 +82,43 @@ _FACTS = [("What do bees make?", "honey"), ("What animal says moo?", "cow"),
           ("What is the largest animal on Earth?", "whale"), ("What do pandas mostly eat?", "bamboo"),
           ("What do monkeys like to eat?", "bananas"), ("What is the name of our galaxy?", "Milky Way")]
 
+# Training-only word questions (regular word forms, calendar order): ``--n-train`` draws from
+# these and from the general questions that calib/eval left unused, so healing data never
+# repeats an evaluated question and the calib/eval splits stay what they were.
+_REGULAR_PLURALS = ["cat", "book", "tree", "car", "bird", "cup", "hat", "pen", "door", "shoe",
+                    "bus", "dress", "church", "watch", "glass", "fox", "dish", "brush", "class", "bench",
+                    "party", "lady", "story", "toy", "key", "day", "boy", "song", "lamp"]
+_PAST_TENSE = [("walk", "walked"), ("play", "played"), ("jump", "jumped"), ("talk", "talked"),
+               ("open", "opened"), ("clean", "cleaned"), ("cook", "cooked"), ("help", "helped"),
+               ("look", "looked"), ("call", "called"), ("dance", "danced"), ("smile", "smiled"),
+               ("go", "went"), ("eat", "ate"), ("see", "saw"), ("run", "ran"), ("swim", "swam"),
+               ("sing", "sang"), ("write", "wrote"), ("drink", "drank"), ("take", "took"),
+               ("give", "gave"), ("come", "came"), ("make", "made"), ("sleep", "slept"),
+               ("think", "thought"), ("bring", "brought"), ("teach", "taught"), ("fly", "flew"),
+               ("speak", "spoke")]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December"]
+
+
+def _plural(word: str) -> str:
+    if word.endswith(("s", "x", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def _train_only_pool() -> list[tuple[str, str, str]]:
+    """General questions used only by the train split, as (kind, question, answer)."""
+    pool = [("plural", f"What is the plural of '{w}'?", _plural(w)) for w in _REGULAR_PLURALS]
+    pool += [("past", f"What is the past tense of '{w}'?", a) for w, a in _PAST_TENSE]
+    for names in (_DAYS, _MONTHS):
+        pool += [("next", f"What comes after {a}?", names[(i + 1) % len(names)])
+                 for i, a in enumerate(names)]
+    return pool
+
+
 _NAMES = ["Tom", "Anna", "Sam", "Lily", "Ben", "Mia", "Leo", "Emma", "Max", "Zoe", "Jack", "Ella"]
 _ITEMS = ["apples", "pencils", "books", "cookies", "marbles", "stickers", "balloons", "cards", "coins", "shells"]
 
@@ -125,18 +162,25 @@ def _math_question(rng: random.Random, used: set) -> tuple[str, str, int]:
             return kind, question, answer
 
 
-def build_splits(seed: int = 0, n_calib: int = 40, n_eval: int = 100) -> dict[str, list[dict]]:
-    """The records of each split: ``n_calib`` / ``n_eval`` records *per domain*.
+def build_splits(seed: int = 0, n_calib: int = 40, n_eval: int = 100,
+                 n_train: int = 0) -> dict[str, list[dict]]:
+    """The records of each split: ``n_calib`` / ``n_eval`` / ``n_train`` records *per domain*.
 
-    Returns {"calib": [...], "eval": [...]} (JSON-ready dicts with id, domain, question,
-    answer, kind). Raises ValueError if the general pool is too small for the sizes asked.
+    Returns {"calib": [...], "eval": [...]} plus "train" when ``n_train`` > 0 (JSON-ready
+    dicts with id, domain, question, answer, kind). calib and eval do not depend on
+    ``n_train``: train is drawn after them, from the questions they left unused plus
+    training-only word questions. Raises ValueError if the pools are too small.
     """
     pool = _general_pool()
-    if n_calib < 0 or n_eval < 0:
-        raise ValueError(f"--n-calib and --n-eval must be >= 0, got {n_calib} and {n_eval}")
+    if n_calib < 0 or n_eval < 0 or n_train < 0:
+        raise ValueError(f"--n-calib, --n-eval and --n-train must be >= 0, got {n_calib}, {n_eval}, {n_train}")
     if n_calib + n_eval > len(pool):
         raise ValueError(f"--n-calib {n_calib} + --n-eval {n_eval} exceeds the {len(pool)} distinct "
                          "general questions; lower them")
+    n_train_pool = len(pool) - n_calib - n_eval + len(_train_only_pool())
+    if n_train > n_train_pool:
+        raise ValueError(f"--n-train {n_train} exceeds the {n_train_pool} general questions left for "
+                         f"training with --n-calib {n_calib} --n-eval {n_eval}; lower it")
     rng = random.Random(seed)
     general = pool[:]
     rng.shuffle(general)
@@ -154,12 +198,25 @@ def build_splits(seed: int = 0, n_calib: int = 40, n_eval: int = 100) -> dict[st
                             "question": question + GENERAL_SUFFIX, "answer": answer})
         start += n
         out[split] = records
+    if n_train:
+        train_general = general[start:] + _train_only_pool()
+        rng.shuffle(train_general)
+        records = []
+        for i in range(n_train):
+            kind, question, answer = _math_question(rng, used)
+            records.append({"id": f"train-math-{i:04d}", "domain": "math", "kind": kind,
+                            "question": question + MATH_SUFFIX, "answer": str(answer)})
+        for i, (kind, question, answer) in enumerate(train_general[:n_train]):
+            records.append({"id": f"train-general-{i:04d}", "domain": "general", "kind": kind,
+                            "question": question + GENERAL_SUFFIX, "answer": answer})
+        out["train"] = records
     return out
 
 
 def write_text_benchmark(out_dir: str | Path, seed: int = 0, n_calib: int = 40, n_eval: int = 100,
-                         overwrite: bool = False) -> dict[str, Path]:
-    """Write ``calib.jsonl`` and ``eval.jsonl`` under ``out_dir`` atomically.
+                         overwrite: bool = False, n_train: int = 0) -> dict[str, Path]:
+    """Write ``calib.jsonl`` and ``eval.jsonl`` (and ``train.jsonl`` when ``n_train``) under
+    ``out_dir`` atomically.
 
     Returns {split: path}. Raises FileExistsError if ``out_dir`` exists and is not empty
     (unless ``overwrite``), ValueError for sizes the question pool cannot meet.
@@ -167,15 +224,18 @@ def write_text_benchmark(out_dir: str | Path, seed: int = 0, n_calib: int = 40, 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty. Choose another --out or pass --overwrite")
-    splits = build_splits(seed, n_calib, n_eval)
+    splits = build_splits(seed, n_calib, n_eval, n_train)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for split, records in splits.items():
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             (tmp / f"{split}.jsonl").write_text(text, encoding="utf-8")
         (tmp / "README.md").write_text(
             f"# depthprune text benchmark (seed {seed})\n\n`calib.jsonl`: {n_calib} and `eval.jsonl`: "
-            f"{n_eval} records per domain (math, general); the splits share no question. Written by "
-            f"`depthprune data text --seed {seed} --n-calib {n_calib} --n-eval {n_eval}`.\n")
+            f"{n_eval} records per domain (math, general)"
+            + (f", `train.jsonl`: {n_train} per domain" if n_train else "")
+            + "; the splits share no question. Written by "
+            f"`depthprune data text --seed {seed} --n-calib {n_calib} --n-eval {n_eval}"
+            + (f" --n-train {n_train}" if n_train else "") + "`.\n")
     return {split: out / f"{split}.jsonl" for split in splits}
 
 

@@ -75,6 +75,11 @@ def test_family_from_the_checkpoint_config(tmp_path):
         family_for(tmp_path)
     # the toy processor's own image limits (64x64 images stay 64x64), capped like lmms-eval
     assert image_limits(MODEL_DIR) == {"min_pixels": 1024, "max_pixels": 16384}
+    # a sweep's in-memory model: the same limits from the loaded processor's SizeDict
+    from transformers import AutoProcessor
+
+    from depthprune.lmms import _limits
+    assert _limits(AutoProcessor.from_pretrained(MODEL_DIR).image_processor.size) == image_limits(MODEL_DIR)
 
 
 def test_eval_cli_input_errors(tmp_path):

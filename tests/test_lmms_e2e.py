@@ -51,3 +51,34 @@ def test_lmms_eval_matches_builtin_evaluator(tmp_path_factory, pruned):
         for key in ("n", "correct", "accuracy", "ci95"):
             assert a["domains"][domain][key] == b["domains"][domain][key], (domain, key)
     assert b["lmms_eval"]["tasks"] == ["toyq"] and b["domains"]["math"]["answer_nll"] is None
+
+
+def test_sweep_lmms_set_matches_jsonl_set_per_sample(tmp_path):
+    """A study with the same records as a jsonl set and as a local lmms-eval task: every cell
+    (unpruned and pruned in memory) gets the same per-sample correctness from both."""
+    pytest.importorskip("lmms_eval")
+    import yaml
+
+    from depthprune.store import read_results
+    from depthprune.sweep import run_study
+    from depthprune.synth import synthesize
+    data = synthesize(tmp_path / "data", seed=4, n_train=0, n_calib=8, n_eval=12)
+    res = CliRunner().invoke(app, ["data", "lmms-task", "--data", str(data["eval"]), "--out",
+                                   str(tmp_path / "task"), "--name", "toyq", "--max-new-tokens", "8"])
+    assert res.exit_code == 0, res.output
+    study = {"model": "toy", "calibration": {"data": str(data["calib"])}, "batch_size": 1,
+             "eval": [{"data": str(data["eval"]), "name": "builtin"},
+                      {"kind": "lmms", "tasks": ["toyq"], "include_path": "task", "name": "lmms"}],
+             "methods": ["last"], "budgets": [2], "metrics": {"max_new_tokens": 8}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    result = run_study(tmp_path / "study.yaml", tmp_path / "run", quiet=True)
+    assert result.cells_written == 2  # the baseline and last@2
+    rows = read_results(tmp_path / "run" / "results.sqlite")
+    by = {(r.cell, r.eval_set, r.domain): r for r in rows}
+    for cell in {r.cell for r in rows}:
+        for domain in ("math", "general"):
+            builtin, lmms = by[(cell, "builtin", domain)], by[(cell, "lmms", domain)]
+            assert lmms.n == builtin.n == 6 and lmms.nll is None
+            want = {sid: c for sid, c, _ in builtin.samples}
+            got = {sid.rsplit("/", 1)[-1]: c for sid, c, _ in lmms.samples}
+            assert got == want, (cell, domain)

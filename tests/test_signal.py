@@ -191,6 +191,23 @@ def test_text_benchmark_is_deterministic_disjoint_and_checkable(tmp_path):
         build_splits(n_calib=100, n_eval=100)
 
 
+def test_text_train_split_is_disjoint_and_leaves_calib_eval_unchanged(tmp_path):
+    plain = build_splits(seed=2, n_calib=40, n_eval=100)
+    with_train = build_splits(seed=2, n_calib=40, n_eval=100, n_train=80)
+    assert with_train["calib"] == plain["calib"] and with_train["eval"] == plain["eval"]
+    train = with_train["train"]
+    assert [r["domain"] for r in train].count("general") == 80 == [r["domain"] for r in train].count("math")
+    held = {r["question"] for split in ("calib", "eval") for r in plain[split]}
+    assert not held & {r["question"] for r in train}
+    assert len({r["question"] for r in train}) == len(train)
+    past = [r for r in train if r["kind"] == "past"]
+    assert past and all(score_answer(r["answer"], r["answer"]) for r in past)
+    with pytest.raises(ValueError, match="--n-train 500 exceeds"):
+        build_splits(n_train=500)
+    paths = write_text_benchmark(tmp_path / "t", seed=2, n_calib=4, n_eval=6, n_train=5)
+    assert len(load_records(paths["train"], require_answer=True)) == 10
+
+
 def test_cli_data_text(tmp_path):
     result = CliRunner().invoke(app, ["data", "text", "--out", str(tmp_path / "t"), "--seed", "1",
                                       "--n-calib", "4", "--n-eval", "6"])

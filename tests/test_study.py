@@ -64,10 +64,35 @@ def test_errors_name_the_key(tmp_path, calib_dir, over, needle):
     assert f"study.yaml: {needle}" in str(err.value)
 
 
-def test_missing_bridges_are_named(tmp_path, calib_dir):
+def test_lmms_eval_sets_are_validated_up_front(tmp_path, calib_dir):
     path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
-    with pytest.raises(StudyError, match=r"eval\[0\].kind.*not supported yet"):  # not wired into sweeps yet
+    if importlib.util.find_spec("lmms_eval") is None:
+        with pytest.raises(StudyError, match=r"eval\[0\].kind.*needs the lmms-eval package"):
+            load_study(path)
+        return
+    assert load_study(path).eval_sets[0].tasks == ["mmstar"]
+    for entry, needle in (({"accuracy": False}, r"eval\[0\].accuracy: lmms-eval sets measure accuracy only"),
+                          ({"include_path": "nowhere"}, r"eval\[0\].include_path: .*nowhere: not a directory")):
+        path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"], **entry}])
+        with pytest.raises(StudyError, match=needle):
+            load_study(path)
+    path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"]}], metrics={"accuracy": False})
+    with pytest.raises(StudyError, match="metrics.accuracy: false leaves the lmms-eval sets nothing"):
         load_study(path)
+
+
+def test_lmms_eval_sets_need_a_qwen3_vl_model_before_it_loads(tmp_path, calib_dir):
+    pytest.importorskip("lmms_eval")
+    from depthprune.sweep import run_study
+    from tiny_models import save_tiny
+    llm = save_tiny("qwen3", tmp_path / "llm")
+    path = write(tmp_path, calib_dir, model=str(llm), eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
+    with pytest.raises(StudyError, match="lmms-eval sets inside a sweep need a Qwen3-VL model"):
+        run_study(path, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "scores.json").exists()
+
+
+def test_missing_bridges_are_named(tmp_path, calib_dir):
     if importlib.util.find_spec("depthprune.healing") is None:
         path = write(tmp_path, calib_dir, heal={"recipe": {"mode": "lora"}, "budgets": [1]})
         with pytest.raises(StudyError, match="heal"):

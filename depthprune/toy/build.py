@@ -23,6 +23,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
                   "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 VOCAB_SIZE = 512
 PATCH, MERGE, TEMPORAL = 8, 2, 2
+NUM_LAYERS, HIDDEN = 16, 128  # decoder depth and width (``python -m depthprune.toy.train --layers/--hidden``)
 
 # Qwen2's pre-tokenizer split: single digits, words with their leading space, punctuation runs
 _QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
@@ -92,14 +93,21 @@ def build_processor() -> Qwen3VLProcessor:
                             video_processor=video_processor, chat_template=CHAT_TEMPLATE)
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen3VLConfig:
-    """The toy Qwen3-VL config; special-token ids come from ``tokenizer``."""
+def build_config(tokenizer: PreTrainedTokenizerFast, layers: int = NUM_LAYERS,
+                 hidden: int = HIDDEN) -> Qwen3VLConfig:
+    """The toy Qwen3-VL config; special-token ids come from ``tokenizer``.
+
+    ``hidden`` must be a multiple of 32 (heads of 32 dims, so the M-RoPE split stays 6/5/5)."""
+    if hidden % 32:
+        raise ValueError(f"toy hidden size must be a multiple of 32, got {hidden}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    hidden = 128
+    heads = hidden // 32
+    kv_heads = heads // 2 if heads % 2 == 0 else heads  # grouped-query where it divides
     config = Qwen3VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=256,
-            num_hidden_layers=16, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+            head_dim=32,
             max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=True,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                              "mrope_section": [6, 5, 5], "mrope_interleaved": True},
@@ -114,9 +122,10 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen3VLConfig:
     return config
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast) -> Qwen3VLForConditionalGeneration:
+def build_model(tokenizer: PreTrainedTokenizerFast, layers: int = NUM_LAYERS,
+                hidden: int = HIDDEN) -> Qwen3VLForConditionalGeneration:
     """A freshly initialised toy model (seed torch first for reproducible weights)."""
-    model = Qwen3VLForConditionalGeneration(build_config(tokenizer))
+    model = Qwen3VLForConditionalGeneration(build_config(tokenizer, layers=layers, hidden=hidden))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]

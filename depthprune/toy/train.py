@@ -34,7 +34,7 @@ from depthprune.atomic import atomic_dir
 from depthprune.data import Record, encode, load_records
 from depthprune.evaluation import generate_outputs
 from depthprune.toy import MODEL_DIR, TRAIN_SEED
-from depthprune.toy.build import build_model, build_processor
+from depthprune.toy.build import HIDDEN, NUM_LAYERS, build_model, build_processor
 
 N_TRAIN = 4800
 N_CALIB = 256  # the sizes of the redesigned benchmark (``depthprune data synth`` defaults)
@@ -120,14 +120,15 @@ def _plot(curve: list[dict], path: Path) -> None:
 def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
           batch_size: int = BATCH, lr: float = LR, n_train: int = N_TRAIN,
           n_eval: int = N_EVAL, init: Path | None = None, warmup: int = WARMUP,
-          probe_every: int = PROBE_EVERY) -> dict:
+          probe_every: int = PROBE_EVERY, layers: int = NUM_LAYERS, hidden: int = HIDDEN,
+          threads: int = THREADS) -> dict:
     """Train, save into ``out`` (replaced atomically) and return the ``training.json`` dict."""
     start = time.time()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     if init is None:
         processor = build_processor()
-        model = build_model(processor.tokenizer)
+        model = build_model(processor.tokenizer, layers=layers, hidden=hidden)
     else:  # continue from a trained checkpoint (weights upcast to float32, its own tokenizer)
         from transformers import AutoModelForImageTextToText, AutoProcessor
         processor = AutoProcessor.from_pretrained(init)
@@ -192,7 +193,8 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
             accuracy = evaluate(saved, AutoProcessor.from_pretrained(model_dir), eval_recs)
             info = {
                 "command": " ".join([Path(sys.executable).name, "-m", "depthprune.toy.train", *sys.argv[1:]]),
-                "seed": seed, "steps_planned": steps, "steps_done": done,
+                "seed": seed, "layers": model.config.text_config.num_hidden_layers,
+                "hidden": model.config.text_config.hidden_size, "steps_planned": steps, "steps_done": done,
                 "batch_size": batch_size, "lr": lr, "warmup": warmup, "init": str(init) if init else None,
                 "n_train": n_train, "n_calib": N_CALIB, "n_eval": n_eval, "threads": torch.get_num_threads(),
                 "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - start, 1),
@@ -219,9 +221,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--n-eval", type=int, default=N_EVAL, help="held-out eval records measured at the end")
     ap.add_argument("--warmup", type=int, default=WARMUP, help="linear warmup steps")
     ap.add_argument("--probe-every", type=int, default=PROBE_EVERY, help="steps between probe evaluations")
+    ap.add_argument("--layers", type=int, default=NUM_LAYERS, help="decoder layers (from scratch only)")
+    ap.add_argument("--hidden", type=int, default=HIDDEN, help="decoder width, a multiple of 32 (from scratch only)")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="torch threads; 2 only on otherwise idle cores (see THREADS)")
     args = ap.parse_args(argv)
     info = train(args.out, seed=args.seed, steps=args.steps, init=args.init, warmup=args.warmup,
-                 probe_every=args.probe_every, n_eval=args.n_eval,
+                 probe_every=args.probe_every, n_eval=args.n_eval, layers=args.layers,
+                 hidden=args.hidden, threads=args.threads,
                  batch_size=args.batch_size, lr=args.lr, n_train=args.n_train)
     print(json.dumps({k: info[k] for k in ("train_seconds", "steps_done", "eval_accuracy_float32")},
                      indent=1))
