@@ -75,9 +75,10 @@ def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet
         max_new = es.max_new_tokens or max_new_tokens
         if es.kind == "lmms":  # accuracy only (validated: lmms sets need metrics.accuracy)
             from . import lmms
-            results[es.name] = lmms.sweep_samples(
+            samples = lmms.sweep_samples(
                 model, processor, es.tasks, include_path=es.include_path, limit=es.max_samples,
                 batch_size=batch_size, max_new_tokens=es.max_new_tokens, progress=progress)
+            results[es.name] = [(sid, es.domain or dom, c, nll) for sid, dom, c, nll in samples]
         elif accuracy and es.accuracy:
             res = evaluate(model, processor, records, batch_size=batch_size, max_new_tokens=max_new,
                            progress=progress)

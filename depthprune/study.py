@@ -67,6 +67,8 @@ class EvalSet:
     accuracy: bool = True
     max_new_tokens: int | None = None  # None: the study's metrics.max_new_tokens (lmms: the task's own)
     include_path: str | None = None    # lmms: a directory of local task YAML files
+    domain: str | None = None          # lmms: pool every task under this domain (default: each
+    #                                    task's metadata.domain, else the task name)
 
 
 @dataclass
@@ -269,7 +271,7 @@ def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
             es = EvalSet(name, kind, paths=paths)
         elif kind == "lmms":
             _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens",
-                                          "include_path"})
+                                          "include_path", "domain"})
             import importlib.util
             if importlib.util.find_spec("lmms_eval") is None:
                 raise _err(src, f"{key}.kind", "lmms-eval sets need the lmms-eval package: "
@@ -282,6 +284,8 @@ def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
                                                    "drop accuracy: false or the set")
             name = _str(src, f"{key}.name", entry.get("name", "lmms"))
             es = EvalSet(name, kind, tasks=tasks)
+            if entry.get("domain") is not None:
+                es.domain = _str(src, f"{key}.domain", entry["domain"])
             if entry.get("include_path") is not None:
                 include = Path(_str(src, f"{key}.include_path", entry["include_path"])).expanduser()
                 include = include if include.is_absolute() else (base / include)
@@ -423,7 +427,7 @@ def study_dict(study: Study) -> dict[str, Any]:
                         "max_span": study.max_span, "ablation": study.ablation},
         "eval": [({"kind": "jsonl", "name": e.name, "data": e.paths, "max_samples": e.max_samples}
                   if e.kind == "jsonl" else {"kind": "lmms", "name": e.name, "tasks": e.tasks,
-                                             "include_path": e.include_path,
+                                             "include_path": e.include_path, "domain": e.domain,
                                              "limit": e.max_samples}) | {"accuracy": e.accuracy,
                                                                          "max_new_tokens": e.max_new_tokens}
                  for e in study.eval_sets],

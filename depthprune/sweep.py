@@ -156,7 +156,8 @@ def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells:
             info |= {"files": es.paths, "n": len(records),
                      "domains": {d: sum(r.domain == d for r in records) for d in sorted({r.domain for r in records})}}
         else:
-            info |= {"tasks": es.tasks, "limit": es.max_samples, "include_path": es.include_path}
+            info |= {"tasks": es.tasks, "limit": es.max_samples, "include_path": es.include_path,
+                     "domain": es.domain}
         sets[es.name] = info
     return {"model": str(study.model), "num_layers": scores.num_layers, "domains": scores.domains,
             "protected_layers": protected_layers(scores.num_layers, scores.protected_layers, req),

@@ -71,6 +71,10 @@ def test_lmms_eval_sets_are_validated_up_front(tmp_path, calib_dir):
             load_study(path)
         return
     assert load_study(path).eval_sets[0].tasks == ["mmstar"]
+    path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar", "ai2d"], "domain": "general",
+                                             "include_path": str(tmp_path)}])
+    es = load_study(path).eval_sets[0]
+    assert (es.domain, es.include_path, es.max_new_tokens) == ("general", str(tmp_path), None)
     for entry, needle in (({"accuracy": False}, r"eval\[0\].accuracy: lmms-eval sets measure accuracy only"),
                           ({"include_path": "nowhere"}, r"eval\[0\].include_path: .*nowhere: not a directory")):
         path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"], **entry}])
