@@ -292,7 +292,6 @@ def plugin_class() -> Any:
     global _PLUGIN
     if _PLUGIN is not None:
         return _PLUGIN
-    import torch
     from lmms_eval.api.model import lmms
     from lmms_eval.models.simple.qwen3_vl import Qwen3_VL
 

@@ -1,15 +1,17 @@
 """Does domain-aware pruning keep each domain's own accuracy on the toy? A paired check.
 
     python -m depthprune.toy.domain_check --seed 1 --out runs/toy-check [--model DIR]
-        [--budget 0.25] [--token-group all --token-group last] [--ablation]
+        [--budget 0.25] [--variant domain@all --variant contrast@all ...] [--ablation]
 
 Runs the ordinary CLI on a benchmark seed of your choice (pick one the model was not trained
 or tuned on; the toy was trained on seed 0): ``depthprune data synth`` (calib and eval
-splits only), ``depthprune score``, then per token group ``depthprune prune --method domain
---domain math|general`` and ``depthprune eval`` of each pruned model and of the unpruned one.
-For each token group it compares the math-aware and the general-aware model on each domain
-with an exact McNemar test on per-sample correctness (two-sided binomial test on the
-discordant pairs) and prints the table; ``results.json`` in ``--out`` holds every figure.
+splits only), ``depthprune score``, then per variant (METHOD@TOKEN_GROUP of a domain-aware
+method: domain, contrast; or ``ablation``, which scores with ``--ablation``) ``depthprune
+prune --method METHOD --domain math|general`` and ``depthprune eval`` of each pruned model
+and of the unpruned one. For each variant it compares the math-aware and the general-aware
+model on each domain with an exact McNemar test on per-sample correctness (two-sided
+binomial test on the discordant pairs) and prints the table; ``results.json`` in ``--out``
+holds every figure.
 
 ``--ablation`` also measures single-layer ablation damage: the increase of the mean
 teacher-forced answer NLL (nats/token) per domain on the calib split when one layer is
@@ -42,6 +44,11 @@ def paired(pred_a: Path, pred_b: Path, domain: str) -> dict:
     only_b = sum(b[k] and not a[k] for k in a)
     return {"n": len(a), "acc_a": sum(a.values()) / len(a), "acc_b": sum(b.values()) / len(b),
             "only_a": only_a, "only_b": only_b, "p": binomial_two_sided(only_a, only_a + only_b)}
+
+
+def _name(domain: str, variant: str) -> str:
+    """Output name of the ``domain``-aware model of ``variant`` (METHOD@GROUP or ablation)."""
+    return f"{domain}-aware-{variant.replace('@', '-')}"
 
 
 def _cli(*args: str, wait: bool = True) -> subprocess.Popen | None:
@@ -104,14 +111,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="new directory for everything written")
     ap.add_argument("--model", default=str(MODEL_DIR), help="checkpoint directory (default: the toy)")
     ap.add_argument("--budget", default="0.25")
-    ap.add_argument("--token-group", action="append", dest="groups",
-                    help="token group(s) to score with (repeatable; default: all and last)")
+    ap.add_argument("--variant", action="append", dest="variants",
+                    help="METHOD@TOKEN_GROUP (domain, contrast) or ablation; repeatable "
+                         "(default: domain@all, domain@last, contrast@all)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--n-calib", type=int, default=None, help="calib records (default: the toy's)")
     ap.add_argument("--n-eval", type=int, default=None, help="eval records (default: the toy's)")
     ap.add_argument("--ablation", action="store_true", help="also measure single-layer ablation damage")
     args = ap.parse_args(argv)
-    groups = args.groups or ["all", "last"]
+    groups = args.variants or ["domain@all", "domain@last", "contrast@all"]
+    for v in groups:
+        method, _, group = v.partition("@")
+        if not (v == "ablation" or (method in ("domain", "contrast") and group in ("all", "last", "image", "text"))):
+            raise SystemExit(f"--variant {v}: use domain@GROUP, contrast@GROUP or ablation")
     out: Path = args.out
     if out.exists():
         raise SystemExit(f"{out}: exists; pass a new --out")
@@ -121,16 +133,17 @@ def main(argv: Sequence[str] | None = None) -> None:
          "--n-calib", str(args.n_calib or N_CALIB), "--n-eval", str(args.n_eval or N_EVAL))
     bs = str(args.batch_size)
     _cli("score", args.model, "--data", str(data / "calib.jsonl"), "--out", str(out / "scores.json"),
-         "--batch-size", bs)
+         "--batch-size", bs, *(["--ablation"] if "ablation" in groups else []))
     evals = {"base": args.model}  # name -> checkpoint; identical plans are evaluated once
     alias: dict[str, str] = {}
     removed: dict[str, list[int]] = {}
     for group in groups:
         for domain in DOMAINS:
-            name = f"{domain}-aware-{group}"
-            _cli("prune", args.model, "--scores", str(out / "scores.json"), "--method", "domain",
-                 "--domain", domain, "--budget", args.budget, "--token-group", group,
-                 "--out", str(out / name))
+            name = _name(domain, group)
+            method, _, token_group = group.partition("@")
+            _cli("prune", args.model, "--scores", str(out / "scores.json"), "--method", method,
+                 "--domain", domain, "--budget", args.budget,
+                 *(["--token-group", token_group] if token_group else []), "--out", str(out / name))
             removed[name] = json.loads((out / name / "pruning.json").read_text())["removed_layers"]
             same = next((n for n in removed if n != name and removed[n] == removed[name]), None)
             if same is None:
@@ -148,19 +161,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"an evaluation failed (exit {proc.returncode}); see its output above")
     results["base"] = json.loads((out / "base.json").read_text())["domains"]
     for group in groups:  # A = math-aware, B = general-aware, on each domain
-        pred = {d: out / f"{alias[f'{d}-aware-{group}']}.predictions.jsonl" for d in DOMAINS}
+        pred = {d: out / f"{alias[_name(d, group)]}.predictions.jsonl" for d in DOMAINS}
         results[group] = {d: paired(pred["math"], pred["general"], d) for d in DOMAINS}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     print(f"\nseed {args.seed}, budget {args.budget}; unpruned: "
           + ", ".join(f"{d} {results['base'][d]['accuracy']:.3f}" for d in DOMAINS))
-    print("group  eval on  math-aware  general-aware  only-M  only-G  McNemar p   removed (M | G)")
+    print("variant       eval on  math-aware  general-aware  only-M  only-G  McNemar p   removed (M | G)")
     for group in groups:
         for d in DOMAINS:
             r = results[group][d]
-            print(f"{group:5s}  {d:7s}  {r['acc_a']:10.3f}  {r['acc_b']:13.3f}  {r['only_a']:6d}  "
-                  f"{r['only_b']:6d}  {r['p']:9.2g}   {results['removed'][f'math-aware-{group}']} | "
-                  f"{results['removed'][f'general-aware-{group}']}")
+            print(f"{group:12s}  {d:7s}  {r['acc_a']:10.3f}  {r['acc_b']:13.3f}  {r['only_a']:6d}  "
+                  f"{r['only_b']:6d}  {r['p']:9.2g}   {results['removed'][_name('math', group)]} | "
+                  f"{results['removed'][_name('general', group)]}")
     if args.ablation:
         print("\nsingle-layer ablation: answer-NLL increase (nats/token) on calib")
         for i, dmg in enumerate(results["ablation"]["damage"]):
