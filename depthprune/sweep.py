@@ -122,15 +122,21 @@ def _scores(study: Study, out: Path, net: Any, processor: Any, calib: list, ctx:
     return scores, settings
 
 
-def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped: list[str]) -> dict[str, list[int]]:
+def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped: list[str],
+           stored: dict[str, list[int]]) -> dict[str, list[int]]:
     """Removed layers per cell key (the same on every process: pure functions of the scores,
     and `iterative`'s re-scoring is collective). A method that cannot meet a budget skips that
-    cell, with the reason appended to ``skipped``, instead of stopping the study."""
+    cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
+    in the store keep their stored plan (the scores are the same, checked on resume), so a
+    resumed `iterative` study does not re-score."""
     from .methods import RankError, RankRequest, rank
     removed: dict[str, list[int]] = {}
     for cell in cells:
         if cell.budget == 0:
             removed[cell.key] = []
+            continue
+        if cell.key in stored:
+            removed[cell.key] = list(stored[cell.key])
             continue
         req = RankRequest(method=cell.variant.method, budget=cell.budget,
                           allow_deepstack=study.protect["allow_deepstack"],
@@ -209,7 +215,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
         heal_records = load_records(study.heal["data"] or study.calibration, require_answer=True)
 
     from .distributed import score_parallel, setup
-    from .store import STORE_NAME, completed_cells, open_store, set_meta, write_cell
+    from .store import STORE_NAME, completed_cells, open_store, read_results, set_meta, write_cell
     ctx = setup(study.device)
     progress = not quiet and ctx.main
     if ctx.main:
@@ -248,7 +254,8 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
         return memo[key]
 
     skipped: list[str] = []
-    removed = _plans(study, cells, scores, rescore, skipped)
+    stored = ctx.broadcast({r.cell: r.removed for r in read_results(conn)} if ctx.main else None)
+    removed = _plans(study, cells, scores, rescore, skipped, stored)
     cells = [c for c in cells if c.key in removed]
     if ctx.main:
         set_meta(conn, _meta(study, scores, eval_sets, len(cells)) | {"skipped_cells": skipped})

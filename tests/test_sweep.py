@@ -82,7 +82,7 @@ def test_pruned_in_memory_equals_a_pruned_copy(tmp_path, calib_dir):
     assert net.config.to_dict() == config_before
 
 
-def test_sweep_stores_every_cell_once_and_resumes(tmp_path, llm, calib_dir, eval_file):
+def test_sweep_stores_every_cell_once_and_resumes(tmp_path, llm, calib_dir, eval_file, monkeypatch):
     path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 3])
     run = tmp_path / "run"
     first = run_study(path, run, quiet=True)
@@ -103,9 +103,14 @@ def test_sweep_stores_every_cell_once_and_resumes(tmp_path, llm, calib_dir, eval
             "depthprune_version"} <= set(meta)
     assert meta["num_layers"] == 6 and meta["domains"] == ["general", "math"]
     assert Scores.load(run / "scores.json").num_layers == 6 and (run / "study.yaml").is_file()
-    # the same command again recomputes nothing; a larger grid computes only the new cells
+    # the same command again recomputes nothing (not even `iterative`'s re-scoring: stored
+    # plans are reused); a larger grid computes only the new cells
+    import depthprune.distributed as distributed
+    real, calls = distributed.score_parallel, []
+    monkeypatch.setattr(distributed, "score_parallel", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run_study(path, run, quiet=True)
-    assert again.cells_written == 0 and again.plans_evaluated == 0
+    assert again.cells_written == 0 and again.plans_evaluated == 0 and not calls
+    assert any(r.method == "iterative" for r in rows)
     bigger = run_study(study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3]), run, quiet=True)
     assert bigger.cells_written == 13 and bigger.cells_skipped == first.cells_total
     # a different model or data in the same run directory is refused
