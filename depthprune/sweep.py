@@ -43,16 +43,12 @@ class SweepResult:
 
 
 def _num_layers(study: Study) -> int:
-    """Decoder layers from the config alone (no weights loaded)."""
-    from transformers import AutoConfig
-
-    from .models import ModelError, resolve_model_id, text_config
-    model = resolve_model_id(study.model)
+    """Decoder layers from the config alone (no weights loaded; a .gguf file's own header)."""
+    from .models import ModelError, load_config, resolve_model_id, text_config
     try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=study.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{study.source}: model: cannot read the config of {study.model!r} "
-                         f"({str(exc).splitlines()[0]}); give a local checkpoint directory or a cached hub id") from None
+        config = load_config(resolve_model_id(study.model), trust_remote_code=study.trust_remote_code)
+    except ModelError as exc:
+        raise ModelError(f"{study.source}: model: {exc}") from None
     n = getattr(text_config(config), "num_hidden_layers", None)
     if not isinstance(n, int):
         raise ModelError(f"{study.source}: model: {study.model!r} has no num_hidden_layers in its config")
