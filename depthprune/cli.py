@@ -294,8 +294,7 @@ def data_synth(
     """Write the two-domain synthetic benchmark (math / general) with train, calib and eval splits.
 
     The defaults are those of `python -m depthprune.toy.train`. Eval and calib do not depend
-    on --n-train; math operand combinations of calib/eval are never in any train split. (The
-    shipped toy weights know the earlier design: depthprune.toy.default_data writes that.)
+    on --n-train; math operand combinations of calib/eval are never in any train split.
     """
     from .atomic import check_output
     from .synth import synthesize

@@ -4,8 +4,8 @@
   (``AutoModelForImageTextToText`` / ``AutoProcessor``), weights in bfloat16, with the
   ``training.json`` and ``loss_curve.png`` of the run that made it.
 * :func:`default_data` — regenerates the calib and eval splits the model was evaluated
-  on (same seed and sizes as its training run; they never overlap its training data), from
-  :mod:`depthprune.toy.legacy_synth`, the benchmark design the shipped weights know.
+  on (same seed and sizes as its training run, :mod:`depthprune.synth`; they never overlap
+  its training data).
 
 Rebuild the model with ``python -m depthprune.toy.train`` (see README.md next to this file).
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 TRAIN_SEED = 0
-N_CALIB = 128  # 64 per domain
-N_EVAL = 400  # 200 per domain
+N_CALIB = 256  # 128 per domain; the sizes of the training run (depthprune.toy.train)
+N_EVAL = 1200  # 600 per domain
 
 
 def default_data(out_dir: str | Path) -> dict[str, Path]:
@@ -27,6 +27,6 @@ def default_data(out_dir: str | Path) -> dict[str, Path]:
     are byte-identical to the ones of the training run (eval and calib are drawn before,
     and independently of, the training split).
     """
-    from depthprune.toy.legacy_synth import synthesize
+    from depthprune.synth import synthesize
 
     return synthesize(out_dir, seed=TRAIN_SEED, n_train=0, n_calib=N_CALIB, n_eval=N_EVAL)

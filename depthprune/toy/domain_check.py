@@ -104,7 +104,7 @@ def ablation(model_dir: str | Path, data: Path, batch_size: int = 32) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from depthprune.toy import MODEL_DIR
-    from depthprune.toy.train import N_CALIB, N_EVAL
+    from depthprune.toy import N_CALIB, N_EVAL
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, required=True, help="benchmark seed (not the training seed 0)")

@@ -33,12 +33,10 @@ from depthprune import synth
 from depthprune.atomic import atomic_dir
 from depthprune.data import Record, encode, load_records
 from depthprune.evaluation import generate_outputs
-from depthprune.toy import MODEL_DIR, TRAIN_SEED
+from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
 from depthprune.toy.build import HIDDEN, NUM_LAYERS, build_model, build_processor
 
 N_TRAIN = 4800
-N_CALIB = 256  # the sizes of the redesigned benchmark (``depthprune data synth`` defaults)
-N_EVAL = 1200
 STEPS = 300
 BATCH = 16
 LR = 1e-3
