@@ -210,6 +210,8 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     if study.heal is not None:
         heal_records = load_records(study.heal["data"] or study.calibration, require_answer=True)
 
+    _check_lmms_sets(study)  # before the run directory is created: a refused study leaves nothing
+
     from .distributed import score_parallel, setup
     from .store import STORE_NAME, completed_cells, open_store, read_results, set_meta, write_cell
     ctx = setup(study.device)
@@ -231,7 +233,6 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
 
     from .models import load_model, resolve_model_id
     from .pruning import layers_removed
-    _check_lmms_sets(study)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
                                 device_map=study.device_map, trust_remote_code=study.trust_remote_code)
     scores, settings = _scores(study, out, net, processor, calib, ctx, progress)

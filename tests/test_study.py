@@ -93,7 +93,7 @@ def test_lmms_eval_sets_need_a_qwen3_vl_model_before_it_loads(tmp_path, calib_di
     path = write(tmp_path, calib_dir, model=str(llm), eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
     with pytest.raises(StudyError, match="lmms-eval sets inside a sweep need a Qwen3-VL model"):
         run_study(path, tmp_path / "run", quiet=True)
-    assert not (tmp_path / "run" / "scores.json").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_bridges_are_named(tmp_path, calib_dir):
