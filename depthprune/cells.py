@@ -77,7 +77,7 @@ def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet
             from . import lmms
             samples = lmms.sweep_samples(
                 model, processor, es.tasks, include_path=es.include_path, limit=es.max_samples,
-                batch_size=batch_size, max_new_tokens=es.max_new_tokens, progress=progress)
+                batch_size=batch_size, max_new_tokens=es.max_new_tokens)
             results[es.name] = [(sid, es.domain or dom, c, nll) for sid, dom, c, nll in samples]
         elif accuracy and es.accuracy:
             res = evaluate(model, processor, records, batch_size=batch_size, max_new_tokens=max_new,

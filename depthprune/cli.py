@@ -128,6 +128,9 @@ Seed = Annotated[int, typer.Option(help="Seed for --method random and the bootst
 AllowDeepstack = Annotated[bool, typer.Option(help="Allow removing Qwen3-VL deepstack-injection layers (0..2); moves where visual features are injected.")]
 ProtectFirst = Annotated[int, typer.Option(min=0, help="Never remove the first K layers.")]
 ProtectLast = Annotated[int, typer.Option(min=0, help="Never remove the last K layers.")]
+# the `data` commands that write a benchmark directory
+DataOutDir = Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")]
+DataSeed = Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output (never an input: an output equal to, inside or containing the model or data is always refused).")]
 
 
@@ -285,8 +288,8 @@ def eval_(
 @data_app.command("synth")
 @handle_errors
 def data_synth(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")],
-    seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
+    out_dir: DataOutDir,
+    seed: DataSeed = 0,
     n_train: Annotated[int, typer.Option(min=0, help="Training records (0: no train split).")] = 4800,
     n_calib: Annotated[int, typer.Option(min=0, help="Calibration records.")] = 256,
     n_eval: Annotated[int, typer.Option(min=0, help="Evaluation records.")] = 1200,
@@ -407,8 +410,8 @@ def diagnose(
 @data_app.command("text")
 @handle_errors
 def data_text(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")],
-    seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
+    out_dir: DataOutDir,
+    seed: DataSeed = 0,
     n_calib: Annotated[int, typer.Option(min=0, help="Calibration records per domain.")] = 40,
     n_eval: Annotated[int, typer.Option(min=0, help="Evaluation records per domain.")] = 100,
     n_train: Annotated[int, typer.Option(min=0, help=(

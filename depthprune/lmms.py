@@ -58,10 +58,15 @@ class LmmsError(ValueError):
     """lmms-eval cannot run as asked (not installed, unknown task, unsupported model...)."""
 
 
-def _require_lmms() -> None:
+def missing_packages() -> list[str]:
+    """The modules of the ``lmms`` extra that are not installed (cheap: nothing is imported).
+    decord and qwen_vl_utils are imported at module level by lmms-eval's qwen3_vl model."""
     import importlib.util
-    # decord and qwen_vl_utils: imported at module level by lmms-eval's qwen3_vl model
-    missing = [m for m in ("lmms_eval", "decord", "qwen_vl_utils") if importlib.util.find_spec(m) is None]
+    return [m for m in ("lmms_eval", "decord", "qwen_vl_utils") if importlib.util.find_spec(m) is None]
+
+
+def _require_lmms() -> None:
+    missing = missing_packages()
     if missing:
         raise LmmsError(f"--lmms-eval needs {', '.join(missing)} (not installed): pip install 'depthprune[lmms]'")
 
@@ -447,9 +452,22 @@ def task_manager(tasks: Sequence[str], include_path: str | os.PathLike | None = 
     return manager
 
 
+def _checked_predictions(results: dict, tasks: Sequence[str], left_out_note: str) -> tuple[list, dict]:
+    """:func:`convert_results`, warning about tasks without a 0/1 per-sample metric (what
+    happens to them: ``left_out_note``) and refusing a run that gave no per-sample result."""
+    predictions, extras = convert_results(results)
+    left_out = [t for t, e in extras.items() if not e["per_sample"] and "metric" in e]
+    if left_out:
+        warnings.warn(f"lmms-eval task(s) {left_out} have no 0/1 per-sample metric: {left_out_note}", stacklevel=3)
+    if not predictions:
+        raise LmmsError(f"lmms-eval tasks {list(tasks)} gave no per-sample 0/1 results to convert; their aggregates: "
+                        + json.dumps({t: e['aggregate'] for t, e in extras.items()}, default=str))
+    return predictions, extras
+
+
 def sweep_samples(model: Any, processor: Any, tasks: Sequence[str], *, include_path: str | os.PathLike | None = None,
                   limit: int | None = None, batch_size: int = 1, max_new_tokens: int | None = None,
-                  manager: Any = None, progress: bool = False) -> list[tuple[str, str, int, None]]:
+                  manager: Any = None) -> list[tuple[str, str, int, None]]:
     """Run lmms-eval ``tasks`` on an in-memory Qwen3-VL ``model`` (a sweep's pruned copy) and
     return every sample as (id ``TASK/DOC_ID``, domain, correct 0/1, None): the sample tuples
     of :mod:`depthprune.cells`. lmms-eval measures no NLL; tasks without a 0/1 per-sample
@@ -466,13 +484,7 @@ def sweep_samples(model: Any, processor: Any, tasks: Sequence[str], *, include_p
             gen_kwargs=f"max_new_tokens={max_new_tokens}" if max_new_tokens else None, verbosity="ERROR")
     finally:
         model.eval()
-    predictions, extras = convert_results(results)
-    left_out = [t for t, e in extras.items() if not e["per_sample"] and "metric" in e]
-    if left_out:
-        warnings.warn(f"lmms-eval task(s) {left_out} have no 0/1 per-sample metric: left out of the sweep",
-                      stacklevel=2)
-    if not predictions:
-        raise LmmsError(f"lmms-eval tasks {list(tasks)} gave no per-sample 0/1 results")
+    predictions, _ = _checked_predictions(results, tasks, "left out of the sweep")
     return [(p.id, p.domain, int(p.correct), None) for p in predictions]
 
 
@@ -530,14 +542,8 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
                         "local Hugging Face cache (download it once where there is network); "
                         "depthprune runs lmms-eval with HF_HUB_OFFLINE=1") from None
     seconds = time.perf_counter() - started
-    predictions, extras = convert_results(results)
-    left_out = [t for t, e in extras.items() if not e["per_sample"] and "metric" in e]
-    if left_out:
-        warnings.warn(f"lmms-eval task(s) {left_out} have no 0/1 per-sample metric: only their lmms-eval "
-                      "aggregate is kept (metrics.json 'lmms_results'), not per-domain accuracy", stacklevel=2)
-    if not predictions:
-        raise LmmsError(f"lmms-eval tasks {tasks} gave no per-sample 0/1 results to convert; their aggregates: "
-                        + json.dumps({t: e['aggregate'] for t, e in extras.items()}, default=str))
+    predictions, extras = _checked_predictions(
+        results, tasks, "only their lmms-eval aggregate is kept (metrics.json 'lmms_results'), not per-domain accuracy")
     result = EvalResult(predictions, seconds)
     import lmms_eval
     import torch

@@ -272,10 +272,11 @@ def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
         elif kind == "lmms":
             _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens",
                                           "include_path", "domain"})
-            import importlib.util
-            if importlib.util.find_spec("lmms_eval") is None:
-                raise _err(src, f"{key}.kind", "lmms-eval sets need the lmms-eval package: "
-                                               "pip install 'depthprune[lmms]'")
+            from .lmms import missing_packages
+            missing = missing_packages()
+            if missing:
+                raise _err(src, f"{key}.kind", f"lmms-eval sets need the lmms-eval package (missing: "
+                                               f"{', '.join(missing)}): pip install 'depthprune[lmms]'")
             tasks = [_str(src, f"{key}.tasks", t) for t in _as_list(entry.get("tasks") or [])]
             if not tasks:
                 raise _err(src, f"{key}.tasks", "give at least one lmms-eval task name")

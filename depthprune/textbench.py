@@ -185,31 +185,26 @@ def build_splits(seed: int = 0, n_calib: int = 40, n_eval: int = 100,
     general = pool[:]
     rng.shuffle(general)
     used: set = set()
-    out: dict[str, list[dict]] = {}
-    start = 0
-    for split, n in (("calib", n_calib), ("eval", n_eval)):
+
+    def split_records(split: str, n: int, general_items: list[tuple[str, str, str]]) -> list[dict]:
+        """``n`` fresh math questions (drawn now, so the rng order stays per split), then the
+        first ``n`` of ``general_items``."""
         records = []
         for i in range(n):
             kind, question, answer = _math_question(rng, used)
             records.append({"id": f"{split}-math-{i:04d}", "domain": "math", "kind": kind,
                             "question": question + MATH_SUFFIX, "answer": str(answer)})
-        for i, (kind, question, answer) in enumerate(general[start:start + n]):
+        for i, (kind, question, answer) in enumerate(general_items[:n]):
             records.append({"id": f"{split}-general-{i:04d}", "domain": "general", "kind": kind,
                             "question": question + GENERAL_SUFFIX, "answer": answer})
-        start += n
-        out[split] = records
+        return records
+
+    out = {"calib": split_records("calib", n_calib, general[:n_calib]),
+           "eval": split_records("eval", n_eval, general[n_calib:n_calib + n_eval])}
     if n_train:
-        train_general = general[start:] + _train_only_pool()
+        train_general = general[n_calib + n_eval:] + _train_only_pool()
         rng.shuffle(train_general)
-        records = []
-        for i in range(n_train):
-            kind, question, answer = _math_question(rng, used)
-            records.append({"id": f"train-math-{i:04d}", "domain": "math", "kind": kind,
-                            "question": question + MATH_SUFFIX, "answer": str(answer)})
-        for i, (kind, question, answer) in enumerate(train_general[:n_train]):
-            records.append({"id": f"train-general-{i:04d}", "domain": "general", "kind": kind,
-                            "question": question + GENERAL_SUFFIX, "answer": answer})
-        out["train"] = records
+        out["train"] = split_records("train", n_train, train_general)
     return out
 
 
