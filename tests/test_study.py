@@ -122,3 +122,15 @@ def test_cli_bad_study_is_one_line_exit_2_before_loading(tmp_path, calib_dir):
     res = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "budgets[0]" in res.output, res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_demo_study_quick_caps_calibration_and_full_does_not(tmp_path, calib_dir):
+    """The demo's two studies parse; --quick scores the first 64 calibration records per domain."""
+    from depthprune.demo import QUICK_BUDGETS, QUICK_CALIB_PER_DOMAIN, demo_study
+    from depthprune.study import parse_study
+    data = {"calib": calib_dir / "calib.jsonl", "eval": calib_dir / "calib.jsonl"}
+    quick = parse_study(demo_study(data, quick=True), tmp_path, source="demo study")
+    full = parse_study(demo_study(data, quick=False), tmp_path, source="demo study")
+    assert quick.calib_max_samples == QUICK_CALIB_PER_DOMAIN == 64 and full.calib_max_samples is None
+    assert quick.budgets == QUICK_BUDGETS and len(full.budgets) == 8
+    assert len(full.methods) > len(quick.methods)
