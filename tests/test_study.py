@@ -134,3 +134,19 @@ def test_demo_study_quick_caps_calibration_and_full_does_not(tmp_path, calib_dir
     assert quick.calib_max_samples == QUICK_CALIB_PER_DOMAIN == 64 and full.calib_max_samples is None
     assert quick.budgets == QUICK_BUDGETS and len(full.budgets) == 8
     assert len(full.methods) > len(quick.methods)
+
+
+def test_demo_headline_study_reuses_the_grid_calibration(tmp_path, calib_dir):
+    """The full demo's headline sweep: domain-aware signals per domain at 25% on every eval
+    record, unhealed, with the grid's calibration identity (so the grid's scores are reused)."""
+    from depthprune.demo import demo_study, headline_study
+    from depthprune.study import parse_study
+    data = {"calib": calib_dir / "calib.jsonl", "eval": calib_dir / "calib.jsonl"}
+    grid = parse_study(demo_study(data, quick=False), tmp_path, source="demo study")
+    head = parse_study(headline_study(data), tmp_path, source="demo headline study")
+    assert head.budgets == [0.25] and head.heal is None and head.eval_sets[0].max_samples is None
+    assert {m.label for m in head.methods} == {f"{m}:{d}{g}" for m, g in (("domain", ""), ("domain", "@last"),
+                                                                       ("contrast", ""), ("ablation", ""))
+                                              for d in ("math", "general")}
+    for key in ("calibration", "calib_max_samples", "ablation", "batch_size", "dtype", "max_span"):
+        assert getattr(head, key) == getattr(grid, key), key

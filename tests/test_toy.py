@@ -82,13 +82,13 @@ def test_generates_answers_for_eval_records(toy, eval_records):
 def test_accuracy_targets(toy, eval_records):
     model, processor, _ = toy
     acc = evaluate(model, processor, eval_records, progress=False)
-    # below ceiling by design (toy/README.md: math 0.555, general 0.305 in float32)
-    assert acc["general"] >= 0.27, acc
-    assert acc["math"] >= 0.50, acc
+    # below ceiling by design (toy/README.md: math 0.713, general 0.518 in float32)
+    assert acc["general"] >= 0.46, acc
+    assert acc["math"] >= 0.66, acc
     # the image really matters: image templates are far above chance (1/4 relations, ...),
     # and the held-out sums of three rendered digits are computed, not remembered
-    assert acc["general/relation"] >= 0.40 and acc["math/read"] >= 0.95, acc
-    assert acc["math/sum3"] >= 0.60, acc
+    assert acc["general/relation"] >= 0.45 and acc["math/read"] >= 0.95, acc
+    assert acc["math/sum3"] >= 0.85, acc
 
 
 def test_training_is_deterministic_by_seed(tmp_path):
