@@ -5,7 +5,9 @@ token, mixed at three weightings, random at two seeds, ...), budgets from 1 of 1
 (6%) to 8 (50%), healing at two budgets when ``depthprune.healing`` is installed, NLL and
 generation accuracy on both domains. It is an ordinary sweep (:func:`depthprune.sweep.run_study`)
 in ``--out``, so running it again resumes. The headline compares math-aware with
-general-aware removal at 25% per domain with exact McNemar tests on per-sample correctness.
+general-aware removal at 25% per domain with exact McNemar tests on per-sample correctness;
+the full demo measures it on the whole eval split (600 per domain) in a second sweep in
+``OUT/headline`` that reuses the grid's scores.
 """
 
 from __future__ import annotations
@@ -170,9 +172,10 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
     if not quick:
         headline_dir = out / HEADLINE_DIR
         headline_dir.mkdir(exist_ok=True)
-        for name in ("scores.json", "scores.safetensors"):  # same calibration: score once
-            if not (headline_dir / name).is_file():
-                shutil.copyfile(out / name, headline_dir / name)
+        for name in ("scores.safetensors", "scores.json"):  # same calibration: score once
+            if not (headline_dir / name).is_file():  # copy, then rename: a kill leaves no half file
+                shutil.copyfile(out / name, headline_dir / f".{name}.part")
+                (headline_dir / f".{name}.part").replace(headline_dir / name)
         run_study(parse_study(headline_study(data, batch_size), headline_dir, source="demo headline study"),
                   headline_dir, quiet=quiet)
     report_path = None
