@@ -13,7 +13,6 @@ the full demo measures it on the whole eval split (600 per domain) in a second s
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,8 +151,9 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
              report: bool = True) -> tuple[SweepResult, Headline, Path | None, list[str]]:
     """Run (or resume) the demo study in ``out``; returns the sweep result, the headline, the
     report path (None if the report module is missing) and notes for the user."""
+    from .scores import Scores
     from .study import parse_study
-    from .sweep import run_study
+    from .sweep import SCORES_NAME, run_study
     from .toy import default_data
     out = Path(out)
     notes: list[str] = []
@@ -172,10 +172,8 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
     if not quick:
         headline_dir = out / HEADLINE_DIR
         headline_dir.mkdir(exist_ok=True)
-        for name in ("scores.safetensors", "scores.json"):  # same calibration: score once
-            if not (headline_dir / name).is_file():  # copy, then rename: a kill leaves no half file
-                shutil.copyfile(out / name, headline_dir / f".{name}.part")
-                (headline_dir / f".{name}.part").replace(headline_dir / name)
+        if not (headline_dir / SCORES_NAME).is_file():  # same calibration: score once
+            Scores.load(out / SCORES_NAME).save(headline_dir / SCORES_NAME)  # both files, published together
         run_study(parse_study(headline_study(data, batch_size), headline_dir, source="demo headline study"),
                   headline_dir, quiet=quiet)
     report_path = None

@@ -29,7 +29,7 @@ def test_demo_quick_study_on_toy_and_resume(tmp_path):
     assert {r.method for r in rows} >= set(METHODS) | {"none"}  # every registered method ran
     assert {r.budget for r in rows if r.heal is None} == {0, 2, 4, 8}
     base = {r.domain: r for r in rows if r.label == "unpruned"}
-    assert base["general"].accuracy >= 0.15 and base["math"].accuracy >= 0.40  # 47.5% / 80% measured (stage-3 toy)
+    assert base["general"].accuracy >= 0.35 and base["math"].accuracy >= 0.65  # 47.5% / 80% measured (stage-3 toy)
     for r in rows:
         assert r.n == 40 and len(r.samples) == 40 and not set(r.removed) & {0, 1, 2}
     if importlib.util.find_spec("depthprune.report") is not None:
