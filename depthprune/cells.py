@@ -7,6 +7,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -89,12 +90,16 @@ def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet
 
 
 def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: dict[str, Any],
-              records: Sequence[Record], distill: bool, progress: bool) -> nn.Module:
-    """A pruned, healed deep copy of ``model`` (the original is untouched)."""
+              records: Sequence[Record], distill: bool, progress: bool,
+              log_file: str | Path | None = None) -> nn.Module:
+    """A pruned, healed deep copy of ``model`` (the original is untouched); the training log
+    goes to ``log_file`` (JSON lines)."""
     from .healing import HealConfig, heal_model  # type: ignore[import-not-found]
     student = prune_layers(copy.deepcopy(model), remove)
+    if log_file is not None:
+        Path(log_file).unlink(missing_ok=True)  # a cell interrupted earlier starts its log again
     heal_model(student, processor, records, HealConfig(**recipe), teacher=model if distill else None,
-               removed_layers=list(remove), progress=progress)
+               removed_layers=list(remove), progress=progress, log_file=log_file)
     return student
 
 

@@ -86,13 +86,24 @@ def error_message(exc: BaseException) -> tuple[str, int]:
             "rerun with --debug for the traceback and report it)"), 1
 
 
+def expand_user(value: Any) -> Any:
+    """``~`` and ``~user`` expanded in a path option (or a list of them): the shell leaves
+    ``--out=~/x`` and quoted paths alone, and a literal ``~`` directory is never what was meant."""
+    if isinstance(value, Path):
+        return value.expanduser()
+    if isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+        return [v.expanduser() for v in value]
+    return value
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn every exception into one line ``error: ...`` on stderr (on a fresh line, progress
-    bars closed) and an exit status: 2 for user errors, 1 for bugs, 130 for Ctrl-C."""
+    bars closed) and an exit status: 2 for user errors, 1 for bugs, 130 for Ctrl-C. Path
+    options reach the command with ``~`` expanded (:func:`expand_user`)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return fn(*args, **{name: expand_user(value) for name, value in kwargs.items()})
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except BaseException as exc:  # noqa: BLE001 - the one place errors become messages
@@ -317,7 +328,7 @@ def demo(
     overwrite: Annotated[bool, typer.Option(help="Start over: delete the demo files already in --out (data, scores, results, report, headline/) instead of resuming.")] = False,
 ) -> None:
     """A complete study on the bundled toy Qwen3-VL: every method, budgets 6% to 50%, healing at two budgets; writes the store and report, then prints the headline (math- vs general-aware at 25%, re-evaluated on all 600 eval records per domain in OUT/headline)."""
-    from .demo import headline_table, run_demo
+    from .demo import findings_line, headline_table, run_demo
     from .runtime import quiet as runtime_quiet
     from .sweep import summary_line
     if overwrite and out_dir.is_dir():
@@ -327,12 +338,14 @@ def demo(
             (out_dir / name).unlink(missing_ok=True)
         for name in ("data", "headline"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
-    result, head, report_path, notes = run_demo(out_dir, quick=quick, quiet=quiet or runtime_quiet(),
-                                                batch_size=batch_size)
+    quiet = quiet or runtime_quiet()
+    result, head, report_path, notes = run_demo(out_dir, quick=quick, quiet=quiet, batch_size=batch_size)
+    if not quiet:  # the last lines on screen are the headline, the finding and the report's path
+        for note in notes:
+            console.print(f"note: {note}", highlight=False)
+        console.print(summary_line(result), highlight=False)
     console.print(headline_table(head))
-    for note in notes:
-        console.print(f"note: {note}", highlight=False)
-    console.print(summary_line(result), highlight=False)
+    console.print(findings_line(result.run_dir), highlight=False)
     if report_path is not None:
         console.print(f"report -> {report_path}", highlight=False)
 

@@ -29,6 +29,8 @@ HEADLINE_BUDGET = 0.25
 #: every eval record (600 per domain): the grid's 100 per domain cannot make a 5-point
 #: difference significant. An ordinary sweep in OUT/headline, reusing the grid's scores.
 HEADLINE_DIR = "headline"
+#: The demo's data (calib and eval splits of the toy benchmark) live in OUT/data.
+DATA_DIR = "data"
 WEIGHTS = [{"math": 0.5, "general": 0.5}, {"math": 0.75, "general": 0.25}, {"math": 0.25, "general": 0.75}]
 
 
@@ -51,7 +53,8 @@ def demo_methods(quick: bool) -> list[Any]:
 
 
 def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict[str, Any]:
-    """The demo's study as a dict (the same keys as a study YAML file)."""
+    """The demo's study as a dict (the same keys as a study YAML file). ``data`` paths follow
+    the study rule: relative to the directory the study belongs to (its run directory)."""
     study: dict[str, Any] = {
         "model": "toy", "dtype": "float32", "batch_size": batch_size,
         "calibration": {"data": str(data["calib"]), "ablation": True,
@@ -70,7 +73,8 @@ def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict
 
 def headline_study(data: dict[str, Path], batch_size: int = 32) -> dict[str, Any]:
     """The full demo's headline study: the domain-aware signals per domain at 25%, unhealed, on
-    the whole eval split, with the calibration settings of the grid (so its scores are reused)."""
+    the whole eval split, with the calibration settings of the grid (so its scores are reused).
+    ``data`` paths are relative to the headline's own run directory."""
     study = demo_study(data, quick=False, batch_size=batch_size)
     study.pop("heal", None)
     study["eval"] = [{"name": "toy", "data": str(data["eval"]), "max_samples": None}]
@@ -147,6 +151,20 @@ def headline_table(h: Headline) -> Any:
     return table
 
 
+def findings_line(run_dir: str | Path) -> str:
+    """One line of what the report found: the regimes of each unhealed series, low to high budget."""
+    from .regimes import analyze
+    from .store import read_results
+    parts = []
+    for series in analyze(read_results(Path(run_dir) / "results.sqlite")):
+        if series.heal != "null" or not series.runs:
+            continue
+        runs = ", ".join(f"{label} {100 * a:.0f}%" + ("" if a == b else f"-{100 * b:.0f}%")
+                         for label, a, b in series.runs)
+        parts.append(f"{series.eval_set}/{series.domain}: {runs}")
+    return "regimes (unhealed): " + ("; ".join(parts) if parts else "no budget has two methods to compare")
+
+
 def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_size: int = 32,
              report: bool = True) -> tuple[SweepResult, Headline, Path | None, list[str]]:
     """Run (or resume) the demo study in ``out``; returns the sweep result, the headline, the
@@ -155,13 +173,14 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
     from .study import parse_study
     from .sweep import SCORES_NAME, run_study
     from .toy import default_data
-    out = Path(out)
+    out = Path(out).expanduser()
     notes: list[str] = []
-    data_dir = out / "data"
-    data = {"calib": data_dir / "calib.jsonl", "eval": data_dir / "eval.jsonl"}
-    if not all(p.is_file() for p in data.values()):
+    # A study's paths are relative to the study's directory, here the run directory, so the
+    # generated study names its data relative to ``out`` (and stays valid if ``out`` moves).
+    data = {split: Path(DATA_DIR) / f"{split}.jsonl" for split in ("calib", "eval")}
+    if not all((out / p).is_file() for p in data.values()):
         out.mkdir(parents=True, exist_ok=True)
-        data = default_data(data_dir)
+        default_data(out / DATA_DIR)
     raw = demo_study(data, quick, batch_size)
     if "heal" not in raw:
         notes.append("healing skipped: depthprune.healing is not installed in this version")
@@ -174,8 +193,9 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
         headline_dir.mkdir(exist_ok=True)
         if not (headline_dir / SCORES_NAME).is_file():  # same calibration: score once
             Scores.load(out / SCORES_NAME).save(headline_dir / SCORES_NAME)  # both files, published together
-        run_study(parse_study(headline_study(data, batch_size), headline_dir, source="demo headline study"),
-                  headline_dir, quiet=quiet)
+        headline_data = {split: Path("..") / p for split, p in data.items()}  # relative to OUT/headline
+        run_study(parse_study(headline_study(headline_data, batch_size), headline_dir,
+                              source="demo headline study"), headline_dir, quiet=quiet)
     report_path = None
     if report:
         if importlib.util.find_spec("depthprune.report") is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -149,17 +150,65 @@ def require_answers(records: Sequence[Record]) -> None:
                         "trains on answers: give every training record an answer")
 
 
+class TrainingLog:
+    """A Trainer callback that shows training the way the rest of depthprune shows long work —
+    one progress bar with the latest loss (tqdm gives the time left), off under ``--quiet`` —
+    and appends every log entry TRL produces (loss, grad_norm, learning_rate, ... and the final
+    summary) as one JSON line to ``log_file``, instead of printing dictionaries to stdout."""
+
+    def __init__(self, log_file: Path | None, progress: bool, desc: str = "heal") -> None:
+        self.log_file, self.progress, self.desc, self.bar = log_file, progress, desc, None
+
+    def callback(self) -> Any:
+        """The transformers ``TrainerCallback`` instance."""
+        from transformers import TrainerCallback
+        log = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                from .runtime import progress as progress_bar
+                log.bar = progress_bar(total=state.max_steps, initial=state.global_step, desc=log.desc,
+                                       unit="step", leave=False, disable=not log.progress, dynamic_ncols=True)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if log.bar is not None:
+                    log.bar.update(state.global_step - log.bar.n)
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                logs = dict(logs or {})
+                if log.bar is not None and "loss" in logs:
+                    log.bar.set_postfix_str(f"loss {float(logs['loss']):.4f}")
+                if log.log_file is not None:
+                    log.log_file.parent.mkdir(parents=True, exist_ok=True)
+                    with log.log_file.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if log.bar is not None:
+                    log.bar.close()
+                    log.bar = None
+
+        return _Callback()
+
+
+#: The training log's file name (one JSON line per TRL log entry) in the work directory and in
+#: the healed checkpoint.
+LOG_NAME = "healing_log.jsonl"
+
+
 def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], config: HealConfig, *,
                teacher: nn.Module | None = None, removed_layers: list[int] | None = None,
                work_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True) -> HealStats:
+               progress: bool = True, log_file: str | Path | None = None) -> HealStats:
     """Fine-tune `model` IN PLACE (LoRA merged back before returning, so the result is a plain
     model with the same architecture) on `records` (depthprune.data.Record list).
 
     ``teacher``: the unpruned model for logit distillation (same tokenizer). ``removed_layers``:
     the layers pruned away (original 0-based numbering), needed by ``neighbours`` mode.
     ``work_dir``: where TRL checkpoints go (a temporary directory if None); ``resume``
-    continues from its latest checkpoint. Returns :class:`HealStats`.
+    continues from its latest checkpoint. ``log_file``: where every TRL log entry is appended as
+    a JSON line (default ``work_dir/healing_log.jsonl``); the terminal shows one progress bar
+    with the loss (``progress``). Returns :class:`HealStats`.
     Raises HealError / DataError for unusable inputs, before any training.
     """
     import tempfile
@@ -214,7 +263,7 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
         lr_scheduler_type="cosine", warmup_steps=round(config.warmup_ratio * max_steps),
         weight_decay=0.0, logging_steps=log_every, save_steps=config.save_steps,
         save_total_limit=2, seed=config.seed, data_seed=config.seed, report_to="none",
-        disable_tqdm=not progress, bf16=config.bf16, max_length=None, remove_unused_columns=False,
+        disable_tqdm=True, bf16=config.bf16, max_length=None, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
@@ -226,9 +275,13 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
         data_collator=RecordCollator(processor, records), processing_class=processor,
         peft_config=peft_config, teacher=teacher, distill_weight=config.distill_weight if teacher else 0.0,
         temperature=config.temperature)
-    if not progress:  # with tqdm off, transformers prints every log dict instead: keep logs clean
-        from transformers.trainer_callback import PrinterCallback
-        trainer.remove_callback(PrinterCallback)
+    # transformers prints every log dict (PrinterCallback, or ProgressCallback's bar.write): the
+    # terminal gets depthprune's bar with the loss instead, and the dicts go to the log file
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainingLog(Path(log_file) if log_file is not None else work_dir / LOG_NAME,
+                                     progress).callback())
     if teacher is not None:
         teacher.to(trainer.args.device)
     if config.mode == "lora":
@@ -344,6 +397,8 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
                         f"checkpoint has {n_layers}. Re-run `depthprune prune`")
     work.mkdir(parents=True, exist_ok=True)
     request_file.write_text(json.dumps(request, indent=1))
+    if not resume:  # a fresh run's log starts empty (a resumed one continues its file)
+        (work / LOG_NAME).unlink(missing_ok=True)
     stats = heal_model(model, processor, records, config, teacher=teacher, removed_layers=removed,
                        work_dir=work, resume=resume, progress=progress)
     if teacher is not None:
@@ -362,10 +417,11 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
         for f in saved.iterdir():
             f.rename(tmp / f.name)
         saved.rmdir()
+        if (work / LOG_NAME).is_file():  # the full training log travels with the checkpoint
+            shutil.copyfile(work / LOG_NAME, tmp / LOG_NAME)
         verify_stock_keys(tmp, model)
         with (tmp / "README.md").open("a") as fh:
             fh.write(healing_card(info["healing"]))
-    import shutil
     shutil.rmtree(work, ignore_errors=True)
     return out
 

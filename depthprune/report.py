@@ -271,8 +271,6 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     out = Path(out) if out is not None else run_dir / "report.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise ReportError(f"{out}: the report file name must end in .html (the Markdown goes beside it)")
-    if not out.parent.is_dir():
-        raise ReportError(f"{out}: its directory {out.parent} does not exist; create it or choose another --out")
     from . import plots  # matplotlib only when a report is written
 
     notes: list[str] = []

@@ -155,13 +155,26 @@ def _paths(src: str, key: str, value: Any, base: Path) -> list[str]:
     out = []
     for i, p in enumerate(_as_list(value)):
         k = f"{key}[{i}]" if isinstance(value, list) else key
-        path = (base / _str(src, k, p)).resolve()
+        path = (base / Path(_str(src, k, p)).expanduser()).resolve()
         if not path.is_file():
             raise _err(src, k, f"file {path} not found (paths are relative to the study file)")
         out.append(str(path))
     if not out:
         raise _err(src, key, "give at least one JSONL file")
     return out
+
+
+def _model(src: str, value: Any, base: Path) -> str:
+    """The study's ``model``: a local path relative to the study file (like every path in it;
+    ``~`` expanded) becomes absolute; a name with no such path stays as given (a hub id, or
+    the ``toy`` / ``smollm2`` aliases)."""
+    model = _str(src, "model", value)
+    path = base / Path(model).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if Path(model).expanduser().is_absolute() or model.startswith((".", "~")) or model.endswith(".gguf"):
+        raise _err(src, "model", f"{path} not found (paths are relative to the study file)")
+    return model
 
 
 def _budget(src: str, key: str, value: Any) -> int | float:
@@ -388,6 +401,7 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
     device_map = raw.get("device_map")
     if device_map is not None:
         device_map = _str(src, "device_map", device_map)
+    model = _model(src, model, base)  # checked last: the errors of the keys above come first
     study = Study(
         model=model, calibration=calib_paths, eval_sets=eval_sets, methods=methods, budgets=budgets,
         dtype=dtype, device=_str(src, "device", raw.get("device", "cpu")), device_map=device_map,

@@ -26,6 +26,15 @@ from .study import Cell, Study, StudyError, expand_cells, load_study, study_dict
 
 SCORES_NAME = "scores.json"
 STUDY_NAME = "study.yaml"
+#: Training logs of the healed cells (one JSON-lines file per healed plan).
+LOGS_DIR = "logs"
+
+
+def heal_log_name(remove: list[int], recipe: dict[str, Any]) -> str:
+    """File name of a healed plan's training log: the removed layers and a short recipe hash."""
+    import hashlib
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    return f"heal-{'-'.join(map(str, remove)) or 'none'}-{digest}.jsonl"
 
 
 @dataclass
@@ -290,7 +299,8 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
                     results = evaluate_sets(net, processor, eval_sets, study.batch_size, study.max_new_tokens,
                                             study.accuracy, progress)
             else:
-                student = heal_copy(net, processor, remove, heal, heal_records, study.heal["distill"], progress)
+                student = heal_copy(net, processor, remove, heal, heal_records, study.heal["distill"], progress,
+                                    log_file=out / LOGS_DIR / heal_log_name(remove, heal))
                 results = evaluate_sets(student, processor, eval_sets, study.batch_size, study.max_new_tokens,
                                         study.accuracy, progress)
                 del student
