@@ -67,8 +67,8 @@ def make_batch(model, batch: int, tokens: int) -> dict:
 
 
 def make_runners(model, batch_inputs, max_span: int | None):
-    from depthprune.models import find_decoder_layers
-    from depthprune.scoring import SimilarityRecorder, token_groups
+    from depthprune.models.architectures import find_decoder_layers
+    from depthprune.score.forward import SimilarityRecorder, token_groups
     layers = find_decoder_layers(model)[1]
     span = max_span or (len(layers) + 1) // 2
     recorder = SimilarityRecorder(layers, span)

@@ -11,12 +11,13 @@ __version__ = "0.1.0"
 # --help) does not load torch and transformers.
 _LAZY = {
     "plan": "api", "prune": "api", "score": "api", "diagnose": "api",
-    "DataError": "data", "Record": "data", "load_records": "data",
-    "METHODS": "methods", "Plan": "methods", "RankError": "methods", "RankRequest": "methods",
-    "ModelError": "models", "load_model": "models",
+    "DataError": "data.records", "Record": "data.records", "load_records": "data.records",
+    "METHODS": "rank.methods", "Plan": "rank.methods", "RankError": "rank.methods",
+    "RankRequest": "rank.methods",
+    "ModelError": "models.architectures", "load_model": "models.architectures",
     "PruneError": "pruning", "prune_layers": "pruning", "save_pruned": "pruning",
-    "Scores": "scores", "ScoresError": "scores",
-    "OutputError": "atomic",
+    "Scores": "score.scores", "ScoresError": "score.scores",
+    "OutputError": "outputs",
 }
 
 

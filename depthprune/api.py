@@ -18,17 +18,17 @@ from typing import Any
 
 import torch
 
-from .atomic import check_output
-from .data import load_records
-from .methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list, check_protection,
+from depthprune.outputs import check_output
+from depthprune.data.records import load_records
+from depthprune.rank.methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list, check_protection,
                       check_request, rank, resolve_budget)
-from .methods import protected_layers as protected_for
-from .models import (DTYPES, ModelError, adapter_for, find_decoder_layers, is_local, load_config, load_model,
+from depthprune.rank.methods import protected_layers as protected_for
+from depthprune.models.architectures import (DTYPES, ModelError, adapter_for, find_decoder_layers, is_local, load_config, load_model,
                      resolve_model_id, text_config, validate_device)
-from .pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
-from .scores import Scores
-from .scoring import ScoreSettings, cap_per_domain, score_model
-from .speed import count_parameters, expected_speedup
+from depthprune.pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
+from depthprune.score.scores import Scores
+from depthprune.score.forward import ScoreSettings, cap_per_domain, score_model
+from depthprune.speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike
 
@@ -45,7 +45,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     """Score every decoder layer of checkpoint ``model`` on calibration JSONL ``data``.
 
     ``ablation``: also measure every record's answer NLL with each single layer removed
-    (:mod:`depthprune.ablation`; one more forward per layer; every record needs an answer).
+    (:mod:`depthprune.score.ablation`; one more forward per layer; every record needs an answer).
     Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
     ``.safetensors`` beside it, if given; existing files only with ``overwrite``). Everything
     cheap (output, data, images, device, config) is checked before the weights load.
@@ -60,7 +60,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
             check_output(target, overwrite, kind="file", inputs=inputs)
     records = load_records(_as_list(data))
     if ablation:  # before the model loads
-        from .ablation import require_answers
+        from depthprune.score.ablation import require_answers
         require_answers(cap_per_domain(records, max_samples))
     num_layers = text_config(_check_model_cheaply(model, dtype, device, device_map,
                                                   trust_remote_code)).num_hidden_layers
@@ -73,7 +73,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     if ablation:
         import time
 
-        from .ablation import ablation_nll
+        from depthprune.score.ablation import ablation_nll
         started = time.perf_counter()
         scores.base_nll, scores.ablation_nll = ablation_nll(
             net, processor, cap_per_domain(records, max_samples), batch_size=batch_size, progress=progress)
@@ -243,7 +243,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
                                "reasons": {str(k): v for k, v in the_plan.reasons.items()},
                                "scores_fingerprint": the_plan.scores_fingerprint,
                                "expected_speedup": speedup})
-    from .gguf_models import gguf_source
+    from depthprune.models.gguf import gguf_source
     files_from: PathLike = model
     if gguf_source(net) is not None:  # e.g. {"gguf_file": ".../x.Q4_1.gguf", "quantization": "Q4_1", ...}
         info["gguf_source"] = gguf_source(net)
@@ -255,8 +255,8 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
 def diagnose(scores: Scores | PathLike, layers: Sequence[int] | None = None) -> dict:
     """How well each similarity signal (token group x domain) predicts each domain's
     single-layer ablation damage: Spearman correlations and the damage table (see
-    :func:`depthprune.diagnosis.diagnose`). ``scores`` must come from ``score(..., ablation=True)``."""
-    from .diagnosis import diagnose as _diagnose
+    :func:`depthprune.score.signals.diagnose`). ``scores`` must come from ``score(..., ablation=True)``."""
+    from depthprune.score.signals import diagnose as _diagnose
     if not isinstance(scores, Scores):
         scores = Scores.load(scores)
     return _diagnose(scores, None if layers is None else list(layers))

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from . import runtime
+from depthprune import settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Domain-aware depth pruning of Hugging Face VLMs and LLMs. "
@@ -36,16 +36,16 @@ err = Console(stderr=True, soft_wrap=True, markup=False)
 
 @app.callback()
 def _global_options(
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=runtime.ENV_QUIET,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=settings.ENV_QUIET,
                                         help="No progress bars (for logs).")] = False,
-    threads: Annotated[int | None, typer.Option(min=1, envvar=runtime.ENV_THREADS,
+    threads: Annotated[int | None, typer.Option(min=1, envvar=settings.ENV_THREADS,
                                                 help="CPU threads for torch (torch.set_num_threads). Use 1 (or "
                                                      "cores / processes) when other processes share the cores.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", envvar=runtime.ENV_DEBUG,
+    debug: Annotated[bool, typer.Option("--debug", envvar=settings.ENV_DEBUG,
                                         help="Print the traceback above the error line (for bug reports).")] = False,
 ) -> None:
     """Global options; they apply to every command and go before it: depthprune --quiet score ..."""
-    runtime.configure(quiet=quiet, threads=threads, debug=debug)
+    settings.configure(quiet=quiet, threads=threads, debug=debug)
     if not console.is_terminal:  # a pipe or a log file: no wrapping at 80 columns anywhere
         console.width = err.width = 10_000
     warnings.showwarning = _show_warning
@@ -71,7 +71,7 @@ def error_message(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, ValueError):
         return _one_line(str(exc)) or type(exc).__name__, 2
     if isinstance(exc, OSError):
-        from .atomic import describe_oserror
+        from depthprune.outputs import describe_oserror
         where = exc.filename if exc.filename is not None else ""
         if exc.filename2 is not None:
             where = f"{where} -> {exc.filename2}"
@@ -109,9 +109,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:  # noqa: BLE001 - the one place errors become messages
             if isinstance(exc, SystemExit):
                 raise
-            runtime.close_progress_bars()
+            settings.close_progress_bars()
             message, status = error_message(exc)
-            if runtime.debug():
+            if settings.debug():
                 traceback.print_exception(exc, file=sys.stderr)
             sys.stdout.flush()
             err.print(Text.assemble(("error:", "bold red"), " ", message))
@@ -146,7 +146,7 @@ Overwrite = Annotated[bool, typer.Option(help="Replace an existing output (never
 
 
 def _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last) -> dict:
-    from .methods import parse_weights
+    from depthprune.rank.methods import parse_weights
     return dict(domain=domain, weights=parse_weights(weights) if weights else None, base=base,
                 token_group=token_group, seed=seed, allow_deepstack=allow_deepstack,
                 protect_first=protect_first, protect_last=protect_last)
@@ -167,7 +167,7 @@ def score(
     ablation: Annotated[bool, typer.Option(help="Also measure each record's answer NLL with each single layer removed (one more forward per layer; needs answers). Enables --method ablation and `depthprune diagnose`.")] = False,
 ) -> None:
     """Run calibration prompts through MODEL once and record every layer's similarity statistics."""
-    from . import api
+    from depthprune import api
     scores = api.score(model, data, out, batch_size=batch_size, max_samples=max_samples, max_span=max_span,
                        dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
                        overwrite=overwrite, ablation=ablation)
@@ -189,11 +189,11 @@ def rank(
     overwrite: Overwrite = False,
 ) -> None:
     """Choose layers to remove from a scores file (no model pass) and print the table."""
-    from . import api
-    from .atomic import check_output
-    from .diagnostics import bootstrap_stability, plan_table
-    from .methods import RankRequest
-    from .scores import Scores
+    from depthprune import api
+    from depthprune.outputs import check_output
+    from depthprune.rank.stability import bootstrap_stability, plan_table
+    from depthprune.rank.methods import RankRequest
+    from depthprune.score.scores import Scores
     if save_plan is not None:  # before any work
         if not str(save_plan).endswith(".plan.json"):
             raise ValueError(f"--save-plan {save_plan}: plan files must end in .plan.json")
@@ -233,7 +233,7 @@ def prune(
     trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
 ) -> None:
     """Remove decoder layers from MODEL and save a stock Hugging Face checkpoint."""
-    from . import api
+    from depthprune import api
     source = plan if plan is not None else scores
     kwargs = _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last)
     if plan is not None or layers is not None:  # only the protection flags apply to a given plan
@@ -257,7 +257,7 @@ def prune(
                              return_info=True, **kwargs)
     console.print(f"removed layers {info['removed_layers']} (0-based) with {info['method']}: "
               f"{info['original_num_layers']} -> {info['num_layers']} layers -> {result}", highlight=False)
-    from .speed import format_speedup
+    from depthprune.speed import format_speedup
     console.print(format_speedup(info["expected_speedup"]), highlight=False)
 
 
@@ -279,11 +279,11 @@ def eval_(
 ) -> None:
     """Greedy-generate answers, score them per domain (accuracy, 95% CI) and the answer NLL;
     or run lmms-eval tasks (--lmms-eval) into the same metrics format."""
-    from .evaluation import evaluate_path, format_metrics_table
+    from depthprune.evaluate.generation import evaluate_path, format_metrics_table
     if (lmms_eval is None) == (not data):
         raise ValueError("eval needs exactly one of --data FILE or --lmms-eval TASKS")
     if lmms_eval is not None:
-        from . import lmms
+        from depthprune.evaluate import lmms
         metrics = lmms.run(model, lmms_eval.split(","), out_file, include_path=include_path, limit=limit,
                            batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
                            device=device_map or device, lmms_model=lmms_model, model_args=lmms_model_args,
@@ -310,8 +310,8 @@ def data_synth(
     The defaults are those of `python -m depthprune.toy.train`. Eval and calib do not depend
     on --n-train; math operand combinations of calib/eval are never in any train split.
     """
-    from .atomic import check_output
-    from .synth import synthesize
+    from depthprune.outputs import check_output
+    from depthprune.data.synth import synthesize
     check_output(out_dir, overwrite=False)
     paths = synthesize(out_dir, seed=seed, n_train=n_train, n_calib=n_calib, n_eval=n_eval)
     for split, path in paths.items():
@@ -328,9 +328,9 @@ def demo(
     overwrite: Annotated[bool, typer.Option(help="Start over: delete the demo files already in --out (data, scores, results, report, headline/) instead of resuming.")] = False,
 ) -> None:
     """A complete study on the bundled toy Qwen3-VL: every method, budgets 6% to 50%, healing at two budgets; writes the store and report, then prints the headline (math- vs general-aware at 25%, re-evaluated on all 600 eval records per domain in OUT/headline)."""
-    from .demo import findings_line, headline_table, run_demo
-    from .runtime import quiet as runtime_quiet
-    from .sweep import summary_line
+    from depthprune.demo import findings_line, headline_table, run_demo
+    from depthprune.settings import quiet as settings_quiet
+    from depthprune.study.sweep import summary_line
     if overwrite and out_dir.is_dir():
         import shutil
         for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "scores.json",
@@ -338,7 +338,7 @@ def demo(
             (out_dir / name).unlink(missing_ok=True)
         for name in ("data", "headline"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
-    quiet = quiet or runtime_quiet()
+    quiet = quiet or settings_quiet()
     result, head, report_path, notes = run_demo(out_dir, quick=quick, quiet=quiet, batch_size=batch_size)
     if not quiet:  # the last lines on screen are the headline, the finding and the report's path
         for note in notes:
@@ -358,9 +358,9 @@ def sweep(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run every cell of a study (method x budget x heal) into RUN_DIR/results.sqlite; resumable, and data-parallel under torchrun."""
-    from .runtime import quiet as runtime_quiet
-    from .sweep import run_study, summary_line
-    result = run_study(study_file, out_dir, quiet=quiet or runtime_quiet())
+    from depthprune.settings import quiet as settings_quiet
+    from depthprune.study.sweep import run_study, summary_line
+    result = run_study(study_file, out_dir, quiet=quiet or settings_quiet())
     for note in result.notes:
         console.print(f"note: skipped {note}", highlight=False)
     console.print(summary_line(result), highlight=False)
@@ -375,7 +375,7 @@ def report(
     seed: Seed = 0,
 ) -> None:
     """Regime map of a study: leaders, spreads and paired tests per budget, stability, plots -> HTML + Markdown."""
-    from .report import write_report
+    from depthprune.report.html import write_report
     html_path = write_report(run_dir, out, resamples=resamples, seed=seed)
     console.print(f"report -> {html_path} (+ {html_path.with_suffix('.md').name})", highlight=False)
 
@@ -391,7 +391,7 @@ def data_lmms_task(
 ) -> None:
     """Turn answered JSONL records into a local lmms-eval task (dataset saved with datasets.save_to_disk,
     depthprune's scoring rules), to run them through `depthprune eval --lmms-eval`."""
-    from .lmms import write_task
+    from depthprune.evaluate.lmms import write_task
     tasks = write_task(data, out_dir, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)
     console.print(f"lmms-eval tasks {', '.join(tasks)} -> {out_dir} "
                   f"(use: --lmms-eval {tasks[0]} --include-path {out_dir})", highlight=False)
@@ -407,11 +407,11 @@ def diagnose(
     """Which similarity signal predicts which domain's ablation damage (Spearman, removable layers)."""
     import json
 
-    from . import api
-    from .atomic import write_text_atomic
-    from .diagnosis import correlation_table, damage_table
+    from depthprune import api
+    from depthprune.outputs import write_text_atomic
+    from depthprune.score.signals import correlation_table, damage_table
     if out is not None:
-        from .atomic import check_output
+        from depthprune.outputs import check_output
         check_output(out, overwrite, kind="file", inputs=[scores])
     result = api.diagnose(scores)
     console.print(damage_table(result))
@@ -435,7 +435,7 @@ def data_text(
 ) -> None:
     """Write the text two-domain benchmark (math: arithmetic and word problems; general: everyday
     knowledge and word facts) with calib, eval (and train) splits sharing no question."""
-    from .textbench import write_text_benchmark
+    from depthprune.data.textbench import write_text_benchmark
     paths = write_text_benchmark(out_dir, seed=seed, n_calib=n_calib, n_eval=n_eval,
                                  n_train=n_train, overwrite=overwrite)
     for split, path in paths.items():
@@ -469,7 +469,7 @@ def heal(
     trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
 ) -> None:
     """Heal MODEL (e.g. a pruned checkpoint) with a brief supervised fine-tuning on answered JSONL records."""
-    from .healing import HealConfig, heal as heal_checkpoint
+    from depthprune.heal.healing import HealConfig, heal as heal_checkpoint
     if train_layers not in ("all", "neighbours"):
         raise ValueError(f"--train-layers {train_layers!r}: choose all or neighbours")
     if mode not in ("lora", "full"):

@@ -2,8 +2,8 @@
 
 Every registered ranking method (domain-aware per domain, on all tokens and on the last
 token, mixed at three weightings, random at two seeds, ...), budgets from 1 of 16 layers
-(6%) to 8 (50%), healing at two budgets when ``depthprune.healing`` is installed, NLL and
-generation accuracy on both domains. It is an ordinary sweep (:func:`depthprune.sweep.run_study`)
+(6%) to 8 (50%), healing at two budgets when ``depthprune.heal.healing`` is installed, NLL and
+generation accuracy on both domains. It is an ordinary sweep (:func:`depthprune.study.sweep.run_study`)
 in ``--out``, so running it again resumes. The headline compares math-aware with
 general-aware removal at 25% per domain with exact McNemar tests on per-sample correctness;
 the full demo measures it on the whole eval split (600 per domain) in a second sweep in
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .sweep import SweepResult
+from depthprune.study.sweep import SweepResult
 
 FULL_BUDGETS = [0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5]
 QUICK_BUDGETS = [0.125, 0.25, 0.5]
@@ -36,7 +36,7 @@ WEIGHTS = [{"math": 0.5, "general": 0.5}, {"math": 0.75, "general": 0.25}, {"mat
 
 def demo_methods(quick: bool) -> list[Any]:
     """Every registered method with the options the toy needs (domains, weights, seeds)."""
-    from .methods import METHODS
+    from depthprune.rank.methods import METHODS
     entries: list[Any] = []
     for name in METHODS:
         if name in ("domain", "ablation", "contrast"):
@@ -64,7 +64,7 @@ def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict
         "budgets": QUICK_BUDGETS if quick else FULL_BUDGETS,
         "metrics": {"accuracy": True, "max_new_tokens": 8},
     }
-    if importlib.util.find_spec("depthprune.healing") is not None:
+    if importlib.util.find_spec("depthprune.heal.healing") is not None:
         study["heal"] = {"recipe": {"mode": "lora", "steps": 20 if quick else 60, "batch_size": 16},
                          "budgets": [HEADLINE_BUDGET] if quick else [HEADLINE_BUDGET, 0.5],
                          "methods": ["domain:math", "domain:general"]}
@@ -86,7 +86,7 @@ def headline_study(data: dict[str, Path], batch_size: int = 32) -> dict[str, Any
 
 def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
     """(only a right, only b right, exact two-sided p) on paired correctness."""
-    from .stats import mcnemar_exact
+    from depthprune.report.statistics import mcnemar_exact
     return mcnemar_exact(a, b)
 
 
@@ -107,8 +107,8 @@ PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "contrast", "ab
 def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
     """Per ranking signal and domain: accuracy of the unpruned model, of math-aware and of
     general-aware removal at ``budget`` (unhealed), and the exact McNemar p-value of the two."""
-    from .methods import resolve_budget
-    from .store import get_meta, open_store, read_results
+    from depthprune.rank.methods import resolve_budget
+    from depthprune.study.store import get_meta, open_store, read_results
     conn = open_store(Path(run_dir) / "results.sqlite")
     n_layers = get_meta(conn)["num_layers"]
     k = resolve_budget(budget, n_layers)
@@ -153,8 +153,8 @@ def headline_table(h: Headline) -> Any:
 
 def findings_line(run_dir: str | Path) -> str:
     """One line of what the report found: the regimes of each unhealed series, low to high budget."""
-    from .regimes import analyze
-    from .store import read_results
+    from depthprune.report.regimes import analyze
+    from depthprune.study.store import read_results
     parts = []
     for series in analyze(read_results(Path(run_dir) / "results.sqlite")):
         if series.heal != "null" or not series.runs:
@@ -169,10 +169,10 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
              report: bool = True) -> tuple[SweepResult, Headline, Path | None, list[str]]:
     """Run (or resume) the demo study in ``out``; returns the sweep result, the headline, the
     report path (None if the report module is missing) and notes for the user."""
-    from .scores import Scores
-    from .study import parse_study
-    from .sweep import SCORES_NAME, run_study
-    from .toy import default_data
+    from depthprune.score.scores import Scores
+    from depthprune.study.config import parse_study
+    from depthprune.study.sweep import SCORES_NAME, run_study
+    from depthprune.toy import default_data
     out = Path(out).expanduser()
     notes: list[str] = []
     # A study's paths are relative to the study's directory, here the run directory, so the
@@ -183,7 +183,7 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
         default_data(out / DATA_DIR)
     raw = demo_study(data, quick, batch_size)
     if "heal" not in raw:
-        notes.append("healing skipped: depthprune.healing is not installed in this version")
+        notes.append("healing skipped: depthprune.heal.healing is not installed in this version")
     study = parse_study(raw, out, source="demo study")
     result = run_study(study, out, quiet=quiet)
     notes += [f"skipped {s}" for s in result.notes]
@@ -198,12 +198,12 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
                               source="demo headline study"), headline_dir, quiet=quiet)
     report_path = None
     if report:
-        if importlib.util.find_spec("depthprune.report") is None:
-            notes.append("report.html not written: depthprune.report is not installed in this version")
+        if importlib.util.find_spec("depthprune.report.html") is None:
+            notes.append("report.html not written: depthprune.report.html is not installed in this version")
         else:
             import inspect
 
-            from .report import write_report  # type: ignore[import-not-found]
+            from depthprune.report.html import write_report  # type: ignore[import-not-found]
             quiet_kw = {"progress": not quiet} if "progress" in inspect.signature(write_report).parameters else {}
             report_path = write_report(out, **quiet_kw)
     return result, headline(headline_dir), report_path, notes

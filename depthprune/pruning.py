@@ -21,9 +21,9 @@ from typing import Any
 from safetensors import safe_open
 from torch import nn
 
-from . import __version__
-from .atomic import atomic_dir, check_output  # atomic_dir is re-exported: callers import it from here
-from .models import adapter_for, find_decoder_layers, is_local, text_config
+from depthprune import __version__
+from depthprune.outputs import atomic_dir, check_output  # atomic_dir is re-exported: callers import it from here
+from depthprune.models.architectures import adapter_for, find_decoder_layers, is_local, text_config
 
 
 class PruneError(ValueError):
@@ -45,7 +45,7 @@ COPIED_DIRS = ("additional_chat_templates",)
 
 
 def _check_layers(remove: Sequence[int], num_layers: int) -> list[int]:
-    from .methods import RankError, check_layer_list
+    from depthprune.rank.methods import RankError, check_layer_list
     try:
         return check_layer_list(list(remove), num_layers, "layers to remove", allow_empty=True)
     except RankError as err:
@@ -146,7 +146,7 @@ def layers_removed(model: nn.Module, remove: Sequence[int]) -> Iterator[nn.Modul
 # --------------------------------------------------------------------------- saving
 def prepare_output_dir(out_dir: str | Path, overwrite: bool,
                        inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Validate an output directory before any work (see :func:`depthprune.atomic.check_output`):
+    """Validate an output directory before any work (see :func:`depthprune.outputs.check_output`):
     refuse a non-empty one unless ``overwrite``, one equal to / inside / containing any of
     ``inputs`` (always), and an unwritable parent. Returns it as a Path."""
     return check_output(out_dir, overwrite, kind="dir", inputs=inputs)

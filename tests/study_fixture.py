@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from depthprune.data import load_records
-from depthprune.evaluation import evaluate, wilson_interval
-from depthprune.methods import RankRequest, rank
-from depthprune.models import load_model
+from depthprune.data.records import load_records
+from depthprune.evaluate.generation import evaluate, wilson_interval
+from depthprune.rank.methods import RankRequest, rank
+from depthprune.models.architectures import load_model
 from depthprune.pruning import layers_as_identity
-from depthprune.scoring import ScoreSettings, score_model
-from depthprune.store import STORE_NAME, ResultRow, cell_key, open_store, set_meta, write_cell
+from depthprune.score.forward import ScoreSettings, score_model
+from depthprune.study.store import STORE_NAME, ResultRow, cell_key, open_store, set_meta, write_cell
 from depthprune.toy import MODEL_DIR, default_data
 
 DEFAULT_METHODS = (("domain:math", "domain", {"domain": "math"}), ("domain:general", "domain", {"domain": "general"}),

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-from depthprune.data import encode, load_records
-from depthprune.models import find_decoder_layers, load_model, protected_layers, text_config
+from depthprune.data.records import encode, load_records
+from depthprune.models.architectures import find_decoder_layers, load_model, protected_layers, text_config
 from depthprune.pruning import layers_as_identity, prune_layers, pruning_info, save_pruned
-from depthprune.scoring import ScoreSettings, score_model
+from depthprune.score.forward import ScoreSettings, score_model
 from tiny_configs import FAMILIES, LAYERS, VLM_FAMILIES
 from tiny_models import save_tiny
 

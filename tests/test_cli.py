@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from transformers import AutoModelForImageTextToText
 
 from depthprune.cli import app
-from depthprune.scores import Scores
+from depthprune.score.scores import Scores
 from tiny_models import save_tiny
 
 runner = CliRunner()

@@ -14,8 +14,8 @@ from depthprune.cli import app
 
 @pytest.mark.slow
 def test_demo_quick_study_on_toy_and_resume(tmp_path):
-    from depthprune.methods import METHODS
-    from depthprune.store import get_meta, open_store, read_results
+    from depthprune.rank.methods import METHODS
+    from depthprune.study.store import get_meta, open_store, read_results
     from depthprune.toy import MODEL_DIR
     if not (MODEL_DIR / "model.safetensors").is_file():
         pytest.fail(f"bundled toy weights missing in {MODEL_DIR}; run python -m depthprune.toy.train")
@@ -32,7 +32,7 @@ def test_demo_quick_study_on_toy_and_resume(tmp_path):
     assert base["general"].accuracy >= 0.35 and base["math"].accuracy >= 0.65  # 47.5% / 80% measured (stage-3 toy)
     for r in rows:
         assert r.n == 40 and len(r.samples) == 40 and not set(r.removed) & {0, 1, 2}
-    if importlib.util.find_spec("depthprune.report") is not None:
+    if importlib.util.find_spec("depthprune.report.html") is not None:
         assert (out / "report.html").is_file()
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--quiet"])
     assert again.exit_code == 0, again.output

@@ -13,13 +13,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from depthprune import evaluation
-from depthprune.data import DataError, encode, load_records, render_prompt
-from depthprune.evaluation import (
+from depthprune.evaluate import generation as evaluation
+from depthprune.data.records import DataError, encode, load_records, render_prompt
+from depthprune.evaluate.generation import (
     EvalResult, Prediction, answer_nll, evaluate, evaluate_path, extract_answer, format_metrics_table,
     last_number, normalize_text, parse_number, predictions_path, score_answer, wilson_interval,
 )
-from depthprune.models import load_model
+from depthprune.models.architectures import load_model
 from tiny_configs import FAMILIES, VLM_FAMILIES
 from tiny_models import save_tiny
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import typer
 
-from depthprune import runtime
+from depthprune import settings
 from depthprune.cli import _show_warning, app, handle_errors
 from hardening_helpers import REPO, assert_user_error, cli_subprocess, run, runner
 from tiny_models import save_tiny
@@ -44,32 +44,32 @@ def _boom() -> None:
 
 
 def test_unexpected_errors_keep_the_traceback_one_flag_away(capsys):
-    runtime.configure(debug=False)
+    settings.configure(debug=False)
     with pytest.raises(typer.Exit) as info:
         handle_errors(_boom)()
     assert info.value.exit_code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: unexpected KeyError") and "--debug" in err and "Traceback" not in err
-    runtime.configure(debug=True)
+    settings.configure(debug=True)
     try:
         with pytest.raises(typer.Exit):
             handle_errors(_boom)()
     finally:
-        runtime.configure()
+        settings.configure()
     err = capsys.readouterr().err
     assert "Traceback" in err and "_boom" in err and err.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_debug_flag_and_env_var_reach_the_handler(tmp_path):
     try:
-        assert run("--debug", "rank", tmp_path / "missing.json").exit_code == 2 and runtime.debug()
-        assert run("rank", tmp_path / "missing.json").exit_code == 2 and not runtime.debug()
+        assert run("--debug", "rank", tmp_path / "missing.json").exit_code == 2 and settings.debug()
+        assert run("rank", tmp_path / "missing.json").exit_code == 2 and not settings.debug()
         res = runner.invoke(app, ["rank", str(tmp_path / "missing.json")], env={"DEPTHPRUNE_DEBUG": "1"})
-        assert res.exit_code == 2 and runtime.debug()
+        assert res.exit_code == 2 and settings.debug()
         # --debug adds the traceback (for bug reports) above the same one-line error
         assert "Traceback" in res.output and res.output.strip().splitlines()[-1].startswith("error: ")
     finally:
-        runtime.configure()
+        settings.configure()
 
 
 def test_quiet_hides_progress_bars(llama, calib_dir, tmp_path):
@@ -98,7 +98,7 @@ def test_threads_option_and_env(tmp_path):
         assert run("--threads", "0", "rank", tmp_path / "x.json").exit_code == 2  # typer: min=1
     finally:
         torch.set_num_threads(before)
-        runtime.configure()
+        settings.configure()
 
 
 def test_warnings_are_one_line(capsys):
@@ -116,18 +116,18 @@ def test_paths_that_look_like_markup_print_as_they_are(tmp_path):
 
 
 def _fails_mid_bar() -> None:
-    bar = runtime.progress(total=10, desc="working", file=sys.stderr)
+    bar = settings.progress(total=10, desc="working", file=sys.stderr)
     bar.update(3)
     raise ValueError("data.jsonl:3: bad record. Fix it")
 
 
 def test_error_line_is_not_glued_to_a_progress_bar(capsys):
-    runtime.configure(quiet=False)
+    settings.configure(quiet=False)
     try:
         with pytest.raises(typer.Exit) as info:
             handle_errors(_fails_mid_bar)()
     finally:
-        runtime.configure()
+        settings.configure()
     assert info.value.exit_code == 2
     err = capsys.readouterr().err
     assert "working" in err and "\nerror: data.jsonl:3: bad record. Fix it\n" in err

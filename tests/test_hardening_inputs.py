@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from depthprune.data import load_records
+from depthprune.data.records import load_records
 from hardening_helpers import assert_user_error, run, tree_hash
 from tiny_models import save_tiny
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from depthprune.atomic import OutputError, atomic_dir, atomic_files, reclaim_stale
+from depthprune.outputs import OutputError, atomic_dir, atomic_files, reclaim_stale
 from hardening_helpers import (assert_user_error, dead_pid, file_size_limit, leftovers, run, spawn,
                                tree_hash)
 from tiny_models import save_tiny
@@ -47,7 +47,7 @@ def _disagreeing(src: Path, dest: Path, delta: int) -> Path:
 
 # ------------------------------------------------------------------ exact loading
 def test_config_that_disagrees_with_weights_is_refused(src, calib_dir, tmp_path):
-    from depthprune.models import ModelError, load_model
+    from depthprune.models.architectures import ModelError, load_model
     more = _disagreeing(src, tmp_path / "more", +1)   # the weights lack layer 6
     fewer = _disagreeing(src, tmp_path / "fewer", -1)  # the weights hold a layer 5 the config lacks
     for model, needle in ((more, "missing from the weights"), (fewer, "in the weights but not in the model")):

@@ -18,8 +18,8 @@ pytest.importorskip("peft")
 from tiny_models import save_tiny
 
 from depthprune.cli import app
-from depthprune.data import load_records
-from depthprune.healing import (
+from depthprune.data.records import load_records
+from depthprune.heal.healing import (
     HealConfig,
     HealError,
     heal,
@@ -27,7 +27,7 @@ from depthprune.healing import (
     neighbour_layers,
     training_batch,
 )
-from depthprune.models import load_model
+from depthprune.models.architectures import load_model
 
 runner = CliRunner()
 FAST = {"steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1}

@@ -23,7 +23,7 @@ def _predictions(metrics_file) -> dict[str, dict]:
 def test_lmms_eval_matches_builtin_evaluator(tmp_path_factory, pruned):
     pytest.importorskip("lmms_eval")
     from depthprune import api
-    from depthprune.synth import synthesize
+    from depthprune.data.synth import synthesize
     from depthprune.toy import MODEL_DIR
     tmp = tmp_path_factory.mktemp("lmms")
     data = synthesize(tmp / "data", seed=3, n_train=0, n_calib=0, n_eval=24)["eval"]
@@ -59,9 +59,9 @@ def test_sweep_lmms_set_matches_jsonl_set_per_sample(tmp_path):
     pytest.importorskip("lmms_eval")
     import yaml
 
-    from depthprune.store import read_results
-    from depthprune.sweep import run_study
-    from depthprune.synth import synthesize
+    from depthprune.study.store import read_results
+    from depthprune.study.sweep import run_study
+    from depthprune.data.synth import synthesize
     data = synthesize(tmp_path / "data", seed=4, n_train=0, n_calib=8, n_eval=12)
     res = CliRunner().invoke(app, ["data", "lmms-task", "--data", str(data["eval"]), "--out",
                                    str(tmp_path / "task"), "--name", "toyq", "--max-new-tokens", "8"])

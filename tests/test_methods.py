@@ -11,12 +11,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from depthprune.methods import (
+from depthprune.rank.methods import (
     METHODS, Plan, RankError, RankRequest, best_spaced, iterative_selection,
     parse_weights, protected_layers, rank, resolve_budget,
 )
-from depthprune.diagnostics import bootstrap_stability, plan_table
-from depthprune.scores import GROUPS, STATS, Scores, angular_distance
+from depthprune.rank.stability import bootstrap_stability, plan_table
+from depthprune.score.scores import GROUPS, STATS, Scores, angular_distance
 
 L, SPAN = 8, 4
 ALL, LAST = GROUPS.index("all"), GROUPS.index("last")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from depthprune.regimes import CONVERGED, RANKING, STRUCTURE, analyze
-from depthprune.store import ResultRow
+from depthprune.report.regimes import CONVERGED, RANKING, STRUCTURE, analyze
+from depthprune.study.store import ResultRow
 
 N = 120
 METHODS = {"domain:math": "domain", "mixed": "mixed", "spaced": "spaced"}
@@ -79,7 +79,7 @@ def test_nll_only_uses_paired_bootstrap():
 def _scores(noise: float, n: int = 20, layers: int = 8):
     import torch
 
-    from depthprune.scores import Scores
+    from depthprune.score.scores import Scores
     gen = torch.Generator().manual_seed(0)
     base = torch.linspace(0.5, 0.95, layers, dtype=torch.float64)  # layer 7 most redundant
     sums = torch.zeros(n, 2, 4, layers, 1, dtype=torch.float64)
@@ -90,7 +90,7 @@ def _scores(noise: float, n: int = 20, layers: int = 8):
 
 
 def test_ranking_stability_is_perfect_without_noise_and_lower_with_it():
-    from depthprune.regimes import ranking_stability, stability_claim
+    from depthprune.report.regimes import ranking_stability, stability_claim
     rankings = [("domain:math", "domain", {"domain": "math"}, 3), ("block-influence", "block-influence", {}, 3),
                 ("last", "last", {}, 3)]
     exact = ranking_stability(_scores(0.0), rankings, n_resamples=10)
@@ -107,7 +107,7 @@ def test_ranking_stability_is_perfect_without_noise_and_lower_with_it():
 
 
 def test_stability_claim_is_checked_at_ranking_sensitive_budgets():
-    from depthprune.regimes import ranking_stability, stability_claim
+    from depthprune.report.regimes import ranking_stability, stability_claim
     rows = [_row("domain:math", 3, 110), _row("mixed", 3, 60), _row("spaced", 3, 60)]
     series = analyze(rows)
     assert series[0].budgets[0].regime == RANKING
@@ -119,7 +119,7 @@ def test_stability_claim_is_checked_at_ranking_sensitive_budgets():
 
 
 def test_rankings_that_cannot_be_reranked_are_named():
-    from depthprune.regimes import ranking_stability
+    from depthprune.report.regimes import ranking_stability
     skipped: list[str] = []
     out = ranking_stability(_scores(0.1), [("angular-block", "angular-block", {}, 3),
                                            ("domain:math", "domain", {"domain": "math"}, 3)],

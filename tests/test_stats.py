@@ -1,4 +1,4 @@
-"""depthprune.stats against values computed by hand."""
+"""depthprune.report.statistics against values computed by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from depthprune.stats import (binomial_two_sided, bootstrap_mean_ci, holm, kendall_tau, mcnemar_exact,
+from depthprune.report.statistics import (binomial_two_sided, bootstrap_mean_ci, holm, kendall_tau, mcnemar_exact,
                               paired_bootstrap, top_k_overlap)
 
 

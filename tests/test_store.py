@@ -6,7 +6,7 @@ import multiprocessing as mp
 
 import pytest
 
-from depthprune.store import ResultRow, cell_key, completed_cells, get_meta, open_store, read_results, set_meta, write_cell
+from depthprune.study.store import ResultRow, cell_key, completed_cells, get_meta, open_store, read_results, set_meta, write_cell
 
 
 def _rows(cell: str, domains=("math", "general")) -> list[ResultRow]:

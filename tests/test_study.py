@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.study import StudyError, expand_cells, load_study
+from depthprune.study.config import StudyError, expand_cells, load_study
 
 
 def write(tmp_path, calib_dir, **over):
@@ -66,7 +66,7 @@ def test_errors_name_the_key(tmp_path, calib_dir, over, needle):
 
 def test_lmms_eval_sets_are_validated_up_front(tmp_path, calib_dir):
     path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
-    from depthprune.lmms import missing_packages
+    from depthprune.evaluate.lmms import missing_packages
     if missing_packages():  # lmms-eval or a module its qwen3_vl model imports (decord, ...)
         with pytest.raises(StudyError, match=r"eval\[0\].kind.*need the lmms-eval package"):
             load_study(path)
@@ -88,7 +88,7 @@ def test_lmms_eval_sets_are_validated_up_front(tmp_path, calib_dir):
 
 def test_lmms_eval_sets_need_a_qwen3_vl_model_before_it_loads(tmp_path, calib_dir):
     pytest.importorskip("lmms_eval")
-    from depthprune.sweep import run_study
+    from depthprune.study.sweep import run_study
     from tiny_models import save_tiny
     llm = save_tiny("qwen3", tmp_path / "llm")
     path = write(tmp_path, calib_dir, model=str(llm), eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
@@ -98,7 +98,7 @@ def test_lmms_eval_sets_need_a_qwen3_vl_model_before_it_loads(tmp_path, calib_di
 
 
 def test_missing_bridges_are_named(tmp_path, calib_dir):
-    if importlib.util.find_spec("depthprune.healing") is None:
+    if importlib.util.find_spec("depthprune.heal.healing") is None:
         path = write(tmp_path, calib_dir, heal={"recipe": {"mode": "lora"}, "budgets": [1]})
         with pytest.raises(StudyError, match="heal"):
             load_study(path)
@@ -127,7 +127,7 @@ def test_cli_bad_study_is_one_line_exit_2_before_loading(tmp_path, calib_dir):
 def test_demo_study_quick_caps_calibration_and_full_does_not(tmp_path, calib_dir):
     """The demo's two studies parse; --quick scores the first 64 calibration records per domain."""
     from depthprune.demo import QUICK_BUDGETS, QUICK_CALIB_PER_DOMAIN, demo_study
-    from depthprune.study import parse_study
+    from depthprune.study.config import parse_study
     data = {"calib": calib_dir / "calib.jsonl", "eval": calib_dir / "calib.jsonl"}
     quick = parse_study(demo_study(data, quick=True), tmp_path, source="demo study")
     full = parse_study(demo_study(data, quick=False), tmp_path, source="demo study")
@@ -140,7 +140,7 @@ def test_demo_headline_study_reuses_the_grid_calibration(tmp_path, calib_dir):
     """The full demo's headline sweep: domain-aware signals per domain at 25% on every eval
     record, unhealed, with the grid's calibration identity (so the grid's scores are reused)."""
     from depthprune.demo import demo_study, headline_study
-    from depthprune.study import parse_study
+    from depthprune.study.config import parse_study
     data = {"calib": calib_dir / "calib.jsonl", "eval": calib_dir / "calib.jsonl"}
     grid = parse_study(demo_study(data, quick=False), tmp_path, source="demo study")
     head = parse_study(headline_study(data), tmp_path, source="demo headline study")

@@ -20,14 +20,14 @@ import torch
 import yaml
 from tiny_models import save_tiny
 
-from depthprune.cells import pruned_in_memory
-from depthprune.data import load_records
-from depthprune.evaluation import answer_nll, generate_outputs
-from depthprune.models import load_model
+from depthprune.study.cell import pruned_in_memory
+from depthprune.data.records import load_records
+from depthprune.evaluate.generation import answer_nll, generate_outputs
+from depthprune.models.architectures import load_model
 from depthprune.pruning import prune_layers
-from depthprune.scores import Scores
-from depthprune.store import get_meta, open_store, read_results
-from depthprune.sweep import run_study
+from depthprune.score.scores import Scores
+from depthprune.study.store import get_meta, open_store, read_results
+from depthprune.study.sweep import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_sweep_stores_every_cell_once_and_resumes(tmp_path, llm, calib_dir, eval
     assert Scores.load(run / "scores.json").num_layers == 6 and (run / "study.yaml").is_file()
     # the same command again recomputes nothing (not even `iterative`'s re-scoring: stored
     # plans are reused); a larger grid computes only the new cells
-    import depthprune.distributed as distributed
+    import depthprune.study.distributed as distributed
     real, calls = distributed.score_parallel, []
     monkeypatch.setattr(distributed, "score_parallel", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run_study(path, run, quiet=True)
@@ -176,8 +176,8 @@ def test_two_gloo_processes_equal_one(tmp_path, llm, calib_dir, eval_file):
     assert sum(r["written"] for r in ranks) == one.cells_written
 
 
-@pytest.mark.skipif(importlib.util.find_spec("depthprune.healing") is None,
-                    reason="depthprune.healing (healing branch) not installed")
+@pytest.mark.skipif(importlib.util.find_spec("depthprune.heal.healing") is None,
+                    reason="depthprune.heal.healing (healing branch) not installed")
 def test_heal_cells_are_stored_beside_unhealed(tmp_path, llm, calib_dir, eval_file):
     path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[2],
                       methods=[{"method": "domain", "domain": "math"}],

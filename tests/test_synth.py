@@ -12,8 +12,8 @@ from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from depthprune.data import load_records  # noqa: E402
-from depthprune.synth import TEMPLATES, held_out, synthesize  # noqa: E402
+from depthprune.data.records import load_records  # noqa: E402
+from depthprune.data.synth import TEMPLATES, held_out, synthesize  # noqa: E402
 
 SIZES = dict(n_train=300, n_calib=40, n_eval=120)
 

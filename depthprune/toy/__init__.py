@@ -4,7 +4,7 @@
   (``AutoModelForImageTextToText`` / ``AutoProcessor``), weights in bfloat16, with the
   ``training.json`` and ``loss_curve.png`` of the run that made it.
 * :func:`default_data` — regenerates the calib and eval splits the model was evaluated
-  on (same seed and sizes as its training run, :mod:`depthprune.synth`; they never overlap
+  on (same seed and sizes as its training run, :mod:`depthprune.data.synth`; they never overlap
   its training data).
 
 Rebuild the model with ``python -m depthprune.toy.train`` (see README.md next to this file).
@@ -27,6 +27,6 @@ def default_data(out_dir: str | Path) -> dict[str, Path]:
     are byte-identical to the ones of the training run (eval and calib are drawn before,
     and independently of, the training split).
     """
-    from depthprune.synth import synthesize
+    from depthprune.data.synth import synthesize
 
     return synthesize(out_dir, seed=TRAIN_SEED, n_train=0, n_calib=N_CALIB, n_eval=N_EVAL)

@@ -27,7 +27,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from depthprune.stats import binomial_two_sided
+from depthprune.report.statistics import binomial_two_sided
 
 DOMAINS = ("math", "general")
 
@@ -71,9 +71,9 @@ def ablation(model_dir: str | Path, data: Path, batch_size: int = 32) -> dict:
     import torch
     from tqdm import tqdm
 
-    from depthprune.data import load_records
-    from depthprune.evaluation import answer_nll
-    from depthprune.models import load_model
+    from depthprune.data.records import load_records
+    from depthprune.evaluate.generation import answer_nll
+    from depthprune.models.architectures import load_model
 
     torch.set_num_threads(1)
     model, processor = load_model(str(model_dir), dtype="float32", device="cpu")

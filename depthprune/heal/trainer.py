@@ -1,6 +1,6 @@
 """The pieces of healing that talk to TRL / peft: training batches with answer-only labels,
 what each mode trains, and the SFT trainer with an optional distillation term.
-See :mod:`depthprune.healing` for the recipe and the public API."""
+See :mod:`depthprune.heal.healing` for the recipe and the public API."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataError, Record, encode
-from .evaluation import _answer_span
-from .models import find_decoder_layers
+from depthprune.data.records import DataError, Record, encode
+from depthprune.evaluate.generation import _answer_span
+from depthprune.models.architectures import find_decoder_layers
 
 #: Linear layers LoRA adapts, matched by name inside the language decoder's layers only.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -207,7 +207,7 @@ class Scores:
         as the completion mark). Without ``overwrite`` an existing file of either name is an
         OutputError and is never replaced.
         """
-        from .atomic import atomic_files, check_output
+        from depthprune.outputs import atomic_files, check_output
         path = Path(path)
         if path.suffix != ".json":
             raise ScoresError(f"{path}: the scores file name must end in .json")

@@ -1,11 +1,11 @@
 """The study report: one self-contained HTML file (plots embedded as PNG) plus Markdown.
 
-    from depthprune.report import write_report
+    from depthprune.report.html import write_report
     html_path = write_report("runs/demo")     # -> runs/demo/report.html (+ report.md)
 
-Reads only the run directory: ``results.sqlite`` (see :mod:`depthprune.store`) and, if present,
+Reads only the run directory: ``results.sqlite`` (see :mod:`depthprune.study.store`) and, if present,
 ``scores.json`` (the unpruned model's scores, for score profiles and ranking stability). Never
-runs a model. Regime rule and statistics: :mod:`depthprune.regimes`.
+runs a model. Regime rule and statistics: :mod:`depthprune.report.regimes`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from .regimes import ALPHA, RANKING, RULE, Series, Stability, analyze, ranking_stability, stability_claim
-from .scores import Scores, ScoresError
-from .stats import kendall_tau, mcnemar_exact
-from .store import STORE_NAME, ResultRow, get_meta, open_store, read_results
+from depthprune.report.regimes import ALPHA, RANKING, RULE, Series, Stability, analyze, ranking_stability, stability_claim
+from depthprune.score.scores import Scores, ScoresError
+from depthprune.report.statistics import kendall_tau, mcnemar_exact
+from depthprune.study.store import STORE_NAME, ResultRow, get_meta, open_store, read_results
 
 SCORES_NAME = "scores.json"
 
@@ -271,7 +271,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     out = Path(out) if out is not None else run_dir / "report.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise ReportError(f"{out}: the report file name must end in .html (the Markdown goes beside it)")
-    from . import plots  # matplotlib only when a report is written
+    from depthprune.report import plots  # matplotlib only when a report is written
 
     notes: list[str] = []
     scores = _load_scores(run_dir, notes)
@@ -394,7 +394,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             f"<title>depthprune report: {html.escape(str(model))}</title><style>{CSS}</style></head><body>"
             + "\n".join(doc.html) + "</body></html>")
     # the report is derived from the run directory: regenerating it replaces the old one
-    from .atomic import write_text_atomic
+    from depthprune.outputs import write_text_atomic
     write_text_atomic(out, page, overwrite=True)
     write_text_atomic(out.with_suffix(".md"), "\n".join(doc.md).lstrip() + "\n", overwrite=True)
     return out

@@ -2,10 +2,10 @@
 
 One scoring pass per model (``RUN_DIR/scores.json``, reused on resume), then per distinct plan
 (removed layers + healing recipe) one in-memory prune, optional heal, and evaluation; the
-rows go to ``RUN_DIR/results.sqlite`` one transaction per cell (:mod:`depthprune.store`), so a
+rows go to ``RUN_DIR/results.sqlite`` one transaction per cell (:mod:`depthprune.study.store`), so a
 sweep killed at any point (``kill -9`` included) resumes with the same command and recomputes
 only the cells that are absent. Under ``torchrun`` the scoring pass is data-parallel and the
-distinct plans are dealt round-robin to the processes (:mod:`depthprune.distributed`).
+distinct plans are dealt round-robin to the processes (:mod:`depthprune.study.distributed`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import __version__
-from .study import Cell, Study, StudyError, expand_cells, load_study, study_dict
+from depthprune import __version__
+from depthprune.study.config import Cell, Study, StudyError, expand_cells, load_study, study_dict
 
 SCORES_NAME = "scores.json"
 STUDY_NAME = "study.yaml"
@@ -53,7 +53,7 @@ class SweepResult:
 
 def _num_layers(study: Study) -> int:
     """Decoder layers from the config alone (no weights loaded; a .gguf file's own header)."""
-    from .models import ModelError, load_config, resolve_model_id, text_config
+    from depthprune.models.architectures import ModelError, load_config, resolve_model_id, text_config
     try:
         config = load_config(resolve_model_id(study.model), trust_remote_code=study.trust_remote_code)
     except ModelError as exc:
@@ -71,7 +71,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def _check_resume(conn: Any, study: Study, out: Path) -> None:
-    from .store import get_meta
+    from depthprune.study.store import get_meta
     before = get_meta(conn).get("study_identity")
     now = json.loads(json.dumps(study.identity()))
     if before is not None and before != now:
@@ -82,8 +82,8 @@ def _check_resume(conn: Any, study: Study, out: Path) -> None:
 
 
 def _load_eval_records(study: Study) -> list[tuple[Any, list]]:
-    from .data import load_records
-    from .scoring import cap_per_domain
+    from depthprune.data.records import load_records
+    from depthprune.score.forward import cap_per_domain
     out = []
     for es in study.eval_sets:
         records = (cap_per_domain(load_records(es.paths, require_answer=True), es.max_samples)
@@ -93,10 +93,10 @@ def _load_eval_records(study: Study) -> list[tuple[Any, list]]:
 
 
 def _scores(study: Study, out: Path, net: Any, processor: Any, calib: list, ctx: Any, progress: bool):
-    from .data import data_fingerprint
-    from .distributed import score_parallel
-    from .scores import Scores
-    from .scoring import ScoreSettings, cap_per_domain
+    from depthprune.data.records import data_fingerprint
+    from depthprune.study.distributed import score_parallel
+    from depthprune.score.scores import Scores
+    from depthprune.score.forward import ScoreSettings, cap_per_domain
     settings = ScoreSettings(batch_size=study.batch_size, max_samples=study.calib_max_samples,
                              max_span=study.max_span)
     path = out / SCORES_NAME
@@ -112,7 +112,7 @@ def _scores(study: Study, out: Path, net: Any, processor: Any, calib: list, ctx:
     if study.ablation and ctx.main:  # ground truth for `ablation`/diagnostics: one pass per layer
         import time
 
-        from .ablation import ablation_nll
+        from depthprune.score.ablation import ablation_nll
         started = time.perf_counter()
         scores.base_nll, scores.ablation_nll = ablation_nll(
             net, processor, cap_per_domain(calib, study.calib_max_samples), batch_size=study.batch_size,
@@ -134,7 +134,7 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped:
     cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
     in the store keep their stored plan (the scores are the same, checked on resume), so a
     resumed `iterative` study does not re-score."""
-    from .methods import RankError, RankRequest, rank
+    from depthprune.rank.methods import RankError, RankRequest, rank
     removed: dict[str, list[int]] = {}
     for cell in cells:
         if cell.budget == 0:
@@ -157,7 +157,7 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped:
 
 
 def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells: int) -> dict[str, Any]:
-    from .methods import RankRequest, protected_layers
+    from depthprune.rank.methods import RankRequest, protected_layers
     req = RankRequest(method="meta", budget=1, allow_deepstack=study.protect["allow_deepstack"],
                       protect_first=study.protect["first"], protect_last=study.protect["last"])
     sets = {}
@@ -184,8 +184,8 @@ def _check_lmms_sets(study: Study) -> None:
     lmms_sets = [es for es in study.eval_sets if es.kind == "lmms"]
     if not lmms_sets:
         return
-    from . import lmms
-    from .models import resolve_model_id
+    from depthprune.evaluate import lmms
+    from depthprune.models.architectures import resolve_model_id
     try:
         family = lmms.family_for(resolve_model_id(study.model))
     except lmms.LmmsError:
@@ -202,7 +202,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     """Run (or resume) every cell of ``study`` into the run directory ``out``.
 
     ``study`` is a :class:`Study` or a YAML path (validated before any model loads). Returns a
-    :class:`SweepResult`; results are in ``out/results.sqlite`` (see :mod:`depthprune.store`).
+    :class:`SweepResult`; results are in ``out/results.sqlite`` (see :mod:`depthprune.study.store`).
     """
     started = time.perf_counter()
     if not isinstance(study, Study):
@@ -212,7 +212,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
         raise StudyError(f"{out}: exists and is not a directory; choose another --out")
     num_layers = _num_layers(study)
     cells = expand_cells(study, num_layers)  # budgets checked against the layer count
-    from .data import load_records
+    from depthprune.data.records import load_records
     calib = load_records(study.calibration)
     eval_sets = _load_eval_records(study)
     heal_records = None
@@ -221,8 +221,8 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
 
     _check_lmms_sets(study)  # before the run directory is created: a refused study leaves nothing
 
-    from .distributed import score_parallel, setup
-    from .store import STORE_NAME, completed_cells, open_store, read_results, set_meta, write_cell
+    from depthprune.study.distributed import score_parallel, setup
+    from depthprune.study.store import STORE_NAME, completed_cells, open_store, read_results, set_meta, write_cell
     ctx = setup(study.device)
     progress = not quiet and ctx.main
     if ctx.main:
@@ -240,8 +240,8 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     if problem:
         raise StudyError(problem)
 
-    from .models import load_model, resolve_model_id
-    from .pruning import layers_removed
+    from depthprune.models.architectures import load_model, resolve_model_id
+    from depthprune.pruning import layers_removed
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
                                 device_map=study.device_map, trust_remote_code=study.trust_remote_code)
     scores, settings = _scores(study, out, net, processor, calib, ctx, progress)
@@ -284,7 +284,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     result = SweepResult(out, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
     bar = tqdm(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell", disable=not progress,
                dynamic_ncols=True)
-    from .cells import cell_rows, evaluate_sets, heal_copy, pruned_in_memory
+    from depthprune.study.cell import cell_rows, evaluate_sets, heal_copy, pruned_in_memory
     rounds = -(-len(pending_groups) // ctx.world)
     for i in range(rounds):  # each round: every process evaluates one plan, rank 0 stores them all
         produced: list[list] = []

@@ -4,13 +4,13 @@
 one-step word problems ("Tom has 3 apples and buys 4 more..."); answers are integers.
 ``general``: everyday knowledge and word facts (capitals, opposites, plurals, young
 animals, colours, what things are for); answers are one word. Every answer is short and
-checked by :func:`depthprune.evaluation.score_answer` (numbers by value, words as
+checked by :func:`depthprune.evaluate.generation.score_answer` (numbers by value, words as
 normalised text). The questions were chosen so that SmolLM2-135M-Instruct answers a fair
 fraction, not none and not all (see the README for its measured accuracy).
 
 Splits: ``calib`` (for scoring and ablation) and ``eval``; they share no question (the
 general facts and the math operand tuples are drawn without replacement from one pool).
-Same seed and sizes, same bytes. Files are written atomically (:mod:`depthprune.atomic`).
+Same seed and sizes, same bytes. Files are written atomically (:mod:`depthprune.outputs`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import random
 from pathlib import Path
 
-from .atomic import atomic_dir
+from depthprune.outputs import atomic_dir
 
 DOMAINS = ("math", "general")
 MATH_SUFFIX = " Answer with a number."

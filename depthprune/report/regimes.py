@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .methods import SCORE_FREE, RankError, RankRequest, rank
-from .scores import Scores
-from .stats import holm, kendall_tau, mcnemar_exact, paired_bootstrap, top_k_overlap
-from .store import ResultRow
+from depthprune.rank.methods import SCORE_FREE, RankError, RankRequest, rank
+from depthprune.score.scores import Scores
+from depthprune.report.statistics import holm, kendall_tau, mcnemar_exact, paired_bootstrap, top_k_overlap
+from depthprune.study.store import ResultRow
 
 ALPHA = 0.05
 STRUCTURE_METHODS = ("spaced", "uniform", "angular-block")
@@ -135,7 +135,7 @@ def _paired(a: ResultRow, b: ResultRow, which: int) -> tuple[list, list]:
 
 
 def _nll_ci(row: ResultRow) -> tuple[float, float] | None:
-    from .stats import bootstrap_mean_ci
+    from depthprune.report.statistics import bootstrap_mean_ci
     values = [s[2] for s in row.samples if s[2] is not None]
     return bootstrap_mean_ci(values)[1:] if values else None
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .methods import METHODS, RankRequest, parse_weights
+from depthprune.rank.methods import METHODS, RankRequest, parse_weights
 
 
 class StudyError(ValueError):
@@ -285,7 +285,7 @@ def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
         elif kind == "lmms":
             _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens",
                                           "include_path", "domain"})
-            from .lmms import missing_packages
+            from depthprune.evaluate.lmms import missing_packages
             missing = missing_packages()
             if missing:
                 raise _err(src, f"{key}.kind", f"lmms-eval sets need the lmms-eval package (missing: "
@@ -325,10 +325,10 @@ def _heal(src: str, raw: Any, base: Path, labels: list[str]) -> dict[str, Any] |
     if not isinstance(raw, dict):
         raise _err(src, "heal", "expected a mapping {recipe: {...}, budgets: [...]} or null")
     _check_keys(src, "heal", raw, {"recipe", "budgets", "methods", "data", "distill"})
-    if importlib.util.find_spec("depthprune.healing") is None:
-        raise _err(src, "heal", "healing needs depthprune.healing, which this install lacks; remove "
+    if importlib.util.find_spec("depthprune.heal.healing") is None:
+        raise _err(src, "heal", "healing needs depthprune.heal.healing, which this install lacks; remove "
                                 "the heal section or update depthprune")
-    from .healing import HealConfig  # type: ignore[import-not-found]
+    from depthprune.heal.healing import HealConfig  # type: ignore[import-not-found]
     recipe = raw.get("recipe") or {}
     if not isinstance(recipe, dict):
         raise _err(src, "heal.recipe", "expected a mapping of HealConfig fields, e.g. {mode: lora, steps: 100}")
@@ -372,11 +372,11 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
     if "data" not in calib:
         raise _err(src, "calibration.data", "missing: the calibration JSONL file(s)")
     calib_paths = _paths(src, "calibration.data", calib["data"], base)
-    from .data import load_records
+    from depthprune.data.records import load_records
     calib_records = load_records(calib_paths)
     domains = {r.domain for r in calib_records}
     if calib.get("ablation"):  # its answer NLL needs answers: say so before any model loads
-        from .ablation import require_answers
+        from depthprune.score.ablation import require_answers
         require_answers(calib_records)
     eval_sets = _eval_sets(src, raw["eval"], base)
     methods = _methods(src, raw["methods"], domains)
@@ -467,13 +467,13 @@ class Cell:
 
     @property
     def key(self) -> str:
-        from .store import cell_key
+        from depthprune.study.store import cell_key
         return cell_key(self.variant.method, self.variant.options, self.budget, self.heal)
 
 
 def resolve_budgets(study: Study, num_layers: int, specs: list[int | float] | None = None) -> list[int]:
     """Distinct layer counts of the study's budgets (or ``specs``) for a model of ``num_layers``."""
-    from .methods import RankError, resolve_budget
+    from depthprune.rank.methods import RankError, resolve_budget
     counts = []
     for i, spec in enumerate(study.budgets if specs is None else specs):
         try:

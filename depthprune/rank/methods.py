@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .scores import GROUPS, Scores, ScoresError
+from depthprune.score.scores import GROUPS, Scores, ScoresError
 
 
 class RankError(ValueError):
@@ -88,7 +88,7 @@ class Plan:
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the plan as JSON (strict: no NaN), atomically; without ``overwrite`` an existing
         file is an OutputError and is never replaced. Returns the path."""
-        from .atomic import write_text_atomic
+        from depthprune.outputs import write_text_atomic
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n",
                                  overwrite)
 
@@ -97,7 +97,7 @@ class Plan:
         """Read a plan written by :meth:`save`, validated: every key present with its type,
         no unknown key, ``remove`` distinct 0-based layers within the model with ``budget``
         and ``keep`` consistent. Raises RankError naming the file and the key."""
-        from .scores import _check_schema, _read_json_object
+        from depthprune.score.scores import _check_schema, _read_json_object
         path = Path(path)
         if path.is_dir() or not path.is_file():
             raise RankError(f"{path}: plan file not found. Write one with `depthprune rank --save-plan`")

@@ -2,7 +2,7 @@
 
 The ground truth any similarity signal should be judged against (and the perplexity
 criterion of Shortened LLaMA, Kim et al. 2024): for every layer ``l``, the teacher-forced
-answer NLL (:func:`depthprune.evaluation.answer_nll`) of every calibration record with
+answer NLL (:func:`depthprune.evaluate.generation.answer_nll`) of every calibration record with
 layer ``l`` removed in memory (:func:`depthprune.pruning.layers_removed`, exactly what a
 pruned checkpoint computes), minus the full model's. One forward per layer and batch.
 """
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DataError, Record, batches
-from .evaluation import answer_nll
-from .models import find_decoder_layers
-from .pruning import layers_removed
+from depthprune.data.records import DataError, Record, batches
+from depthprune.evaluate.generation import answer_nll
+from depthprune.models.architectures import find_decoder_layers
+from depthprune.pruning import layers_removed
 
 
 def require_answers(records: Sequence[Record]) -> None:

@@ -13,12 +13,12 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Record, batches
-from .evaluation import answer_nll, evaluate, wilson_interval
-from .models import find_decoder_layers, text_config
-from .pruning import _set_layers, prune_layers
-from .store import ResultRow
-from .study import Cell, EvalSet
+from depthprune.data.records import Record, batches
+from depthprune.evaluate.generation import answer_nll, evaluate, wilson_interval
+from depthprune.models.architectures import find_decoder_layers, text_config
+from depthprune.pruning import _set_layers, prune_layers
+from depthprune.study.store import ResultRow
+from depthprune.study.config import Cell, EvalSet
 
 #: (sample id, domain, correct 1/0/None, NLL or None) for one eval sample.
 Sample = tuple[str, str, int | None, float | None]
@@ -70,12 +70,12 @@ def _nll_only(model: nn.Module, processor: Any, records: Sequence[Record], batch
 def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet, list[Record]]],
                   batch_size: int, max_new_tokens: int, accuracy: bool, progress: bool) -> dict[str, list[Sample]]:
     """Per eval set, every sample's outcome: answer NLL always, generation correctness when
-    ``accuracy`` and the set asks for it. lmms-eval sets go through ``depthprune.lmms``."""
+    ``accuracy`` and the set asks for it. lmms-eval sets go through ``depthprune.evaluate.lmms``."""
     results: dict[str, list[Sample]] = {}
     for es, records in sets:
         max_new = es.max_new_tokens or max_new_tokens
         if es.kind == "lmms":  # accuracy only (validated: lmms sets need metrics.accuracy)
-            from . import lmms
+            from depthprune.evaluate import lmms
             samples = lmms.sweep_samples(
                 model, processor, es.tasks, include_path=es.include_path, limit=es.max_samples,
                 batch_size=batch_size, max_new_tokens=es.max_new_tokens)
@@ -94,7 +94,7 @@ def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: d
               log_file: str | Path | None = None) -> nn.Module:
     """A pruned, healed deep copy of ``model`` (the original is untouched); the training log
     goes to ``log_file`` (JSON lines)."""
-    from .healing import HealConfig, heal_model  # type: ignore[import-not-found]
+    from depthprune.heal.healing import HealConfig, heal_model  # type: ignore[import-not-found]
     student = prune_layers(copy.deepcopy(model), remove)
     if log_file is not None:
         Path(log_file).unlink(missing_ok=True)  # a cell interrupted earlier starts its log again

@@ -1,7 +1,7 @@
 """Synthetic two-domain benchmark: ``math`` vs ``general`` image questions, deterministic by seed.
 
 ``synthesize(out_dir, seed)`` writes ``train.jsonl``, ``calib.jsonl`` and ``eval.jsonl`` (the
-record format of :mod:`depthprune.data`) plus their PNG images under ``images/<split>/``.
+record format of :mod:`depthprune.data.records`) plus their PNG images under ``images/<split>/``.
 
 The two domains are built to need different computation, so that they lean on different
 depth of a model trained on both (64x64 RGB images, Pillow's built-in font, nothing downloaded):
@@ -43,7 +43,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_dir
+from depthprune.outputs import atomic_dir
 
 SIZE = 64  # image side in pixels: 8x8 patches of 8 px, 4x4 LM tokens after the 2x2 merge
 SPLITS = ("eval", "calib", "train")  # generation order: held-out splits first

@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from .regimes import CONVERGED, RANKING, STRUCTURE, Series, Stability  # noqa: E402
-from .store import ResultRow  # noqa: E402
+from depthprune.report.regimes import CONVERGED, RANKING, STRUCTURE, Series, Stability  # noqa: E402
+from depthprune.study.store import ResultRow  # noqa: E402
 
 REGIME_COLORS = {RANKING: "#f6c28b", CONVERGED: "#d9d9d9", STRUCTURE: "#9ecae1"}
 plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3,

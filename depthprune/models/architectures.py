@@ -87,7 +87,7 @@ def adapter_for(config: Any) -> Adapter:
         raise ModelError(
             f"unknown architecture '{model_type}': depthprune supports {supported_architectures()} "
             "(and other causal LMs / image-text-to-text models found by structure). To add one, "
-            "add an entry to depthprune.models.ADAPTERS and a tiny config to tests/tiny_configs.py")
+            "add an entry to depthprune.models.architectures.ADAPTERS and a tiny config to tests/tiny_configs.py")
     warnings.warn(f"architecture '{model_type}' has no tested adapter; using structural discovery. "
                   "Check the pruned model's outputs before relying on it.", stacklevel=2)
     return Adapter(vision=vision)
@@ -131,9 +131,9 @@ def resolve_model_id(model_id: str | os.PathLike) -> str | os.PathLike:
     if str(model_id).startswith("~"):
         return Path(model_id).expanduser()
     if str(model_id) == TOY_ALIAS and not Path(TOY_ALIAS).exists():
-        from .toy import MODEL_DIR
+        from depthprune.toy import MODEL_DIR
         return MODEL_DIR
-    from .gguf_models import SMOLLM2_ALIAS, smollm2_path
+    from depthprune.models.gguf import SMOLLM2_ALIAS, smollm2_path
     if str(model_id) == SMOLLM2_ALIAS and not Path(SMOLLM2_ALIAS).exists():
         return smollm2_path()
     return model_id
@@ -187,7 +187,7 @@ def load_config(model_id: str | os.PathLike, trust_remote_code: bool = False) ->
     depthprune can prune. Raises ModelError naming the checkpoint and the fix."""
     from transformers import AutoConfig
 
-    from .gguf_models import gguf_config, is_gguf
+    from depthprune.models.gguf import gguf_config, is_gguf
     if is_gguf(model_id):
         return gguf_config(model_id)
     local = is_local(model_id)
@@ -279,12 +279,12 @@ def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "
     """
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from .runtime import apply_threads, quiet
+    from depthprune.settings import apply_threads, quiet
     apply_threads()
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     validate_device(device, device_map)
-    from .gguf_models import is_gguf, load_gguf
+    from depthprune.models.gguf import is_gguf, load_gguf
     if is_gguf(model_id):  # dequantised into a plain, saveable model (loaded exactly, below)
         return load_gguf(model_id, dtype, device=device, device_map=device_map)
     local = is_local(model_id)

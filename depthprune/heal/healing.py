@@ -1,8 +1,8 @@
 """Heal a (pruned) checkpoint: brief supervised fine-tuning with TRL's ``SFTTrainer``.
 
-Training examples are the project's JSONL records (:mod:`depthprune.data`), rendered through
+Training examples are the project's JSONL records (:mod:`depthprune.data.records`), rendered through
 the model's own processor and chat template exactly as the evaluator renders them
-(:func:`depthprune.evaluation._answer_span`). The loss covers the answer's tokens and the
+(:func:`depthprune.evaluate.generation._answer_span`). The loss covers the answer's tokens and the
 end-of-turn marker that closes them (so the model also learns to stop); prompt, image and
 padding tokens are masked out (label -100).
 
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import DataError, Record, data_fingerprint
-from .models import find_decoder_layers, text_config
-from .sft import (
+from depthprune.data.records import DataError, Record, data_fingerprint
+from depthprune.models.architectures import find_decoder_layers, text_config
+from depthprune.heal.trainer import (
     HealError,
     RecordCollator,
     _checkpoints,
@@ -166,7 +166,7 @@ class TrainingLog:
 
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
-                from .runtime import progress as progress_bar
+                from depthprune.settings import progress as progress_bar
                 log.bar = progress_bar(total=state.max_steps, initial=state.global_step, desc=log.desc,
                                        unit="step", leave=False, disable=not log.progress, dynamic_ncols=True)
 
@@ -201,7 +201,7 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
                work_dir: str | Path | None = None, resume: bool = False,
                progress: bool = True, log_file: str | Path | None = None) -> HealStats:
     """Fine-tune `model` IN PLACE (LoRA merged back before returning, so the result is a plain
-    model with the same architecture) on `records` (depthprune.data.Record list).
+    model with the same architecture) on `records` (depthprune.data.records.Record list).
 
     ``teacher``: the unpruned model for logit distillation (same tokenizer). ``removed_layers``:
     the layers pruned away (original 0-based numbering), needed by ``neighbours`` mode.
@@ -358,9 +358,9 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     success; ``resume`` continues an interrupted run from them. Weights are saved in the input
     checkpoint's dtype. Returns ``out``. Every cheap check runs before a model is loaded.
     """
-    from .data import load_records
-    from .models import load_model, resolve_model_id
-    from .pruning import atomic_dir, prepare_output_dir, pruning_info, save_pruned
+    from depthprune.data.records import load_records
+    from depthprune.models.architectures import load_model, resolve_model_id
+    from depthprune.pruning import atomic_dir, prepare_output_dir, pruning_info, save_pruned
 
     config = config or HealConfig()
     model_id, out = resolve_model_id(model_id), Path(out)

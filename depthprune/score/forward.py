@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .data import Record, batches, data_fingerprint, encode
-from .models import find_decoder_layers, input_device, protected_layers
-from .runtime import progress as progress_bar
-from .scores import GROUPS, STATS, Scores
+from depthprune import __version__
+from depthprune.data.records import Record, batches, data_fingerprint, encode
+from depthprune.models.architectures import find_decoder_layers, input_device, protected_layers
+from depthprune.settings import progress as progress_bar
+from depthprune.score.scores import GROUPS, STATS, Scores
 
 
 @dataclass

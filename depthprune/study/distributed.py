@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Record, batches, data_fingerprint
-from .scores import Scores
-from .scoring import ScoreSettings, cap_per_domain, score_model
+from depthprune.data.records import Record, batches, data_fingerprint
+from depthprune.score.scores import Scores
+from depthprune.score.forward import ScoreSettings, cap_per_domain, score_model
 
 
 @dataclass

@@ -8,13 +8,13 @@ import torch
 from rich.markup import escape
 from rich.table import Table
 
-from .methods import SCORE_FREE, Plan, RankError, RankRequest, domains_used, rank
-from .scores import Scores
+from depthprune.rank.methods import SCORE_FREE, Plan, RankError, RankRequest, domains_used, rank
+from depthprune.score.scores import Scores
 
 
 def bootstrap_stability(scores: Scores, req: RankRequest, n_resamples: int = 100,
                         seed: int = 0) -> dict[str, float]:
-    """Per domain the ranking depends on (:func:`~depthprune.methods.domains_used`), the
+    """Per domain the ranking depends on (:func:`~depthprune.rank.methods.domains_used`), the
     fraction (0..1) of bootstrap resamples whose removed set equals the plan's.
 
     Each resample redraws that domain's samples with replacement, other domains unchanged,

@@ -39,10 +39,10 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from . import __version__
-from .data import DataError, Record, batches, data_fingerprint, encode, load_records, render_prompt
-from .models import DTYPES, ModelError, input_device, is_local, load_config, load_model, resolve_model_id
-from .runtime import progress as progress_bar
+from depthprune import __version__
+from depthprune.data.records import DataError, Record, batches, data_fingerprint, encode, load_records, render_prompt
+from depthprune.models.architectures import DTYPES, ModelError, input_device, is_local, load_config, load_model, resolve_model_id
+from depthprune.settings import progress as progress_bar
 
 # ----------------------------------------------------------------------------- extraction
 _END_OF_TURN = re.compile(r"<\|im_end\|>|<\|eot_id\|>|<\|end\|>|<\|endoftext\|>|<end_of_turn>|</s>"
@@ -421,8 +421,8 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,
     ModelError for a bad device or checkpoint; all of these before the model loads.
     """
-    from .atomic import atomic_files, check_output
-    from .models import validate_device
+    from depthprune.outputs import atomic_files, check_output
+    from depthprune.models.architectures import validate_device
     model_id = resolve_model_id(model_id)
     out = Path(out)
     paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)

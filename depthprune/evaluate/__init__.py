@@ -1,0 +1,1 @@
+"""Evaluation: answer rules, greedy generation and answer NLL, lmms-eval."""

@@ -1,0 +1,1 @@
+"""Healing: brief supervised fine-tuning of a pruned model (TRL / peft)."""

@@ -1,0 +1,1 @@
+"""Models: where each architecture keeps its decoder layers (adapters), exact loading, GGUF input."""

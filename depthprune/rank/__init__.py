@@ -1,0 +1,1 @@
+"""Ranking: requests, budgets and protection, the plan file, the method registry, stability."""
