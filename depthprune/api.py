@@ -20,9 +20,9 @@ import torch
 
 from depthprune.outputs import check_output
 from depthprune.data.records import load_records
-from depthprune.rank.methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list, check_protection,
+from depthprune.rank.methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list,
                       check_request, rank, resolve_budget)
-from depthprune.rank.methods import protected_layers as protected_for
+from depthprune.rank.protection import Protection
 from depthprune.models.architectures import (DTYPES, ModelError, adapter_for, find_decoder_layers, is_local, load_config, load_model,
                      resolve_model_id, text_config, validate_device)
 from depthprune.pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
@@ -71,14 +71,8 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     scores = score_model(net, processor, records, settings, model_id=str(model), progress=progress)
     scores.settings["data_files"] = [str(p) for p in _as_list(data)]
     if ablation:
-        import time
-
-        from depthprune.score.ablation import ablation_nll
-        started = time.perf_counter()
-        scores.base_nll, scores.ablation_nll = ablation_nll(
-            net, processor, cap_per_domain(records, max_samples), batch_size=batch_size, progress=progress)
-        scores.settings["ablation"] = {"seconds": round(time.perf_counter() - started, 3),
-                                       "measure": "answer NLL, nats/token, one layer removed at a time"}
+        from depthprune.score.ablation import add_ablation
+        add_ablation(scores, net, processor, cap_per_domain(records, max_samples), batch_size, progress)
     if out is not None:
         scores.save(out, overwrite=overwrite)
     return scores
@@ -126,11 +120,11 @@ def manual_plan(num_layers: int, layers: Sequence[int], architecture_protected: 
                 allow_deepstack: bool = False, protect_first: int = 0, protect_last: int = 0) -> Plan:
     """A plan removing exactly ``layers`` (0-based): integers, distinct, within the model, at
     least one layer left, none protected. Raises RankError naming --layers."""
-    req = RankRequest(method="manual", budget=len(layers), allow_deepstack=allow_deepstack,
-                      protect_first=protect_first, protect_last=protect_last)
-    protected = protected_for(num_layers, architecture_protected, req)
+    protection = Protection(allow_deepstack, protect_first, protect_last)
+    req = RankRequest(method="manual", budget=len(layers), **protection.request_kwargs())
+    protected = protection.layers(num_layers, architecture_protected)
     remove = check_layer_list(list(layers), num_layers, f"--layers {','.join(map(str, layers))}")
-    check_protection(remove, protected, architecture_protected, allow_deepstack, "--layers")
+    protection.check(remove, protected, architecture_protected, "--layers")
     req_dict = {k: v for k, v in vars(req).items()}
     req_dict["layers"] = remove
     return Plan(method="manual", num_layers=num_layers, budget=len(remove), remove=remove,
@@ -147,13 +141,9 @@ def check_plan(the_plan: Plan, num_layers: int, architecture_protected: list[int
         raise RankError(f"{source}: the plan is for a model of {the_plan.num_layers} decoder layers but "
                         f"the model has {num_layers}; rank again on scores of this model")
     remove = check_layer_list(list(the_plan.remove), num_layers, f"{source}: 'remove'")
-    req = the_plan.request
-    flags = dict(allow_deepstack=bool(req.get("allow_deepstack")) or allow_deepstack,
-                 protect_first=max(int(req.get("protect_first") or 0), protect_first),
-                 protect_last=max(int(req.get("protect_last") or 0), protect_last))
-    protected = protected_for(num_layers, architecture_protected,
-                              RankRequest(method=the_plan.method, budget=len(remove), **flags))
-    check_protection(remove, protected, architecture_protected, flags["allow_deepstack"], source)
+    protection = Protection.from_request(the_plan.request).union(
+        Protection(allow_deepstack, protect_first, protect_last))
+    protection.check(remove, protection.layers(num_layers, architecture_protected), architecture_protected, source)
     return the_plan
 
 

@@ -331,15 +331,9 @@ def demo(
     from depthprune.demo import findings_line, headline_table, run_demo
     from depthprune.settings import quiet as settings_quiet
     from depthprune.study.sweep import summary_line
-    if overwrite and out_dir.is_dir():
-        import shutil
-        for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "scores.json",
-                     "scores.safetensors", "study.yaml", "report.html", "report.md"):
-            (out_dir / name).unlink(missing_ok=True)
-        for name in ("data", "headline"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
     quiet = quiet or settings_quiet()
-    result, head, report_path, notes = run_demo(out_dir, quick=quick, quiet=quiet, batch_size=batch_size)
+    result, head, report_path, notes = run_demo(out_dir, quick=quick, quiet=quiet, batch_size=batch_size,
+                                                overwrite=overwrite)
     if not quiet:  # the last lines on screen are the headline, the finding and the report's path
         for note in notes:
             console.print(f"note: {note}", highlight=False)

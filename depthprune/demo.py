@@ -12,11 +12,11 @@ the full demo measures it on the whole eval split (600 per domain) in a second s
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from depthprune.study.rundir import RunDir
 from depthprune.study.sweep import SweepResult
 
 FULL_BUDGETS = [0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5]
@@ -27,10 +27,8 @@ QUICK_CALIB_PER_DOMAIN = 64
 HEADLINE_BUDGET = 0.25
 #: The full demo re-evaluates the headline pairs (math- vs general-aware at 25%, per signal) on
 #: every eval record (600 per domain): the grid's 100 per domain cannot make a 5-point
-#: difference significant. An ordinary sweep in OUT/headline, reusing the grid's scores.
-HEADLINE_DIR = "headline"
-#: The demo's data (calib and eval splits of the toy benchmark) live in OUT/data.
-DATA_DIR = "data"
+#: difference significant. An ordinary sweep in OUT/headline (RunDir.headline), reusing the
+#: grid's scores.
 WEIGHTS = [{"math": 0.5, "general": 0.5}, {"math": 0.75, "general": 0.25}, {"math": 0.25, "general": 0.75}]
 
 
@@ -64,10 +62,12 @@ def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict
         "budgets": QUICK_BUDGETS if quick else FULL_BUDGETS,
         "metrics": {"accuracy": True, "max_new_tokens": 8},
     }
-    if importlib.util.find_spec("depthprune.heal.healing") is not None:
-        study["heal"] = {"recipe": {"mode": "lora", "steps": 20 if quick else 60, "batch_size": 16},
-                         "budgets": [HEADLINE_BUDGET] if quick else [HEADLINE_BUDGET, 0.5],
-                         "methods": ["domain:math", "domain:general"]}
+    from depthprune.heal.healing import missing_packages
+    if missing_packages():  # the `heal` extra is optional: the demo runs without healing then
+        return study
+    study["heal"] = {"recipe": {"mode": "lora", "steps": 20 if quick else 60, "batch_size": 16},
+                     "budgets": [HEADLINE_BUDGET] if quick else [HEADLINE_BUDGET, 0.5],
+                     "methods": ["domain:math", "domain:general"]}
     return study
 
 
@@ -109,7 +109,7 @@ def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
     general-aware removal at ``budget`` (unhealed), and the exact McNemar p-value of the two."""
     from depthprune.rank.methods import resolve_budget
     from depthprune.study.store import get_meta, open_store, read_results
-    conn = open_store(Path(run_dir) / "results.sqlite")
+    conn = open_store(RunDir(run_dir).store)
     n_layers = get_meta(conn)["num_layers"]
     k = resolve_budget(budget, n_layers)
     rows = [r for r in read_results(conn) if r.heal is None]
@@ -156,7 +156,7 @@ def findings_line(run_dir: str | Path) -> str:
     from depthprune.report.regimes import analyze
     from depthprune.study.store import read_results
     parts = []
-    for series in analyze(read_results(Path(run_dir) / "results.sqlite")):
+    for series in analyze(read_results(RunDir(run_dir).store)):
         if series.heal != "null" or not series.runs:
             continue
         runs = ", ".join(f"{label} {100 * a:.0f}%" + ("" if a == b else f"-{100 * b:.0f}%")
@@ -166,44 +166,37 @@ def findings_line(run_dir: str | Path) -> str:
 
 
 def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_size: int = 32,
-             report: bool = True) -> tuple[SweepResult, Headline, Path | None, list[str]]:
+             report: bool = True, overwrite: bool = False) -> tuple[SweepResult, Headline, Path | None, list[str]]:
     """Run (or resume) the demo study in ``out``; returns the sweep result, the headline, the
-    report path (None if the report module is missing) and notes for the user."""
+    report path (None with ``report=False``) and notes for the user. ``overwrite`` first deletes
+    what an earlier demo wrote there (:meth:`RunDir.clear`) and starts over."""
+    from depthprune.report.html import write_report
     from depthprune.score.scores import Scores
     from depthprune.study.config import parse_study
-    from depthprune.study.sweep import SCORES_NAME, run_study
+    from depthprune.study.sweep import run_study
     from depthprune.toy import default_data
-    out = Path(out).expanduser()
-    notes: list[str] = []
+    run = RunDir(out)
+    if overwrite:
+        run.clear()
     # A study's paths are relative to the study's directory, here the run directory, so the
     # generated study names its data relative to ``out`` (and stays valid if ``out`` moves).
-    data = {split: Path(DATA_DIR) / f"{split}.jsonl" for split in ("calib", "eval")}
-    if not all((out / p).is_file() for p in data.values()):
-        out.mkdir(parents=True, exist_ok=True)
-        default_data(out / DATA_DIR)
-    raw = demo_study(data, quick, batch_size)
-    if "heal" not in raw:
-        notes.append("healing skipped: depthprune.heal.healing is not installed in this version")
-    study = parse_study(raw, out, source="demo study")
-    result = run_study(study, out, quiet=quiet)
-    notes += [f"skipped {s}" for s in result.notes]
-    headline_dir = out
+    data = {split: Path(RunDir.DATA) / f"{split}.jsonl" for split in ("calib", "eval")}
+    if not all((run.path / p).is_file() for p in data.values()):
+        run.path.mkdir(parents=True, exist_ok=True)
+        default_data(run.data)
+    study = parse_study(demo_study(data, quick, batch_size), run.path, source="demo study")
+    result = run_study(study, run.path, quiet=quiet)
+    notes = [f"skipped {s}" for s in result.notes]
+    if study.heal is None:
+        notes.append("healing skipped: install depthprune[heal] (trl, peft, datasets) to add the healed cells")
+    headline_run = run
     if not quick:
-        headline_dir = out / HEADLINE_DIR
-        headline_dir.mkdir(exist_ok=True)
-        if not (headline_dir / SCORES_NAME).is_file():  # same calibration: score once
-            Scores.load(out / SCORES_NAME).save(headline_dir / SCORES_NAME)  # both files, published together
+        headline_run = run.headline
+        headline_run.path.mkdir(exist_ok=True)
+        if not headline_run.scores.is_file():  # same calibration: score once
+            Scores.load(run.scores).save(headline_run.scores)  # both files, published together
         headline_data = {split: Path("..") / p for split, p in data.items()}  # relative to OUT/headline
-        run_study(parse_study(headline_study(headline_data, batch_size), headline_dir,
-                              source="demo headline study"), headline_dir, quiet=quiet)
-    report_path = None
-    if report:
-        if importlib.util.find_spec("depthprune.report.html") is None:
-            notes.append("report.html not written: depthprune.report.html is not installed in this version")
-        else:
-            import inspect
-
-            from depthprune.report.html import write_report  # type: ignore[import-not-found]
-            quiet_kw = {"progress": not quiet} if "progress" in inspect.signature(write_report).parameters else {}
-            report_path = write_report(out, **quiet_kw)
-    return result, headline(headline_dir), report_path, notes
+        run_study(parse_study(headline_study(headline_data, batch_size), headline_run.path,
+                              source="demo headline study"), headline_run.path, quiet=quiet)
+    report_path = write_report(run.path, progress=not quiet) if report else None
+    return result, headline(headline_run.path), report_path, notes

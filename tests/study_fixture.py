@@ -13,7 +13,8 @@ from depthprune.rank.methods import RankRequest, rank
 from depthprune.models.architectures import load_model
 from depthprune.pruning import layers_as_identity
 from depthprune.score.forward import ScoreSettings, score_model
-from depthprune.study.store import STORE_NAME, ResultRow, cell_key, open_store, set_meta, write_cell
+from depthprune.study.rundir import RunDir
+from depthprune.study.store import ResultRow, cell_key, open_store, set_meta, write_cell
 from depthprune.toy import MODEL_DIR, default_data
 
 DEFAULT_METHODS = (("domain:math", "domain", {"domain": "math"}), ("domain:general", "domain", {"domain": "general"}),
@@ -40,7 +41,7 @@ def build_study(run_dir: Path, budgets=(2, 4), n_calib: int = 8, n_eval: int = 8
     model, processor = load_model(MODEL_DIR, dtype="float32")
     scores = score_model(model, processor, calib, ScoreSettings(batch_size=8), model_id="toy", progress=False)
     scores.save(run_dir / "scores.json")
-    conn = open_store(run_dir / STORE_NAME)
+    conn = open_store(RunDir(run_dir).store)
     set_meta(conn, {"model": "toy", "num_layers": scores.num_layers, "domains": scores.domains,
                     "protected_layers": scores.protected_layers, "study": {}, "eval_sets": ["eval"],
                     "depthprune_version": "test"})

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from depthprune.data.records import encode, load_records
-from depthprune.models.architectures import find_decoder_layers, load_model, protected_layers, text_config
+from depthprune.models.architectures import architecture_protected, find_decoder_layers, load_model, text_config
 from depthprune.pruning import layers_as_identity, prune_layers, pruning_info, save_pruned
 from depthprune.score.forward import ScoreSettings, score_model
 from tiny_configs import FAMILIES, LAYERS, VLM_FAMILIES
@@ -64,7 +64,7 @@ def test_pruned_config_and_layer_idx(tiny):
         assert list(cfg.layer_types) == [original_types[i] for i in keep]
     if family in ("qwen3_vl", "qwen3_vl_moe"):  # ViT block indexes, never edited
         assert list(pruned.config.vision_config.deepstack_visual_indexes) == [1, 2, 3]
-        assert protected_layers(model) == [0, 1, 2]
+        assert architecture_protected(model) == [0, 1, 2]
 
 
 def test_cached_greedy_generation_equals_uncached_argmax(tiny):

@@ -13,8 +13,9 @@ from rich.console import Console
 
 from depthprune.rank.methods import (
     METHODS, Plan, RankError, RankRequest, best_spaced, iterative_selection,
-    parse_weights, protected_layers, rank, resolve_budget,
+    parse_weights, rank, resolve_budget,
 )
+from depthprune.rank.protection import Protection
 from depthprune.rank.stability import bootstrap_stability, plan_table
 from depthprune.score.scores import GROUPS, STATS, Scores, angular_distance
 
@@ -69,9 +70,9 @@ def test_resolve_budget():
 
 def test_protected_layers_and_deepstack_warning():
     req = RankRequest("last", 1, protect_first=1, protect_last=2)
-    assert protected_layers(8, [0, 1, 2], req) == [0, 1, 2, 6, 7]
+    assert Protection.from_request(req).layers(8, [0, 1, 2]) == [0, 1, 2, 6, 7]
     with pytest.warns(UserWarning, match="visual features are injected"):
-        assert protected_layers(8, [0, 1, 2], RankRequest("last", 1, allow_deepstack=True)) == []
+        assert Protection.from_request(RankRequest("last", 1, allow_deepstack=True)).layers(8, [0, 1, 2]) == []
 
 
 def test_protected_layers_never_removed_and_budget_error():

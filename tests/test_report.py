@@ -14,7 +14,10 @@ from typer.testing import CliRunner
 from depthprune.cli import app
 from depthprune.report.html import ReportError, _ablation, write_report
 from depthprune.score.scores import Scores
-from depthprune.study.store import STORE_NAME, open_store
+from depthprune.study.rundir import RunDir
+from depthprune.study.store import open_store
+
+STORE_NAME = RunDir.STORE
 
 SECTIONS = ("Findings", "Accuracy vs budget", "Answer NLL vs budget", "Best method per budget",
             "Per-layer score profiles", "Removed layers per method and budget", "Ranking stability", "All results")

@@ -142,6 +142,12 @@ class HealStats:
         return asdict(self)
 
 
+def missing_packages() -> list[str]:
+    """The training libraries healing needs that are not installed (the ``heal`` extra)."""
+    import importlib.util
+    return [m for m in ("trl", "peft", "datasets") if importlib.util.find_spec(m) is None]
+
+
 def require_answers(records: Sequence[Record]) -> None:
     """Raise DataError naming the first record without a (non-empty) answer."""
     unanswered = next((r for r in records if r.answer is None or not str(r.answer).strip()), None)

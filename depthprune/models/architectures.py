@@ -116,7 +116,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return found[0]
 
 
-def protected_layers(model: nn.Module) -> list[int]:
+def architecture_protected(model: nn.Module) -> list[int]:
     """Layers the architecture protects by default (Qwen3-VL deepstack injection)."""
     return adapter_for(model.config).protected(model.config)
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import math
 import random
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from depthprune.rank.protection import Protection
 from depthprune.score.scores import GROUPS, Scores, ScoresError
 
 
@@ -192,17 +192,6 @@ def check_layer_list(layers: object, num_layers: int, what: str, allow_empty: bo
     return sorted(layers)
 
 
-def check_protection(remove: list[int], protected: list[int], architecture_protected: list[int],
-                     allow_deepstack: bool, what: str) -> None:
-    """Refuse removing a protected layer, saying which flag lifts the protection."""
-    hit = sorted(set(remove) & set(protected))
-    if hit:
-        why = ("Qwen3-VL deepstack-injection layers; pass --allow-deepstack to remove them anyway"
-               if set(hit) & set(architecture_protected) and not allow_deepstack
-               else "protected by --protect-first/--protect-last; lower those")
-        raise RankError(f"{what} asks to remove protected layer(s) {hit}: {why}")
-
-
 def domains_used(req: RankRequest, domains: list[str]) -> list[str]:
     """The domains whose samples the ranking of ``req`` depends on (what bootstrap stability
     is reported for): ``domain`` its one domain, ``mixed`` those with a positive weight,
@@ -304,28 +293,6 @@ def parse_weights(text: str) -> dict[str, float]:
     if not out:
         raise RankError(f"weights {text!r} is empty; {example}")
     return out
-
-
-def protected_layers(num_layers: int, architecture_protected: list[int], req: RankRequest) -> list[int]:
-    """Sorted 0-based layers that may not be removed.
-
-    The architecture's protected layers (e.g. Qwen3-VL deepstack injection layers 0..2)
-    unless ``req.allow_deepstack`` (then a warning is emitted), plus the first
-    ``req.protect_first`` and last ``req.protect_last`` layers.
-    """
-    for name in ("protect_first", "protect_last"):
-        n = getattr(req, name)
-        if not 0 <= n <= num_layers:
-            raise RankError(f"{name}={n} must be between 0 and the {num_layers} layers of the model")
-    out = set(range(req.protect_first)) | set(range(num_layers - req.protect_last, num_layers))
-    arch = sorted(set(architecture_protected))
-    if arch and req.allow_deepstack:
-        warnings.warn(f"allow_deepstack: layers {arch} may be removed; removing a deepstack-injection "
-                      "layer moves where visual features are injected (into the next surviving layer), "
-                      "which the model was not trained for", UserWarning, stacklevel=2)
-    elif arch:
-        out |= set(arch)
-    return sorted(out)
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -690,7 +657,7 @@ def rank(scores: Scores, req: RankRequest,
     n = scores.num_layers
     k = resolve_budget(req.budget, n)
     check_request(req, scores.domains if scores.sample_ids else None)
-    protected = protected_layers(n, scores.protected_layers, req)
+    protected = Protection.from_request(req).layers(n, scores.protected_layers)
     candidates = [i for i in range(n) if i not in protected]
     if k > len(candidates):
         lifts = [flag for flag, on in (("--allow-deepstack", scores.protected_layers and not req.allow_deepstack),

@@ -23,11 +23,13 @@ from typing import Any
 import torch
 
 from depthprune.report.regimes import ALPHA, RANKING, RULE, Series, Stability, analyze, ranking_stability, stability_claim
+from depthprune.rank.protection import Protection
 from depthprune.score.scores import Scores, ScoresError
 from depthprune.report.statistics import kendall_tau, mcnemar_exact
-from depthprune.study.store import STORE_NAME, ResultRow, get_meta, open_store, read_results
+from depthprune.study.rundir import RunDir
+from depthprune.study.store import ResultRow, get_meta, open_store, read_results
 
-SCORES_NAME = "scores.json"
+STORE_NAME, SCORES_NAME = RunDir.STORE, RunDir.SCORES
 
 
 class ReportError(ValueError):
@@ -268,7 +270,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """
     run_dir = Path(run_dir)
     rows, meta = load_run(run_dir)
-    out = Path(out) if out is not None else run_dir / "report.html"
+    out = Path(out) if out is not None else RunDir(run_dir).report
     if out.suffix.lower() not in (".html", ".htm"):
         raise ReportError(f"{out}: the report file name must end in .html (the Markdown goes beside it)")
     from depthprune.report import plots  # matplotlib only when a report is written
@@ -285,10 +287,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     stability: list[Stability] = []
     if scores is not None and resamples > 0:
         # the study's protection settings (stored in meta by `sweep`) apply to every ranking
-        study_protect = (meta.get("study") or {}).get("protect") or {}
-        protect = {k: study_protect[src] for k, src in (("allow_deepstack", "allow_deepstack"),
-                                                        ("protect_first", "first"), ("protect_last", "last"))
-                   if src in study_protect}
+        protect = Protection(**((meta.get("study") or {}).get("protect") or {})).request_kwargs()
         rankings = sorted({(r.label, r.method, json.dumps(r.options, sort_keys=True), r.budget)
                            for r in rows if r.budget > 0})
         with warnings.catch_warnings():

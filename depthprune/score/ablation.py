@@ -52,3 +52,18 @@ def ablation_nll(model: nn.Module, processor: Any, records: Sequence[Record], ba
         with layers_removed(model, [layer]):
             columns.append(_nll(model, processor, records, batch_size))
     return base, torch.stack(columns, dim=1)
+
+
+def add_ablation(scores: Any, model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int = 4,
+                 progress: bool = True) -> Any:
+    """Measure :func:`ablation_nll` on ``records`` (the records ``scores`` was computed on) and
+    attach it to ``scores`` (``base_nll``, ``ablation_nll`` and ``settings["ablation"]``, with
+    its wall seconds). Returns ``scores``. The one place `score --ablation` and a study's
+    ``calibration.ablation`` measure it."""
+    import time
+    started = time.perf_counter()
+    scores.base_nll, scores.ablation_nll = ablation_nll(model, processor, records, batch_size=batch_size,
+                                                        progress=progress)
+    scores.settings["ablation"] = {"seconds": round(time.perf_counter() - started, 3),
+                                   "measure": "answer NLL, nats/token, one layer removed at a time"}
+    return scores

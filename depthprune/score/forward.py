@@ -27,7 +27,7 @@ from torch import nn
 
 from depthprune import __version__
 from depthprune.data.records import Record, batches, data_fingerprint, encode
-from depthprune.models.architectures import find_decoder_layers, input_device, protected_layers
+from depthprune.models.architectures import architecture_protected, find_decoder_layers, input_device
 from depthprune.settings import progress as progress_bar
 from depthprune.score.scores import GROUPS, STATS, Scores
 
@@ -197,7 +197,7 @@ def score_model(model: nn.Module, processor: Any, records: Sequence[Record],
         num_layers=num_layers, max_span=max_span,
         sample_ids=[r.id for r in records], sample_domains=[r.domain for r in records],
         sums=torch.cat(all_sums), counts=torch.cat(all_counts),
-        protected_layers=protected_layers(model),
+        protected_layers=architecture_protected(model),
         settings={
             "batch_size": settings.batch_size, "max_samples": settings.max_samples,
             "max_span": max_span, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),

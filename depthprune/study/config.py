@@ -28,7 +28,6 @@ Example (paths are relative to the study file)::
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import math
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune.rank.methods import METHODS, RankRequest, parse_weights
+from depthprune.rank.protection import Protection
 
 
 class StudyError(ValueError):
@@ -97,7 +97,7 @@ class Study:
     calib_max_samples: int | None = None
     max_span: int | None = None
     ablation: bool = False                    # also measure single-layer ablation (score --ablation)
-    protect: dict[str, Any] = field(default_factory=lambda: {"allow_deepstack": False, "first": 0, "last": 0})
+    protect: Protection = field(default_factory=Protection)
     heal: dict[str, Any] | None = None        # {"recipe": {...}, "budgets": [...], "methods": [...]|None, "data": [...]|None, "distill": bool}
     accuracy: bool = True
     max_new_tokens: int = 16
@@ -110,7 +110,7 @@ class Study:
         return {"model": self.model, "dtype": self.dtype, "calibration": self.calibration,
                 "calib_max_samples": self.calib_max_samples, "max_span": self.max_span,
                 "ablation": self.ablation,
-                "batch_size": self.batch_size, "protect": self.protect,
+                "batch_size": self.batch_size, "protect": self.protect.as_study(),
                 "eval": [dataclasses.asdict(e) for e in self.eval_sets],
                 "max_new_tokens": self.max_new_tokens}
 
@@ -325,10 +325,10 @@ def _heal(src: str, raw: Any, base: Path, labels: list[str]) -> dict[str, Any] |
     if not isinstance(raw, dict):
         raise _err(src, "heal", "expected a mapping {recipe: {...}, budgets: [...]} or null")
     _check_keys(src, "heal", raw, {"recipe", "budgets", "methods", "data", "distill"})
-    if importlib.util.find_spec("depthprune.heal.healing") is None:
-        raise _err(src, "heal", "healing needs depthprune.heal.healing, which this install lacks; remove "
-                                "the heal section or update depthprune")
-    from depthprune.heal.healing import HealConfig  # type: ignore[import-not-found]
+    from depthprune.heal.healing import HealConfig, missing_packages
+    if missing_packages():
+        raise _err(src, "heal", f"healing needs {', '.join(missing_packages())}: pip install 'depthprune[heal]', "
+                                "or remove the heal section")
     recipe = raw.get("recipe") or {}
     if not isinstance(recipe, dict):
         raise _err(src, "heal.recipe", "expected a mapping of HealConfig fields, e.g. {mode: lora, steps: 100}")
@@ -388,9 +388,9 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
     if not isinstance(protect, dict):
         raise _err(src, "protect", "expected {allow_deepstack: false, first: 0, last: 0}")
     _check_keys(src, "protect", protect, {"allow_deepstack", "first", "last"})
-    protect = {"allow_deepstack": _bool(src, "protect.allow_deepstack", protect.get("allow_deepstack", False)),
-               "first": _int(src, "protect.first", protect.get("first", 0), low=0, none_ok=False),
-               "last": _int(src, "protect.last", protect.get("last", 0), low=0, none_ok=False)}
+    protect = Protection(_bool(src, "protect.allow_deepstack", protect.get("allow_deepstack", False)),
+                         _int(src, "protect.first", protect.get("first", 0), low=0, none_ok=False),
+                         _int(src, "protect.last", protect.get("last", 0), low=0, none_ok=False))
     metrics = raw.get("metrics") or {}
     if not isinstance(metrics, dict):
         raise _err(src, "metrics", "expected {accuracy: true, max_new_tokens: 16}")
@@ -447,7 +447,7 @@ def study_dict(study: Study) -> dict[str, Any]:
                                                                          "max_new_tokens": e.max_new_tokens}
                  for e in study.eval_sets],
         "methods": [{"method": m.method, **m.options} for m in study.methods],
-        "budgets": study.budgets, "protect": study.protect, "metrics": {"accuracy": study.accuracy,
+        "budgets": study.budgets, "protect": study.protect.as_study(), "metrics": {"accuracy": study.accuracy,
                                                                         "max_new_tokens": study.max_new_tokens},
         "baseline": study.baseline,
     }

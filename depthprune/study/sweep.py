@@ -22,20 +22,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from depthprune import __version__
+from depthprune.outputs import write_text_atomic
 from depthprune.study.config import Cell, Study, StudyError, expand_cells, load_study, study_dict
-
-SCORES_NAME = "scores.json"
-STUDY_NAME = "study.yaml"
-#: Training logs of the healed cells (one JSON-lines file per healed plan).
-LOGS_DIR = "logs"
-
-
-def heal_log_name(remove: list[int], recipe: dict[str, Any]) -> str:
-    """File name of a healed plan's training log: the removed layers and a short recipe hash."""
-    import hashlib
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
-    return f"heal-{'-'.join(map(str, remove)) or 'none'}-{digest}.jsonl"
-
+from depthprune.study.rundir import RunDir
 
 @dataclass
 class SweepResult:
@@ -64,12 +53,6 @@ def _num_layers(study: Study) -> int:
     return n
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _check_resume(conn: Any, study: Study, out: Path) -> None:
     from depthprune.study.store import get_meta
     before = get_meta(conn).get("study_identity")
@@ -92,14 +75,14 @@ def _load_eval_records(study: Study) -> list[tuple[Any, list]]:
     return out
 
 
-def _scores(study: Study, out: Path, net: Any, processor: Any, calib: list, ctx: Any, progress: bool):
+def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ctx: Any, progress: bool):
     from depthprune.data.records import data_fingerprint
     from depthprune.study.distributed import score_parallel
     from depthprune.score.scores import Scores
     from depthprune.score.forward import ScoreSettings, cap_per_domain
     settings = ScoreSettings(batch_size=study.batch_size, max_samples=study.calib_max_samples,
                              max_span=study.max_span)
-    path = out / SCORES_NAME
+    path = run.scores
     if path.is_file():  # resume: every process reads the same file
         scores = Scores.load(path)
         want = data_fingerprint(cap_per_domain(calib, study.calib_max_samples))
@@ -110,15 +93,9 @@ def _scores(study: Study, out: Path, net: Any, processor: Any, calib: list, ctx:
     scores = score_parallel(net, processor, calib, settings, str(study.model), ctx, progress=progress)
     scores.settings["data_files"] = list(study.calibration)
     if study.ablation and ctx.main:  # ground truth for `ablation`/diagnostics: one pass per layer
-        import time
-
-        from depthprune.score.ablation import ablation_nll
-        started = time.perf_counter()
-        scores.base_nll, scores.ablation_nll = ablation_nll(
-            net, processor, cap_per_domain(calib, study.calib_max_samples), batch_size=study.batch_size,
-            progress=progress)
-        scores.settings["ablation"] = {"seconds": round(time.perf_counter() - started, 3),
-                                       "measure": "answer NLL, nats/token, one layer removed at a time"}
+        from depthprune.score.ablation import add_ablation
+        add_ablation(scores, net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size,
+                     progress)
     if ctx.main:
         scores.save(path)
     ctx.barrier()
@@ -143,9 +120,7 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped:
         if cell.key in stored:
             removed[cell.key] = list(stored[cell.key])
             continue
-        req = RankRequest(method=cell.variant.method, budget=cell.budget,
-                          allow_deepstack=study.protect["allow_deepstack"],
-                          protect_first=study.protect["first"], protect_last=study.protect["last"],
+        req = RankRequest(method=cell.variant.method, budget=cell.budget, **study.protect.request_kwargs(),
                           **cell.variant.options)
         try:
             plan = rank(scores, req, score_fn=score_fn if cell.variant.method == "iterative" else None)
@@ -157,9 +132,6 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped:
 
 
 def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells: int) -> dict[str, Any]:
-    from depthprune.rank.methods import RankRequest, protected_layers
-    req = RankRequest(method="meta", budget=1, allow_deepstack=study.protect["allow_deepstack"],
-                      protect_first=study.protect["first"], protect_last=study.protect["last"])
     sets = {}
     for es, records in eval_sets:
         info: dict[str, Any] = {"kind": es.kind, "accuracy": study.accuracy and es.accuracy}
@@ -171,7 +143,7 @@ def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells:
                      "domain": es.domain}
         sets[es.name] = info
     return {"model": str(study.model), "num_layers": scores.num_layers, "domains": scores.domains,
-            "protected_layers": protected_layers(scores.num_layers, scores.protected_layers, req),
+            "protected_layers": study.protect.layers(scores.num_layers, scores.protected_layers),
             "study": study_dict(study), "eval_sets": sets, "depthprune_version": __version__,
             "study_identity": study.identity(), "scores_fingerprint": scores.fingerprint(),
             "cells_total": n_cells}
@@ -198,77 +170,115 @@ def _check_lmms_sets(study: Study) -> None:
         lmms.task_manager(es.tasks, es.include_path, what=f"{study.source}: eval set {es.name!r}")
 
 
+@dataclass
+class _Inputs:
+    """Everything a study reads besides the model, loaded and checked before the model is."""
+
+    num_layers: int
+    cells: list[Cell]
+    calib: list
+    eval_sets: list[tuple[Any, list]]
+    heal_records: list | None
+
+    @classmethod
+    def load(cls, study: Study) -> "_Inputs":
+        from depthprune.data.records import load_records
+        num_layers = _num_layers(study)
+        cells = expand_cells(study, num_layers)  # budgets checked against the layer count
+        heal_records = (load_records(study.heal["data"] or study.calibration, require_answer=True)
+                        if study.heal is not None else None)
+        inputs = cls(num_layers, cells, load_records(study.calibration), _load_eval_records(study), heal_records)
+        _check_lmms_sets(study)  # before the run directory is created: a refused study leaves nothing
+        return inputs
+
+
+def _open_store(run: RunDir, study: Study, ctx: Any) -> Any:
+    """Create the run directory and open its store (rank 0 only: the others send it rows);
+    refuse a run directory that holds another study, on every process."""
+    from depthprune.study.store import open_store
+    if ctx.main:
+        run.path.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    conn = open_store(run.store) if ctx.main else None
+    problem = None
+    if ctx.main:
+        try:
+            _check_resume(conn, study, run.path)
+        except StudyError as exc:
+            problem = str(exc)
+    problem = ctx.broadcast(problem)
+    if problem:
+        raise StudyError(problem)
+    return conn
+
+
+def _rescorer(net: Any, processor: Any, calib: list, settings: Any, model_id: str, ctx: Any) -> Any:
+    """`iterative`'s score function: the scores with some layers removed. Its bases read single
+    layers only (span 1), so re-scoring records no blocks. Collective under torchrun, memoised
+    across budgets."""
+    from depthprune.pruning import layers_removed
+    from depthprune.study.distributed import score_parallel
+    memo: dict[tuple[int, ...], Any] = {}
+    span_one = dataclasses.replace(settings, max_span=1)
+
+    def rescore(remove: list[int]) -> Any:
+        key = tuple(sorted(remove))
+        if key not in memo:
+            with layers_removed(net, remove):
+                memo[key] = score_parallel(net, processor, calib, span_one, model_id, ctx, progress=False)
+        return memo[key]
+    return rescore
+
+
+def _evaluate_plan(net: Any, processor: Any, study: Study, inputs: _Inputs, run: RunDir, remove: list[int],
+                   heal: dict | None, progress: bool) -> dict[str, list]:
+    """Every eval set's per-sample outcomes for one plan: pruned in memory, or pruned and healed
+    on a copy (its training log in ``run``'s logs)."""
+    from depthprune.study.cell import evaluate_sets, heal_copy, pruned_in_memory
+    args = (inputs.eval_sets, study.batch_size, study.max_new_tokens, study.accuracy, progress)
+    if heal is None:
+        with pruned_in_memory(net, remove):
+            return evaluate_sets(net, processor, *args)
+    student = heal_copy(net, processor, remove, heal, inputs.heal_records, study.heal["distill"], progress,
+                        log_file=run.heal_log(remove, heal))
+    return evaluate_sets(student, processor, *args)
+
+
 def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False) -> SweepResult:
     """Run (or resume) every cell of ``study`` into the run directory ``out``.
 
     ``study`` is a :class:`Study` or a YAML path (validated before any model loads). Returns a
     :class:`SweepResult`; results are in ``out/results.sqlite`` (see :mod:`depthprune.study.store`).
     """
+    from depthprune.models.architectures import load_model, resolve_model_id
+    from depthprune.study.cell import cell_rows
+    from depthprune.study.distributed import setup
+    from depthprune.study.store import completed_cells, read_results, set_meta, write_cell
     started = time.perf_counter()
-    if not isinstance(study, Study):
-        study = load_study(study)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise StudyError(f"{out}: exists and is not a directory; choose another --out")
-    num_layers = _num_layers(study)
-    cells = expand_cells(study, num_layers)  # budgets checked against the layer count
-    from depthprune.data.records import load_records
-    calib = load_records(study.calibration)
-    eval_sets = _load_eval_records(study)
-    heal_records = None
-    if study.heal is not None:
-        heal_records = load_records(study.heal["data"] or study.calibration, require_answer=True)
-
-    _check_lmms_sets(study)  # before the run directory is created: a refused study leaves nothing
-
-    from depthprune.study.distributed import score_parallel, setup
-    from depthprune.study.store import STORE_NAME, completed_cells, open_store, read_results, set_meta, write_cell
+    study = study if isinstance(study, Study) else load_study(study)
+    run = RunDir(out)
+    if run.path.exists() and not run.path.is_dir():
+        raise StudyError(f"{run.path}: exists and is not a directory; choose another --out")
+    inputs = _Inputs.load(study)
     ctx = setup(study.device)
     progress = not quiet and ctx.main
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-    ctx.barrier()
-    # only rank 0 touches the store (any filesystem, any number of nodes); the others send it rows
-    conn = open_store(out / STORE_NAME) if ctx.main else None
-    problem = None
-    if ctx.main:
-        try:
-            _check_resume(conn, study, out)
-        except StudyError as exc:
-            problem = str(exc)
-    problem = ctx.broadcast(problem)
-    if problem:
-        raise StudyError(problem)
-
-    from depthprune.models.architectures import load_model, resolve_model_id
-    from depthprune.pruning import layers_removed
+    conn = _open_store(run, study, ctx)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
                                 device_map=study.device_map, trust_remote_code=study.trust_remote_code)
-    scores, settings = _scores(study, out, net, processor, calib, ctx, progress)
-    memo: dict[tuple[int, ...], Any] = {}
-
-    # `iterative` re-scores after each removal; its bases read single layers only (span 1), so
-    # the re-scoring records no longer blocks. Collective under torchrun, memoised across budgets.
-    rescore_settings = dataclasses.replace(settings, max_span=1)
-
-    def rescore(remove: list[int]) -> Any:
-        key = tuple(sorted(remove))
-        if key not in memo:
-            with layers_removed(net, remove):
-                memo[key] = score_parallel(net, processor, calib, rescore_settings, str(study.model), ctx,
-                                           progress=False)
-        return memo[key]
+    scores, settings = _scores(study, run, net, processor, inputs.calib, ctx, progress)
 
     skipped: list[str] = []
     stored = ctx.broadcast({r.cell: r.removed for r in read_results(conn)} if ctx.main else None)
-    removed = _plans(study, cells, scores, rescore, skipped, stored)
-    cells = [c for c in cells if c.key in removed]
+    rescore = _rescorer(net, processor, inputs.calib, settings, str(study.model), ctx)
+    removed = _plans(study, inputs.cells, scores, rescore, skipped, stored)
+    cells = [c for c in inputs.cells if c.key in removed]
     if ctx.main:
-        set_meta(conn, _meta(study, scores, eval_sets, len(cells)) | {"skipped_cells": skipped})
+        set_meta(conn, _meta(study, scores, inputs.eval_sets, len(cells)) | {"skipped_cells": skipped})
         import yaml
-        _write_text_atomic(out / STUDY_NAME, yaml.safe_dump(study_dict(study), sort_keys=False))
+        write_text_atomic(run.study, yaml.safe_dump(study_dict(study), sort_keys=False), overwrite=True)
     ctx.barrier()
 
+    # cells whose plans coincide (same removed layers, same healing) are evaluated once
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
         groups[(len(removed[cell.key]), tuple(removed[cell.key]), json.dumps(cell.heal, sort_keys=True))].append(cell)
@@ -281,32 +291,19 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
         skipped.append("healed cells under torchrun (several processes): run the same command in one "
                        "process afterwards to add them")
     mine = pending_groups[ctx.rank::ctx.world]
-    result = SweepResult(out, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
+    result = SweepResult(run.path, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
     bar = tqdm(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell", disable=not progress,
                dynamic_ncols=True)
-    from depthprune.study.cell import cell_rows, evaluate_sets, heal_copy, pruned_in_memory
-    rounds = -(-len(pending_groups) // ctx.world)
-    for i in range(rounds):  # each round: every process evaluates one plan, rank 0 stores them all
+    for i in range(-(-len(pending_groups) // ctx.world)):  # a round: each process one plan, rank 0 stores all
         produced: list[list] = []
         if i < len(mine):
-            gkey = mine[i]
-            pending = [c for c in groups[gkey] if c.key not in done]
-            t0 = time.perf_counter()
-            remove, heal = list(gkey[1]), pending[0].heal
+            pending = [c for c in groups[mine[i]] if c.key not in done]
+            remove, heal = list(mine[i][1]), pending[0].heal
             bar.set_postfix_str(f"{pending[0].variant.label} k={len(remove)}{' +heal' if heal else ''}")
-            if heal is None:
-                with pruned_in_memory(net, remove):
-                    results = evaluate_sets(net, processor, eval_sets, study.batch_size, study.max_new_tokens,
-                                            study.accuracy, progress)
-            else:
-                student = heal_copy(net, processor, remove, heal, heal_records, study.heal["distill"], progress,
-                                    log_file=out / LOGS_DIR / heal_log_name(remove, heal))
-                results = evaluate_sets(student, processor, eval_sets, study.batch_size, study.max_new_tokens,
-                                        study.accuracy, progress)
-                del student
-            seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            results = _evaluate_plan(net, processor, study, inputs, run, remove, heal, progress)
+            produced = [cell_rows(c, remove, inputs.num_layers, results, time.perf_counter() - t0) for c in pending]
             result.plans_evaluated += 1
-            produced = [cell_rows(cell, remove, num_layers, results, seconds) for cell in pending]
             result.cells_written += len(produced)
         for rows_of_rank in ctx.gather(produced):
             for rows in rows_of_rank:
@@ -324,4 +321,4 @@ def summary_line(result: SweepResult) -> str:
     """One line for the CLI."""
     return (f"{result.cells_total} cells ({result.cells_skipped} already stored, {result.cells_written} "
             f"written from {result.plans_evaluated} distinct plans) in {result.seconds:.0f} s "
-            f"-> {result.run_dir / 'results.sqlite'}")
+            f"-> {RunDir(result.run_dir).store}")
