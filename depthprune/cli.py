@@ -458,19 +458,16 @@ def heal(
     save_steps: Annotated[int, typer.Option(min=1, help="Write a resumable checkpoint every N steps.")] = 50,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its latest checkpoint in OUT.heal-work (same options).")] = False,
     bf16: Annotated[bool, typer.Option(help="bfloat16 mixed precision (GPUs).")] = False,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
     dtype: Dtype = "float32", device: Device = "cpu",
     trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
 ) -> None:
     """Heal MODEL (e.g. a pruned checkpoint) with a brief supervised fine-tuning on answered JSONL records."""
-    from depthprune.heal.healing import HealConfig, heal as heal_checkpoint
+    from depthprune.heal.checkpoint import heal as heal_checkpoint
+    from depthprune.heal.recipe import HealConfig
     if train_layers not in ("all", "neighbours"):
         raise ValueError(f"--train-layers {train_layers!r}: choose all or neighbours")
     if mode not in ("lora", "full"):
         raise ValueError(f"--mode {mode!r}: choose lora or full (or --train-layers neighbours)")
-    if threads is not None:
-        import torch
-        torch.set_num_threads(threads)
     config = HealConfig(mode="neighbours" if train_layers == "neighbours" else mode, steps=steps,
                         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                         grad_accum=grad_accum, lora_r=lora_r, lora_alpha=lora_alpha,

@@ -2,7 +2,7 @@
 
 Every registered ranking method (domain-aware per domain, on all tokens and on the last
 token, mixed at three weightings, random at two seeds, ...), budgets from 1 of 16 layers
-(6%) to 8 (50%), healing at two budgets when ``depthprune.heal.healing`` is installed, NLL and
+(6%) to 8 (50%), healing at two budgets when the `heal` extra (trl, peft) is installed, NLL and
 generation accuracy on both domains. It is an ordinary sweep (:func:`depthprune.study.sweep.run_study`)
 in ``--out``, so running it again resumes. The headline compares math-aware with
 general-aware removal at 25% per domain with exact McNemar tests on per-sample correctness;
@@ -62,7 +62,7 @@ def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict
         "budgets": QUICK_BUDGETS if quick else FULL_BUDGETS,
         "metrics": {"accuracy": True, "max_new_tokens": 8},
     }
-    from depthprune.heal.healing import missing_packages
+    from depthprune.heal.recipe import missing_packages
     if missing_packages():  # the `heal` extra is optional: the demo runs without healing then
         return study
     study["heal"] = {"recipe": {"mode": "lora", "steps": 20 if quick else 60, "batch_size": 16},

@@ -19,14 +19,9 @@ from tiny_models import save_tiny
 
 from depthprune.cli import app
 from depthprune.data.records import load_records
-from depthprune.heal.healing import (
-    HealConfig,
-    HealError,
-    heal,
-    heal_model,
-    neighbour_layers,
-    training_batch,
-)
+from depthprune.heal.checkpoint import heal
+from depthprune.heal.recipe import HealConfig, HealError
+from depthprune.heal.trainer import heal_model, neighbour_layers, training_batch
 from depthprune.models.architectures import load_model
 
 runner = CliRunner()
@@ -103,6 +98,11 @@ def test_lora_heal_merges_into_a_stock_checkpoint_and_spares_the_vision_tower(pr
     healing = info["healing"]
     assert healing["steps"] == 3 and healing["recipe"]["mode"] == "lora"
     assert len(healing["data_fingerprint"]) == 16 and healing["final_loss"] == healing["losses"][-1]
+    # LoRA trains adapters only: a small fraction of the model's parameters
+    assert 0 < healing["recipe"]["trained_parameters"] < sum(p.numel() for p in model.parameters()) / 4
+    logged = [json.loads(line) for line in (out / "healing_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged if "loss" in e] == [3]  # logging every min(10, steps) steps
+    assert "train_runtime" in logged[-1] and "{'loss'" not in res.output  # the summary too; no dicts printed
     assert (out / "tokenizer.json").read_bytes() == (pruned / "tokenizer.json").read_bytes()
     assert "## Healing" in (out / "README.md").read_text()
     assert not (tmp_path / "healed.heal-work").exists()

@@ -98,7 +98,7 @@ def test_lmms_eval_sets_need_a_qwen3_vl_model_before_it_loads(tmp_path, calib_di
 
 
 def test_missing_bridges_are_named(tmp_path, calib_dir):
-    if importlib.util.find_spec("depthprune.heal.healing") is None:
+    if importlib.util.find_spec("trl") is None:
         path = write(tmp_path, calib_dir, heal={"recipe": {"mode": "lora"}, "budgets": [1]})
         with pytest.raises(StudyError, match="heal"):
             load_study(path)

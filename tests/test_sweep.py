@@ -176,8 +176,8 @@ def test_two_gloo_processes_equal_one(tmp_path, llm, calib_dir, eval_file):
     assert sum(r["written"] for r in ranks) == one.cells_written
 
 
-@pytest.mark.skipif(importlib.util.find_spec("depthprune.heal.healing") is None,
-                    reason="depthprune.heal.healing (healing branch) not installed")
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None,
+                    reason="the heal extra (trl) is not installed")
 def test_heal_cells_are_stored_beside_unhealed(tmp_path, llm, calib_dir, eval_file):
     path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[2],
                       methods=[{"method": "domain", "domain": "math"}],

@@ -1,11 +1,23 @@
-"""The pieces of healing that talk to TRL / peft: training batches with answer-only labels,
-what each mode trains, and the SFT trainer with an optional distillation term.
-See :mod:`depthprune.heal.healing` for the recipe and the public API."""
+"""Training a model in place with TRL / peft: batches with answer-only labels, what each mode
+trains, the SFT trainer with an optional distillation term, the progress bar and log, and
+:func:`heal_model`, which puts them together.
+
+Training examples are the project's JSONL records, rendered through the model's own
+processor and chat template exactly as the evaluator renders them
+(:func:`depthprune.evaluate.generation._answer_span`). The loss covers the answer's tokens and
+the end-of-turn marker that closes them (so the model also learns to stop); prompt, image and
+padding tokens are masked out (label -100). Recipes: :mod:`depthprune.heal.recipe`."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import re
+import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthprune.data.records import DataError, Record, encode
+from depthprune.data.records import DataError, Record, data_fingerprint, encode
 from depthprune.evaluate.generation import _answer_span
-from depthprune.models.architectures import find_decoder_layers
+from depthprune.heal.recipe import HealConfig, HealError, HealStats, require_answers
+from depthprune.models.architectures import find_decoder_layers, text_config
+
+# TRL 1.16 reads transformers' renamed `gradient_checkpointing` attributes; the deprecation
+# warnings are about its code, not the user's, and would print on every healing run.
+warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated")
 
 #: Linear layers LoRA adapts, matched by name inside the language decoder's layers only.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class HealError(ValueError):
-    """A healing request cannot be carried out; the message names the input and the fix."""
 
 
 # ----------------------------------------------------------------------------- batches
@@ -89,7 +102,7 @@ def _final_norm(model: nn.Module, layers_path: str) -> str | None:
     return name
 
 
-def _trainable_prefixes(model: nn.Module, mode: str, removed: Sequence[int] | None) -> list[str]:
+def trainable_prefixes(model: nn.Module, mode: str, removed: Sequence[int] | None) -> list[str]:
     """Parameter-name prefixes trained in ``full`` / ``neighbours`` mode."""
     path, layers = find_decoder_layers(model)
     if mode == "full":
@@ -109,9 +122,9 @@ def lora_target_regex(model: nn.Module) -> str:
     return rf"{re.escape(path)}\.\d+\.(?:.*\.)?(?:{'|'.join(LORA_TARGETS)})"
 
 
-def _freeze_for(model: nn.Module, mode: str, removed: Sequence[int] | None) -> list[str]:
+def freeze_for(model: nn.Module, mode: str, removed: Sequence[int] | None) -> list[str]:
     """Set ``requires_grad`` for full / neighbours mode; returns the trained parameter names."""
-    prefixes = _trainable_prefixes(model, mode, removed)
+    prefixes = trainable_prefixes(model, mode, removed)
     names = []
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(tuple(prefixes)))
@@ -121,7 +134,7 @@ def _freeze_for(model: nn.Module, mode: str, removed: Sequence[int] | None) -> l
 
 
 # ----------------------------------------------------------------------------- training
-def _sft_trainer_class() -> type:
+def sft_trainer_class() -> type:
     from trl import SFTTrainer
 
     class DistillSFTTrainer(SFTTrainer):
@@ -157,13 +170,219 @@ def _sft_trainer_class() -> type:
     return DistillSFTTrainer
 
 
-def _checkpoints(work_dir: Path) -> list[Path]:
+def checkpoints(work_dir: Path) -> list[Path]:
     return sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
                   if p.name.split("-")[-1].isdigit() else -1)
 
 
-def _trained_layers(model: nn.Module, names: Sequence[str]) -> list[int]:
+def trained_layers(model: nn.Module, names: Sequence[str]) -> list[int]:
     """Current 0-based indices of decoder layers with a trained parameter."""
     path, _ = find_decoder_layers(model)
     pattern = re.compile(rf"(?:^|\.){re.escape(path)}\.(\d+)\.")
     return sorted({int(m.group(1)) for n in names if (m := pattern.search(n))})
+
+
+# ----------------------------------------------------------------------------- progress
+class TrainingLog:
+    """A Trainer callback that shows training the way the rest of depthprune shows long work —
+    one progress bar with the latest loss (tqdm gives the time left), off under ``--quiet`` —
+    and appends every log entry TRL produces (loss, grad_norm, learning_rate, ... and the final
+    summary) as one JSON line to ``log_file``, instead of printing dictionaries to stdout."""
+
+    def __init__(self, log_file: Path | None, progress: bool, desc: str = "heal") -> None:
+        self.log_file, self.progress, self.desc, self.bar = log_file, progress, desc, None
+
+    def callback(self) -> Any:
+        """The transformers ``TrainerCallback`` instance."""
+        from transformers import TrainerCallback
+        log = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                from depthprune.settings import progress as progress_bar
+                log.bar = progress_bar(total=state.max_steps, initial=state.global_step, desc=log.desc,
+                                       unit="step", leave=False, disable=not log.progress, dynamic_ncols=True)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if log.bar is not None:
+                    log.bar.update(state.global_step - log.bar.n)
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                logs = dict(logs or {})
+                if log.bar is not None and "loss" in logs:
+                    log.bar.set_postfix_str(f"loss {float(logs['loss']):.4f}")
+                if log.log_file is not None:
+                    log.log_file.parent.mkdir(parents=True, exist_ok=True)
+                    with log.log_file.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if log.bar is not None:
+                    log.bar.close()
+                    log.bar = None
+
+        return _Callback()
+
+
+#: The training log's file name (one JSON line per TRL log entry) in the work directory and in
+#: the healed checkpoint.
+LOG_NAME = "healing_log.jsonl"
+
+
+# ----------------------------------------------------------------------------- the loop
+def _check_inputs(model: nn.Module, processor: Any, records: Sequence[Record], config: HealConfig,
+                  teacher: nn.Module | None, removed_layers: list[int] | None) -> None:
+    """Everything about a healing request that can fail before training starts."""
+    if not records:
+        raise HealError("no training records given")
+    require_answers(records)
+    if config.mode == "neighbours":
+        trainable_prefixes(model, config.mode, removed_layers)
+    if teacher is not None:
+        t_vocab, s_vocab = text_config(teacher).vocab_size, text_config(model).vocab_size
+        if t_vocab != s_vocab:
+            raise HealError(f"the teacher's vocabulary ({t_vocab} tokens) differs from the model's "
+                            f"({s_vocab}); distillation needs the same tokenizer: pass the unpruned "
+                            "model this one was pruned from")
+    training_batch(processor, records[:1])  # the template renders answers verbatim, or a clear error
+
+
+def _resume_point(work_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to continue from (the latest), or None to start from the beginning."""
+    if not resume:
+        return None
+    found = checkpoints(work_dir)
+    if not found:
+        warnings.warn(f"{work_dir}: no checkpoint to resume from; training from the start", stacklevel=3)
+        return None
+    return str(found[-1])
+
+
+def max_steps_for(config: HealConfig, num_records: int) -> int:
+    """Optimizer steps of a run: ``config.steps``, or ``config.epochs`` passes over the records."""
+    if config.epochs is None:
+        return int(config.steps)
+    steps_per_epoch = math.ceil(num_records / (config.batch_size * config.grad_accum))
+    return max(1, round(config.epochs * steps_per_epoch))
+
+
+def _sft_config(config: HealConfig, work_dir: Path, max_steps: int) -> Any:
+    from trl import SFTConfig
+    return SFTConfig(
+        output_dir=str(work_dir), max_steps=max_steps, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
+        lr_scheduler_type="cosine", warmup_steps=round(config.warmup_ratio * max_steps),
+        weight_decay=0.0, logging_steps=min(config.logging_steps, max_steps), save_steps=config.save_steps,
+        save_total_limit=2, seed=config.seed, data_seed=config.seed, report_to="none",
+        disable_tqdm=True, bf16=config.bf16, max_length=None, remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _trainer(model: nn.Module, processor: Any, records: Sequence[Record], config: HealConfig, args: Any,
+             teacher: nn.Module | None, removed_layers: list[int] | None, log: TrainingLog) -> tuple[Any, list[str]]:
+    """The SFT trainer with LoRA (or frozen layers for full / neighbours) and depthprune's
+    progress bar; returns it with the names of the parameters it trains."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    peft_config, trained = None, []
+    if config.mode == "lora":
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 bias="none", target_modules=lora_target_regex(model), task_type="CAUSAL_LM")
+    else:
+        trained = freeze_for(model, config.mode, removed_layers)
+    torch.manual_seed(config.seed)  # LoRA initialisation
+    trainer = sft_trainer_class()(
+        model=model, args=args, train_dataset=Dataset.from_dict({"index": list(range(len(records)))}),
+        data_collator=RecordCollator(processor, records), processing_class=processor,
+        peft_config=peft_config, teacher=teacher, distill_weight=config.distill_weight if teacher else 0.0,
+        temperature=config.temperature)
+    # transformers prints every log dict (PrinterCallback, or ProgressCallback's bar.write): the
+    # terminal gets depthprune's bar with the loss instead, and the dicts go to the log file
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(log.callback())
+    if config.mode == "lora":
+        trained = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+        bad = [n for n in trained if "lora_" not in n or any(v in n for v in ("visual", "vision"))]
+        if bad:  # the regex makes this impossible; a peft change must not train the vision tower
+            raise RuntimeError(f"LoRA would train parameters outside the decoder: {bad[:3]}")
+    return trainer, trained
+
+
+def _recipe_record(model: nn.Module, config: HealConfig, trainer: Any, trained: list[str], n_trained: int,
+                   num_records: int, teacher: nn.Module | None, resume_from: str | None) -> dict:
+    """The ``recipe`` entry of :class:`HealStats`: the config as run, what trained, versions."""
+    import peft
+    import transformers
+    import trl
+    return {**asdict(config), "learning_rate": config.lr, "max_steps": trainer.args.max_steps,
+            "num_records": num_records,
+            "trained_parameters": n_trained,
+            "trained_layers": trained_layers(model, trained),
+            "teacher": getattr(getattr(teacher, "config", None), "_name_or_path", None) if teacher else None,
+            "loss": ("(1 - w) * SFT + w * T^2 * KL(teacher || student) on answer tokens"
+                     if teacher is not None else "SFT cross-entropy on answer tokens + end-of-turn"),
+            "resumed_from": Path(resume_from).name if resume_from else None,
+            "versions": {"trl": trl.__version__, "peft": peft.__version__,
+                         "transformers": transformers.__version__, "torch": torch.__version__}}
+
+
+def _logged(trainer: Any) -> tuple[list[float], list[float], float]:
+    """(loss every logging window, mean distillation KL per window, final loss) of a finished run."""
+    log = trainer.state.log_history
+    losses = [float(e["loss"]) for e in log if "loss" in e]
+    windows: dict[int, list[float]] = {}
+    for step, value in getattr(trainer, "kl_log", []):
+        windows.setdefault(step // trainer.args.logging_steps, []).append(value)
+    kl = [sum(v) / len(v) for _, v in sorted(windows.items())]
+    final = losses[-1] if losses else float(log[-1].get("train_loss", float("nan"))) if log else float("nan")
+    return losses, kl, final
+
+
+def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], config: HealConfig, *,
+               teacher: nn.Module | None = None, removed_layers: list[int] | None = None,
+               work_dir: str | Path | None = None, resume: bool = False,
+               progress: bool = True, log_file: str | Path | None = None) -> HealStats:
+    """Fine-tune `model` IN PLACE (LoRA merged back before returning, so the result is a plain
+    model with the same architecture) on `records` (depthprune.data.records.Record list).
+
+    ``teacher``: the unpruned model for logit distillation (same tokenizer). ``removed_layers``:
+    the layers pruned away (original 0-based numbering), needed by ``neighbours`` mode.
+    ``work_dir``: where TRL checkpoints go (a temporary directory if None); ``resume``
+    continues from its latest checkpoint. ``log_file``: where every TRL log entry is appended as
+    a JSON line (default ``work_dir/healing_log.jsonl``); the terminal shows one progress bar
+    with the loss (``progress``). Returns :class:`HealStats`.
+    Raises HealError / DataError for unusable inputs, before any training.
+    """
+    import tempfile
+    _check_inputs(model, processor, records, config, teacher, removed_layers)
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="depthprune-heal-"))
+        work_dir = Path(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        resume_from = _resume_point(work_dir, resume)
+        log = TrainingLog(Path(log_file) if log_file is not None else work_dir / LOG_NAME, progress)
+        args = _sft_config(config, work_dir, max_steps_for(config, len(records)))
+        was_training = model.training
+        trainer, trained = _trainer(model, processor, records, config, args, teacher, removed_layers, log)
+        if teacher is not None:
+            teacher.eval().requires_grad_(False).to(trainer.args.device)
+        n_trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=resume_from)
+        seconds = time.perf_counter() - started
+        if config.mode == "lora" and trainer.model.merge_and_unload() is not model:
+            raise RuntimeError("peft returned a new model object; healing must happen in place")
+        for param in model.parameters():
+            param.requires_grad_(True)
+        model.train(was_training)
+        losses, kl, final = _logged(trainer)
+        return HealStats(steps=trainer.state.global_step, seconds=round(seconds, 2), final_loss=final,
+                         losses=losses, data_fingerprint=data_fingerprint(records),
+                         recipe=_recipe_record(model, config, trainer, trained, n_trained, len(records), teacher,
+                                               resume_from),
+                         kl=kl)

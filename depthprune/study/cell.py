@@ -94,7 +94,8 @@ def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: d
               log_file: str | Path | None = None) -> nn.Module:
     """A pruned, healed deep copy of ``model`` (the original is untouched); the training log
     goes to ``log_file`` (JSON lines)."""
-    from depthprune.heal.healing import HealConfig, heal_model  # type: ignore[import-not-found]
+    from depthprune.heal.recipe import HealConfig
+    from depthprune.heal.trainer import heal_model
     student = prune_layers(copy.deepcopy(model), remove)
     if log_file is not None:
         Path(log_file).unlink(missing_ok=True)  # a cell interrupted earlier starts its log again

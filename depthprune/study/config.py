@@ -325,7 +325,7 @@ def _heal(src: str, raw: Any, base: Path, labels: list[str]) -> dict[str, Any] |
     if not isinstance(raw, dict):
         raise _err(src, "heal", "expected a mapping {recipe: {...}, budgets: [...]} or null")
     _check_keys(src, "heal", raw, {"recipe", "budgets", "methods", "data", "distill"})
-    from depthprune.heal.healing import HealConfig, missing_packages
+    from depthprune.heal.recipe import HealConfig, missing_packages
     if missing_packages():
         raise _err(src, "heal", f"healing needs {', '.join(missing_packages())}: pip install 'depthprune[heal]', "
                                 "or remove the heal section")

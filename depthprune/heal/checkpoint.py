@@ -1,0 +1,158 @@
+"""`depthprune heal MODEL --data D --out OUT`: load a checkpoint, heal it
+(:func:`depthprune.heal.trainer.heal_model`) and save a stock checkpoint, resumable from the
+TRL checkpoints in ``OUT.heal-work``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from depthprune.data.records import data_fingerprint
+from depthprune.heal.recipe import HealConfig, HealError, require_answers
+from depthprune.heal.trainer import LOG_NAME, checkpoints, heal_model
+from depthprune.models.architectures import find_decoder_layers
+
+
+def work_dir_for(out: str | Path) -> Path:
+    """The resumable work directory of a heal run writing ``out``: ``OUT.heal-work`` beside it."""
+    out = Path(out)
+    return out.parent / f"{out.name}.heal-work"
+
+
+def read_pruning_info(model_dir: str | Path) -> dict | None:
+    """The checkpoint's ``pruning.json`` (None if it has none, e.g. a hub id or an unpruned model)."""
+    path = Path(model_dir) / "pruning.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise HealError(f"{path}: not valid JSON ({err.msg}). Restore it from the prune run") from None
+
+
+def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str | Path,
+         config: HealConfig | None = None, *, teacher_id: str | Path | None = None,
+         work_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+         dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+         progress: bool = True) -> Path:
+    """Load checkpoint ``model_id``, heal it on the JSONL file(s) ``data`` (:func:`heal_model`)
+    and save a stock checkpoint to ``out`` (atomically, like ``prune``), with ``pruning.json``
+    (the input's, or a no-removal record) extended by a ``healing`` entry (:class:`HealStats`).
+
+    TRL checkpoints go to ``work_dir`` (default :func:`work_dir_for` ``(out)``), removed on
+    success; ``resume`` continues an interrupted run from them. Weights are saved in the input
+    checkpoint's dtype. Returns ``out``. Every cheap check runs before a model is loaded.
+    """
+    from depthprune.data.records import load_records
+    from depthprune.models.architectures import load_model, resolve_model_id
+    from depthprune.pruning import atomic_dir, prepare_output_dir, pruning_info, save_pruned
+
+    config = config or HealConfig()
+    model_id, out = resolve_model_id(model_id), Path(out)
+    prepare_output_dir(out, overwrite)
+    work = Path(work_dir) if work_dir is not None else work_dir_for(out)
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    records = load_records(paths)
+    require_answers(records)
+    request = {"model": str(model_id), "data_fingerprint": data_fingerprint(records),
+               "teacher": str(teacher_id) if teacher_id else None, "config": asdict(config)}
+    request_file = work / "heal_request.json"
+    if work.is_dir() and checkpoints(work):
+        if not resume:
+            raise HealError(f"{work}: holds checkpoints of an interrupted heal run. Pass --resume to "
+                            f"continue it, or delete {work} to start over")
+        if request_file.is_file() and json.loads(request_file.read_text()) != request:
+            raise HealError(f"{work}: its checkpoints are from a run with another model, data or "
+                            f"recipe. Repeat that run's options, or delete {work} to start over")
+    info = read_pruning_info(model_id) if Path(str(model_id)).is_dir() else None
+    removed = (info or {}).get("removed_layers") or None
+    if config.mode == "neighbours" and not removed:
+        raise HealError(f"{model_id}: --train-layers neighbours needs a pruned checkpoint (its "
+                        "pruning.json lists the removed layers); this one has none. Heal the "
+                        "output of `depthprune prune`, or use --mode lora / full")
+    model, processor = load_model(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    save_dtype = _checkpoint_dtype(model_id)
+    teacher = None
+    if teacher_id is not None:
+        teacher, _ = load_model(resolve_model_id(teacher_id), dtype=dtype, device=device,
+                                trust_remote_code=trust_remote_code)
+    n_layers = len(find_decoder_layers(model)[1])
+    if info is not None and info.get("num_layers") not in (None, n_layers):
+        raise HealError(f"{model_id}: pruning.json says {info['num_layers']} layers but the "
+                        f"checkpoint has {n_layers}. Re-run `depthprune prune`")
+    work.mkdir(parents=True, exist_ok=True)
+    request_file.write_text(json.dumps(request, indent=1))
+    if not resume:  # a fresh run's log starts empty (a resumed one continues its file)
+        (work / LOG_NAME).unlink(missing_ok=True)
+    stats = heal_model(model, processor, records, config, teacher=teacher, removed_layers=removed,
+                       work_dir=work, resume=resume, progress=progress)
+    if teacher is not None:
+        stats.recipe["teacher"] = str(teacher_id)
+    stats.recipe["data_files"] = [str(p) for p in paths]
+    if info is None:
+        info = pruning_info(str(model_id), n_layers, [], method="none", budget_spec=0)
+    info = dict(info)
+    if "healing" in info:  # healing a healed checkpoint: keep the earlier entries
+        info["healing_history"] = info.get("healing_history", []) + [info["healing"]]
+    info["healing"] = {"source_model": str(model_id), **stats.to_dict()}
+    if save_dtype is not None:
+        model.to(save_dtype)
+    with atomic_dir(out) as tmp:
+        saved = save_pruned(model, processor, tmp / "checkpoint", info, source_model=model_id)
+        for f in saved.iterdir():
+            f.rename(tmp / f.name)
+        saved.rmdir()
+        if (work / LOG_NAME).is_file():  # the full training log travels with the checkpoint
+            shutil.copyfile(work / LOG_NAME, tmp / LOG_NAME)
+        verify_stock_keys(tmp, model)
+        with (tmp / "README.md").open("a") as fh:
+            fh.write(healing_card(info["healing"]))
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _checkpoint_dtype(model_id: str | Path) -> torch.dtype | None:
+    """The dtype the input checkpoint stores its weights in (from its config.json)."""
+    from transformers import AutoConfig
+    try:
+        name = AutoConfig.from_pretrained(model_id, local_files_only=True).dtype
+    except (OSError, ValueError):
+        return None
+    if isinstance(name, str):
+        name = getattr(torch, name, None)
+    return name if isinstance(name, torch.dtype) else None
+
+
+def verify_stock_keys(checkpoint_dir: Path, model: nn.Module) -> None:
+    """Raise HealError unless the saved tensors are exactly those of a stock model of this
+    config (no LoRA leftovers, nothing missing), so the checkpoint reloads exactly."""
+    from safetensors import safe_open
+    saved: set[str] = set()
+    for shard in checkpoint_dir.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as fh:
+            saved.update(fh.keys())
+    with torch.device("meta"):
+        stock = type(model)(model.config)
+    expected = set(stock.state_dict())
+    tied = {k for k in expected - saved if "lm_head" in k}  # tied head: saved once, as embeddings
+    if saved != expected - tied:
+        extra, missing = sorted(saved - expected), sorted(expected - tied - saved)
+        raise HealError(f"the healed checkpoint does not match a stock {type(model).__name__}: "
+                        f"unexpected {extra[:3]}, missing {missing[:3]}; nothing was written")
+
+
+def healing_card(entry: dict) -> str:
+    """Model-card section stating how the checkpoint was healed."""
+    recipe = entry["recipe"]
+    teacher = f", distilled from `{recipe['teacher']}`" if recipe.get("teacher") else ""
+    return (f"\n## Healing\n\nFine-tuned after pruning with depthprune (`{recipe['mode']}` mode{teacher}): "
+            f"{entry['steps']} steps of {recipe['batch_size'] * recipe['grad_accum']} records, "
+            f"learning rate {recipe['learning_rate']}, in {entry['seconds']:.0f} s; final training "
+            f"loss {entry['final_loss']:.4f}; data fingerprint `{entry['data_fingerprint']}`. "
+            "Full recipe under `healing` in `pruning.json`.\n")
