@@ -56,6 +56,11 @@ def test_expansion_labels_and_cells(tmp_path, calib_dir):
     ({"dtype": "float8"}, "dtype"),
     ({"protect": {"first": -1}}, "protect.first"),
     ({"batchsize": 3}, "batchsize"),
+    ({"batch_size": "4"}, "batch_size: expected an integer >= 1, got '4'"),  # no silent coercion
+    ({"eval": [{"kind": "nope"}]}, "eval[0].kind: unknown kind 'nope'"),
+    ({"heal": {"budgets": [2.5]}}, "heal.budgets[0]"),
+    ({"calibration": {"data": "x.jsonl", "max_samples": 0}}, "calibration.max_samples"),
+    ({"protect": {"frist": 1}}, "protect.frist: unknown key; allowed here: allow_deepstack, first, last"),
 ])
 def test_errors_name_the_key(tmp_path, calib_dir, over, needle):
     path = write(tmp_path, calib_dir, **over)

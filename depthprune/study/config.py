@@ -30,23 +30,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from depthprune.rank.methods import METHODS, RankRequest, parse_weights
 from depthprune.rank.protection import Protection
-
-
-class StudyError(ValueError):
-    """The study file is malformed; the message names the file and the key."""
+from depthprune.study.schema import Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
 
 
 #: Keys of RankRequest set by the study itself, not per method.
 _STUDY_LEVEL = ("method", "budget", "allow_deepstack", "protect_first", "protect_last")
-TOP_KEYS = {"model", "dtype", "device", "device_map", "trust_remote_code", "batch_size", "calibration",
-            "eval", "methods", "budgets", "protect", "heal", "metrics", "baseline"}
 
 
 def method_option_keys() -> list[str]:
@@ -115,7 +109,7 @@ class Study:
                 "max_new_tokens": self.max_new_tokens}
 
 
-# ------------------------------------------------------------------------- validation helpers
+# ------------------------------------------------------------------------- validation
 def _err(src: str, key: str, msg: str) -> StudyError:
     return StudyError(f"{src}: {key}: {msg}")
 
@@ -124,65 +118,28 @@ def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _int(src: str, key: str, value: Any, low: int = 1, none_ok: bool = True) -> int | None:
-    if value is None and none_ok:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _err(src, key, f"expected an integer >= {low}, got {value!r}")
-    return value
-
-
-def _bool(src: str, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _err(src, key, f"expected true or false, got {value!r}")
-    return value
-
-
-def _str(src: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _err(src, key, f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _check_keys(src: str, key: str, data: dict, allowed: set[str] | list[str]) -> None:
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise _err(src, f"{key}{'.' if key else ''}{unknown[0]}",
-                   f"unknown key; allowed here: {', '.join(sorted(allowed))}")
-
-
-def _paths(src: str, key: str, value: Any, base: Path) -> list[str]:
+def _paths(src: str, key: str, paths: list[str], base: Path) -> list[str]:
+    """Absolute paths of ``paths`` (relative to the study file's folder ``base``; ``~`` expanded),
+    each an existing file."""
     out = []
-    for i, p in enumerate(_as_list(value)):
-        k = f"{key}[{i}]" if isinstance(value, list) else key
-        path = (base / Path(_str(src, k, p)).expanduser()).resolve()
+    for i, p in enumerate(paths):
+        path = (base / Path(p).expanduser()).resolve()
         if not path.is_file():
-            raise _err(src, k, f"file {path} not found (paths are relative to the study file)")
+            raise _err(src, f"{key}[{i}]", f"file {path} not found (paths are relative to the study file)")
         out.append(str(path))
-    if not out:
-        raise _err(src, key, "give at least one JSONL file")
     return out
 
 
-def _model(src: str, value: Any, base: Path) -> str:
+def _model(src: str, model: str, base: Path) -> str:
     """The study's ``model``: a local path relative to the study file (like every path in it;
     ``~`` expanded) becomes absolute; a name with no such path stays as given (a hub id, or
     the ``toy`` / ``smollm2`` aliases)."""
-    model = _str(src, "model", value)
     path = base / Path(model).expanduser()
     if path.exists():
         return str(path.resolve())
     if Path(model).expanduser().is_absolute() or model.startswith((".", "~")) or model.endswith(".gguf"):
         raise _err(src, "model", f"{path} not found (paths are relative to the study file)")
     return model
-
-
-def _budget(src: str, key: str, value: Any) -> int | float:
-    ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or \
-         (isinstance(value, float) and math.isfinite(value) and 0 < value < 1)
-    if not ok:
-        raise _err(src, key, f"{value!r} is neither a layer count (integer >= 1) nor a fraction in (0, 1)")
-    return value
 
 
 def _weights(src: str, key: str, value: Any) -> dict[str, float]:
@@ -218,9 +175,29 @@ def variant_label(method: str, options: dict[str, Any]) -> str:
     return label
 
 
-def _methods(src: str, raw: Any, domains: set[str] | None) -> list[MethodVariant]:
-    if not isinstance(raw, list) or not raw:
-        raise _err(src, "methods", "expected a non-empty list of methods, e.g. [{method: domain, domain: math}, last]")
+def _option(src: str, key: str, opt: str, value: Any, domains: set[str]) -> Any:
+    """One value of a method option, checked and normalised."""
+    if opt == "weights":
+        weights = _weights(src, key, value)
+        if set(weights) - domains:
+            raise _err(src, key, f"domain(s) {sorted(set(weights) - domains)} not in the calibration "
+                                 f"data (domains: {', '.join(sorted(domains))})")
+        return weights
+    if opt == "domain":
+        if not isinstance(value, str) or not value.strip():
+            raise _err(src, key, f"expected a non-empty string, got {value!r}")
+        if value not in domains:
+            raise _err(src, key, f"domain {value!r} is not in the calibration data "
+                                 f"(domains: {', '.join(sorted(domains))})")
+        return value
+    if opt == "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise _err(src, key, f"expected an integer >= 0, got {value!r}")
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        raise _err(src, key, f"expected a scalar value (or a list of them), got {value!r}")
+    return value
+
+
+def _methods(src: str, raw: list, domains: set[str]) -> list[MethodVariant]:
     allowed = method_option_keys()
     variants: dict[str, MethodVariant] = {}
     for i, entry in enumerate(raw):
@@ -231,31 +208,16 @@ def _methods(src: str, raw: Any, domains: set[str] | None) -> list[MethodVariant
         name = entry["method"]
         if name not in METHODS:
             raise _err(src, f"{key}.method", f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-        _check_keys(src, key, entry, ["method", *allowed])
+        unknown = sorted(set(entry) - {"method", *allowed})
+        if unknown:
+            raise _err(src, f"{key}.{unknown[0]}", f"unknown key; allowed here: {', '.join(sorted(['method', *allowed]))}")
         axes: list[list[tuple[str, Any]]] = []
         for opt in sorted(k for k in entry if k != "method"):
             values = _as_list(entry[opt])
             if not values:
                 raise _err(src, f"{key}.{opt}", "empty list")
-            normalised = []
-            for j, v in enumerate(values):
-                k = f"{key}.{opt}" + (f"[{j}]" if isinstance(entry[opt], list) else "")
-                if opt == "weights":
-                    v = _weights(src, k, v)
-                    if domains is not None and set(v) - domains:
-                        raise _err(src, k, f"domain(s) {sorted(set(v) - domains)} not in the calibration "
-                                           f"data (domains: {', '.join(sorted(domains))})")
-                elif opt == "domain":
-                    v = _str(src, k, v)
-                    if domains is not None and v not in domains:
-                        raise _err(src, k, f"domain {v!r} is not in the calibration data "
-                                           f"(domains: {', '.join(sorted(domains))})")
-                elif opt == "seed":
-                    v = _int(src, k, v, low=0, none_ok=False)
-                elif v is not None and not isinstance(v, (str, int, float, bool)):
-                    raise _err(src, k, f"expected a scalar value (or a list of them), got {v!r}")
-                normalised.append((opt, v))
-            axes.append(normalised)
+            axes.append([(opt, _option(src, f"{key}.{opt}" + (f"[{j}]" if isinstance(entry[opt], list) else ""),
+                                       opt, v, domains)) for j, v in enumerate(values)])
         for combo in itertools.product(*axes) if axes else [()]:
             options = dict(combo)  # options given explicitly stay in the label, defaults too
             if name == "domain" and "domain" not in options:
@@ -265,159 +227,86 @@ def _methods(src: str, raw: Any, domains: set[str] | None) -> list[MethodVariant
     return list(variants.values())
 
 
-def _eval_sets(src: str, raw: Any, base: Path) -> list[EvalSet]:
-    if not isinstance(raw, list) or not raw:
-        raise _err(src, "eval", "expected a non-empty list of eval sets, e.g. [{data: eval.jsonl}]")
+def _eval_sets(src: str, specs: list[JsonlEval | LmmsEval], base: Path) -> list[EvalSet]:
     sets: list[EvalSet] = []
-    for i, entry in enumerate(raw):
+    for i, spec in enumerate(specs):
         key = f"eval[{i}]"
-        entry = {"data": entry} if isinstance(entry, str) else entry
-        if not isinstance(entry, dict):
-            raise _err(src, key, "expected a mapping, e.g. {data: eval.jsonl} or {kind: lmms, tasks: [mmstar]}")
-        kind = entry.get("kind", "jsonl")
-        if kind == "jsonl":
-            _check_keys(src, key, entry, {"kind", "data", "name", "max_samples", "accuracy", "max_new_tokens"})
-            if "data" not in entry:
-                raise _err(src, f"{key}.data", "missing: the eval JSONL file(s)")
-            paths = _paths(src, f"{key}.data", entry["data"], base)
-            name = _str(src, f"{key}.name", entry.get("name", Path(paths[0]).stem))
-            es = EvalSet(name, kind, paths=paths)
-        elif kind == "lmms":
-            _check_keys(src, key, entry, {"kind", "tasks", "name", "limit", "accuracy", "max_new_tokens",
-                                          "include_path", "domain"})
+        if isinstance(spec, JsonlEval):
+            paths = _paths(src, f"{key}.data", spec.data, base)
+            es = EvalSet(spec.name or Path(paths[0]).stem, "jsonl", paths=paths, max_samples=spec.max_samples)
+        else:
             from depthprune.evaluate.lmms import missing_packages
             missing = missing_packages()
             if missing:
                 raise _err(src, f"{key}.kind", f"lmms-eval sets need the lmms-eval package (missing: "
                                                f"{', '.join(missing)}): pip install 'depthprune[lmms]'")
-            tasks = [_str(src, f"{key}.tasks", t) for t in _as_list(entry.get("tasks") or [])]
-            if not tasks:
-                raise _err(src, f"{key}.tasks", "give at least one lmms-eval task name")
-            if entry.get("accuracy", True) is False:
+            if not spec.accuracy:
                 raise _err(src, f"{key}.accuracy", "lmms-eval sets measure accuracy only (no answer NLL): "
                                                    "drop accuracy: false or the set")
-            name = _str(src, f"{key}.name", entry.get("name", "lmms"))
-            es = EvalSet(name, kind, tasks=tasks)
-            if entry.get("domain") is not None:
-                es.domain = _str(src, f"{key}.domain", entry["domain"])
-            if entry.get("include_path") is not None:
-                include = Path(_str(src, f"{key}.include_path", entry["include_path"])).expanduser()
-                include = include if include.is_absolute() else (base / include)
+            es = EvalSet(spec.name, "lmms", tasks=list(spec.tasks), max_samples=spec.limit, domain=spec.domain)
+            if spec.include_path is not None:
+                include = base / Path(spec.include_path).expanduser()
                 if not include.is_dir():
                     raise _err(src, f"{key}.include_path", f"{include}: not a directory of lmms-eval task YAML files")
-                es.include_path = str(include)
-            es.max_samples = _int(src, f"{key}.limit", entry.get("limit"))
-        else:
-            raise _err(src, f"{key}.kind", f"unknown kind {kind!r}; choose jsonl or lmms")
-        if kind == "jsonl":
-            es.max_samples = _int(src, f"{key}.max_samples", entry.get("max_samples"))
-        es.accuracy = _bool(src, f"{key}.accuracy", entry.get("accuracy", True))
-        es.max_new_tokens = _int(src, f"{key}.max_new_tokens", entry.get("max_new_tokens"))
+                es.include_path = str(include.resolve())
+        es.accuracy, es.max_new_tokens = spec.accuracy, spec.max_new_tokens
         if any(s.name == es.name for s in sets):
             raise _err(src, f"{key}.name", f"eval set name {es.name!r} is used twice; give each a distinct name")
         sets.append(es)
     return sets
 
 
-def _heal(src: str, raw: Any, base: Path, labels: list[str]) -> dict[str, Any] | None:
-    if raw is None or raw is False:
+def _heal(src: str, spec: Heal | None, base: Path, labels: list[str]) -> dict[str, Any] | None:
+    if spec is None:
         return None
-    if not isinstance(raw, dict):
-        raise _err(src, "heal", "expected a mapping {recipe: {...}, budgets: [...]} or null")
-    _check_keys(src, "heal", raw, {"recipe", "budgets", "methods", "data", "distill"})
     from depthprune.heal.recipe import HealConfig, missing_packages
     if missing_packages():
         raise _err(src, "heal", f"healing needs {', '.join(missing_packages())}: pip install 'depthprune[heal]', "
                                 "or remove the heal section")
-    recipe = raw.get("recipe") or {}
-    if not isinstance(recipe, dict):
-        raise _err(src, "heal.recipe", "expected a mapping of HealConfig fields, e.g. {mode: lora, steps: 100}")
     known = {f.name for f in dataclasses.fields(HealConfig)}
-    _check_keys(src, "heal.recipe", recipe, known)
+    unknown = sorted(set(spec.recipe) - known)
+    if unknown:
+        raise _err(src, f"heal.recipe.{unknown[0]}", f"unknown key; allowed here: {', '.join(sorted(known))}")
     try:
-        HealConfig(**recipe)
+        HealConfig(**spec.recipe)
     except (ValueError, TypeError) as exc:
         raise _err(src, "heal.recipe", str(exc)) from None
-    if "budgets" not in raw:
-        raise _err(src, "heal.budgets", "missing: the budgets at which to heal, e.g. [0.25, 0.5]")
-    budgets = [_budget(src, f"heal.budgets[{i}]", b) for i, b in enumerate(_as_list(raw["budgets"]))]
-    methods = raw.get("methods")
-    if methods is not None:
-        methods = [_str(src, "heal.methods", m) for m in _as_list(methods)]
-        missing = [m for m in methods if m not in labels]
-        if missing:
-            raise _err(src, "heal.methods", f"{missing[0]!r} is not one of the study's methods "
-                                            f"({', '.join(labels)})")
-    data = _paths(src, "heal.data", raw["data"], base) if raw.get("data") is not None else None
-    return {"recipe": dict(sorted(recipe.items())), "budgets": budgets, "methods": methods, "data": data,
-            "distill": _bool(src, "heal.distill", raw.get("distill", False))}
+    missing = [m for m in spec.methods or [] if m not in labels]
+    if missing:
+        raise _err(src, "heal.methods", f"{missing[0]!r} is not one of the study's methods ({', '.join(labels)})")
+    data = _paths(src, "heal.data", spec.data, base) if spec.data is not None else None
+    return {"recipe": dict(sorted(spec.recipe.items())), "budgets": list(spec.budgets), "methods": spec.methods,
+            "data": data, "distill": spec.distill}
 
 
 def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
-    """Validate a study given as a dict (paths relative to ``base``). Loads only the
-    calibration records' domain labels, never a model."""
+    """Validate a study given as a dict (paths relative to ``base``): its shape with
+    :class:`~depthprune.study.schema.StudyFile`, then files, domains, methods and the healing
+    recipe. Loads only the calibration records' domain labels, never a model."""
     src = source
-    if not isinstance(raw, dict):
-        raise StudyError(f"{src}: expected a YAML mapping with keys model, calibration, eval, methods, budgets")
-    _check_keys(src, "", raw, TOP_KEYS)
-    for key in ("model", "calibration", "eval", "methods", "budgets"):
-        if key not in raw:
-            raise _err(src, key, "missing (required keys: model, calibration, eval, methods, budgets)")
-    model = _str(src, "model", str(raw["model"]) if isinstance(raw["model"], Path) else raw["model"])
-    calib = raw["calibration"]
-    calib = {"data": calib} if isinstance(calib, (str, list)) else calib
-    if not isinstance(calib, dict):
-        raise _err(src, "calibration", "expected {data: [calib.jsonl], max_samples: N}")
-    _check_keys(src, "calibration", calib, {"data", "max_samples", "max_span", "ablation"})
-    if "data" not in calib:
-        raise _err(src, "calibration.data", "missing: the calibration JSONL file(s)")
-    calib_paths = _paths(src, "calibration.data", calib["data"], base)
+    shape: StudyFile = validate_shape(raw, src)
+    calib_paths = _paths(src, "calibration.data", shape.calibration.data, base)
     from depthprune.data.records import load_records
     calib_records = load_records(calib_paths)
-    domains = {r.domain for r in calib_records}
-    if calib.get("ablation"):  # its answer NLL needs answers: say so before any model loads
+    if shape.calibration.ablation:  # its answer NLL needs answers: say so before any model loads
         from depthprune.score.ablation import require_answers
         require_answers(calib_records)
-    eval_sets = _eval_sets(src, raw["eval"], base)
-    methods = _methods(src, raw["methods"], domains)
-    budgets_raw = raw["budgets"]
-    if not isinstance(budgets_raw, list) or not budgets_raw:
-        raise _err(src, "budgets", "expected a non-empty list of layer counts or fractions, e.g. [0.1, 0.25, 0.5]")
-    budgets = [_budget(src, f"budgets[{i}]", b) for i, b in enumerate(budgets_raw)]
-    protect = raw.get("protect") or {}
-    if not isinstance(protect, dict):
-        raise _err(src, "protect", "expected {allow_deepstack: false, first: 0, last: 0}")
-    _check_keys(src, "protect", protect, {"allow_deepstack", "first", "last"})
-    protect = Protection(_bool(src, "protect.allow_deepstack", protect.get("allow_deepstack", False)),
-                         _int(src, "protect.first", protect.get("first", 0), low=0, none_ok=False),
-                         _int(src, "protect.last", protect.get("last", 0), low=0, none_ok=False))
-    metrics = raw.get("metrics") or {}
-    if not isinstance(metrics, dict):
-        raise _err(src, "metrics", "expected {accuracy: true, max_new_tokens: 16}")
-    _check_keys(src, "metrics", metrics, {"accuracy", "max_new_tokens"})
-    dtype = raw.get("dtype", "auto")
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise _err(src, "dtype", f"{dtype!r}: choose auto, float32, bfloat16 or float16")
-    device_map = raw.get("device_map")
-    if device_map is not None:
-        device_map = _str(src, "device_map", device_map)
-    model = _model(src, model, base)  # checked last: the errors of the keys above come first
-    study = Study(
-        model=model, calibration=calib_paths, eval_sets=eval_sets, methods=methods, budgets=budgets,
-        dtype=dtype, device=_str(src, "device", raw.get("device", "cpu")), device_map=device_map,
-        trust_remote_code=_bool(src, "trust_remote_code", raw.get("trust_remote_code", False)),
-        batch_size=_int(src, "batch_size", raw.get("batch_size", 8), none_ok=False),
-        calib_max_samples=_int(src, "calibration.max_samples", calib.get("max_samples")),
-        max_span=_int(src, "calibration.max_span", calib.get("max_span")),
-        ablation=_bool(src, "calibration.ablation", calib.get("ablation", False)),
-        protect=protect, heal=_heal(src, raw.get("heal"), base, [m.label for m in methods]),
-        accuracy=_bool(src, "metrics.accuracy", metrics.get("accuracy", True)),
-        max_new_tokens=_int(src, "metrics.max_new_tokens", metrics.get("max_new_tokens", 16), none_ok=False),
-        baseline=_bool(src, "baseline", raw.get("baseline", True)), source=src, raw=raw)
-    if not study.accuracy and any(e.kind == "lmms" for e in eval_sets):
+    eval_sets = _eval_sets(src, shape.eval, base)
+    methods = _methods(src, shape.methods, {r.domain for r in calib_records})
+    metrics = shape.metrics
+    if not metrics.accuracy and any(e.kind == "lmms" for e in eval_sets):
         raise _err(src, "metrics.accuracy", "false leaves the lmms-eval sets nothing to measure (they give "
                                             "accuracy only): set it true or drop those sets")
-    return study
+    return Study(
+        model=_model(src, shape.model, base), calibration=calib_paths, eval_sets=eval_sets, methods=methods,
+        budgets=list(shape.budgets), dtype=shape.dtype, device=shape.device, device_map=shape.device_map,
+        trust_remote_code=shape.trust_remote_code, batch_size=shape.batch_size,
+        calib_max_samples=shape.calibration.max_samples, max_span=shape.calibration.max_span,
+        ablation=shape.calibration.ablation,
+        protect=Protection(shape.protect.allow_deepstack, shape.protect.first, shape.protect.last),
+        heal=_heal(src, shape.heal, base, [m.label for m in methods]),
+        accuracy=metrics.accuracy, max_new_tokens=metrics.max_new_tokens, baseline=shape.baseline,
+        source=src, raw=raw)
 
 
 def load_study(path: str | Path) -> Study:
