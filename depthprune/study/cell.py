@@ -1,5 +1,6 @@
-"""Evaluating one sweep cell in memory: prune (and maybe heal) without writing a checkpoint,
-measure every eval set, and turn the per-sample outcomes into store rows."""
+"""One cell of a sweep (a method variant at a budget, healed or not) and its evaluation in
+memory: prune (and maybe heal) without writing a checkpoint, measure every eval set, and turn
+the per-sample outcomes into store rows."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,22 @@ from depthprune.evaluate.generation import answer_nll, evaluate, wilson_interval
 from depthprune.models.architectures import find_decoder_layers, text_config
 from depthprune.pruning import _set_layers, prune_layers
 from depthprune.study.store import ResultRow
-from depthprune.study.config import Cell, EvalSet
+from depthprune.study.config import EvalSet, MethodVariant
+from depthprune.study.store import cell_key
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point. ``heal`` is the recipe dict or None; ``budget`` a layer count."""
+
+    variant: MethodVariant
+    budget: int
+    heal: dict[str, Any] | None
+
+    @property
+    def key(self) -> str:
+        """The stable key the store files the cell under."""
+        return cell_key(self.variant.method, self.variant.options, self.budget, self.heal)
+
 
 #: (sample id, domain, correct 1/0/None, NLL or None) for one eval sample.
 Sample = tuple[str, str, int | None, float | None]

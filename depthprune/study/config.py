@@ -346,20 +346,6 @@ def study_dict(study: Study) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- the grid
-@dataclass(frozen=True)
-class Cell:
-    """One grid point. ``heal`` is the recipe dict or None; ``budget`` a layer count."""
-
-    variant: MethodVariant
-    budget: int
-    heal: dict[str, Any] | None
-
-    @property
-    def key(self) -> str:
-        from depthprune.study.store import cell_key
-        return cell_key(self.variant.method, self.variant.options, self.budget, self.heal)
-
-
 def resolve_budgets(study: Study, num_layers: int, specs: list[int | float] | None = None) -> list[int]:
     """Distinct layer counts of the study's budgets (or ``specs``) for a model of ``num_layers``."""
     from depthprune.rank.methods import RankError, resolve_budget
@@ -375,9 +361,10 @@ def resolve_budgets(study: Study, num_layers: int, specs: list[int | float] | No
 BASELINE = MethodVariant("none", {}, "unpruned")
 
 
-def expand_cells(study: Study, num_layers: int) -> list[Cell]:
+def expand_cells(study: Study, num_layers: int) -> list["Cell"]:
     """Every cell of the study: methods x budgets (unhealed), plus healed cells at the heal
     budgets (for the heal methods, default all), plus the unpruned baseline (budget 0)."""
+    from depthprune.study.cell import Cell
     cells = [Cell(BASELINE, 0, None)] if study.baseline else []
     for budget in resolve_budgets(study, num_layers):
         cells += [Cell(v, budget, None) for v in study.methods]
