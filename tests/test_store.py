@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_second_write_of_a_cell_is_a_no_op(tmp_path):
 def test_a_failing_cell_write_leaves_nothing(tmp_path):
     conn = open_store(tmp_path / "r.sqlite")
     rows = _rows("c1", domains=("math", "math"))  # duplicate primary key inside one cell
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
         write_cell(conn, rows)
     assert read_results(conn) == []
 

@@ -9,7 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.study.config import StudyError, expand_cells, load_study
+from depthprune.study.cell import expand_cells
+from depthprune.study.config import StudyError, load_study
 
 
 def write(tmp_path, calib_dir, **over):

@@ -20,7 +20,7 @@ from depthprune.evaluate.generation import answer_nll, evaluate, wilson_interval
 from depthprune.models.architectures import find_decoder_layers, text_config
 from depthprune.pruning import _set_layers, prune_layers
 from depthprune.study.store import ResultRow
-from depthprune.study.config import EvalSet, MethodVariant
+from depthprune.study.config import EvalSet, MethodVariant, Study, StudyError
 from depthprune.study.store import cell_key
 
 @dataclass(frozen=True)
@@ -35,6 +35,38 @@ class Cell:
     def key(self) -> str:
         """The stable key the store files the cell under."""
         return cell_key(self.variant.method, self.variant.options, self.budget, self.heal)
+
+
+# ------------------------------------------------------------------------- the grid
+def resolve_budgets(study: Study, num_layers: int, specs: list[int | float] | None = None,
+                    key: str = "budgets") -> list[int]:
+    """Distinct layer counts of the study's budgets (or ``specs``, the study key ``key``) for a
+    model of ``num_layers``."""
+    from depthprune.rank.methods import RankError, resolve_budget
+    counts = []
+    for i, spec in enumerate(study.budgets if specs is None else specs):
+        try:
+            counts.append(resolve_budget(spec, num_layers))
+        except RankError as exc:
+            raise StudyError(f"{study.source}: {key}[{i}]: {exc}") from None
+    return sorted(set(counts))
+
+
+BASELINE = MethodVariant("none", {}, "unpruned")
+
+
+def expand_cells(study: Study, num_layers: int) -> list[Cell]:
+    """Every cell of the study: methods x budgets (unhealed), plus healed cells at the heal
+    budgets (for the heal methods, default all), plus the unpruned baseline (budget 0)."""
+    cells = [Cell(BASELINE, 0, None)] if study.baseline else []
+    for budget in resolve_budgets(study, num_layers):
+        cells += [Cell(v, budget, None) for v in study.methods]
+    if study.heal is not None:
+        recipe = study.heal["recipe"]
+        names = study.heal["methods"]
+        for budget in resolve_budgets(study, num_layers, study.heal["budgets"], "heal.budgets"):
+            cells += [Cell(v, budget, recipe) for v in study.methods if names is None or v.label in names]
+    return cells
 
 
 #: (sample id, domain, correct 1/0/None, NLL or None) for one eval sample.

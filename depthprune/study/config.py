@@ -343,34 +343,3 @@ def study_dict(study: Study) -> dict[str, Any]:
     if study.heal is not None:
         out["heal"] = {k: v for k, v in study.heal.items() if v is not None}
     return json.loads(json.dumps(out))
-
-
-# ------------------------------------------------------------------------- the grid
-def resolve_budgets(study: Study, num_layers: int, specs: list[int | float] | None = None) -> list[int]:
-    """Distinct layer counts of the study's budgets (or ``specs``) for a model of ``num_layers``."""
-    from depthprune.rank.methods import RankError, resolve_budget
-    counts = []
-    for i, spec in enumerate(study.budgets if specs is None else specs):
-        try:
-            counts.append(resolve_budget(spec, num_layers))
-        except RankError as exc:
-            raise _err(study.source, f"budgets[{i}]", str(exc)) from None
-    return sorted(set(counts))
-
-
-BASELINE = MethodVariant("none", {}, "unpruned")
-
-
-def expand_cells(study: Study, num_layers: int) -> list["Cell"]:
-    """Every cell of the study: methods x budgets (unhealed), plus healed cells at the heal
-    budgets (for the heal methods, default all), plus the unpruned baseline (budget 0)."""
-    from depthprune.study.cell import Cell
-    cells = [Cell(BASELINE, 0, None)] if study.baseline else []
-    for budget in resolve_budgets(study, num_layers):
-        cells += [Cell(v, budget, None) for v in study.methods]
-    if study.heal is not None:
-        recipe = study.heal["recipe"]
-        names = study.heal["methods"]
-        for budget in resolve_budgets(study, num_layers, study.heal["budgets"]):
-            cells += [Cell(v, budget, recipe) for v in study.methods if names is None or v.label in names]
-    return cells

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from depthprune import __version__
 from depthprune.outputs import write_text_atomic
-from depthprune.study.cell import Cell
-from depthprune.study.config import Study, StudyError, expand_cells, load_study, study_dict
+from depthprune.study.cell import Cell, expand_cells
+from depthprune.study.config import Study, StudyError, load_study, study_dict
 from depthprune.study.rundir import RunDir
 
 @dataclass
