@@ -442,8 +442,11 @@ def heal(
     model: Model,
     data: DataOpt,
     out_dir: Annotated[Path, typer.Option("--out", help="Healed checkpoint directory (written atomically; TRL checkpoints go to OUT.heal-work beside it until it succeeds).")],
-    mode: Annotated[str, typer.Option(help="What trains: lora (language-decoder q/k/v/o/gate/up/down projections, merged into the weights on save) or full (all decoder layers and the final norm). Never the vision tower, embeddings or LM head.")] = "lora",
-    train_layers: Annotated[str, typer.Option(help="all, or neighbours: fully train only the kept layers next to removed ones (read from MODEL's pruning.json); overrides --mode.")] = "all",
+    mode: Annotated[str, typer.Option(help="What trains: lora (language-decoder q/k/v/o/gate/up/down projections, merged into the weights on save); full (all decoder layers and the final norm); neighbours (the kept layers next to removed ones, from MODEL's pruning.json); interleaved (INTERLACE-style: the kept layer before each cut, the next one frozen as an anchor); head-last (the LM head, final norm and last --last-layers layers). The vision tower and the embeddings never train (except through a head tied to them in head-last).")] = "lora",
+    train_layers: Annotated[str, typer.Option(help="all, or neighbours (the same as --mode neighbours; kept for older scripts).")] = "all",
+    time_budget: Annotated[float | None, typer.Option(min=1.0, help="Train for this many wall-clock seconds: the learning rate warms up and decays over the time, --steps becomes an upper limit.")] = None,
+    last_layers: Annotated[int, typer.Option(min=1, help="Decoder layers --mode head-last trains, counted from the last.")] = 3,
+    holdout: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of the records held out of training to print the answer NLL before and after (at most 64; none below 20 records).")] = 0.1,
     teacher: Annotated[str | None, typer.Option(help="Unpruned model to distil from: loss = (1-w)*SFT + w*T^2*KL(teacher||student) on answer tokens.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps (ignored when --epochs is given).")] = 100,
     epochs: Annotated[float | None, typer.Option(min=0.01, help="Passes over the data; replaces --steps.")] = None,
@@ -464,15 +467,17 @@ def heal(
     """Heal MODEL (e.g. a pruned checkpoint) with a brief supervised fine-tuning on answered JSONL records."""
     from depthprune.heal.checkpoint import heal as heal_checkpoint
     from depthprune.heal.recipe import HealConfig
+    from depthprune.heal.recipe import HEAL_MODES
     if train_layers not in ("all", "neighbours"):
         raise ValueError(f"--train-layers {train_layers!r}: choose all or neighbours")
-    if mode not in ("lora", "full"):
-        raise ValueError(f"--mode {mode!r}: choose lora or full (or --train-layers neighbours)")
+    if mode not in HEAL_MODES:
+        raise ValueError(f"--mode {mode!r}: choose one of {', '.join(HEAL_MODES)}")
     config = HealConfig(mode="neighbours" if train_layers == "neighbours" else mode, steps=steps,
                         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                         grad_accum=grad_accum, lora_r=lora_r, lora_alpha=lora_alpha,
                         distill_weight=distill_weight, temperature=temperature, seed=seed,
-                        save_steps=save_steps, bf16=bf16)
+                        save_steps=save_steps, bf16=bf16, time_budget=time_budget, last_layers=last_layers,
+                        holdout=holdout)
     result = heal_checkpoint(model, data, out_dir, config, teacher_id=teacher, resume=resume,
                              overwrite=overwrite, dtype=dtype, device=device,
                              trust_remote_code=trust_remote_code)
@@ -481,6 +486,13 @@ def heal(
     console.print(f"healed ({entry['recipe']['mode']}{', distilled' if teacher else ''}): "
                   f"{entry['steps']} steps in {entry['seconds']:.0f} s, final loss "
                   f"{entry['final_loss']:.4f} -> {result}", highlight=False)
+    if entry.get("heldout"):
+        held = entry["heldout"]
+        console.print(f"answer NLL on {held['n']} held-out records (nats/token): " + ", ".join(
+            f"{d} {held['before'][d]:.3f} -> {held['after'][d]:.3f}" for d in held["before"]), highlight=False)
+    else:
+        console.print("answer NLL not measured: fewer than 20 records (or --holdout 0) leave no held-out slice",
+                      highlight=False)
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from depthprune.cli import app
 from depthprune.data.records import load_records
 from depthprune.heal.checkpoint import heal
 from depthprune.heal.recipe import HealConfig, HealError
-from depthprune.heal.trainer import heal_model, neighbour_layers, training_batch
+from depthprune.heal.trainer import (TimeBudget, checkpoints, freeze_for, heal_model, holdout_split,
+                                     interleaved_layers, neighbour_layers, training_batch)
 from depthprune.models.architectures import load_model
 
 runner = CliRunner()
@@ -76,6 +77,71 @@ def test_neighbour_layers_are_the_kept_layers_beside_removed_ones():
     # 8 layers, remove 3,4 and 7: kept 0,1,2,5,6 -> neighbours 2 and 5 (new 2, 3) and 6 (new 4)
     assert neighbour_layers([3, 4, 7], 8) == [2, 3, 4]
     assert neighbour_layers([0], 4) == [0]
+
+
+def test_interleaved_layers_train_one_layer_before_each_cut_and_leave_an_anchor():
+    # 8 layers, remove 3,4 and 7: kept 0,1,2,5,6 (new 0..4); runs start at 3 and 7 ->
+    # the kept layers before them are old 2 (new 2) and old 6 (new 4); new 3 stays a frozen anchor
+    assert interleaved_layers([3, 4, 7], 8) == [2, 4]
+    assert interleaved_layers([0], 4) == [0]  # a cut at the start: the layer after it
+    # 6 layers, remove 2 and 4: kept 0,1,3,5; before 2 is new 1, before 4 is new 2 -> adjacent to
+    # the trained new 1, so it stays frozen (never two trained neighbours)
+    assert interleaved_layers([2, 4], 6) == [1]
+
+
+def test_head_last_trains_the_head_the_final_norm_and_the_last_layers(llama):
+    model, _ = load_model(llama)
+    names = freeze_for(model, "head-last", None, last_layers=2)
+    n = len(model.model.layers)
+    layers = {int(k.split("layers.")[1].split(".")[0]) for k in names if "layers." in k}
+    assert layers == {n - 2, n - 1}
+    assert "model.norm.weight" in names and any(k.startswith("lm_head.") or "embed_tokens" in k for k in names)
+
+
+def test_time_budget_schedule_warms_up_then_decays_to_zero():
+    clock = TimeBudget(100.0, warmup_ratio=0.05)
+    assert clock.elapsed == 0 and not clock.spent
+    import time as _time
+    for share, want in ((0.025, 0.5), (0.05, 1.0), (0.525, 0.5), (1.0, 0.0)):
+        clock.started = _time.perf_counter() - share * 100
+        assert clock.lr_factor() == pytest.approx(want, abs=0.02)
+    assert clock.spent
+
+
+def test_a_time_budget_stops_training_and_replaces_the_step_count(llama, calib_dir):
+    records = load_records(calib_dir / "text.jsonl")
+    model, tok = load_model(llama)
+    stats = heal_model(model, tok, records, HealConfig(mode="full", steps=100_000, batch_size=2,
+                                                       time_budget=2.0, logging_steps=1), progress=False)
+    assert 1 <= stats.steps < 100_000 and stats.recipe["time_budget"] == 2.0
+
+
+def test_holdout_split_keeps_every_domain_and_reports_nll_before_and_after(llama, calib_dir):
+    records = load_records(calib_dir / "text.jsonl") * 5  # 35 records
+    train, held = holdout_split(records, 0.2, seed=0)
+    assert len(held) == 7 and len(train) == 28 and {r.domain for r in held} == {r.domain for r in records}
+    assert holdout_split(records[:19], 0.2, seed=0)[1] == []  # too few records to hold any out
+    model, tok = load_model(llama)
+    stats = heal_model(model, tok, records, HealConfig(mode="full", holdout=0.2, learning_rate=1e-2, **FAST),
+                       progress=False)
+    assert stats.heldout["n"] == 7 and set(stats.heldout["before"]) == {"general", "math"}
+    assert stats.heldout["after"] != stats.heldout["before"] and stats.recipe["num_records"] == 28
+
+
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(llama, calib_dir, tmp_path):
+    records = load_records(calib_dir / "text.jsonl")
+    work = tmp_path / "work"
+    model, tok = load_model(llama)
+    heal_model(model, tok, records, HealConfig(mode="full", steps=3, batch_size=4, save_steps=1,
+                                               logging_steps=1), work_dir=work, progress=False)
+    (work / "checkpoint-3" / "trainer_state.json").unlink()  # killed while TRL was writing it
+    assert [p.name for p in checkpoints(work)] == ["checkpoint-2"]
+    model, tok = load_model(llama)
+    with pytest.warns(UserWarning, match="checkpoint-3 is incomplete"):
+        stats = heal_model(model, tok, records, HealConfig(mode="full", steps=3, batch_size=4, save_steps=1,
+                                                           logging_steps=1), work_dir=work, resume=True,
+                           progress=False)
+    assert stats.steps == 3 and stats.recipe["resumed_from"] == "checkpoint-2"
 
 
 def test_lora_heal_merges_into_a_stock_checkpoint_and_spares_the_vision_tower(pruned, calib_dir, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from depthprune.data.records import data_fingerprint
-from depthprune.heal.recipe import HealConfig, HealError, require_answers
+from depthprune.heal.recipe import NEEDS_REMOVED, HealConfig, HealError, require_answers
 from depthprune.heal.trainer import LOG_NAME, checkpoints, heal_model
 from depthprune.models.architectures import find_decoder_layers
 
@@ -63,7 +63,7 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     request = {"model": str(model_id), "data_fingerprint": data_fingerprint(records),
                "teacher": str(teacher_id) if teacher_id else None, "config": asdict(config)}
     request_file = work / "heal_request.json"
-    if work.is_dir() and checkpoints(work):
+    if work.is_dir() and checkpoints(work, complete=False):
         if not resume:
             raise HealError(f"{work}: holds checkpoints of an interrupted heal run. Pass --resume to "
                             f"continue it, or delete {work} to start over")
@@ -72,10 +72,10 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
                             f"recipe. Repeat that run's options, or delete {work} to start over")
     info = read_pruning_info(model_id) if Path(str(model_id)).is_dir() else None
     removed = (info or {}).get("removed_layers") or None
-    if config.mode == "neighbours" and not removed:
-        raise HealError(f"{model_id}: --train-layers neighbours needs a pruned checkpoint (its "
+    if config.mode in NEEDS_REMOVED and not removed:
+        raise HealError(f"{model_id}: --mode {config.mode} needs a pruned checkpoint (its "
                         "pruning.json lists the removed layers); this one has none. Heal the "
-                        "output of `depthprune prune`, or use --mode lora / full")
+                        "output of `depthprune prune`, or use --mode lora, full or head-last")
     model, processor = load_model(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     save_dtype = _checkpoint_dtype(model_id)
     teacher = None

@@ -26,17 +26,21 @@ class HealError(ValueError):
     """A healing request cannot be carried out; the message names the input and the fix."""
 
 
-HEAL_MODES = ("lora", "full", "neighbours")
+HEAL_MODES = ("lora", "full", "neighbours", "interleaved", "head-last")
+#: Modes that train a subset of the decoder and need the removed layers (from pruning.json).
+NEEDS_REMOVED = ("neighbours", "interleaved")
 #: Learning rate when ``HealConfig.learning_rate`` is None, per mode.
-DEFAULT_LR = {"lora": 1e-3, "full": 2e-4, "neighbours": 2e-4}
+DEFAULT_LR = {"lora": 1e-3, "full": 2e-4, "neighbours": 2e-4, "interleaved": 2e-4, "head-last": 2e-4}
 
 
 @dataclass
 class HealConfig:
     """How to heal. Validated on construction (``HealError`` names the bad field)."""
 
-    #: "lora" (merged on save), "full" (decoder layers + final norm), "neighbours" (only the
-    #: kept layers next to removed ones, all their weights)
+    #: "lora" (merged on save), "full" (decoder layers + final norm), "neighbours" (the kept
+    #: layers next to removed ones), "interleaved" (INTERLACE-style: the kept layer before each
+    #: cut trains, the one after it stays frozen as an anchor), "head-last" (the LM head, the
+    #: final norm and the last ``last_layers`` decoder layers; Lu et al. 2024)
     mode: str = "lora"
     #: optimizer steps (100 x 16 records heal the 25%-pruned toy, see the README); None: ``epochs``
     steps: int | None = 100
@@ -66,6 +70,15 @@ class HealConfig:
     logging_steps: int = 10
     #: bfloat16 mixed precision (GPUs); weights stay in the dtype they were loaded in
     bf16: bool = False
+    #: wall-clock seconds of training: the learning-rate schedule runs over this time (warm-up
+    #: then cosine decay by elapsed time) and training stops when it is spent; ``steps`` (or
+    #: ``epochs``) become an upper limit. None: train ``steps`` steps
+    time_budget: float | None = None
+    #: decoder layers "head-last" trains, counted from the last one
+    last_layers: int = 3
+    #: share of the records held out of training to measure the answer NLL before and after
+    #: (at most 64 records; none when fewer than 20 records are given)
+    holdout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.mode not in HEAL_MODES:
@@ -80,6 +93,9 @@ class HealConfig:
                 positive[name] = getattr(self, name)
         if self.learning_rate is not None:
             positive["learning_rate"] = self.learning_rate
+        if self.time_budget is not None:
+            positive["time_budget"] = self.time_budget
+        positive["last_layers"] = self.last_layers
         for name, value in positive.items():
             if not value > 0:
                 raise HealError(f"{name} must be > 0, got {value}")
@@ -87,6 +103,8 @@ class HealConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise HealError(f"{name} must be within [0, 1], got {value}")
+        if not 0 <= self.holdout <= 0.5:
+            raise HealError(f"holdout must be within [0, 0.5] (a share of the records), got {self.holdout}")
 
     @property
     def lr(self) -> float:
@@ -107,6 +125,9 @@ class HealStats:
     data_fingerprint: str
     recipe: dict
     kl: list[float] = field(default_factory=list)
+    #: answer NLL (nats/token) per domain on the held-out records, before and after:
+    #: ``{"n": 20, "before": {"math": 2.1, ...}, "after": {...}}``; None without a held-out slice
+    heldout: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form (the ``healing`` entry of ``pruning.json``)."""

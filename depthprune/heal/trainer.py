@@ -27,7 +27,7 @@ from torch import nn
 
 from depthprune.data.records import DataError, Record, data_fingerprint, encode
 from depthprune.evaluate.generation import _answer_span
-from depthprune.heal.recipe import HealConfig, HealError, HealStats, require_answers
+from depthprune.heal.recipe import NEEDS_REMOVED, HealConfig, HealError, HealStats, require_answers
 from depthprune.models.architectures import find_decoder_layers, text_config
 
 # TRL 1.16 reads transformers' renamed `gradient_checkpointing` attributes; the deprecation
@@ -102,16 +102,46 @@ def _final_norm(model: nn.Module, layers_path: str) -> str | None:
     return name
 
 
-def trainable_prefixes(model: nn.Module, mode: str, removed: Sequence[int] | None) -> list[str]:
-    """Parameter-name prefixes trained in ``full`` / ``neighbours`` mode."""
+def interleaved_layers(removed: Sequence[int], original_num_layers: int) -> list[int]:
+    """INTERLACE-style choice (arXiv 2511.19676): current (renumbered) indices of the kept layer
+    right before each run of removed layers (right after it when the run starts at layer 0);
+    the kept layer after a trained one is never trained, so it stays a frozen anchor."""
+    removed_set = set(removed)
+    kept = [i for i in range(original_num_layers) if i not in removed_set]
+    new_index = {layer: j for j, layer in enumerate(kept)}
+    picked: set[int] = set()
+    for r in sorted(removed_set):
+        if r - 1 in removed_set:
+            continue  # one trained layer per run of removed layers
+        below = max((k for k in kept if k < r), default=None)
+        above = min((k for k in kept if k > r), default=None)
+        layer = below if below is not None else above
+        if layer is not None and new_index[layer] - 1 not in picked:
+            picked.add(new_index[layer])
+    return sorted(picked)
+
+
+def _lm_head(model: nn.Module) -> str | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return next((name for name, module in model.named_modules() if module is head), None) if head is not None else None
+
+
+def trainable_prefixes(model: nn.Module, mode: str, removed: Sequence[int] | None,
+                       last_layers: int = 3) -> list[str]:
+    """Parameter-name prefixes trained in the modes that train whole weights (all but lora)."""
     path, layers = find_decoder_layers(model)
+    norm = _final_norm(model, path)
     if mode == "full":
-        norm = _final_norm(model, path)
         return [f"{path}."] + ([f"{norm}."] if norm else [])
+    if mode == "head-last":
+        head = _lm_head(model)
+        first = max(0, len(layers) - last_layers)
+        return [f"{path}.{i}." for i in range(first, len(layers))] + [f"{n}." for n in (norm, head) if n]
     if not removed:
-        raise HealError("neighbours mode needs the removed layers; this model has none recorded. "
-                        "Heal a pruned checkpoint (with pruning.json) or use --mode lora/full")
-    picked = neighbour_layers(removed, len(layers) + len(set(removed)))
+        raise HealError(f"{mode} mode needs the removed layers; this model has none recorded. "
+                        "Heal a pruned checkpoint (with pruning.json) or use --mode lora, full or head-last")
+    original = len(layers) + len(set(removed))
+    picked = neighbour_layers(removed, original) if mode == "neighbours" else interleaved_layers(removed, original)
     return [f"{path}.{i}." for i in picked]
 
 
@@ -122,9 +152,9 @@ def lora_target_regex(model: nn.Module) -> str:
     return rf"{re.escape(path)}\.\d+\.(?:.*\.)?(?:{'|'.join(LORA_TARGETS)})"
 
 
-def freeze_for(model: nn.Module, mode: str, removed: Sequence[int] | None) -> list[str]:
-    """Set ``requires_grad`` for full / neighbours mode; returns the trained parameter names."""
-    prefixes = trainable_prefixes(model, mode, removed)
+def freeze_for(model: nn.Module, mode: str, removed: Sequence[int] | None, last_layers: int = 3) -> list[str]:
+    """Set ``requires_grad`` for the modes that train whole weights; returns the trained names."""
+    prefixes = trainable_prefixes(model, mode, removed, last_layers)
     names = []
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(tuple(prefixes)))
@@ -141,10 +171,22 @@ def sft_trainer_class() -> type:
         """SFTTrainer whose loss mixes in the KL to a frozen teacher on the supervised tokens."""
 
         def __init__(self, *args: Any, teacher: nn.Module | None = None, distill_weight: float = 0.0,
-                     temperature: float = 1.0, **kwargs: Any) -> None:
+                     temperature: float = 1.0, clock: "TimeBudget | None" = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.teacher, self.distill_weight, self.temperature = teacher, distill_weight, temperature
+            self.clock = clock
             self.kl_log: list[tuple[int, float]] = []
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.clock is None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            # a time budget: warm-up then cosine decay over the elapsed share of the budget
+            from torch.optim.lr_scheduler import LambdaLR
+            if self.lr_scheduler is None:
+                self.lr_scheduler = LambdaLR(optimizer if optimizer is not None else self.optimizer,
+                                             lambda _step: self.clock.lr_factor())
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.teacher is None:
@@ -170,9 +212,14 @@ def sft_trainer_class() -> type:
     return DistillSFTTrainer
 
 
-def checkpoints(work_dir: Path) -> list[Path]:
-    return sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-                  if p.name.split("-")[-1].isdigit() else -1)
+def checkpoints(work_dir: Path, complete: bool = True) -> list[Path]:
+    """TRL's checkpoints in ``work_dir``, oldest first; with ``complete`` only those whose
+    ``trainer_state.json`` was written (the Trainer writes it last, so a run killed while saving
+    leaves a checkpoint without it)."""
+    found = [p for p in work_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    if complete:
+        found = [p for p in found if (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def trained_layers(model: nn.Module, names: Sequence[str]) -> list[int]:
@@ -183,14 +230,46 @@ def trained_layers(model: nn.Module, names: Sequence[str]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- progress
+class TimeBudget:
+    """Wall-clock budget of a run: the learning-rate factor by elapsed share, and when to stop."""
+
+    def __init__(self, seconds: float, warmup_ratio: float = 0.05) -> None:
+        self.seconds, self.warmup_ratio, self.started = float(seconds), warmup_ratio, None
+
+    def start(self) -> None:
+        """Start the clock (the first training step)."""
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since :meth:`start` (0 before)."""
+        return 0.0 if self.started is None else time.perf_counter() - self.started
+
+    @property
+    def spent(self) -> bool:
+        """True once the budget is used up."""
+        return self.elapsed >= self.seconds
+
+    def lr_factor(self) -> float:
+        """Linear warm-up over the first ``warmup_ratio`` of the time, then cosine decay to 0."""
+        warmup_ratio = self.warmup_ratio
+        share = min(1.0, self.elapsed / self.seconds)
+        if share < warmup_ratio:
+            return max(share / warmup_ratio, 1e-3)
+        return 0.5 * (1 + math.cos(math.pi * (share - warmup_ratio) / max(1e-9, 1 - warmup_ratio)))
+
+
 class TrainingLog:
     """A Trainer callback that shows training the way the rest of depthprune shows long work —
     one progress bar with the latest loss (tqdm gives the time left), off under ``--quiet`` —
     and appends every log entry TRL produces (loss, grad_norm, learning_rate, ... and the final
-    summary) as one JSON line to ``log_file``, instead of printing dictionaries to stdout."""
+    summary) as one JSON line to ``log_file``, instead of printing dictionaries to stdout.
+    With a :class:`TimeBudget` the bar counts seconds and training stops when it is spent."""
 
-    def __init__(self, log_file: Path | None, progress: bool, desc: str = "heal") -> None:
-        self.log_file, self.progress, self.desc, self.bar = log_file, progress, desc, None
+    def __init__(self, log_file: Path | None, progress: bool, desc: str = "heal",
+                 clock: TimeBudget | None = None) -> None:
+        self.log_file, self.progress, self.desc, self.clock, self.bar = log_file, progress, desc, clock, None
 
     def callback(self) -> Any:
         """The transformers ``TrainerCallback`` instance."""
@@ -200,12 +279,18 @@ class TrainingLog:
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 from depthprune.settings import progress as progress_bar
-                log.bar = progress_bar(total=state.max_steps, initial=state.global_step, desc=log.desc,
-                                       unit="step", leave=False, disable=not log.progress, dynamic_ncols=True)
+                total, unit = ((round(log.clock.seconds), "s") if log.clock else (state.max_steps, "step"))
+                log.bar = progress_bar(total=total, initial=0 if log.clock else state.global_step, desc=log.desc,
+                                       unit=unit, leave=False, disable=not log.progress, dynamic_ncols=True)
+                if log.clock is not None:
+                    log.clock.start()
 
             def on_step_end(self, args, state, control, **kwargs):
                 if log.bar is not None:
-                    log.bar.update(state.global_step - log.bar.n)
+                    done = min(round(log.clock.elapsed), log.bar.total) if log.clock else state.global_step
+                    log.bar.update(done - log.bar.n)
+                if log.clock is not None and log.clock.spent:
+                    control.should_training_stop = True
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 logs = dict(logs or {})
@@ -236,7 +321,7 @@ def _check_inputs(model: nn.Module, processor: Any, records: Sequence[Record], c
     if not records:
         raise HealError("no training records given")
     require_answers(records)
-    if config.mode == "neighbours":
+    if config.mode in NEEDS_REMOVED:
         trainable_prefixes(model, config.mode, removed_layers)
     if teacher is not None:
         t_vocab, s_vocab = text_config(teacher).vocab_size, text_config(model).vocab_size
@@ -248,13 +333,19 @@ def _check_inputs(model: nn.Module, processor: Any, records: Sequence[Record], c
 
 
 def _resume_point(work_dir: Path, resume: bool) -> str | None:
-    """The checkpoint to continue from (the latest), or None to start from the beginning."""
+    """The checkpoint to continue from (the latest complete one), or None to start from the
+    beginning. A newer, incomplete checkpoint (the run was killed while saving it) is named in
+    a warning and left alone."""
     if not resume:
         return None
-    found = checkpoints(work_dir)
+    found, every = checkpoints(work_dir), checkpoints(work_dir, complete=False)
     if not found:
-        warnings.warn(f"{work_dir}: no checkpoint to resume from; training from the start", stacklevel=3)
+        warnings.warn(f"{work_dir}: no complete checkpoint to resume from; training from the start", stacklevel=3)
         return None
+    incomplete = [p.name for p in every if int(p.name.split("-")[-1]) > int(found[-1].name.split("-")[-1])]
+    if incomplete:
+        warnings.warn(f"{work_dir}: {', '.join(incomplete)} is incomplete (the run was interrupted while saving "
+                      f"it); resuming from {found[-1].name}", stacklevel=3)
     return str(found[-1])
 
 
@@ -292,13 +383,13 @@ def _trainer(model: nn.Module, processor: Any, records: Sequence[Record], config
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  bias="none", target_modules=lora_target_regex(model), task_type="CAUSAL_LM")
     else:
-        trained = freeze_for(model, config.mode, removed_layers)
+        trained = freeze_for(model, config.mode, removed_layers, config.last_layers)
     torch.manual_seed(config.seed)  # LoRA initialisation
     trainer = sft_trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_dict({"index": list(range(len(records)))}),
         data_collator=RecordCollator(processor, records), processing_class=processor,
         peft_config=peft_config, teacher=teacher, distill_weight=config.distill_weight if teacher else 0.0,
-        temperature=config.temperature)
+        temperature=config.temperature, clock=log.clock)
     # transformers prints every log dict (PrinterCallback, or ProgressCallback's bar.write): the
     # terminal gets depthprune's bar with the loss instead, and the dicts go to the log file
     trainer.remove_callback(PrinterCallback)
@@ -342,6 +433,38 @@ def _logged(trainer: Any) -> tuple[list[float], list[float], float]:
     return losses, kl, final
 
 
+def holdout_split(records: Sequence[Record], share: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(training, held-out) records: ``share`` of each domain (at most 64 in all, none when
+    fewer than 20 records are given), drawn with ``seed``."""
+    import random
+    n_out = min(64, int(len(records) * share)) if len(records) >= 20 else 0
+    if n_out == 0:
+        return list(records), []
+    rng = random.Random(seed)
+    by_domain: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_domain.setdefault(r.domain, []).append(i)
+    picked: set[int] = set()
+    for idx in by_domain.values():  # proportional per domain, at least one of each
+        picked.update(rng.sample(idx, max(1, round(n_out * len(idx) / len(records)))))
+    return [r for i, r in enumerate(records) if i not in picked], [r for i, r in enumerate(records) if i in picked]
+
+
+@torch.no_grad()
+def domain_nll(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int = 8) -> dict[str, float]:
+    """Mean teacher-forced answer NLL (nats per answer token) per domain."""
+    from depthprune.data.records import batches
+    from depthprune.evaluate.generation import answer_nll
+    was_training = model.training
+    model.eval()
+    values: dict[str, list[float]] = {}
+    for chunk in batches(records, batch_size):
+        for r, (nll, _) in zip(chunk, answer_nll(model, processor, chunk)):
+            values.setdefault(r.domain, []).append(nll)
+    model.train(was_training)
+    return {d: round(math.fsum(v) / len(v), 4) for d, v in sorted(values.items())}
+
+
 def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], config: HealConfig, *,
                teacher: nn.Module | None = None, removed_layers: list[int] | None = None,
                work_dir: str | Path | None = None, resume: bool = False,
@@ -349,26 +472,31 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
     """Fine-tune `model` IN PLACE (LoRA merged back before returning, so the result is a plain
     model with the same architecture) on `records` (depthprune.data.records.Record list).
 
-    ``teacher``: the unpruned model for logit distillation (same tokenizer). ``removed_layers``:
-    the layers pruned away (original 0-based numbering), needed by ``neighbours`` mode.
-    ``work_dir``: where TRL checkpoints go (a temporary directory if None); ``resume``
-    continues from its latest checkpoint. ``log_file``: where every TRL log entry is appended as
-    a JSON line (default ``work_dir/healing_log.jsonl``); the terminal shows one progress bar
-    with the loss (``progress``). Returns :class:`HealStats`.
-    Raises HealError / DataError for unusable inputs, before any training.
+    ``config.holdout`` of the records are held out to measure the answer NLL per domain before
+    and after (``HealStats.heldout``). ``teacher``: the unpruned model for logit distillation
+    (same tokenizer). ``removed_layers``: the layers pruned away (original 0-based numbering),
+    needed by ``neighbours`` / ``interleaved``. ``work_dir``: where TRL checkpoints go (a
+    temporary directory if None); ``resume`` continues from its latest complete checkpoint.
+    ``log_file``: where every TRL log entry is appended as a JSON line (default
+    ``work_dir/healing_log.jsonl``); the terminal shows one progress bar with the loss
+    (``progress``). Returns :class:`HealStats`. Raises HealError / DataError for unusable
+    inputs, before any training.
     """
     import tempfile
     _check_inputs(model, processor, records, config, teacher, removed_layers)
+    train, heldout = holdout_split(records, config.holdout, config.seed)
+    before = domain_nll(model, processor, heldout) if heldout else None
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="depthprune-heal-"))
         work_dir = Path(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         resume_from = _resume_point(work_dir, resume)
-        log = TrainingLog(Path(log_file) if log_file is not None else work_dir / LOG_NAME, progress)
-        args = _sft_config(config, work_dir, max_steps_for(config, len(records)))
+        clock = TimeBudget(config.time_budget, config.warmup_ratio) if config.time_budget is not None else None
+        log = TrainingLog(Path(log_file) if log_file is not None else work_dir / LOG_NAME, progress, clock=clock)
+        args = _sft_config(config, work_dir, max_steps_for(config, len(train)))
         was_training = model.training
-        trainer, trained = _trainer(model, processor, records, config, args, teacher, removed_layers, log)
+        trainer, trained = _trainer(model, processor, train, config, args, teacher, removed_layers, log)
         if teacher is not None:
             teacher.eval().requires_grad_(False).to(trainer.args.device)
         n_trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -383,6 +511,7 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
         losses, kl, final = _logged(trainer)
         return HealStats(steps=trainer.state.global_step, seconds=round(seconds, 2), final_loss=final,
                          losses=losses, data_fingerprint=data_fingerprint(records),
-                         recipe=_recipe_record(model, config, trainer, trained, n_trained, len(records), teacher,
+                         recipe=_recipe_record(model, config, trainer, trained, n_trained, len(train), teacher,
                                                resume_from),
-                         kl=kl)
+                         kl=kl, heldout=None if before is None else {
+                             "n": len(heldout), "before": before, "after": domain_nll(model, processor, heldout)})
