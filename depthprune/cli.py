@@ -19,14 +19,42 @@ from typing import Annotated, Any, Callable
 import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.text import Text
 
 from depthprune import settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class OneLineErrors(TyperGroup):
+    """The command group whose usage errors (an unknown option, a value out of range, a missing
+    argument) print one line ``error: ...`` naming the command and option, exit 2, like every
+    other error, instead of a usage box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # click's ClickException (typer vendors click)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `depthprune` alone: the help
+                from typer import rich_utils
+                rich_utils.rich_format_error(exc)
+                sys.exit(getattr(exc, "exit_code", 2))
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "depthprune"
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            err.print(Text.assemble(("error:", "bold red"), f" {where}: {_one_line(message)} (see {where} --help)"))
+            sys.exit(2)
+        except typer.Abort:
+            err.print(Text.assemble(("error:", "bold red"), " aborted"))
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Domain-aware depth pruning of Hugging Face VLMs and LLMs. "
                        "Decoder layers are numbered 0-based everywhere.")
-data_app = typer.Typer(no_args_is_help=True, help="Data utilities (synthetic benchmark).")
+data_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="Data utilities (synthetic benchmark).")
 app.add_typer(data_app, name="data")
 # soft_wrap: paths in messages are never broken across lines (logs, pipes, narrow terminals);
 # markup off: a path such as runs/[a]/x must print as it is, not be parsed as rich markup
@@ -80,7 +108,8 @@ def error_message(exc: BaseException) -> tuple[str, int]:
         return ("out of memory: lower --batch-size, use --dtype bfloat16, or spread the model with "
                 "--device-map auto"), 2
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted; nothing was written", 130
+        return ("interrupted; the output being written was discarded (a sweep or demo keeps the cells it "
+                "stored and a heal its checkpoints: run the same command again to resume, heal with --resume)"), 130
     detail = _one_line(str(exc))
     return (f"unexpected {type(exc).__name__}{': ' + detail if detail else ''} (a bug in depthprune? "
             "rerun with --debug for the traceback and report it)"), 1
@@ -496,8 +525,8 @@ def heal(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m depthprune.cli``)."""
+    app(prog_name="depthprune")
 
 
 if __name__ == "__main__":

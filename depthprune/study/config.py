@@ -99,14 +99,31 @@ class Study:
     source: str = "study"
     raw: dict[str, Any] = field(default_factory=dict)
 
-    def identity(self) -> dict[str, Any]:
-        """What must not change when a run directory is resumed (it changes every number)."""
-        return {"model": self.model, "dtype": self.dtype, "calibration": self.calibration,
-                "calib_max_samples": self.calib_max_samples, "max_span": self.max_span,
-                "ablation": self.ablation,
-                "batch_size": self.batch_size, "protect": self.protect.as_study(),
-                "eval": [dataclasses.asdict(e) for e in self.eval_sets],
-                "max_new_tokens": self.max_new_tokens}
+    def identity(self, legacy: bool = False) -> dict[str, Any]:
+        """What must not change when a run directory is resumed (it changes every number). Data
+        files count by content (sha256 of each file), not by path, so a run directory whose
+        data moved with it (the demo's) resumes. ``legacy``: the form stores written before
+        2026-12-02 hold (absolute paths), to resume those in place."""
+        evals = [dataclasses.asdict(e) for e in self.eval_sets]
+        calibration: list[str] = self.calibration
+        if not legacy:
+            calibration = [file_sha256(p) for p in self.calibration]
+            evals = [e | {"paths": [file_sha256(p) for p in e["paths"]]} for e in evals]
+        out = {"model": self.model, "dtype": self.dtype, "calibration": calibration,
+               "calib_max_samples": self.calib_max_samples, "max_span": self.max_span,
+               "ablation": self.ablation, "batch_size": self.batch_size, "protect": self.protect.as_study(),
+               "eval": evals, "max_new_tokens": self.max_new_tokens}
+        return out if legacy else {"version": 2, **out}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex, first 16 characters)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------- validation
@@ -309,27 +326,80 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
         source=src, raw=raw)
 
 
+#: A study file is a page of YAML: larger files, and more aliases than a hand-written file needs
+#: (a "billion laughs" alias bomb expands without bound), are refused before they are read.
+MAX_STUDY_BYTES, MAX_ALIASES = 1 << 20, 100
+
+
+def read_yaml(path: Path, what: str = "study file") -> Any:
+    """Parse a YAML file strictly: UTF-8 text of at most 1 MiB, no key given twice in a mapping
+    (YAML would keep the last silently), at most :data:`MAX_ALIASES` aliases. StudyError names
+    the file, the line and the fix."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                StrictLoader.aliases += 1
+                if StrictLoader.aliases > MAX_ALIASES:
+                    raise StudyError(f"{path}: more than {MAX_ALIASES} YAML aliases (*name); write the values out")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise StudyError(f"{path}: line {key_node.start_mark.line + 1}: key {str(key)[:80]!r} is given "
+                                     "twice in one mapping; keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    if not path.is_file():
+        raise StudyError(f"{path}: {what} not found")
+    if path.stat().st_size > MAX_STUDY_BYTES:
+        raise StudyError(f"{path}: {path.stat().st_size} bytes is not a {what} (at most {MAX_STUDY_BYTES})")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                         f"save the {what} as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+
+
 def load_study(path: str | Path) -> Study:
     """Read and validate a study YAML file; raises StudyError naming the file and key."""
-    import yaml
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"{path}: study file not found")
+    path = Path(path).expanduser()
+    return parse_study(read_yaml(path), path.parent.resolve(), source=path.name)
+
+
+def relative_to(path: str, base: Path | None) -> str:
+    """``path`` relative to ``base`` when it lies inside it (a run directory's own data), else as it is."""
+    if base is None:
+        return path
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_study(raw, path.parent.resolve(), source=path.name)
+        return str(Path(path).resolve().relative_to(Path(base).resolve()))
+    except ValueError:
+        return path
 
 
-def study_dict(study: Study) -> dict[str, Any]:
-    """The validated study as plain data (absolute paths), for study.yaml and the store's meta."""
+def study_dict(study: Study, base: Path | None = None) -> dict[str, Any]:
+    """The validated study as plain data, for study.yaml and the store's meta: paths are absolute,
+    or relative to ``base`` (the run directory) for files inside it, so the file is a valid study
+    there and a moved run directory still finds its own data."""
+    rel = [relative_to(p, base) for p in study.calibration]
     out: dict[str, Any] = {
         "model": study.model, "dtype": study.dtype, "device": study.device, "device_map": study.device_map,
         "trust_remote_code": study.trust_remote_code, "batch_size": study.batch_size,
-        "calibration": {"data": study.calibration, "max_samples": study.calib_max_samples,
+        "calibration": {"data": rel, "max_samples": study.calib_max_samples,
                         "max_span": study.max_span, "ablation": study.ablation},
-        "eval": [({"kind": "jsonl", "name": e.name, "data": e.paths, "max_samples": e.max_samples}
+        "eval": [({"kind": "jsonl", "name": e.name, "data": [relative_to(p, base) for p in e.paths],
+                   "max_samples": e.max_samples}
                   if e.kind == "jsonl" else {"kind": "lmms", "name": e.name, "tasks": e.tasks,
                                              "include_path": e.include_path, "domain": e.domain,
                                              "limit": e.max_samples}) | {"accuracy": e.accuracy,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from depthprune import __version__
 from depthprune.outputs import write_text_atomic
 from depthprune.study.cell import Cell, expand_cells
-from depthprune.study.config import Study, StudyError, load_study, study_dict
+from depthprune.study.config import Study, StudyError, load_study, relative_to, study_dict
 from depthprune.study.rundir import RunDir
 
 @dataclass
@@ -57,7 +57,7 @@ def _num_layers(study: Study) -> int:
 def _check_resume(conn: Any, study: Study, out: Path) -> None:
     from depthprune.study.store import get_meta
     before = get_meta(conn).get("study_identity")
-    now = json.loads(json.dumps(study.identity()))
+    now = json.loads(json.dumps(study.identity(legacy=before is not None and "version" not in before)))
     if before is not None and before != now:
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         raise StudyError(f"{out}: this run directory holds a study with a different {', '.join(changed)}; "
@@ -92,7 +92,7 @@ def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ct
                              "calibration, or choose a new --out")
         return scores, settings
     scores = score_parallel(net, processor, calib, settings, str(study.model), ctx, progress=progress)
-    scores.settings["data_files"] = list(study.calibration)
+    scores.settings["data_files"] = [relative_to(p, run.path) for p in study.calibration]
     if study.ablation and ctx.main:  # ground truth for `ablation`/diagnostics: one pass per layer
         from depthprune.score.ablation import add_ablation
         add_ablation(scores, net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size,
@@ -132,12 +132,14 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped:
     return removed
 
 
-def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells: int) -> dict[str, Any]:
+def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells: int, run: RunDir,
+          identity: dict[str, Any]) -> dict[str, Any]:
+    """The store's run-level facts; paths inside the run directory are recorded relative to it."""
     sets = {}
     for es, records in eval_sets:
         info: dict[str, Any] = {"kind": es.kind, "accuracy": study.accuracy and es.accuracy}
         if es.kind == "jsonl":
-            info |= {"files": es.paths, "n": len(records),
+            info |= {"files": [relative_to(p, run.path) for p in es.paths], "n": len(records),
                      "domains": {d: sum(r.domain == d for r in records) for d in sorted({r.domain for r in records})}}
         else:
             info |= {"tasks": es.tasks, "limit": es.max_samples, "include_path": es.include_path,
@@ -145,8 +147,8 @@ def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells:
         sets[es.name] = info
     return {"model": str(study.model), "num_layers": scores.num_layers, "domains": scores.domains,
             "protected_layers": study.protect.layers(scores.num_layers, scores.protected_layers),
-            "study": study_dict(study), "eval_sets": sets, "depthprune_version": __version__,
-            "study_identity": study.identity(), "scores_fingerprint": scores.fingerprint(),
+            "study": study_dict(study, run.path), "eval_sets": sets, "depthprune_version": __version__,
+            "study_identity": identity, "scores_fingerprint": scores.fingerprint(),
             "cells_total": n_cells}
 
 
@@ -254,7 +256,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     from depthprune.models.architectures import load_model, resolve_model_id
     from depthprune.study.cell import cell_rows
     from depthprune.study.distributed import setup
-    from depthprune.study.store import completed_cells, read_results, set_meta, write_cell
+    from depthprune.study.store import completed_cells, get_meta, read_results, set_meta, write_cell
     started = time.perf_counter()
     study = study if isinstance(study, Study) else load_study(study)
     run = RunDir(out)
@@ -274,9 +276,10 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     removed = _plans(study, inputs.cells, scores, rescore, skipped, stored)
     cells = [c for c in inputs.cells if c.key in removed]
     if ctx.main:
-        set_meta(conn, _meta(study, scores, inputs.eval_sets, len(cells)) | {"skipped_cells": skipped})
+        identity = get_meta(conn).get("study_identity") or study.identity()  # a legacy store keeps its form
+        set_meta(conn, _meta(study, scores, inputs.eval_sets, len(cells), run, identity) | {"skipped_cells": skipped})
         import yaml
-        write_text_atomic(run.study, yaml.safe_dump(study_dict(study), sort_keys=False), overwrite=True)
+        write_text_atomic(run.study, yaml.safe_dump(study_dict(study, run.path), sort_keys=False), overwrite=True)
     ctx.barrier()
 
     # cells whose plans coincide (same removed layers, same healing) are evaluated once
