@@ -316,7 +316,7 @@ def checkpoint_has_chat_template(model_id: Any) -> bool | None:
             return True
         configs = [path / "tokenizer_config.json", path / "processor_config.json"]
         return any(f.is_file() and json.loads(f.read_text()).get("chat_template") for f in configs)
-    except (OSError, ValueError, ImportError):  # the loader reports a broken checkpoint properly
+    except (OSError, ValueError, AttributeError, ImportError):  # the loader reports a broken checkpoint
         return None
 
 

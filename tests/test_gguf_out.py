@@ -159,7 +159,8 @@ def test_every_plan_source_through_the_cli(workdir, calib_dir):
         assert res.exit_code == 0, res.output
         torch.testing.assert_close(_gguf_logits(out), _dir_logits(workdir / f"cli-{name}"), rtol=1e-6, atol=1e-6)
         record = json.loads(record_path(out).read_text())
-        assert record["removed_layers"] == json.loads((workdir / f"cli-{name}" / "pruning.json").read_text())["removed_layers"]
+        from_dir = json.loads((workdir / f"cli-{name}" / "pruning.json").read_text())
+        assert record["removed_layers"] == from_dir["removed_layers"]
     assert json.loads(record_path(workdir / "cli-plan.gguf").read_text())["method"] == "block-influence"
 
 
