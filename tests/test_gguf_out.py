@@ -140,8 +140,8 @@ def test_size_is_the_kept_layers_plus_the_unchanged_tensors(workdir):
 
 
 def test_every_plan_source_through_the_cli(workdir, calib_dir):
-    """--layers, --plan (from rank --save-plan on `score MODEL.gguf`), --scores with a method:
-    each .gguf output equals the safetensors output of the same source and plan."""
+    """--layers, --plan (from rank --save-plan on `score MODEL.gguf`), --scores with a method,
+    --method iterative: each .gguf output equals the safetensors output of the same source and plan."""
     src = workdir / "llama.gguf"
     scores, plan = workdir / "scores.json", workdir / "cli.plan.json"
     res = run("score", src, "--data", calib_dir / "text.jsonl", "--out", scores)
@@ -149,7 +149,9 @@ def test_every_plan_source_through_the_cli(workdir, calib_dir):
     res = run("rank", scores, "--method", "block-influence", "--budget", "2", "--save-plan", plan, "--bootstrap", "0")
     assert res.exit_code == 0, res.output
     sources = {"layers": ["--layers", "2,4"], "plan": ["--plan", plan],
-               "scores": ["--scores", scores, "--method", "angular-block", "--budget", "2"]}
+               "scores": ["--scores", scores, "--method", "angular-block", "--budget", "2"],
+               # iterative runs the (dequantised) model to re-score, then writes from the file's bytes
+               "iterative": ["--method", "iterative", "--budget", "2", "--data", calib_dir / "text.jsonl"]}
     for name, args in sources.items():
         out = workdir / f"cli-{name}.gguf"
         res = run("prune", src, *args, "--out", out)
@@ -162,6 +164,7 @@ def test_every_plan_source_through_the_cli(workdir, calib_dir):
         from_dir = json.loads((workdir / f"cli-{name}" / "pruning.json").read_text())
         assert record["removed_layers"] == from_dir["removed_layers"]
     assert json.loads(record_path(workdir / "cli-plan.gguf").read_text())["method"] == "block-influence"
+    assert json.loads(record_path(workdir / "cli-iterative.gguf").read_text())["method"] == "iterative"
 
 
 def test_output_rules(workdir, tmp_path):
