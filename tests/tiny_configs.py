@@ -89,8 +89,10 @@ def llava_onevision() -> LlavaOnevisionConfig:
 
 
 def gemma3() -> Gemma3Config:
-    # alternating sliding/full layers: pruning must slice layer_types
-    types = ["sliding_attention", "full_attention"] * (LAYERS // 2)
+    # sliding and full layers, irregular so that removing layers 3 and 4 leaves a sliced list
+    # ([s, f, s, s]) that differs from the unsliced prefix: pruning must slice layer_types
+    s, f = "sliding_attention", "full_attention"
+    types = [s, f, s, f, s, s]
     return Gemma3Config(
         text_config=dict(_text, layer_types=types, sliding_window=8, query_pre_attn_scalar=16),
         vision_config=dict(_siglip), mm_tokens_per_image=4, image_token_id=IMAGE_ID,
