@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
 from depthprune.outputs import check_output
-from depthprune.data.records import load_records
 from depthprune.rank.methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list,
                       check_request, rank, resolve_budget)
 from depthprune.rank.protection import Protection
@@ -41,11 +41,13 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
           batch_size: int = 4, max_samples: int | None = None, max_span: int | None = None,
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
           trust_remote_code: bool = False, progress: bool = True, overwrite: bool = False,
-          ablation: bool = False) -> Scores:
+          ablation: bool = False, prompt_format: str = "auto") -> Scores:
     """Score every decoder layer of checkpoint ``model`` on calibration JSONL ``data``.
 
     ``ablation``: also measure every record's answer NLL with each single layer removed
     (:mod:`depthprune.score.ablation`; one more forward per layer; every record needs an answer).
+    ``prompt_format``: auto, chat or plain (:func:`depthprune.data.records.set_prompt_format`),
+    recorded in the scores' settings.
     Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
     ``.safetensors`` beside it, if given; existing files only with ``overwrite``). Everything
     cheap (output, data, images, device, config) is checked before the weights load.
@@ -59,6 +61,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
         for target in (Path(out), Path(out).with_suffix(".safetensors")):
             check_output(target, overwrite, kind="file", inputs=inputs)
     records = load_records(_as_list(data))
+    check_prompt_format(prompt_format, model)
     if ablation:  # before the model loads
         from depthprune.score.ablation import require_answers
         require_answers(cap_per_domain(records, max_samples))
@@ -68,8 +71,10 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
         raise ValueError(f"--max-span {max_span} is more than the model's {num_layers} decoder layers")
     net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
                                 trust_remote_code=trust_remote_code)
+    used_format = set_prompt_format(processor, prompt_format, model)
     scores = score_model(net, processor, records, settings, model_id=str(model), progress=progress)
     scores.settings["data_files"] = [str(p) for p in _as_list(data)]
+    scores.settings["prompt_format"] = used_format
     if ablation:
         from depthprune.score.ablation import add_ablation
         add_ablation(scores, net, processor, cap_per_domain(records, max_samples), batch_size, progress)
@@ -160,12 +165,20 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     no scores, ``iterative`` needs ``data``. Returns the output directory (and, with
     ``return_info``, the ``pruning.json`` dict this call wrote).
 
+    A ``.gguf`` ``out`` (for a GGUF ``model``) writes a GGUF file that keeps the source's
+    quantized bytes, with the record in ``NAME.pruning.json`` beside it
+    (:mod:`depthprune.models.gguf_out`); the weights are then never dequantised (except for
+    ``iterative``, which runs the model).
+
     Everything that can be checked without the weights is checked first: the output (never
     the source, inside it or around it), dtype/device, the config, the plan or the scores and
     method, the data. Only then does the model load.
     """
+    from depthprune.models.gguf_out import check_gguf_output, gguf_pruning_info, is_gguf_output, write_pruned_gguf
     model = resolve_model_id(model)
-    prepare_output_dir(out, overwrite, _inputs(model, data))
+    gguf_in = check_gguf_output(model, out, overwrite, _inputs(model, data)) if is_gguf_output(out) else None
+    if gguf_in is None:
+        prepare_output_dir(out, overwrite, _inputs(model, data))
     config = _check_model_cheaply(model, dtype, device, device_map, trust_remote_code)
     num_layers = text_config(config).num_hidden_layers
     with warnings.catch_warnings():
@@ -206,12 +219,17 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
             check_request(req, sorted({r.domain for r in records}), where="data")
         else:
             the_plan = plan(scores, method, budget, **plan_kwargs)  # no model needed: fail early
-    net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
-                                trust_remote_code=trust_remote_code)
-    if len(find_decoder_layers(net)[1]) != num_layers:
-        raise ModelError(f"{model}: the loaded model has {len(find_decoder_layers(net)[1])} decoder layers, "
-                         f"its config says {num_layers}")
+    net = processor = None
+
+    def load() -> tuple[Any, Any]:
+        loaded, proc = load_model(model, dtype=dtype, device=device, device_map=device_map,
+                                  trust_remote_code=trust_remote_code)
+        if len(find_decoder_layers(loaded)[1]) != num_layers:
+            raise ModelError(f"{model}: the loaded model has {len(find_decoder_layers(loaded)[1])} decoder "
+                             f"layers, its config says {num_layers}")
+        return loaded, proc
     if the_plan is None:  # iterative: re-scores the model after each removal
+        net, processor = load()
         settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)
 
         def rescore(removed: list[int]) -> Scores:
@@ -223,16 +241,22 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     if the_plan.scores_model_id and Path(str(the_plan.scores_model_id)).name != Path(str(model)).name:
         warnings.warn(f"scores were computed on '{the_plan.scores_model_id}', pruning '{model}'",
                       stacklevel=2)
+    req = the_plan.request
+    extra = {"domain": req.get("domain"), "weights": req.get("weights"), "request": req,
+             "protected_layers": the_plan.protected, "reasons": {str(k): v for k, v in the_plan.reasons.items()},
+             "scores_fingerprint": the_plan.scores_fingerprint}
+    if gguf_in is not None:  # the kept layers' quantized bytes, copied: no model needed
+        info = gguf_pruning_info(gguf_in, str(model), the_plan.remove, the_plan.method, req.get("budget"),
+                                 extra=extra)
+        info = write_pruned_gguf(gguf_in, out, info, overwrite=overwrite, progress=progress)
+        return (Path(out), info) if return_info else Path(out)
+    if net is None:
+        net, processor = load()
     params_before = count_parameters(net)
     prune_layers(net, the_plan.remove)
     speedup = expected_speedup(num_layers, len(the_plan.remove), params_before, count_parameters(net))
-    req = the_plan.request
     info = pruning_info(str(model), num_layers, the_plan.remove, the_plan.method, req.get("budget"),
-                        extra={"domain": req.get("domain"), "weights": req.get("weights"),
-                               "request": req, "protected_layers": the_plan.protected,
-                               "reasons": {str(k): v for k, v in the_plan.reasons.items()},
-                               "scores_fingerprint": the_plan.scores_fingerprint,
-                               "expected_speedup": speedup})
+                        extra=dict(extra, expected_speedup=speedup))
     from depthprune.models.gguf import gguf_source
     files_from: PathLike = model
     if gguf_source(net) is not None:  # e.g. {"gguf_file": ".../x.Q4_1.gguf", "quantization": "Q4_1", ...}

@@ -172,6 +172,7 @@ ProtectLast = Annotated[int, typer.Option(min=0, help="Never remove the last K l
 DataOutDir = Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")]
 DataSeed = Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output (never an input: an output equal to, inside or containing the model or data is always refused).")]
+PromptFormat = Annotated[str, typer.Option(help="How prompts are written: chat (the tokenizer's chat template), plain (\"Question: ...\\nAnswer: ...\", for base models without a template), or auto (chat when the tokenizer has a template, else plain).")]
 
 
 def _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last) -> dict:
@@ -194,15 +195,16 @@ def score(
     trust_remote_code: TrustRemote = False,
     overwrite: Overwrite = False,
     ablation: Annotated[bool, typer.Option(help="Also measure each record's answer NLL with each single layer removed (one more forward per layer; needs answers). Enables --method ablation and `depthprune diagnose`.")] = False,
+    prompt_format: PromptFormat = "auto",
 ) -> None:
     """Run calibration prompts through MODEL once and record every layer's similarity statistics."""
     from depthprune import api
     scores = api.score(model, data, out, batch_size=batch_size, max_samples=max_samples, max_span=max_span,
                        dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
-                       overwrite=overwrite, ablation=ablation)
+                       overwrite=overwrite, ablation=ablation, prompt_format=prompt_format)
     counts = ", ".join(f"{d}: {int(scores.sample_mask(d).sum())}" for d in scores.domains)
     out_msg = (f"scored {len(scores.sample_ids)} samples ({counts}) over {scores.num_layers} layers "
-               f"in {scores.settings['seconds']:.1f} s -> {out}")
+               f"in {scores.settings['seconds']:.1f} s ({scores.settings['prompt_format']} prompts) -> {out}")
     console.print(out_msg, highlight=False)
 
 
@@ -249,7 +251,7 @@ def rank(
 @handle_errors
 def prune(
     model: Model,
-    out_dir: Annotated[Path, typer.Option("--out", help="Output checkpoint directory (written atomically).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output checkpoint directory (written atomically); or, for a GGUF MODEL, a .gguf file: the kept layers' quantized tensors copied byte-for-byte, the pruning record in NAME.pruning.json beside it.")],
     scores: Annotated[Path | None, typer.Option(help="Scores file from `depthprune score`.")] = None,
     plan: Annotated[Path | None, typer.Option(help="Plan file from `depthprune rank --save-plan` (instead of --scores/--method).")] = None,
     layers: Annotated[str | None, typer.Option(help="Remove exactly these 0-based layers, e.g. 5,9,12 (instead of a method).")] = None,
@@ -288,6 +290,11 @@ def prune(
               f"{info['original_num_layers']} -> {info['num_layers']} layers -> {result}", highlight=False)
     from depthprune.speed import format_speedup
     console.print(format_speedup(info["expected_speedup"]), highlight=False)
+    if "gguf_output" in info:
+        from depthprune.models.gguf_out import record_path
+        size = info["gguf_output"]["file_bytes"]
+        console.print(f"GGUF {size['before'] / 2**20:,.1f} MiB -> {size['after'] / 2**20:,.1f} MiB, quantization "
+                      f"kept ({info['gguf_source']['quantization']}); record -> {record_path(result)}", highlight=False)
 
 
 @app.command("eval")
@@ -305,12 +312,15 @@ def eval_(
     lmms_model_args: Annotated[str | None, typer.Option(help="Extra lmms-eval model_args, k=v,k=v (e.g. system_prompt=...,max_pixels=...).")] = None,
     dtype: Dtype = "auto", device: Device = "cpu", device_map: DeviceMap = None,
     trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
+    prompt_format: PromptFormat = "auto",
 ) -> None:
     """Greedy-generate answers, score them per domain (accuracy, 95% CI) and the answer NLL;
     or run lmms-eval tasks (--lmms-eval) into the same metrics format."""
     from depthprune.evaluate.generation import evaluate_path, format_metrics_table
     if (lmms_eval is None) == (not data):
         raise ValueError("eval needs exactly one of --data FILE or --lmms-eval TASKS")
+    if lmms_eval is not None and prompt_format != "auto":
+        raise ValueError("--prompt-format applies to --data; lmms-eval tasks format their own prompts")
     if lmms_eval is not None:
         from depthprune.evaluate import lmms
         metrics = lmms.run(model, lmms_eval.split(","), out_file, include_path=include_path, limit=limit,
@@ -320,7 +330,9 @@ def eval_(
     else:
         metrics = evaluate_path(model, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens or 16,
                                 dtype=dtype, device=device, device_map=device_map,
-                                trust_remote_code=trust_remote_code, overwrite=overwrite)
+                                trust_remote_code=trust_remote_code, overwrite=overwrite,
+                                prompt_format=prompt_format)
+        console.print(f"prompt format: {metrics['prompt_format']}", highlight=False)
     console.print(format_metrics_table(metrics))
     console.print(f"metrics -> {out_file}", highlight=False)
 
@@ -492,6 +504,7 @@ def heal(
     bf16: Annotated[bool, typer.Option(help="bfloat16 mixed precision (GPUs).")] = False,
     dtype: Dtype = "float32", device: Device = "cpu",
     trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
+    prompt_format: PromptFormat = "auto",
 ) -> None:
     """Heal MODEL (e.g. a pruned checkpoint) with a brief supervised fine-tuning on answered JSONL records."""
     from depthprune.heal.checkpoint import heal as heal_checkpoint
@@ -509,10 +522,11 @@ def heal(
                         holdout=holdout)
     result = heal_checkpoint(model, data, out_dir, config, teacher_id=teacher, resume=resume,
                              overwrite=overwrite, dtype=dtype, device=device,
-                             trust_remote_code=trust_remote_code)
+                             trust_remote_code=trust_remote_code, prompt_format=prompt_format)
     import json
     entry = json.loads((result / "pruning.json").read_text())["healing"]
-    console.print(f"healed ({entry['recipe']['mode']}{', distilled' if teacher else ''}): "
+    console.print(f"healed ({entry['recipe']['mode']}{', distilled' if teacher else ''}, "
+                  f"{entry['recipe']['prompt_format']} prompts): "
                   f"{entry['steps']} steps in {entry['seconds']:.0f} s, final loss "
                   f"{entry['final_loss']:.4f} -> {result}", highlight=False)
     if entry.get("heldout"):

@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from depthprune.data.records import encode, load_records
-from depthprune.models.architectures import architecture_protected, find_decoder_layers, load_model, text_config
+from depthprune.models.architectures import (ADAPTERS, adapter_for, architecture_protected, find_decoder_layers,
+                                             load_model, text_config)
 from depthprune.pruning import layers_as_identity, prune_layers, pruning_info, save_pruned
 from depthprune.score.forward import ScoreSettings, score_model
-from tiny_configs import FAMILIES, LAYERS, VLM_FAMILIES
+from tiny_configs import FAMILIES, LAYERS, LLM_FAMILIES, VLM_FAMILIES
 from tiny_models import save_tiny
 
 REMOVE = [3, 4]  # never a protected (deepstack) layer; includes a sliding and a full layer
@@ -142,3 +143,20 @@ def test_scores_deterministic(tiny):
     assert torch.equal(a.counts, b.counts)
     c = score_model(model, processor, records, ScoreSettings(batch_size=2), progress=False)
     assert torch.equal(a.sums, c.sums) and a.fingerprint() == c.fingerprint()
+
+
+@pytest.mark.parametrize("family", sorted(LLM_FAMILIES))
+def test_every_text_family_has_a_tested_adapter(family):
+    """Gemma 3 text, Qwen3, Qwen2.5 (qwen2), Llama, Mistral, Phi-3, SmolLM (llama): a table
+    entry, no "no tested adapter" warning, and the per-layer facts of the tiny config present
+    (so the battery above runs on them)."""
+    import warnings
+    config = LLM_FAMILIES[family]()
+    assert config.model_type in ADAPTERS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert adapter_for(config).vision is False
+    if family in ("gemma3_text", "qwen2", "qwen3"):  # sliding and full layers along depth
+        assert len(set(config.layer_types)) == 2 and config.sliding_window is not None
+    if family == "gemma3_text":  # one RoPE per layer type
+        assert set(config.rope_parameters) == {"sliding_attention", "full_attention"}

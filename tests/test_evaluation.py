@@ -251,13 +251,13 @@ def test_nll_equals_hand_computation(tiny, index, answer):
 
 
 def test_nll_without_chat_template(tiny):
-    """A plain tokenizer (no template) renders "question answer": the answer is still scored alone."""
+    """A plain tokenizer (no template) renders "Question: ...\nAnswer: ...": the answer is still scored alone."""
     family, _, model, processor, records = tiny
     if family != "llama":
         pytest.skip("text-only tokenizer case")
     plain = copy.deepcopy(processor)
     plain.chat_template = None
-    assert render_prompt(plain, records[2], with_answer=True).endswith("? 3 plus 4 is 7")
+    assert render_prompt(plain, records[2], with_answer=True).endswith("?\nAnswer: 3 plus 4 is 7")
     (_, n), = answer_nll(model, plain, [records[2]])
     assert n == 5
 

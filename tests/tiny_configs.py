@@ -7,9 +7,9 @@ keep each family's structure (GQA, deepstack, MoE, sliding/full layer types).
 from __future__ import annotations
 
 from transformers import (
-    Gemma3Config, LlamaConfig, LlavaConfig, LlavaOnevisionConfig, MistralConfig,
-    Qwen2_5_VLConfig, Qwen2Config, Qwen2VLConfig, Qwen3Config, Qwen3VLConfig, Qwen3VLMoeConfig,
-    SiglipVisionConfig,
+    Gemma3Config, Gemma3TextConfig, LlamaConfig, LlavaConfig, LlavaOnevisionConfig, MistralConfig,
+    Phi3Config, Qwen2_5_VLConfig, Qwen2Config, Qwen2VLConfig, Qwen3Config, Qwen3VLConfig,
+    Qwen3VLMoeConfig, SiglipVisionConfig,
 )
 
 VOCAB = 512
@@ -89,8 +89,10 @@ def llava_onevision() -> LlavaOnevisionConfig:
 
 
 def gemma3() -> Gemma3Config:
-    # alternating sliding/full layers: pruning must slice layer_types
-    types = ["sliding_attention", "full_attention"] * (LAYERS // 2)
+    # sliding and full layers, irregular so that removing layers 3 and 4 leaves a sliced list
+    # ([s, f, s, s]) that differs from the unsliced prefix: pruning must slice layer_types
+    s, f = "sliding_attention", "full_attention"
+    types = [s, f, s, f, s, s]
     return Gemma3Config(
         text_config=dict(_text, layer_types=types, sliding_window=8, query_pre_attn_scalar=16),
         vision_config=dict(_siglip), mm_tokens_per_image=4, image_token_id=IMAGE_ID,
@@ -106,16 +108,54 @@ def qwen2() -> Qwen2Config:
     return Qwen2Config(**_text, use_sliding_window=True, sliding_window=8, max_window_layers=3)
 
 
+def qwen2_5() -> Qwen2Config:
+    # Qwen2.5 (model_type qwen2) as its small checkpoints ship: tied embeddings, q/k/v biases
+    return Qwen2Config(**dict(_text, tie_word_embeddings=True), rope_parameters={
+        "rope_type": "default", "rope_theta": 1000000.0})
+
+
 def qwen3() -> Qwen3Config:
-    return Qwen3Config(**_text)
+    # sliding window from layer 3 up: layer_types differ along depth (qk-norm is built in)
+    return Qwen3Config(**_text, use_sliding_window=True, sliding_window=8, max_window_layers=3)
 
 
 def mistral() -> MistralConfig:
     return MistralConfig(**_text, sliding_window=8)
 
 
+def smollm() -> LlamaConfig:
+    # SmolLM / SmolLM2 (model_type llama): tied embeddings, GQA 3:1, rope_theta 1e5
+    return LlamaConfig(**dict(_text, tie_word_embeddings=True, num_attention_heads=6, num_key_value_heads=2,
+                              hidden_size=96), rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+
+
+def phi3() -> Phi3Config:
+    # Phi-3.5 / Phi-4-mini style: fused qkv and gate_up projections, partial rotary, longrope
+    # (short factors up to original_max_position_embeddings, long factors beyond), a sliding window
+    half = int(16 * 0.5) // 2
+    return Phi3Config(**_text, sliding_window=8, original_max_position_embeddings=16, eos_token_id=2,
+                      pad_token_id=0, bos_token_id=None, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+        "short_factor": [1.0 + 0.1 * i for i in range(half)], "long_factor": [2.0 + 0.5 * i for i in range(half)]})
+
+
+def gemma3_text() -> Gemma3TextConfig:
+    # Gemma 3 text-only (1B): sliding and full layers in an irregular schedule, so that after
+    # removing layers 3 and 4 the sliced list ([s, f, s, s]) differs both from its unsliced prefix
+    # and from the index-derived default; a RoPE per layer type (local theta 1e4, global 1e6
+    # with linear scaling); a small window so prompts cross it
+    s, f = "sliding_attention", "full_attention"
+    types = [s, f, s, f, s, s]
+    return Gemma3TextConfig(**_text, layer_types=types, sliding_window=4, query_pre_attn_scalar=16,
+                            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                             "full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                                "rope_theta": 1000000.0}})
+
+
 VLM_FAMILIES = {"qwen3_vl": qwen3_vl, "qwen3_vl_moe": qwen3_vl_moe, "qwen2_5_vl": qwen2_5_vl,
                 "qwen2_vl": qwen2_vl, "llava": llava, "llava_onevision": llava_onevision,
                 "gemma3": gemma3}
-LLM_FAMILIES = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "mistral": mistral}
+#: text families; the name is the family (qwen2_5 and smollm are model_type qwen2 and llama)
+LLM_FAMILIES = {"llama": llama, "qwen2": qwen2, "qwen2_5": qwen2_5, "qwen3": qwen3, "mistral": mistral,
+                "smollm": smollm, "phi3": phi3, "gemma3_text": gemma3_text}
 FAMILIES = {**VLM_FAMILIES, **LLM_FAMILIES}

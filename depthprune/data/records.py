@@ -8,6 +8,15 @@ One record a line::
 ``messages`` (the Hugging Face chat format) may replace ``question``; image paths are
 relative to the JSONL file. Domains are free labels. Every error names the file and the
 1-based line number, what was wrong and how to fix it.
+
+Prompts are written in one of two formats (``--prompt-format``, decided once per run by
+:func:`set_prompt_format`): ``chat``, the model's own chat template, or ``plain``, for base
+models without one::
+
+    Question: {question}
+    Answer: {answer}
+
+``auto`` (the default) is chat when the tokenizer has a chat template, else plain.
 """
 
 from __future__ import annotations
@@ -258,29 +267,126 @@ def _tokenizer_of(processor: Any) -> Any:
     return getattr(processor, "tokenizer", processor)
 
 
+#: ``--prompt-format`` values. ``chat``: the tokenizer's chat template; ``plain``: the
+#: template-free format of :func:`plain_prompt` (base models); ``auto``: chat when the
+#: tokenizer (or processor) has a template, else plain.
+PROMPT_FORMATS = ("auto", "chat", "plain")
+#: attribute under which :func:`set_prompt_format` records a run's choice on its processor
+_FORMAT_ATTR = "depthprune_prompt_format"
+
+
+def has_chat_template(processor: Any) -> bool:
+    """True if the processor or its tokenizer carries a chat template."""
+    return bool(getattr(processor, "chat_template", None)
+                or getattr(_tokenizer_of(processor), "chat_template", None))
+
+
+def check_prompt_format(requested: str, model_id: Any = None) -> str:
+    """``requested`` if it is one of :data:`PROMPT_FORMATS` (else ValueError), checked before
+    any model loads: ``chat`` for a local checkpoint whose files declare no chat template is a
+    DataError. Returns ``requested``."""
+    if requested not in PROMPT_FORMATS:
+        raise ValueError(f"--prompt-format {requested!r}: choose one of {', '.join(PROMPT_FORMATS)}")
+    if requested == "chat" and model_id is not None and checkpoint_has_chat_template(model_id) is False:
+        raise _no_template(model_id)
+    return requested
+
+
+def _no_template(model_id: Any) -> DataError:
+    return DataError(f"{model_id}: --prompt-format chat, but its tokenizer has no chat template "
+                     "(a base model?). Use --prompt-format plain (or auto)")
+
+
+#: files of a checkpoint directory that hold a chat template (besides tokenizer_config.json)
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+
+
+def checkpoint_has_chat_template(model_id: Any) -> bool | None:
+    """Whether local checkpoint ``model_id`` (a directory or a ``.gguf`` file) declares a chat
+    template, read from its files without loading it; None when that cannot be told (a hub id,
+    an unreadable file)."""
+    path = Path(str(model_id)).expanduser()
+    try:
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            import gguf
+            return "tokenizer.chat_template" in gguf.GGUFReader(str(path)).fields
+        if not path.is_dir():
+            return None
+        if any((path / name).exists() for name in _TEMPLATE_FILES):
+            return True
+        configs = [path / "tokenizer_config.json", path / "processor_config.json"]
+        return any(f.is_file() and json.loads(f.read_text()).get("chat_template") for f in configs)
+    except (OSError, ValueError, AttributeError, ImportError):  # the loader reports a broken checkpoint
+        return None
+
+
+def set_prompt_format(processor: Any, requested: str = "auto", model_id: Any = "the model") -> str:
+    """Decide how this run writes prompts for ``processor`` and record it on the processor,
+    where :func:`render_prompt` and :func:`encode` read it. Returns "chat" or "plain".
+
+    The one place the format is decided: ``auto`` is chat when there is a chat template, else
+    plain. Raises DataError for ``chat`` on a tokenizer without a template.
+    """
+    check_prompt_format(requested)
+    template = has_chat_template(processor)
+    if requested == "chat" and not template:
+        raise _no_template(model_id)
+    chosen = "chat" if requested == "chat" or (requested == "auto" and template) else "plain"
+    for owner in {id(o): o for o in (processor, _tokenizer_of(processor))}.values():
+        setattr(owner, _FORMAT_ATTR, chosen)
+    return chosen
+
+
+def prompt_format(processor: Any) -> str:
+    """The format :func:`set_prompt_format` chose for ``processor``; without one, the ``auto``
+    rule (chat when there is a chat template, else plain)."""
+    chosen = getattr(processor, _FORMAT_ATTR, None) or getattr(_tokenizer_of(processor), _FORMAT_ATTR, None)
+    return chosen or ("chat" if has_chat_template(processor) else "plain")
+
+
+def plain_prompt(record: Record, with_answer: bool = False) -> str:
+    """The template-free prompt of base models: ``"Question: {question}\nAnswer:"`` (with the
+    answer: ``"... Answer: {answer}"``). A system turn goes first as its own paragraph; earlier
+    answered turns are ``"Question: ...\nAnswer: ...\n\n"``. Raises DataError for a record
+    with images (no template places them)."""
+    if record.images:
+        raise DataError(f"{record.source}: the plain prompt format has no place for images. Use "
+                        "--prompt-format chat with a model whose processor has a chat template")
+    prompt = ""
+    for m in chat_messages(record):
+        text = "".join(p.get("text", "") for p in m["content"])
+        if m["role"] == "system":
+            prompt += f"{text}\n\n"
+        elif m["role"] == "user":
+            prompt += f"Question: {text}\nAnswer:"
+        else:  # an earlier assistant turn answers the question before it
+            prompt += f" {text}\n\n"
+    if with_answer:
+        if record.answer is None:
+            raise DataError(f"{record.source}: record has no answer to append")
+        prompt = f"{prompt} {record.answer}"
+    return prompt
+
+
 def render_prompt(processor: Any, record: Record, with_answer: bool = False) -> str:
-    """The prompt text through the model's chat template (generation prompt added unless
-    ``with_answer``). Models without a chat template get the plain question."""
+    """The prompt text in this run's :func:`prompt_format`: through the model's chat template
+    (generation prompt added unless ``with_answer``), or :func:`plain_prompt`."""
+    if prompt_format(processor) == "plain":
+        return plain_prompt(record, with_answer)
     tok = _tokenizer_of(processor)
     template_owner = processor if getattr(processor, "chat_template", None) else tok
-    if getattr(template_owner, "chat_template", None):
-        messages = chat_messages(record, with_answer)
-        if template_owner is tok:  # a plain tokenizer's template expects string content
-            messages = [{"role": m["role"],
-                         "content": "".join(p.get("text", "") for p in m["content"])}
-                        for m in messages]
-        try:
-            return template_owner.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=not with_answer)
-        except Exception as err:  # noqa: BLE001 - jinja errors, raise_exception() in templates
-            raise DataError(f"{record.source}: the model's chat template cannot render this record "
-                            f"({type(err).__name__}: {' '.join(str(err).split())}). Check its roles and "
-                            "content (e.g. a template that wants alternating user/assistant turns)") from None
-    text = record.question or "".join(
-        p.get("text", "") for m in chat_messages(record) for p in m["content"])
-    if with_answer:
-        text = f"{text} {record.answer}"
-    return text
+    messages = chat_messages(record, with_answer)
+    if template_owner is tok:  # a plain tokenizer's template expects string content
+        messages = [{"role": m["role"],
+                     "content": "".join(p.get("text", "") for p in m["content"])}
+                    for m in messages]
+    try:
+        return template_owner.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not with_answer)
+    except Exception as err:  # noqa: BLE001 - jinja errors, raise_exception() in templates
+        raise DataError(f"{record.source}: the model's chat template cannot render this record "
+                        f"({type(err).__name__}: {' '.join(str(err).split())}). Check its roles and "
+                        "content (e.g. a template that wants alternating user/assistant turns)") from None
 
 
 def encode(processor: Any, records: Sequence[Record], texts: Sequence[str] | None = None,
@@ -311,7 +417,7 @@ def encode(processor: Any, records: Sequence[Record], texts: Sequence[str] | Non
     if processor is tok:
         # a chat template already writes BOS and friends; plain text needs them added
         return tok(list(texts), padding=True, return_tensors="pt",
-                   add_special_tokens=not getattr(tok, "chat_template", None))
+                   add_special_tokens=prompt_format(processor) == "plain")
     return processor(text=list(texts), padding=True, return_tensors="pt")
 
 

@@ -40,8 +40,10 @@ from rich.table import Table
 from torch import nn
 
 from depthprune import __version__
-from depthprune.data.records import DataError, Record, batches, data_fingerprint, encode, load_records, render_prompt
-from depthprune.models.architectures import DTYPES, ModelError, input_device, is_local, load_config, load_model, resolve_model_id
+from depthprune.data.records import (DataError, Record, batches, check_prompt_format, data_fingerprint, encode,
+                                     load_records, render_prompt, set_prompt_format)
+from depthprune.models.architectures import (DTYPES, ModelError, input_device, is_local, load_config, load_model,
+                                             resolve_model_id)
 from depthprune.settings import progress as progress_bar
 
 # ----------------------------------------------------------------------------- extraction
@@ -329,7 +331,8 @@ _SLOT = "DEPTHPRUNEANSWERSLOT"
 
 
 def _answer_span(processor: Any, record: Record) -> tuple[str, int, int]:
-    """The rendered answered conversation and the character span scored in it: the answer
+    """The rendered answered conversation (in the run's prompt format, see
+    :func:`depthprune.data.prompt_format`) and the character span scored in it: the answer
     text and the spaces before it, located by rendering a placeholder answer (a search for
     the answer text could hit the question or the template, e.g. "end" in "<|im_end|>")."""
     full = render_prompt(processor, record, with_answer=True)
@@ -413,9 +416,13 @@ def predictions_path(out: str | os.PathLike) -> Path:
 def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | Sequence[str | os.PathLike],
                   out: str | os.PathLike, batch_size: int = 8, max_new_tokens: int = 16,
                   dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
-                  trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+                  trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True,
+                  prompt_format: str = "auto") -> dict:
     """Load checkpoint ``model_id``, evaluate it on the JSONL file(s) ``data_paths`` and write the
     metrics JSON ``out`` and the per-sample :func:`predictions_path` JSONL beside it.
+
+    ``prompt_format``: auto, chat or plain (:func:`depthprune.data.set_prompt_format`); the
+    format used is recorded as ``prompt_format`` in the metrics.
 
     Returns the metrics dict that was written. Raises OutputError if an output exists and
     ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,
@@ -435,16 +442,18 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
         raise ValueError(f"--batch-size and --max-new-tokens must be >= 1, "
                          f"got {batch_size} and {max_new_tokens}")
     records = load_records(paths, require_answer=True)
+    check_prompt_format(prompt_format, model_id)
     if dtype not in DTYPES:
         raise ModelError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
     validate_device(device, device_map)
     load_config(model_id, trust_remote_code)
     model, processor = load_model(model_id, dtype=dtype, device=device, device_map=device_map,
                                   trust_remote_code=trust_remote_code)
+    used_format = set_prompt_format(processor, prompt_format, model_id)
     result = evaluate(model, processor, records, batch_size, max_new_tokens, progress)
     import transformers
     metrics = {
-        "model": str(model_id), "data_files": [str(p) for p in paths],
+        "model": str(model_id), "data_files": [str(p) for p in paths], "prompt_format": used_format,
         "data_fingerprint": data_fingerprint(records), "predictions_file": predictions_path(out).name,
         **result.to_dict(),
         "units": {"accuracy": "fraction correct", "ci95": "95% Wilson interval of accuracy",

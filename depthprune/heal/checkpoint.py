@@ -40,16 +40,18 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
          config: HealConfig | None = None, *, teacher_id: str | Path | None = None,
          work_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
          dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
-         progress: bool = True) -> Path:
+         progress: bool = True, prompt_format: str = "auto") -> Path:
     """Load checkpoint ``model_id``, heal it on the JSONL file(s) ``data`` (:func:`heal_model`)
     and save a stock checkpoint to ``out`` (atomically, like ``prune``), with ``pruning.json``
     (the input's, or a no-removal record) extended by a ``healing`` entry (:class:`HealStats`).
 
     TRL checkpoints go to ``work_dir`` (default :func:`work_dir_for` ``(out)``), removed on
     success; ``resume`` continues an interrupted run from them. Weights are saved in the input
-    checkpoint's dtype. Returns ``out``. Every cheap check runs before a model is loaded.
+    checkpoint's dtype. ``prompt_format``: auto, chat or plain
+    (:func:`depthprune.data.records.set_prompt_format`), recorded in the healing recipe. Returns
+    ``out``. Every cheap check runs before a model is loaded.
     """
-    from depthprune.data.records import load_records
+    from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
     from depthprune.models.architectures import load_model, resolve_model_id
     from depthprune.pruning import atomic_dir, prepare_output_dir, pruning_info, save_pruned
 
@@ -60,8 +62,10 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     paths = [data] if isinstance(data, (str, Path)) else list(data)
     records = load_records(paths)
     require_answers(records)
+    check_prompt_format(prompt_format, model_id)
     request = {"model": str(model_id), "data_fingerprint": data_fingerprint(records),
-               "teacher": str(teacher_id) if teacher_id else None, "config": asdict(config)}
+               "teacher": str(teacher_id) if teacher_id else None, "config": asdict(config),
+               "prompt_format": prompt_format}
     request_file = work / "heal_request.json"
     if work.is_dir() and checkpoints(work, complete=False):
         if not resume:
@@ -77,6 +81,7 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
                         "pruning.json lists the removed layers); this one has none. Heal the "
                         "output of `depthprune prune`, or use --mode lora, full or head-last")
     model, processor = load_model(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    used_format = set_prompt_format(processor, prompt_format, model_id)
     save_dtype = _checkpoint_dtype(model_id)
     teacher = None
     if teacher_id is not None:
@@ -95,6 +100,7 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     if teacher is not None:
         stats.recipe["teacher"] = str(teacher_id)
     stats.recipe["data_files"] = [str(p) for p in paths]
+    stats.recipe["prompt_format"] = used_format
     if info is None:
         info = pruning_info(str(model_id), n_layers, [], method="none", budget_spec=0)
     info = dict(info)

@@ -59,10 +59,15 @@ ADAPTERS: dict[str, Adapter] = {
     "llava": Adapter(vision=True),
     "llava_onevision": Adapter(vision=True),
     "gemma3": Adapter(vision=True),
+    # text families: each one is run through tests/test_architectures.py (SmolLM is "llama",
+    # Qwen2.5 is "qwen2"); their per-layer facts (layer_types, Qwen2's max_window_layers,
+    # Gemma 3's per-layer-type RoPE) are sliced by depthprune.pruning.prune_layers
     "llama": Adapter(vision=False),
     "qwen2": Adapter(vision=False),
     "qwen3": Adapter(vision=False),
     "mistral": Adapter(vision=False),
+    "phi3": Adapter(vision=False),
+    "gemma3_text": Adapter(vision=False),
 }
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,

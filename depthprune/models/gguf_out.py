@@ -1,0 +1,268 @@
+"""GGUF out: prune a GGUF file into a GGUF file that keeps its quantization.
+
+A decoder layer of a GGUF file is the set of tensors ``blk.N.*``, so removing layers needs no
+re-quantization: :func:`write_pruned_gguf` copies every kept block's tensors byte-for-byte,
+with their quantization types, under their new numbers ``blk.M.*`` (M = 0..N-1 in original
+order), copies every other tensor (``token_embd``, ``output``, ``output_norm``, ``rope_freqs``,
+...) unchanged, and copies the metadata with three edits:
+
+- ``{arch}.block_count`` is the new layer count;
+- every per-layer array (an array-valued ``{arch}.*`` key with one entry per layer, e.g.
+  per-layer head counts or feed-forward lengths where an architecture stores them) is
+  sliced to the kept layers;
+- the pruning record is added under ``depthprune.*`` (see :data:`RECORD_KEYS`).
+
+The tokenizer, chat template and all other keys are copied as they are. The full record also
+goes beside the file as ``NAME.pruning.json`` (``pruned.gguf`` -> ``pruned.pruning.json``),
+with the sizes before and after. Both are written atomically (:func:`depthprune.outputs.atomic_files`;
+the ``.gguf`` is published last). The gguf package's reader and writer do the file format (its
+``gguf_new_metadata.py`` script copies a file the same way).
+
+Only architectures whose layers are all alike are pruned this way (:data:`UNIFORM_ARCHITECTURES`):
+where a runtime derives a layer's kind from its index (Gemma 2/3 put a global-attention layer
+every few layers, Llama 4 skips RoPE on every fourth), renumbering would change what a kept
+layer does, and the GGUF metadata has no per-layer list to slice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from depthprune.outputs import OutputExistsError, atomic_files, check_output
+from depthprune.models.gguf import file_sha256, gguf_quantization, is_gguf, require_gguf_file
+
+#: GGUF architectures (``general.architecture``) whose decoder layers are all of one kind in
+#: llama.cpp and transformers, so a renumbered layer computes what it computed before.
+#: Checked on files: llama (SmolLM2, tests/tiny_gguf.py), qwen2 and qwen3 (tests/tiny_gguf.py).
+UNIFORM_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+#: Metadata keys of the pruning record (0-based layer numbers of the source file).
+RECORD_KEYS = {
+    "depthprune.version": "depthprune version that wrote the file",
+    "depthprune.source.file": "file name of the GGUF that was pruned",
+    "depthprune.source.sha256": "sha256 of that file",
+    "depthprune.source.block_count": "its number of decoder layers",
+    "depthprune.removed_layers": "removed layers (0-based, original numbering)",
+    "depthprune.kept_layers": "kept layers in their new order (0-based, original numbering)",
+    "depthprune.method": "ranking method (manual for --layers)",
+    "depthprune.budget": "number of layers removed",
+    "depthprune.record": "the whole pruning record as JSON (pruning.json without the file sizes)",
+}
+_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+class GGUFOutputError(ValueError):
+    """A GGUF output cannot be made from this input; the message names it and the fix."""
+
+
+def is_gguf_output(out: str | os.PathLike) -> bool:
+    """True if ``--out`` names a ``.gguf`` file (which selects the GGUF output format)."""
+    return is_gguf(out)
+
+
+def record_path(out: str | os.PathLike) -> Path:
+    """Where the pruning record of GGUF output ``out`` goes: ``NAME.pruning.json`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name[: -len(".gguf")] + ".pruning.json")
+
+
+@dataclass
+class GGUFSource:
+    """A GGUF file opened for pruning: its reader (a memory map) and the facts read from it."""
+
+    path: Path
+    reader: Any  # gguf.GGUFReader
+    arch: str
+    num_layers: int
+    #: bytes of each layer's tensors, and of all tensors outside the layers
+    layer_bytes: list[int]
+    other_bytes: int
+    #: elements (parameters) of each layer's tensors, and outside the layers
+    layer_elements: list[int]
+    other_elements: int
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of all decoder-layer tensors."""
+        return sum(self.layer_bytes)
+
+
+def open_gguf(path: str | os.PathLike) -> GGUFSource:
+    """Open GGUF file ``path`` for pruning and check it can be pruned into a GGUF: an
+    architecture of :data:`UNIFORM_ARCHITECTURES`, a ``{arch}.block_count``, and layer tensors
+    ``blk.N.*`` for exactly N = 0..block_count-1. Raises GGUFOutputError naming the file."""
+    import gguf
+    path = Path(path).expanduser()
+    require_gguf_file(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, KeyError, OSError) as err:
+        raise GGUFOutputError(f"{path}: not a readable GGUF file ({err}). Pass an intact .gguf file") from None
+    field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    arch = field.contents() if field is not None else None
+    if arch not in UNIFORM_ARCHITECTURES:
+        raise GGUFOutputError(
+            f"{path}: GGUF output supports the architectures {', '.join(UNIFORM_ARCHITECTURES)}, whose layers "
+            f"are all alike; this file is '{arch}', where renumbering layers may change what they do. "
+            "Pass an output directory as --out to get a safetensors checkpoint instead")
+    count = reader.get_field(gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch))
+    if count is None:
+        raise GGUFOutputError(f"{path}: has no {arch}.block_count key; it is not a complete GGUF model file")
+    n = int(count.contents())
+    layer_bytes, layer_elements = [0] * n, [0] * n
+    other_bytes = other_elements = 0
+    for tensor in reader.tensors:
+        m = _BLOCK.match(tensor.name)
+        if m is None:
+            other_bytes += int(tensor.n_bytes)
+            other_elements += int(tensor.n_elements)
+            continue
+        i = int(m.group(1))
+        if i >= n:
+            raise GGUFOutputError(f"{path}: holds tensor {tensor.name} but {arch}.block_count is {n}; "
+                                  "the file is inconsistent")
+        layer_bytes[i] += int(tensor.n_bytes)
+        layer_elements[i] += int(tensor.n_elements)
+    if 0 in layer_bytes:
+        raise GGUFOutputError(f"{path}: layer {layer_bytes.index(0)} of {n} has no blk.* tensors; "
+                              "the file is inconsistent")
+    return GGUFSource(path, reader, arch, n, layer_bytes, other_bytes, layer_elements, other_elements)
+
+
+def check_gguf_output(model: str | os.PathLike, out: str | os.PathLike, overwrite: bool,
+                      inputs: Sequence[str | os.PathLike] = ()) -> GGUFSource:
+    """Everything about a ``.gguf`` ``--out`` that can be checked before any work: MODEL is a
+    GGUF file that can be pruned into one (:func:`open_gguf`), and ``out`` and its
+    :func:`record_path` may be written (never onto or into an input). Returns the opened source."""
+    if not is_gguf(model):
+        raise GGUFOutputError(f"--out {out}: a .gguf output is made from a GGUF model, but {model} is not "
+                              "a .gguf file. Pass a GGUF MODEL, or an output directory as --out")
+    check_output(out, overwrite, kind="file", inputs=[model, *inputs])
+    record = record_path(out)
+    if (record.exists() or record.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"--out {out}: its pruning record {record} exists. Choose another --out "
+                                "or pass --overwrite")
+    check_output(record, True, kind="file", inputs=[model, *inputs])  # overlap, not a directory
+    return open_gguf(model)
+
+
+def _copy_fields(source: GGUFSource, writer: Any, keep: list[int]) -> list[str]:
+    """Copy the metadata of ``source`` to ``writer`` with the new block count and every
+    per-layer ``{arch}.*`` array sliced to ``keep``; returns the names of the sliced keys."""
+    import gguf
+    block_count = gguf.Keys.LLM.BLOCK_COUNT.format(arch=source.arch)
+    sliced = []
+    for field in source.reader.fields.values():
+        # the writer adds general.architecture itself; GGUF.* are the reader's virtual fields;
+        # an earlier pruning record is replaced by this one
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith(("GGUF.", "depthprune.")):
+            continue
+        kind = field.types[0]
+        sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        value = field.contents()
+        if field.name == block_count:
+            value = len(keep)
+        elif kind == gguf.GGUFValueType.ARRAY:
+            if len(field.types) > 2:
+                raise GGUFOutputError(f"{source.path}: key {field.name} is a nested array, which the gguf "
+                                      "package cannot copy; this file cannot be pruned into a GGUF")
+            if field.name.startswith(f"{source.arch}.") and len(value) == source.num_layers:
+                value = [value[i] for i in keep]
+                sliced.append(field.name)
+        writer.add_key_value(field.name, value, kind, sub_type=sub_type)
+    return sliced
+
+
+def _add_record(writer: Any, source: GGUFSource, info: dict) -> None:
+    import gguf
+    T = gguf.GGUFValueType
+    record = {k: v for k, v in info.items() if k != "gguf_output"}
+    writer.add_key_value("depthprune.version", str(info["versions"]["depthprune"]), T.STRING)
+    writer.add_key_value("depthprune.source.file", source.path.name, T.STRING)
+    writer.add_key_value("depthprune.source.sha256", info["gguf_source"]["sha256"], T.STRING)
+    writer.add_key_value("depthprune.source.block_count", source.num_layers, T.UINT32)
+    writer.add_key_value("depthprune.removed_layers", list(info["removed_layers"]), T.ARRAY, sub_type=T.UINT32)
+    writer.add_key_value("depthprune.kept_layers", list(info["kept_layers"]), T.ARRAY, sub_type=T.UINT32)
+    writer.add_key_value("depthprune.method", str(info["method"]), T.STRING)
+    writer.add_key_value("depthprune.budget", int(info["budget"]), T.UINT32)
+    writer.add_key_value("depthprune.record", json.dumps(record, sort_keys=True), T.STRING)
+
+
+def write_pruned_gguf(source: GGUFSource, out: str | os.PathLike, info: dict, overwrite: bool = False,
+                      progress: bool = True) -> dict:
+    """Write ``source`` without the layers ``info["removed_layers"]`` to GGUF file ``out``, and
+    ``info`` (extended by a ``gguf_output`` entry: file and tensor sizes before and after, the
+    per-layer keys sliced) to :func:`record_path` beside it, atomically. ``info`` is the
+    ``pruning.json`` record (:func:`depthprune.pruning.pruning_info`) and must also hold
+    ``gguf_source`` (``sha256``). Returns the record written."""
+    import gguf
+
+    from depthprune.settings import progress as progress_bar
+    out = Path(out)
+    removed = set(info["removed_layers"])
+    keep = [i for i in range(source.num_layers) if i not in removed]
+    new_index = {old: new for new, old in enumerate(keep)}
+    reader = source.reader
+    tensors = []  # (new name, reader tensor), in the source's order
+    for tensor in reader.tensors:
+        m = _BLOCK.match(tensor.name)
+        if m is None:
+            tensors.append((tensor.name, tensor))
+        elif int(m.group(1)) in new_index:
+            tensors.append((f"blk.{new_index[int(m.group(1))]}.{m.group(2)}", tensor))
+    kept_bytes = sum(source.layer_bytes[i] for i in keep)
+    with atomic_files([record_path(out), out], overwrite) as (tmp_record, tmp_gguf):
+        writer = gguf.GGUFWriter(str(tmp_gguf), source.arch, endianess=reader.endianess)
+        try:
+            alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
+            if alignment is not None:
+                writer.data_alignment = int(alignment.contents())
+            sliced = _copy_fields(source, writer, keep)
+            _add_record(writer, source, info)
+            for name, tensor in tensors:  # shapes and types exactly as stored: the bytes are not touched
+                writer.add_tensor_info(name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                                       tensor.tensor_type)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            bar = progress_bar(total=source.other_bytes + kept_bytes, desc="writing GGUF", unit="B",
+                               unit_scale=True, disable=not progress)
+            for _, tensor in tensors:
+                writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+                bar.update(int(tensor.n_bytes))
+            bar.close()
+        except OSError as err:  # numpy's tofile names no file: name the GGUF, not the record
+            raise OSError(err.errno, err.strerror or str(err), str(tmp_gguf)) from None
+        finally:
+            writer.close()
+        record = dict(info, gguf_output={
+            "file": out.name, "format": "gguf", "quantization_kept": True,
+            "file_bytes": {"before": source.path.stat().st_size, "after": tmp_gguf.stat().st_size},
+            "tensor_bytes": {"before": {"layers": source.block_bytes, "other": source.other_bytes},
+                             "after": {"layers": kept_bytes, "other": source.other_bytes}},
+            "sliced_per_layer_keys": sliced,
+            "metadata_keys": sorted(RECORD_KEYS)})
+        tmp_record.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return record
+
+
+def gguf_pruning_info(source: GGUFSource, model_id: str, remove: Sequence[int], method: str,
+                      budget_spec: Any, extra: dict | None = None) -> dict:
+    """The ``pruning.json`` record of pruning ``source`` (as :func:`depthprune.pruning.pruning_info`),
+    with ``gguf_source`` (file, sha256, quantization) and ``expected_speedup`` counted from the
+    file's tensor elements."""
+    from depthprune.pruning import pruning_info
+    from depthprune.speed import expected_speedup
+    removed = set(remove)
+    before = source.other_elements + sum(source.layer_elements)
+    after = before - sum(source.layer_elements[i] for i in removed)
+    info = pruning_info(model_id, source.num_layers, remove, method, budget_spec, extra=extra)
+    info["expected_speedup"] = expected_speedup(source.num_layers, len(removed), before, after)
+    info["gguf_source"] = {"gguf_file": str(source.path), "sha256": file_sha256(source.path),
+                           "quantization": gguf_quantization(source.reader)}
+    return info
