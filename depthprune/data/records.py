@@ -74,13 +74,13 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
     """
     if not isinstance(raw, list) or not raw:
         raise _fail(source, "'messages' must be a non-empty list of {role, content}",
-                    "See the data format in the README")
+                    "See the data format in docs/data.md")
     messages: list[dict] = []
     paths: list[str] = []
     for turn in raw:
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise _fail(source, f"each message needs 'role' and 'content', got {turn!r}",
-                        "See the data format in the README")
+                        "See the data format in docs/data.md")
         if turn["role"] not in ("system", "user", "assistant"):
             raise _fail(source, f"message role {turn['role']!r} is not system, user or assistant",
                         "Use one of those roles")
@@ -90,7 +90,7 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
             continue
         if not isinstance(content, list):
             raise _fail(source, "message 'content' must be a string or a list of parts",
-                        "See the data format in the README")
+                        "See the data format in docs/data.md")
         parts = []
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None

@@ -6,7 +6,7 @@ one-step word problems ("Tom has 3 apples and buys 4 more..."); answers are inte
 animals, colours, what things are for); answers are one word. Every answer is short and
 checked by :func:`depthprune.evaluate.generation.score_answer` (numbers by value, words as
 normalised text). The questions were chosen so that SmolLM2-135M-Instruct answers a fair
-fraction, not none and not all (see the README for its measured accuracy).
+fraction, not none and not all (docs/results/smollm2.md has its measured accuracy).
 
 Splits: ``calib`` (for scoring and ablation) and ``eval``; they share no question (the
 general facts and the math operand tuples are drawn without replacement from one pool).

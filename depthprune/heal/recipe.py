@@ -42,7 +42,7 @@ class HealConfig:
     #: cut trains, the one after it stays frozen as an anchor), "head-last" (the LM head, the
     #: final norm and the last ``last_layers`` decoder layers; Lu et al. 2024)
     mode: str = "lora"
-    #: optimizer steps (100 x 16 records heal the 25%-pruned toy, see the README); None: ``epochs``
+    #: optimizer steps (100 x 16 records heal the 25%-pruned toy, docs/results/healing.md); None: ``epochs``
     steps: int | None = 100
     #: passes over the data; when set, it replaces ``steps``
     epochs: float | None = None

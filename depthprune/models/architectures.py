@@ -117,7 +117,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         raise ModelError(
             f"cannot locate the decoder layers of {type(model).__name__} "
             f"({'none' if not found else ', '.join(p for p, _ in found)} of length {n}). "
-            f"Supported: {supported_architectures()}; to add one see depthprune/models.py")
+            f"Supported: {supported_architectures()}; to add one see depthprune/models/architectures.py (ADAPTERS) and docs/architectures.md")
     return found[0]
 
 

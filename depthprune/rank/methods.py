@@ -501,7 +501,7 @@ def _ablation(scores: Scores, k: int, candidates: list[int], req: RankRequest) -
     return Selection(chosen, reasons, columns)
 
 
-#: weight of the contrast term of `contrast` (see its docstring and the README's evidence)
+#: weight of the contrast term of `contrast` (see its docstring and docs/results/domain-checks.md)
 CONTRAST_BETA = 0.5
 
 
@@ -513,7 +513,7 @@ def _contrast(scores: Scores, k: int, candidates: list[int], req: RankRequest) -
     score = z_d + beta * (z_d - mean over other domains o of z_o), with z the span-1 cosine
     of ``req.token_group`` standardised across the candidates (as `mixed`) and beta =
     :data:`CONTRAST_BETA`. beta = 0 is `domain`; the contrast term alone predicts which layers
-    a domain needs *more* than the others, but not which it needs at all (README, "Ablation
+    a domain needs *more* than the others, but not which it needs at all (docs/results/domain-checks.md, "Ablation
     ground truth"), hence the sum.
     """
     own = _domain_cos(scores, req.domain, req.token_group)
