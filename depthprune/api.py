@@ -23,8 +23,8 @@ from depthprune.outputs import check_output
 from depthprune.rank.methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list,
                       check_request, rank, resolve_budget)
 from depthprune.rank.protection import Protection
-from depthprune.models.architectures import (DTYPES, ModelError, adapter_for, find_decoder_layers, is_local, load_config, load_model,
-                     resolve_model_id, text_config, validate_device)
+from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
+from depthprune.models.loading import DTYPES, is_local, load_config, load_model, resolve_model_id, validate_device
 from depthprune.pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
 from depthprune.score.scores import Scores
 from depthprune.score.forward import ScoreSettings, cap_per_domain, score_model

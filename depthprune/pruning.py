@@ -23,7 +23,8 @@ from torch import nn
 
 from depthprune import __version__
 from depthprune.outputs import atomic_dir, check_output  # atomic_dir is re-exported: callers import it from here
-from depthprune.models.architectures import adapter_for, find_decoder_layers, is_local, text_config
+from depthprune.models.architectures import adapter_for, find_decoder_layers, text_config
+from depthprune.models.loading import is_local
 
 
 class PruneError(ValueError):

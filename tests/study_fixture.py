@@ -10,7 +10,7 @@ from pathlib import Path
 from depthprune.data.records import load_records
 from depthprune.evaluate.generation import evaluate, wilson_interval
 from depthprune.rank.methods import RankRequest, rank
-from depthprune.models.architectures import load_model
+from depthprune.models.loading import load_model
 from depthprune.pruning import layers_as_identity
 from depthprune.score.forward import ScoreSettings, score_model
 from depthprune.study.rundir import RunDir

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from depthprune.data.records import encode, load_records
-from depthprune.models.architectures import (ADAPTERS, adapter_for, architecture_protected, find_decoder_layers,
-                                             load_model, text_config)
+from depthprune.models.architectures import ADAPTERS, adapter_for, architecture_protected, find_decoder_layers, text_config
+from depthprune.models.loading import load_model
 from depthprune.pruning import layers_as_identity, prune_layers, pruning_info, save_pruned
 from depthprune.score.forward import ScoreSettings, score_model
 from tiny_configs import FAMILIES, LAYERS, LLM_FAMILIES, VLM_FAMILIES

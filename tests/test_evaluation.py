@@ -19,7 +19,7 @@ from depthprune.evaluate.generation import (
     EvalResult, Prediction, answer_nll, evaluate, evaluate_path, extract_answer, format_metrics_table,
     last_number, normalize_text, parse_number, predictions_path, score_answer, wilson_interval,
 )
-from depthprune.models.architectures import load_model
+from depthprune.models.loading import load_model
 from tiny_configs import FAMILIES, VLM_FAMILIES
 from tiny_models import save_tiny
 

@@ -47,7 +47,8 @@ def _disagreeing(src: Path, dest: Path, delta: int) -> Path:
 
 # ------------------------------------------------------------------ exact loading
 def test_config_that_disagrees_with_weights_is_refused(src, calib_dir, tmp_path):
-    from depthprune.models.architectures import ModelError, load_model
+    from depthprune.models.architectures import ModelError
+    from depthprune.models.loading import load_model
     more = _disagreeing(src, tmp_path / "more", +1)   # the weights lack layer 6
     fewer = _disagreeing(src, tmp_path / "fewer", -1)  # the weights hold a layer 5 the config lacks
     for model, needle in ((more, "missing from the weights"), (fewer, "in the weights but not in the model")):

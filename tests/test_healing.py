@@ -23,7 +23,7 @@ from depthprune.heal.checkpoint import heal
 from depthprune.heal.recipe import HealConfig, HealError
 from depthprune.heal.trainer import (TimeBudget, checkpoints, freeze_for, heal_model, holdout_split,
                                      interleaved_layers, neighbour_layers, training_batch)
-from depthprune.models.architectures import load_model
+from depthprune.models.loading import load_model
 
 runner = CliRunner()
 FAST = {"steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1}

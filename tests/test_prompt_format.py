@@ -13,7 +13,7 @@ import pytest
 from depthprune.data.records import (DataError, Record, checkpoint_has_chat_template, encode, load_records, plain_prompt,
                              prompt_format, render_prompt, set_prompt_format)
 from depthprune.evaluate.generation import _answer_span
-from depthprune.models.architectures import load_model
+from depthprune.models.loading import load_model
 from hardening_helpers import assert_user_error, run
 from tiny_gguf import write_tiny_gguf
 from tiny_models import save_tiny

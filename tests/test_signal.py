@@ -17,7 +17,8 @@ from depthprune.data.records import DataError, load_records
 from depthprune.score.signals import diagnose, rankdata, spearman
 from depthprune.evaluate.generation import answer_nll, score_answer
 from depthprune.rank.methods import RankError, RankRequest, rank
-from depthprune.models.architectures import ModelError, load_model, resolve_model_id
+from depthprune.models.architectures import ModelError
+from depthprune.models.loading import load_model, resolve_model_id
 from depthprune.pruning import prune_layers
 from depthprune.score.scores import GROUPS, STATS, Scores, ScoresError
 from depthprune.data.textbench import build_splits, write_text_benchmark

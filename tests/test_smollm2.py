@@ -16,7 +16,8 @@ pytest.importorskip("gguf", reason="needs depthprune[real]: bash scripts/test.sh
 
 @pytest.fixture(scope="module")
 def smollm2_path():
-    from depthprune.models.architectures import ModelError, resolve_model_id
+    from depthprune.models.architectures import ModelError
+    from depthprune.models.loading import resolve_model_id
     try:
         return resolve_model_id("smollm2")
     except ModelError as err:
@@ -27,7 +28,8 @@ def test_gguf_load_is_exact_and_records_its_source(smollm2_path):
     from transformers import AutoModelForCausalLM
 
     from depthprune.models.gguf import gguf_source
-    from depthprune.models.architectures import find_decoder_layers, load_model
+    from depthprune.models.architectures import find_decoder_layers
+    from depthprune.models.loading import load_model
     model, tok = load_model(smollm2_path)
     assert type(model).__name__ == "LlamaForCausalLM" and len(find_decoder_layers(model)[1]) == 30
     source = gguf_source(model)

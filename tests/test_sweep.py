@@ -23,7 +23,7 @@ from tiny_models import save_tiny
 from depthprune.study.cell import pruned_in_memory
 from depthprune.data.records import load_records
 from depthprune.evaluate.generation import answer_nll, generate_outputs
-from depthprune.models.architectures import load_model
+from depthprune.models.loading import load_model
 from depthprune.pruning import prune_layers
 from depthprune.score.scores import Scores
 from depthprune.study.store import get_meta, open_store, read_results

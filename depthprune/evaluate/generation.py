@@ -42,8 +42,8 @@ from torch import nn
 from depthprune import __version__
 from depthprune.data.records import (DataError, Record, batches, check_prompt_format, data_fingerprint, encode,
                                      load_records, render_prompt, set_prompt_format)
-from depthprune.models.architectures import (DTYPES, ModelError, input_device, is_local, load_config, load_model,
-                                             resolve_model_id)
+from depthprune.models.architectures import ModelError, input_device
+from depthprune.models.loading import DTYPES, is_local, load_config, load_model, resolve_model_id
 from depthprune.settings import progress as progress_bar
 
 # ----------------------------------------------------------------------------- extraction
@@ -429,7 +429,7 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     ModelError for a bad device or checkpoint; all of these before the model loads.
     """
     from depthprune.outputs import atomic_files, check_output
-    from depthprune.models.architectures import validate_device
+    from depthprune.models.loading import validate_device
     model_id = resolve_model_id(model_id)
     out = Path(out)
     paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)

@@ -300,7 +300,7 @@ def plugin_class() -> Any:
     from lmms_eval.api.model import lmms
     from lmms_eval.models.simple.qwen3_vl import Qwen3_VL
 
-    from depthprune.models.architectures import load_model
+    from depthprune.models.loading import load_model
 
     class DepthpruneQwen3VL(Qwen3_VL):
         def __init__(self, pretrained: str, device: str = "cpu", dtype: str = "auto",
@@ -502,7 +502,7 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
     """
     from depthprune.outputs import atomic_files, check_output
     from depthprune.evaluate.generation import EvalResult, _finite, predictions_path
-    from depthprune.models.architectures import resolve_model_id
+    from depthprune.models.loading import resolve_model_id
     model_id = resolve_model_id(model_id)
     out = Path(out)
     for path in (out, predictions_path(out)):  # cheap checks before anything loads

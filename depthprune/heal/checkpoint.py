@@ -52,7 +52,7 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     ``out``. Every cheap check runs before a model is loaded.
     """
     from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
-    from depthprune.models.architectures import load_model, resolve_model_id
+    from depthprune.models.loading import load_model, resolve_model_id
     from depthprune.pruning import atomic_dir, prepare_output_dir, pruning_info, save_pruned
 
     config = config or HealConfig()

@@ -112,19 +112,16 @@ def gguf_config(path: str | os.PathLike) -> Any:
                          "architectures") from None
 
 
-def load_gguf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
-              device_map: str | None = None) -> tuple[nn.Module, Any]:
-    """Load a GGUF causal LM, dequantised, as a plain saveable transformers model.
+def converted_checkpoint(path: str | os.PathLike, device_map: str | None = None) -> Path:
+    """The dequantised safetensors checkpoint of GGUF file ``path``, converting it on first use.
 
-    The first load converts the file (slow: transformers parses the GGUF in Python) into a
-    safetensors checkpoint under :func:`cache_root`, keyed by the file's sha256; later loads
-    read that checkpoint with the ordinary, exactness-checked path. ``dtype``: as
-    :func:`depthprune.models.architectures.load_model` ("auto" = float32, the dequantised precision).
-    Returns ``(model in eval mode, tokenizer)``; the model carries :data:`SOURCE_ATTR`.
-    Raises ModelError if the file is missing, ``gguf`` is not installed, the architecture is
-    not a causal LM, or the weights do not move into the fresh model exactly.
+    The first call converts the file (slow: transformers parses the GGUF in Python) into a
+    checkpoint under :func:`cache_root`, keyed by the file's sha256; later calls return it, for
+    :func:`depthprune.models.loading.load_model` to read with its ordinary, exactness-checked
+    path. Raises ModelError if the file is missing, ``gguf`` is not installed, the architecture
+    is not a causal LM, or the weights do not move into the fresh model exactly.
     """
-    from depthprune.models.architectures import ModelError, load_model
+    from depthprune.models.architectures import ModelError
     path = Path(path).expanduser()
     require_gguf_file(path)
     if device_map is not None:
@@ -132,10 +129,13 @@ def load_gguf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
     converted = _converted_dir(path)
     if not (converted / "gguf_source.json").is_file():
         convert_gguf(path, converted)
-    model, tokenizer = load_model(converted, dtype="float32" if dtype == "auto" else dtype, device=device)
+    return converted
+
+
+def mark_source(model: nn.Module, path: str | os.PathLike, converted: Path) -> None:
+    """Record on ``model`` (:data:`SOURCE_ATTR`) the GGUF file it was loaded from."""
     source = json.loads((converted / "gguf_source.json").read_text())
-    setattr(model, SOURCE_ATTR, dict(source, gguf_file=str(path), converted_dir=str(converted)))
-    return model, tokenizer
+    setattr(model, SOURCE_ATTR, dict(source, gguf_file=str(Path(path).expanduser()), converted_dir=str(converted)))
 
 
 def convert_gguf(path: Path, out_dir: Path) -> Path:

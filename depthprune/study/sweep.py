@@ -43,7 +43,8 @@ class SweepResult:
 
 def _num_layers(study: Study) -> int:
     """Decoder layers from the config alone (no weights loaded; a .gguf file's own header)."""
-    from depthprune.models.architectures import ModelError, load_config, resolve_model_id, text_config
+    from depthprune.models.architectures import ModelError, text_config
+    from depthprune.models.loading import load_config, resolve_model_id
     try:
         config = load_config(resolve_model_id(study.model), trust_remote_code=study.trust_remote_code)
     except ModelError as exc:
@@ -160,7 +161,7 @@ def _check_lmms_sets(study: Study) -> None:
     if not lmms_sets:
         return
     from depthprune.evaluate import lmms
-    from depthprune.models.architectures import resolve_model_id
+    from depthprune.models.loading import resolve_model_id
     try:
         family = lmms.family_for(resolve_model_id(study.model))
     except lmms.LmmsError:
@@ -253,7 +254,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     ``study`` is a :class:`Study` or a YAML path (validated before any model loads). Returns a
     :class:`SweepResult`; results are in ``out/results.sqlite`` (see :mod:`depthprune.study.store`).
     """
-    from depthprune.models.architectures import load_model, resolve_model_id
+    from depthprune.models.loading import load_model, resolve_model_id
     from depthprune.study.cell import cell_rows
     from depthprune.study.distributed import setup
     from depthprune.study.store import completed_cells, get_meta, read_results, set_meta, write_cell

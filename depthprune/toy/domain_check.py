@@ -73,7 +73,7 @@ def ablation(model_dir: str | Path, data: Path, batch_size: int = 32) -> dict:
 
     from depthprune.data.records import load_records
     from depthprune.evaluate.generation import answer_nll
-    from depthprune.models.architectures import load_model
+    from depthprune.models.loading import load_model
 
     torch.set_num_threads(1)
     model, processor = load_model(str(model_dir), dtype="float32", device="cpu")
