@@ -12,7 +12,7 @@ import pytest
 
 from depthprune.data.records import (DataError, Record, checkpoint_has_chat_template, encode, load_records, plain_prompt,
                              prompt_format, render_prompt, set_prompt_format)
-from depthprune.evaluate.generation import _answer_span
+from depthprune.evaluate.generation import answer_span
 from depthprune.models.loading import load_model
 from hardening_helpers import assert_user_error, run
 from tiny_gguf import write_tiny_gguf
@@ -51,7 +51,7 @@ def test_plain_prompt_format():
         plain_prompt(_record(images=(Path("x.png"),)))
 
 
-def test_one_decision_used_by_rendering_encoding_and_answer_spans(tiny_llama):
+def test_one_decision_used_by_rendering_encoding_andanswer_spans(tiny_llama):
     _, _, tok = tiny_llama
     chat_tok, base_tok = copy.deepcopy(tok), copy.deepcopy(tok)
     base_tok.chat_template = None
@@ -64,7 +64,7 @@ def test_one_decision_used_by_rendering_encoding_and_answer_spans(tiny_llama):
         set_prompt_format(chat_tok, "jinja")
     assert set_prompt_format(chat_tok, "plain") == "plain"  # explicit plain on an instruct model
     assert render_prompt(chat_tok, _record()) == "Question: what is 3 plus 4 ?\nAnswer:"
-    full, start, end = _answer_span(chat_tok, _record(answer="3 plus 4 is 7"))
+    full, start, end = answer_span(chat_tok, _record(answer="3 plus 4 is 7"))
     assert full == "Question: what is 3 plus 4 ?\nAnswer: 3 plus 4 is 7" and full[start:end] == " 3 plus 4 is 7"
     # plain text gets the tokenizer's special tokens (a template writes its own)
     plain_ids = encode(chat_tok, [_record()])["input_ids"][0].tolist()

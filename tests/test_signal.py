@@ -15,7 +15,8 @@ from depthprune.score.ablation import ablation_nll
 from depthprune.cli import app
 from depthprune.data.records import DataError, load_records
 from depthprune.score.signals import diagnose, rankdata, spearman
-from depthprune.evaluate.generation import answer_nll, score_answer
+from depthprune.evaluate.generation import answer_nll
+from depthprune.evaluate.answers import score_answer
 from depthprune.rank.methods import RankError, RankRequest, rank
 from depthprune.models.architectures import ModelError
 from depthprune.models.loading import load_model, resolve_model_id

@@ -33,7 +33,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,8 @@ def convert_results(results: dict) -> tuple[list, dict]:
     ``extras`` maps each task to lmms-eval's aggregate results, the metric used, the domain,
     and ``per_sample: False`` for tasks left out of the predictions (with the reason).
     """
-    from depthprune.evaluate.generation import Prediction, extract_answer
+    from depthprune.evaluate.generation import Prediction
+    from depthprune.evaluate.answers import extract_answer
     configs, samples = results.get("configs") or {}, results.get("samples") or {}
     predictions, extras = [], {}
     for task in sorted(set(results.get("results") or {}) | set(samples)):
@@ -501,7 +502,7 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
     Returns the metrics dict.
     """
     from depthprune.outputs import atomic_files, check_output
-    from depthprune.evaluate.generation import EvalResult, _finite, predictions_path
+    from depthprune.evaluate.generation import EvalResult, prediction_lines, predictions_path
     from depthprune.models.loading import resolve_model_id
     model_id = resolve_model_id(model_id)
     out = Path(out)
@@ -561,7 +562,7 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
                      "evaluator": "lmms-eval", "depthprune": __version__,
                      "transformers": transformers.__version__, "torch": torch.__version__},
     }
-    lines = [json.dumps(dict(asdict(p), nll=_finite(p.nll)), ensure_ascii=False) for p in predictions]
+    lines = prediction_lines(predictions)
     # published together, the metrics last, under the same --overwrite rule as `eval --data`
     with atomic_files([predictions_path(out), out], overwrite) as (tmp_predictions, tmp_metrics):
         tmp_predictions.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -4,7 +4,7 @@ trains, the SFT trainer with an optional distillation term, the progress bar and
 
 Training examples are the project's JSONL records, rendered through the model's own
 processor and chat template exactly as the evaluator renders them
-(:func:`depthprune.evaluate.generation._answer_span`). The loss covers the answer's tokens and
+(:func:`depthprune.evaluate.generation.answer_span`). The loss covers the answer's tokens and
 the end-of-turn marker that closes them (so the model also learns to stop); prompt, image and
 padding tokens are masked out (label -100). Recipes: :mod:`depthprune.heal.recipe`."""
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthprune.data.records import DataError, Record, data_fingerprint, encode
-from depthprune.evaluate.generation import _answer_span
+from depthprune.evaluate.generation import answer_span
 from depthprune.heal.recipe import NEEDS_REMOVED, HealConfig, HealError, HealStats, require_answers
 from depthprune.models.architectures import find_decoder_layers, text_config
 
@@ -48,7 +48,7 @@ def _label_text(full: str, end: int) -> int:
 def training_batch(processor: Any, records: Sequence[Record]) -> dict[str, torch.Tensor]:
     """Tokenise answered records into one left-padded batch with ``labels``: the token ids on
     the answer and its end-of-turn marker, -100 everywhere else (prompt, image, padding)."""
-    spans = [_answer_span(processor, r) for r in records]
+    spans = [answer_span(processor, r) for r in records]
     texts = [full[:_label_text(full, end)] for full, _, end in spans]
     context = encode(processor, records, texts=[full[:start] for full, start, _ in spans])
     batch = encode(processor, records, texts=texts)

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthprune.data.records import Record, batches
-from depthprune.evaluate.generation import answer_nll, evaluate, wilson_interval
+from depthprune.evaluate.generation import answer_nll, evaluate, finite_or_none, wilson_interval
 from depthprune.models.architectures import find_decoder_layers, text_config
 from depthprune.pruning import _set_layers, prune_layers
 from depthprune.study.store import ResultRow
@@ -153,10 +153,6 @@ def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: d
     return student
 
 
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 def cell_rows(cell: Cell, removed: list[int], num_layers: int, results: dict[str, list[Sample]],
               seconds: float) -> list[ResultRow]:
     """One row per (eval set, domain) for ``cell``, with the per-sample outcomes for paired tests."""
@@ -165,7 +161,7 @@ def cell_rows(cell: Cell, removed: list[int], num_layers: int, results: dict[str
         for domain in sorted({s[1] for s in samples}):
             mine = [s for s in samples if s[1] == domain]
             correct = [s[2] for s in mine]
-            nlls = [x for x in (_finite(s[3]) for s in mine) if x is not None]
+            nlls = [x for x in (finite_or_none(s[3]) for s in mine) if x is not None]
             acc = ci = None
             if correct and all(c is not None for c in correct):
                 k = sum(correct)  # type: ignore[arg-type]
@@ -176,5 +172,5 @@ def cell_rows(cell: Cell, removed: list[int], num_layers: int, results: dict[str
                 removed=list(removed), heal=cell.heal, eval_set=eval_set, domain=domain, n=len(mine),
                 accuracy=acc, ci_low=None if ci is None else ci[0], ci_high=None if ci is None else ci[1],
                 nll=math.fsum(nlls) / len(nlls) if nlls else None,
-                samples=[(s[0], s[2], _finite(s[3])) for s in mine], seconds=round(seconds, 3)))
+                samples=[(s[0], s[2], finite_or_none(s[3])) for s in mine], seconds=round(seconds, 3)))
     return rows
