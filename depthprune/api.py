@@ -19,13 +19,13 @@ from typing import Any
 import torch
 
 from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
-from depthprune.outputs import check_output
+from depthprune.outputs import check_output, inputs_of
 from depthprune.rank.methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list,
                       check_request, rank, resolve_budget)
 from depthprune.rank.protection import Protection
 from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
-from depthprune.models.loading import DTYPES, is_local, load_config, load_model, resolve_model_id, validate_device
-from depthprune.pruning import layers_removed, prepare_output_dir, prune_layers, pruning_info, save_pruned
+from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id, validate_device
+from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
 from depthprune.score.scores import Scores
 from depthprune.score.forward import ScoreSettings, cap_per_domain, score_model
 from depthprune.speed import count_parameters, expected_speedup
@@ -54,7 +54,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     """
     model = resolve_model_id(model)
     settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples, max_span=max_span)
-    inputs = _inputs(model, data)
+    inputs = inputs_of(model=model, data=_as_list(data))
     if out is not None:
         if not str(out).endswith(".json"):
             raise ValueError(f"--out {out}: the scores file name must end in .json")
@@ -81,12 +81,6 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     if out is not None:
         scores.save(out, overwrite=overwrite)
     return scores
-
-
-def _inputs(model: PathLike, data: PathLike | Sequence[PathLike] | None) -> list[PathLike]:
-    """The local paths a run reads (outputs may not be, or be inside, any of them)."""
-    files = [p for p in (_as_list(data) if data is not None else []) if not Path(p).is_dir()]
-    return ([model] if is_local(model) else []) + files  # a directory as --data is refused by the loader
 
 
 def _check_model_cheaply(model: PathLike, dtype: str, device: str, device_map: str | None,
@@ -176,9 +170,11 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     """
     from depthprune.models.gguf_out import check_gguf_output, gguf_pruning_info, is_gguf_output, write_pruned_gguf
     model = resolve_model_id(model)
-    gguf_in = check_gguf_output(model, out, overwrite, _inputs(model, data)) if is_gguf_output(out) else None
+    reads = inputs_of(model=model, data=_as_list(data) if data is not None else [],
+                      files=[plan_or_scores if isinstance(plan_or_scores, (str, os.PathLike)) else None])
+    gguf_in = check_gguf_output(model, out, overwrite, reads) if is_gguf_output(out) else None
     if gguf_in is None:
-        prepare_output_dir(out, overwrite, _inputs(model, data))
+        check_output(out, overwrite, kind="dir", inputs=reads)
     config = _check_model_cheaply(model, dtype, device, device_map, trust_remote_code)
     num_layers = text_config(config).num_hidden_layers
     with warnings.catch_warnings():

@@ -446,8 +446,8 @@ def diagnose(
     from depthprune.outputs import write_text_atomic
     from depthprune.score.signals import correlation_table, damage_table
     if out is not None:
-        from depthprune.outputs import check_output
-        check_output(out, overwrite, kind="file", inputs=[scores])
+        from depthprune.outputs import check_output, inputs_of
+        check_output(out, overwrite, kind="file", inputs=inputs_of(files=[scores]))
     result = api.diagnose(scores)
     console.print(damage_table(result))
     console.print(correlation_table(result))

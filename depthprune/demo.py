@@ -185,7 +185,7 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
         run.path.mkdir(parents=True, exist_ok=True)
         default_data(run.data)
     study = parse_study(demo_study(data, quick, batch_size), run.path, source="demo study")
-    result = run_study(study, run.path, quiet=quiet)
+    result = run_study(study, run.path, quiet=quiet, owned=[run.data])
     notes = [f"skipped {s}" for s in result.notes]
     if study.heal is None:
         notes.append("healing skipped: install depthprune[heal] (trl, peft, datasets) to add the healed cells")

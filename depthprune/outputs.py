@@ -22,6 +22,7 @@ import errno
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 _TMP, _OLD = ".tmp-", ".old-"
@@ -73,6 +74,10 @@ def temp_path(out: Path) -> Path:
     return out.parent / f".{out.name}{_TMP}{os.getpid()}"
 
 
+#: errno values of a failed write (not of a missing input)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 def describe_oserror(err: OSError) -> str:
     """``strerror`` plus a hint for the usual write failures."""
     hint = {errno.ENOSPC: "free some space or write elsewhere",
@@ -89,7 +94,7 @@ def write_error(out: Path, err: OSError) -> OutputError:
     return OutputError(f"{out}: cannot write the output ({describe_oserror(err)}); nothing was written")
 
 
-def _io_failure(err: BaseException) -> str | None:
+def io_failure(err: BaseException) -> str | None:
     """The OS error text inside a library's wrapper (safetensors reports ENOSPC/EFBIG as a
     SafetensorError "I/O error: ..."), or None if ``err`` is not a write failure."""
     text = str(err)
@@ -98,16 +103,104 @@ def _io_failure(err: BaseException) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a run reads, for the one rule every output follows (:func:`check_output`).
+
+    An output may not be, be inside, or contain any of ``paths`` (files and directories read:
+    the model, data files, a scores pair, a plan, a study file). A *directory* output may not be,
+    be inside, or contain any of ``folders`` either (the folders holding data or study files,
+    with their images), unless the folder lies inside one of ``owned`` (what the output itself
+    holds, e.g. the demo's data inside its run directory)."""
+
+    paths: tuple[Path, ...] = ()
+    folders: tuple[Path, ...] = ()
+    owned: tuple[Path, ...] = ()
+
+    def __add__(self, other: "Inputs") -> "Inputs":
+        return Inputs(self.paths + other.paths, self.folders + other.folders, self.owned + other.owned)
+
+
+def inputs_of(*, model: str | os.PathLike | None = None, data: Sequence[str | os.PathLike] = (),
+              files: Sequence[str | os.PathLike | None] = (), study: str | os.PathLike | None = None,
+              owned: Sequence[str | os.PathLike] = ()) -> Inputs:
+    """The :class:`Inputs` of a run: a local ``model`` (directory or file; a hub id reads
+    nothing local), ``data`` files (and their folders), other ``files`` read (None skipped; a
+    scores ``.json`` brings its ``.safetensors``), a ``study`` file (and its folder)."""
+    paths: list[Path] = []
+    folders: list[Path] = []
+    if model is not None:
+        from depthprune.models.loading import is_local, resolve_model_id
+        resolved = resolve_model_id(model)
+        if is_local(resolved):
+            paths.append(Path(resolved).expanduser())
+    for f in files:
+        if f is not None:
+            paths.append(Path(f).expanduser())
+            if str(f).endswith(".json") and Path(f).with_suffix(".safetensors").exists():
+                paths.append(Path(f).expanduser().with_suffix(".safetensors"))
+    for f in list(data) + ([study] if study is not None else []):
+        if Path(f).expanduser().is_dir():
+            continue  # not a data file: the loader refuses it, naming it
+        paths.append(Path(f).expanduser())
+        folders.append(Path(f).expanduser().parent)
+    return Inputs(tuple(paths), tuple(folders), tuple(Path(o).expanduser() for o in owned))
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser())).resolve()
+
+
+def refuse_overlap(out: Path, inputs: Inputs | Sequence[str | os.PathLike], option: str = "--out",
+                   kind: str = "dir") -> None:
+    """Refuse ``out`` if it is, is inside, or contains an input (for a directory output: also an
+    input's folder), even with --overwrite: replacing it would destroy the input."""
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs(tuple(Path(p) for p in inputs))
+    target = _absolute(out)
+    owned = [_absolute(o) for o in inputs.owned]
+    checks = [(p, "the input") for p in inputs.paths]
+    if kind == "dir":
+        checks += [(f, "the folder of the input") for f in inputs.folders]
+    for src, what in checks:
+        source = _absolute(src)
+        if any(source == o or o in source.parents for o in owned):
+            continue
+        if target == source or source in target.parents or target in source.parents:
+            how = ("is" if target == source else "is inside" if source in target.parents else "contains")
+            raise OutputError(f"{option} {out}: {how} {what} {src}; writing there could destroy it "
+                              f"(--overwrite does not change this). Choose a {option} outside it")
+
+
+def _writable_ancestor(out: Path, option: str) -> None:
+    """Refuse an output whose nearest existing ancestor is not a writable directory (probed by
+    creating and removing one file there; nothing else is created before the run works)."""
+    parent = _absolute(out).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{option} {out}: cannot write in {parent} (a file, not a directory). "
+                          f"Choose another {option}")
+    probe = parent / f".{out.name}{_TMP}{os.getpid()}.probe"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"{option} {out}: cannot write in {parent} ({describe_oserror(err)})") from None
+
+
 def check_output(out: str | os.PathLike, overwrite: bool, kind: str = "dir",
-                 inputs: Sequence[str | os.PathLike] = (), option: str = "--out") -> Path:
-    """Validate an output before any work: right kind, the overwrite rule, no overlap with
-    ``inputs`` (files or directories read by the run), and a writable parent directory.
+                 inputs: Inputs | Sequence[str | os.PathLike] = (), option: str = "--out") -> Path:
+    """The one guard every command runs on every output, before any work: no overlap with what
+    the run reads (:class:`Inputs`; a plain list counts as ``paths``), the right kind, the
+    overwrite rule, and a writable place.
 
     ``kind`` is "dir" (a non-empty directory counts as existing) or "file". Returns the path.
     Raises OutputError naming ``option`` and the path, with the fix.
     """
-    out = Path(out)
-    refuse_overlap(out, inputs, option)  # first: --overwrite must not even be suggested for an input
+    out = Path(out).expanduser()
+    refuse_overlap(out, inputs, option, kind)  # first: --overwrite must not even be suggested for an input
     if kind == "dir":
         if out.exists() and not out.is_dir():
             raise OutputError(f"{option} {out}: exists and is not a directory. Choose another {option}")
@@ -119,28 +212,8 @@ def check_output(out: str | os.PathLike, overwrite: bool, kind: str = "dir",
             raise OutputError(f"{option} {out}: is a directory; give a file name")
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{option} {out}: file exists. Choose another {option} or pass --overwrite")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = temp_path(out).with_name(temp_path(out).name + ".probe")
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
-        probe.unlink()
-    except OSError as err:
-        raise OutputError(f"{option} {out}: cannot write in {parent} ({describe_oserror(err)})") from None
+    _writable_ancestor(out, option)
     return out
-
-
-def refuse_overlap(out: Path, inputs: Sequence[str | os.PathLike], option: str = "--out") -> None:
-    """Refuse an output equal to, inside, or containing any of ``inputs`` (even with --overwrite:
-    replacing it would destroy the input)."""
-    target = Path(os.path.abspath(Path(out).expanduser())).resolve()
-    for src in inputs:
-        source = Path(os.path.abspath(Path(src).expanduser())).resolve()
-        if target == source or source in target.parents or target in source.parents:
-            how = ("is" if target == source else "is inside" if source in target.parents else "contains")
-            raise OutputError(f"{option} {out}: {how} the input {src}; writing there would destroy it "
-                              f"(--overwrite does not change this). Choose a {option} outside it")
 
 
 @contextlib.contextmanager
@@ -173,7 +246,7 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = True) -> Iterator[P
         raise write_error(out, err) from None
     except BaseException as err:
         _remove(tmp)
-        if (why := _io_failure(err)) is not None:
+        if (why := io_failure(err)) is not None:
             raise OutputError(f"{out}: cannot write the output ({why}); nothing was written") from None
         raise
 
@@ -252,7 +325,7 @@ def atomic_files(outs: Sequence[str | os.PathLike], overwrite: bool) -> Iterator
         if not overwrite:
             for path in published:
                 _remove(path)
-        if (why := _io_failure(err)) is not None:
+        if (why := io_failure(err)) is not None:
             raise OutputError(f"{paths[0]}: cannot write the output ({why}); nothing was written") from None
         raise
     finally:

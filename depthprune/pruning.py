@@ -22,7 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from depthprune import __version__
-from depthprune.outputs import atomic_dir, check_output  # atomic_dir is re-exported: callers import it from here
+from depthprune.outputs import atomic_dir, check_output, inputs_of
 from depthprune.models.architectures import adapter_for, find_decoder_layers, text_config
 from depthprune.models.loading import is_local
 
@@ -145,14 +145,6 @@ def layers_removed(model: nn.Module, remove: Sequence[int]) -> Iterator[nn.Modul
 
 
 # --------------------------------------------------------------------------- saving
-def prepare_output_dir(out_dir: str | Path, overwrite: bool,
-                       inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Validate an output directory before any work (see :func:`depthprune.outputs.check_output`):
-    refuse a non-empty one unless ``overwrite``, one equal to / inside / containing any of
-    ``inputs`` (always), and an unwritable parent. Returns it as a Path."""
-    return check_output(out_dir, overwrite, kind="dir", inputs=inputs)
-
-
 def source_files_dir(model_id: str | os.PathLike) -> Path | None:
     """Directory holding the source checkpoint's processor/tokenizer files (hub ids: the
     local snapshot, downloading only non-weight files), or None if it cannot be found."""
@@ -234,8 +226,7 @@ def save_pruned(model: nn.Module, processor: Any, out_dir: str | Path, info: dic
     processor is saved. Raises PruneError if the saved safetensors do not hold exactly the
     surviving layers. Returns the output directory.
     """
-    inputs = [source_model] if source_model is not None and is_local(source_model) else []
-    out = prepare_output_dir(out_dir, overwrite, inputs)
+    out = check_output(out_dir, overwrite, kind="dir", inputs=inputs_of(model=source_model))
     _, layers = find_decoder_layers(model)
     source = source_files_dir(source_model) if source_model is not None else None
     with atomic_dir(out, overwrite=overwrite) as tmp:

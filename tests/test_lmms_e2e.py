@@ -68,10 +68,11 @@ def test_sweep_lmms_set_matches_jsonl_set_per_sample(tmp_path):
     assert res.exit_code == 0, res.output
     study = {"model": "toy", "calibration": {"data": str(data["calib"])}, "batch_size": 1,
              "eval": [{"data": str(data["eval"]), "name": "builtin"},
-                      {"kind": "lmms", "tasks": ["toyq"], "include_path": "task", "name": "lmms"}],
+                      {"kind": "lmms", "tasks": ["toyq"], "include_path": "../task", "name": "lmms"}],
              "methods": ["last"], "budgets": [2], "metrics": {"max_new_tokens": 8}}
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    result = run_study(tmp_path / "study.yaml", tmp_path / "run", quiet=True)
+    (tmp_path / "study").mkdir()  # a run directory may not be inside the study's folder
+    (tmp_path / "study" / "study.yaml").write_text(yaml.safe_dump(study))
+    result = run_study(tmp_path / "study" / "study.yaml", tmp_path / "run", quiet=True)
     assert result.cells_written == 2  # the baseline and last@2
     rows = read_results(tmp_path / "run" / "results.sqlite")
     by = {(r.cell, r.eval_set, r.domain): r for r in rows}

@@ -19,7 +19,8 @@ def write(tmp_path, calib_dir, **over):
              "methods": [{"method": "domain", "domain": ["math", "general"]}, "last"],
              "budgets": [1, 0.5]}
     study.update(over)
-    path = tmp_path / "study.yaml"
+    path = tmp_path / "study" / "study.yaml"  # a run directory may not be inside the study's folder
+    path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(study))
     return path
 

@@ -27,7 +27,7 @@ from depthprune.evaluate.answers import extract_answer, score_answer
 from depthprune.data.records import (DataError, Record, batches, check_prompt_format, data_fingerprint, encode,
                                      load_records, render_prompt, set_prompt_format)
 from depthprune.models.architectures import ModelError, input_device
-from depthprune.models.loading import DTYPES, is_local, load_config, load_model, resolve_model_id
+from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id
 from depthprune.settings import progress as progress_bar
 
 
@@ -244,12 +244,12 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,
     ModelError for a bad device or checkpoint; all of these before the model loads.
     """
-    from depthprune.outputs import atomic_files, check_output
     from depthprune.models.loading import validate_device
+    from depthprune.outputs import atomic_files, check_output, inputs_of
     model_id = resolve_model_id(model_id)
-    out = Path(out)
+    out = Path(out).expanduser()
     paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
-    inputs = ([model_id] if is_local(model_id) else []) + [p for p in paths if not Path(p).is_dir()]
+    inputs = inputs_of(model=model_id, data=paths)
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the metrics file name must end in .json")
     for path in (out, predictions_path(out)):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune import __version__
-from depthprune.outputs import atomic_dir
+from depthprune.outputs import atomic_dir, check_output, inputs_of
 
 #: model_type -> lmms-eval model name (a registered lmms-eval model, or ours below)
 FAMILIES = {
@@ -123,8 +123,8 @@ def write_task(data: str | os.PathLike | Sequence[str | os.PathLike], out_dir: s
     import yaml
 
     from depthprune.data.records import DataError, data_fingerprint, load_records
-    from depthprune.pruning import prepare_output_dir
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    out = check_output(out_dir, overwrite, kind="dir", inputs=inputs_of(data=paths))
     records = load_records(paths, require_answer=True)
     bad = next((r for r in records if r.messages is not None), None)
     if bad is not None:
@@ -132,7 +132,6 @@ def write_task(data: str | os.PathLike | Sequence[str | os.PathLike], out_dir: s
                         "text); rewrite 'messages' as 'question' + 'image'")
     if not re.fullmatch(r"[A-Za-z_]\w*", name):
         raise LmmsError(f"--name {name!r}: use letters, digits and underscores (a task name)")
-    out = prepare_output_dir(out_dir, overwrite)
     features = datasets.Features({"id": datasets.Value("string"), "domain": datasets.Value("string"),
                                   "question": datasets.Value("string"), "answer": datasets.Value("string"),
                                   "choices": datasets.Sequence(datasets.Value("string")),
@@ -501,13 +500,13 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
     model after depthprune's own (``pretrained``, ``device``...), so they win.
     Returns the metrics dict.
     """
-    from depthprune.outputs import atomic_files, check_output
+    from depthprune.outputs import atomic_files, check_output, inputs_of
     from depthprune.evaluate.generation import EvalResult, prediction_lines, predictions_path
     from depthprune.models.loading import resolve_model_id
     model_id = resolve_model_id(model_id)
     out = Path(out)
     for path in (out, predictions_path(out)):  # cheap checks before anything loads
-        check_output(path, overwrite, kind="file", inputs=[model_id])
+        check_output(path, overwrite, kind="file", inputs=inputs_of(model=model_id))
     tasks = [t.strip() for t in tasks if t.strip()]
     if not tasks:
         raise LmmsError("--lmms-eval: give task names, e.g. --lmms-eval mmstar,ai2d")

@@ -16,6 +16,7 @@ from torch import nn
 from depthprune.data.records import data_fingerprint
 from depthprune.heal.recipe import NEEDS_REMOVED, HealConfig, HealError, require_answers
 from depthprune.heal.trainer import LOG_NAME, checkpoints, heal_model
+from depthprune.outputs import WRITE_ERRNOS, OutputError, describe_oserror, io_failure
 from depthprune.models.architectures import find_decoder_layers
 
 
@@ -53,13 +54,16 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     """
     from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
     from depthprune.models.loading import load_model, resolve_model_id
-    from depthprune.pruning import atomic_dir, prepare_output_dir, pruning_info, save_pruned
+    from depthprune.outputs import atomic_dir, check_output, inputs_of
+    from depthprune.pruning import pruning_info, save_pruned
 
     config = config or HealConfig()
-    model_id, out = resolve_model_id(model_id), Path(out)
-    prepare_output_dir(out, overwrite)
-    work = Path(work_dir) if work_dir is not None else work_dir_for(out)
+    model_id, out = resolve_model_id(model_id), Path(out).expanduser()
+    work = Path(work_dir).expanduser() if work_dir is not None else work_dir_for(out)
     paths = [data] if isinstance(data, (str, Path)) else list(data)
+    reads = inputs_of(model=model_id, data=paths) + inputs_of(model=teacher_id)
+    check_output(out, overwrite, kind="dir", inputs=reads)
+    check_output(work, True, kind="dir", inputs=reads, option="the heal work directory")
     records = load_records(paths)
     require_answers(records)
     check_prompt_format(prompt_format, model_id)
@@ -95,8 +99,17 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     request_file.write_text(json.dumps(request, indent=1))
     if not resume:  # a fresh run's log starts empty (a resumed one continues its file)
         (work / LOG_NAME).unlink(missing_ok=True)
-    stats = heal_model(model, processor, records, config, teacher=teacher, removed_layers=removed,
-                       work_dir=work, resume=resume, progress=progress)
+    try:
+        stats = heal_model(model, processor, records, config, teacher=teacher, removed_layers=removed,
+                           work_dir=work, resume=resume, progress=progress)
+    except Exception as err:  # noqa: BLE001 - only a failed write (a full disk while TRL saves) is handled here
+        why = io_failure(err) or (describe_oserror(err) if isinstance(err, OSError) and err.errno in WRITE_ERRNOS
+                                  else None)
+        if why is None:
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+        raise OutputError(f"{work}: cannot write the training checkpoints ({why}); they were removed and "
+                          f"nothing was written to {out}") from None
     if teacher is not None:
         stats.recipe["teacher"] = str(teacher_id)
     stats.recipe["data_files"] = [str(p) for p in paths]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depthprune.outputs import OutputExistsError, atomic_files, check_output
+from depthprune.outputs import Inputs, OutputExistsError, atomic_files, check_output
 from depthprune.models.gguf import file_sha256, gguf_quantization, is_gguf, require_gguf_file
 
 #: GGUF architectures (``general.architecture``) whose decoder layers are all of one kind in
@@ -135,19 +135,22 @@ def open_gguf(path: str | os.PathLike) -> GGUFSource:
 
 
 def check_gguf_output(model: str | os.PathLike, out: str | os.PathLike, overwrite: bool,
-                      inputs: Sequence[str | os.PathLike] = ()) -> GGUFSource:
+                      inputs: Inputs | Sequence[str | os.PathLike] = ()) -> GGUFSource:
     """Everything about a ``.gguf`` ``--out`` that can be checked before any work: MODEL is a
     GGUF file that can be pruned into one (:func:`open_gguf`), and ``out`` and its
     :func:`record_path` may be written (never onto or into an input). Returns the opened source."""
     if not is_gguf(model):
         raise GGUFOutputError(f"--out {out}: a .gguf output is made from a GGUF model, but {model} is not "
                               "a .gguf file. Pass a GGUF MODEL, or an output directory as --out")
-    check_output(out, overwrite, kind="file", inputs=[model, *inputs])
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs(tuple(Path(p) for p in inputs))
+    inputs = inputs + Inputs((Path(model),))
+    check_output(out, overwrite, kind="file", inputs=inputs)
     record = record_path(out)
     if (record.exists() or record.is_symlink()) and not overwrite:
         raise OutputExistsError(f"--out {out}: its pruning record {record} exists. Choose another --out "
                                 "or pass --overwrite")
-    check_output(record, True, kind="file", inputs=[model, *inputs])  # overlap, not a directory
+    check_output(record, True, kind="file", inputs=inputs)  # overlap, not a directory
     return open_gguf(model)
 
 

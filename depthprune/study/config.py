@@ -98,6 +98,15 @@ class Study:
     baseline: bool = True
     source: str = "study"
     raw: dict[str, Any] = field(default_factory=dict)
+    file: str | None = None                    # the study file's absolute path (None: built in memory)
+
+    def reads(self, owned: list[Path] | tuple = ()) -> Any:
+        """What the study reads (:class:`depthprune.outputs.Inputs`): the model, every data file,
+        the study file; ``owned``: folders inside the run directory that belong to it."""
+        from depthprune.outputs import inputs_of
+        data = list(self.calibration) + [p for e in self.eval_sets for p in e.paths]
+        data += list((self.heal or {}).get("data") or [])
+        return inputs_of(model=self.model, data=data, study=self.file, owned=owned)
 
     def identity(self, legacy: bool = False) -> dict[str, Any]:
         """What must not change when a run directory is resumed (it changes every number). Data
@@ -375,7 +384,9 @@ def read_yaml(path: Path, what: str = "study file") -> Any:
 def load_study(path: str | Path) -> Study:
     """Read and validate a study YAML file; raises StudyError naming the file and key."""
     path = Path(path).expanduser()
-    return parse_study(read_yaml(path), path.parent.resolve(), source=path.name)
+    study = parse_study(read_yaml(path), path.parent.resolve(), source=path.name)
+    study.file = str(path.resolve())
+    return study
 
 
 def relative_to(path: str, base: Path | None) -> str:

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from depthprune import __version__
-from depthprune.outputs import write_text_atomic
+from depthprune.outputs import check_output, write_text_atomic
 from depthprune.study.cell import Cell, expand_cells
 from depthprune.study.config import Study, StudyError, load_study, relative_to, study_dict
 from depthprune.study.rundir import RunDir
@@ -187,6 +188,11 @@ class _Inputs:
     @classmethod
     def load(cls, study: Study) -> "_Inputs":
         from depthprune.data.records import load_records
+        from depthprune.models.loading import validate_device
+        try:  # before the run directory exists: a refused study leaves nothing behind
+            validate_device(study.device, study.device_map)
+        except ValueError as exc:
+            raise StudyError(f"{study.source}: device: {exc}") from None
         num_layers = _num_layers(study)
         cells = expand_cells(study, num_layers)  # budgets checked against the layer count
         heal_records = (load_records(study.heal["data"] or study.calibration, require_answer=True)
@@ -248,11 +254,15 @@ def _evaluate_plan(net: Any, processor: Any, study: Study, inputs: _Inputs, run:
     return evaluate_sets(student, processor, *args)
 
 
-def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False) -> SweepResult:
+def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False,
+              owned: Sequence[str | os.PathLike] = ()) -> SweepResult:
     """Run (or resume) every cell of ``study`` into the run directory ``out``.
 
-    ``study`` is a :class:`Study` or a YAML path (validated before any model loads). Returns a
-    :class:`SweepResult`; results are in ``out/results.sqlite`` (see :mod:`depthprune.study.store`).
+    ``study`` is a :class:`Study` or a YAML path (validated before any model loads). ``out``
+    may not be, be inside or contain anything the study reads or the folders of its data and
+    study files (:func:`depthprune.outputs.check_output`), except ``owned`` folders inside it
+    (the demo's own data). Returns a :class:`SweepResult`; results are in ``out/results.sqlite``
+    (see :mod:`depthprune.study.store`).
     """
     from depthprune.models.loading import load_model, resolve_model_id
     from depthprune.study.cell import cell_rows
@@ -261,9 +271,8 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     started = time.perf_counter()
     study = study if isinstance(study, Study) else load_study(study)
     run = RunDir(out)
-    if run.path.exists() and not run.path.is_dir():
-        raise StudyError(f"{run.path}: exists and is not a directory; choose another --out")
     inputs = _Inputs.load(study)
+    check_output(run.path, True, kind="dir", inputs=study.reads(owned=[Path(o) for o in owned]))  # resumable
     ctx = setup(study.device)
     progress = not quiet and ctx.main
     conn = _open_store(run, study, ctx)
