@@ -180,8 +180,9 @@ def rank(
     """Choose layers to remove from a scores file (no model pass) and print the table."""
     from . import api
     from .atomic import check_output
-    from .diagnostics import bootstrap_stability, plan_table
-    from .methods import RankRequest
+    from .diagnostics import plan_table
+    from .methods import RankRequest, domains_used
+    from .stability import ranking_stability
     from .scores import Scores
     if save_plan is not None:  # before any work
         if not str(save_plan).endswith(".plan.json"):
@@ -194,12 +195,16 @@ def rank(
     console.print(plan_table(the_plan))
     console.print(f"remove {the_plan.budget} of {the_plan.num_layers} layers (0-based): "
               f"{', '.join(map(str, the_plan.remove))}", highlight=False)
-    if bootstrap:
-        stability = bootstrap_stability(loaded, RankRequest(**the_plan.request), n_resamples=bootstrap,
-                                        seed=seed)
-        for dom, frac in stability.items():
-            console.print(f"stability of {dom}: the same {the_plan.budget} layers in {frac:.0%} of "
-                      f"{bootstrap} bootstrap resamples of that domain", highlight=False)
+    if bootstrap:  # one domain resampled at a time: which domain's samples move the plan
+        options = {k: v for k, v in the_plan.request.items() if k not in ("method", "budget")}
+        for dom in domains_used(RankRequest(**the_plan.request), loaded.domains):
+            for s in ranking_stability(loaded, [(method, method, options, the_plan.budget)], bootstrap, seed,
+                                       domains=[dom]):
+                tau = "" if s.tau is None else (f"; Kendall tau of {s.column} over the {s.layers} removable "
+                                                f"entries {s.tau[0]:.2f} [{s.tau[1]:.2f}, {s.tau[2]:.2f}]")
+                console.print(f"stability of {dom}: the same {the_plan.budget} layers in {s.same:.0%} of {bootstrap} "
+                              f"bootstrap resamples of that domain; top-k overlap {s.overlap[0]:.2f} "
+                              f"[{s.overlap[1]:.2f}, {s.overlap[2]:.2f}]{tau}", highlight=False)
     if save_plan is not None:
         the_plan.save(save_plan, overwrite=overwrite)
         console.print(f"plan -> {save_plan}", highlight=False)

@@ -1,45 +1,11 @@
-"""Diagnostics of a ranking: bootstrap stability and the per-layer table `rank` prints."""
+"""The per-layer table `rank` prints (its stability lines come from :mod:`depthprune.stability`)."""
 
 from __future__ import annotations
 
-import warnings
-
-import torch
 from rich.markup import escape
 from rich.table import Table
 
-from .methods import SCORE_FREE, Plan, RankError, RankRequest, domains_used, rank
-from .scores import Scores
-
-
-def bootstrap_stability(scores: Scores, req: RankRequest, n_resamples: int = 100,
-                        seed: int = 0) -> dict[str, float]:
-    """Per domain the ranking depends on (:func:`~depthprune.methods.domains_used`), the
-    fraction (0..1) of bootstrap resamples whose removed set equals the plan's.
-
-    Each resample redraws that domain's samples with replacement, other domains unchanged,
-    and re-ranks; a resample that cannot be ranked counts as different. Returns {} for
-    methods that do not read the scores (last, uniform, random) and for iterative.
-    """
-    if req.method in SCORE_FREE or req.method == "iterative":
-        return {}
-    full = rank(scores, req).remove
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for domain in domains_used(req, scores.domains):
-        mine = torch.nonzero(scores.sample_mask(domain)).flatten()
-        index = torch.arange(len(scores.sample_ids))
-        same = 0
-        for _ in range(n_resamples):
-            index[mine] = mine[torch.randint(len(mine), (len(mine),), generator=gen)]
-            with warnings.catch_warnings():  # allow_deepstack warns once, not per resample
-                warnings.simplefilter("ignore")
-                try:
-                    same += rank(scores.select(index), req).remove == full
-                except RankError:  # e.g. a resample without tokens of the group: not the same plan
-                    pass
-        out[domain] = same / n_resamples
-    return out
+from .methods import Plan
 
 
 def plan_table(plan: Plan) -> Table:

@@ -65,3 +65,15 @@ def test_paired_bootstrap():
     assert p == pytest.approx(2 / 1000)  # no resample on the other side of 0
     diff, low, high, p = paired_bootstrap(b, b)
     assert diff == 0 and p == 1.0
+
+
+def test_binomial_two_sided_matches_scipy_up_to_20000_discordant_pairs():
+    """Bug 1 of issue 15: the exact tail overflowed a float at n >= 1024 (2 ** n, then fsum)."""
+    from scipy.stats import binomtest
+    for n in (1, 2, 5, 17, 100, 1023, 1024, 1030, 2047, 5000, 12345, 20000):
+        for k in sorted({0, 1, n // 3, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n, max(0, n // 2 - int(2 * n ** 0.5))}):
+            if 0 <= k <= n:
+                assert binomial_two_sided(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, rel=1e-9, abs=1e-300), (k, n)
+    assert binomial_two_sided(0, 1024) < 1e-300 and binomial_two_sided(500, 1030) == pytest.approx(0.3662112178)
+    a, b = [1] * 700 + [0] * 600 + [1] * 50, [0] * 700 + [1] * 600 + [1] * 50  # 1,300 discordant pairs
+    assert mcnemar_exact(a, b) == (700, 600, pytest.approx(binomtest(700, 1300, 0.5).pvalue, rel=1e-9))
