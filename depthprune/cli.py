@@ -200,8 +200,9 @@ def rank(
         for dom in domains_used(RankRequest(**the_plan.request), loaded.domains):
             for s in ranking_stability(loaded, [(method, method, options, the_plan.budget)], bootstrap, seed,
                                        domains=[dom]):
-                tau = "" if s.tau is None else (f"; Kendall tau of {s.column} over the {s.layers} removable "
-                                                f"entries {s.tau[0]:.2f} [{s.tau[1]:.2f}, {s.tau[2]:.2f}]")
+                over = "block starts" if method == "angular-block" else "removable layers"
+                tau = "" if s.tau is None else (f"; Kendall tau of {s.column} over the {s.layers} {over} "
+                                                f"{s.tau[0]:.2f} [{s.tau[1]:.2f}, {s.tau[2]:.2f}]")
                 console.print(f"stability of {dom}: the same {the_plan.budget} layers in {s.same:.0%} of {bootstrap} "
                               f"bootstrap resamples of that domain; top-k overlap {s.overlap[0]:.2f} "
                               f"[{s.overlap[1]:.2f}, {s.overlap[2]:.2f}]{tau}", highlight=False)
@@ -362,14 +363,14 @@ def sweep(
 @handle_errors
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of `depthprune sweep` / `demo` (holds results.sqlite and scores.json).")],
-    out: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default RUN_DIR/report.html); the Markdown goes beside it with suffix .md.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default RUN_DIR/report.html); the Markdown (suffix .md) and regimes.json go beside it.")] = None,
     resamples: Annotated[int, typer.Option(min=0, help="Bootstrap resamples of the calibration samples for ranking stability (0: skip).")] = 50,
     seed: Seed = 0,
 ) -> None:
-    """Regime map of a study: leaders, spreads and paired tests per budget, stability, plots -> HTML + Markdown."""
+    """Regime map of a study: verdicts per budget (paired tests, Holm over the report), stability, plots -> HTML, Markdown, regimes.json."""
     from .report import write_report
     html_path = write_report(run_dir, out, resamples=resamples, seed=seed)
-    console.print(f"report -> {html_path} (+ {html_path.with_suffix('.md').name})", highlight=False)
+    console.print(f"report -> {html_path} (+ {html_path.with_suffix('.md').name}, regimes.json)", highlight=False)
 
 
 @data_app.command("lmms-task")

@@ -84,12 +84,16 @@ def _family_styles(rows: list[ResultRow], metric: str) -> dict[str, dict[str, di
     return out
 
 
-def _best_ranking(series: Series | None) -> list[tuple[float, float]]:
-    """(percent removed, value) of the best score-based plan at each budget of ``series``."""
-    if series is None:
-        return []
-    scale = 100 if series.budgets and series.budgets[0].metric == "accuracy" else 1
-    return [(100 * b.fraction, scale * b.rankings[0].value) for b in series.budgets if b.rankings]
+def _best_ranking(rows: list[ResultRow], metric: str) -> list[tuple[float, float]]:
+    """(percent removed, value) of the best unhealed score-based ranking at each budget of ``rows``."""
+    best: dict[float, float] = {}
+    for r in rows:
+        v = r.accuracy if metric == "accuracy" else r.nll
+        if r.budget > 0 and r.heal is None and v is not None and family(r.method) == FAMILIES[0]:
+            x = 100 * r.budget_fraction
+            best[x] = (max if metric == "accuracy" else min)(best.get(x, v), v)
+    scale = 100 if metric == "accuracy" else 1
+    return [(x, scale * v) for x, v in sorted(best.items())]
 
 
 def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str) -> bytes:
@@ -129,7 +133,7 @@ def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str) -
                         label=(label + (" healed" if healed else "")) if coloured else None, **style)
             if grey:
                 ax.plot([], [], color="#b0b0b0", lw=0.9, label=f"{grey} other{'s' if grey > 1 else ''} (grey)")
-            best = _best_ranking(unhealed.get((eval_set, domain)))
+            best = _best_ranking(mine, metric)
             if fam != FAMILIES[0] and best:
                 ax.plot(*zip(*best), color="black", ls="--", lw=1.2, zorder=4, label="best score-based ranking")
             ax.set_title(f"{fam}: {domain} ({eval_set})", fontsize=11)
@@ -140,7 +144,7 @@ def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str) -
         row_axes[0].set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token)\nlower is better")
     fig.tight_layout()
     fig.legend(handles=[Patch(color=c, alpha=0.6, label=f"regime: {name}") for name, c in REGIME_COLORS.items()],
-               loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.03 / len(keys)))
+               loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return _png(fig)
 
 
@@ -237,6 +241,6 @@ def stability_plot(stability: list[Stability], num_layers: int, sensitive: set[i
         ax.set_xlabel("top-k overlap with full-data plan", fontsize=9)
     fig.legend(handles=[plt.Line2D([], [], color="#d95f02", marker="o", ls="", label="domain-aware"),
                         plt.Line2D([], [], color="#5b6f8f", marker="o", ls="", label="other score-reading method")],
-               loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
+               loc="upper center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout()
     return _png(fig)

@@ -112,7 +112,7 @@ class BudgetStats:
     references: list[Arm]
     p_rankings: float | None                        # omnibus across rankings (None: < 2 plans)
     p_structure: float | None                       # structure-aware mean beats every ranking (None: untestable)
-    spread: float | None                            # best - worst ranking, in the metric's unit (NLL: worst - best)
+    spread: float | None                            # best - worst ranking plan, metric units (None: no ranking)
     spread_ci: tuple[float, float] | None
     pairs: list[Pair]                               # ranking-sensitive budgets: every pair of ranking plans
     p_rankings_adj: float = 1.0                     # Holm over the whole report
@@ -247,6 +247,8 @@ def _budget(rows: list[ResultRow], resamples: int, seed: int) -> BudgetStats:
         p_rankings = (cochran_q(matrix) if metric == "accuracy" else friedman(matrix))[1]
         spread, low, high = spread_ci(matrix, n_resamples=resamples, seed=seed)
         s_ci = (low, high)
+    elif len(rankings) == 1:  # every ranking removes the same layers: no spread at all
+        spread, s_ci = 0.0, (0.0, 0.0)
     return BudgetStats(
         budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric, n_paired=len(ids),
         accuracy={r.label: r.accuracy for r in rows},

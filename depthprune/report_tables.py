@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 from .regimes import ALPHA, Arm, BudgetStats, Series, arm_ci, size
@@ -95,7 +96,8 @@ def stability_table(stability: list[Stability]) -> tuple[list[str], list[list[st
     body = []
     for label in sorted(cells, key=lambda lab: (next(iter(cells[lab].values())).target is None, lab)):
         first = next(iter(cells[label].values()))
-        row = [label, first.target or "–", f"{first.column} ({first.layers})" if first.column else "–"]
+        column = re.sub(r"span \d+", "span k", first.column) if first.column else None  # angular-block: per budget
+        row = [label, first.target or "–", f"{column} ({first.layers})" if column else "–"]
         for b in budgets:
             s = cells[label].get(b)
             if s is None:

@@ -9,9 +9,8 @@ Paired tests (the same samples under every model):
 * :func:`mean_greater` — one-sided paired t test that a mean per-sample difference is positive;
 * :func:`holm` — Holm step-down correction of a family of p-values.
 
-Intervals: :func:`bootstrap_mean_ci`, :func:`paired_bootstrap` (percentile bootstrap of a mean and
-of a paired mean difference), :func:`spread_ci` (simultaneous bootstrap interval of the spread
-max - min of k paired means). Agreement between rankings: :func:`kendall_tau`, :func:`top_k_overlap`.
+Intervals: :func:`bootstrap_mean_ci` (percentile bootstrap of a mean), :func:`mean_ci` (t interval),
+:func:`spread_ci` (simultaneous bootstrap interval of the spread max - min of k paired means). Agreement between rankings: :func:`kendall_tau`, :func:`top_k_overlap`.
 """
 
 from __future__ import annotations
@@ -134,22 +133,6 @@ def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = 2000, level: f
     return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 2000,
-                     level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Paired bootstrap of the mean difference ``a - b`` (same samples, same order).
-
-    Returns ``(mean difference, low, high)``, the percentile interval. (Not a test: with a
-    handful of samples of one sign every resample has that sign; use :func:`wilcoxon_paired`.)
-    """
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape or x.size == 0:
-        raise ValueError(f"paired_bootstrap needs two equal-length non-empty arrays; got {x.size} and {y.size}")
-    d = x - y
-    means = d[_rng(seed).integers(0, d.size, (n_resamples, d.size))].mean(1)
-    alpha = (1 - level) / 2
-    return float(d.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
-
-
 def spread_ci(values: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
               seed: int = 0) -> tuple[float, float, float]:
     """The spread ``max_j mean_j - min_j mean_j`` of k paired columns and its simultaneous interval.
@@ -210,5 +193,5 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
 
 
 __all__ = ["binomial_two_sided", "bootstrap_mean_ci", "cochran_q", "friedman", "holm", "kendall_tau",
-           "mcnemar_exact", "mean_ci", "mean_greater", "paired_bootstrap", "spread_ci", "top_k_overlap",
+           "mcnemar_exact", "mean_ci", "mean_greater", "spread_ci", "top_k_overlap",
            "wilcoxon_paired"]
