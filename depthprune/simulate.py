@@ -1,7 +1,7 @@
 """Simulated studies with known truth, analysed by exactly the code the report runs.
 
-    python -m depthprune.simulate            # the size/power table (docs: regimes.md), ~1 h on one core
-    python -m depthprune.simulate --small    # a quick look (CI), ~1 min
+    python -m depthprune.simulate            # the size/power table (docs: regimes.md), ~1 h on one busy core
+    python -m depthprune.simulate --small    # a quick look (CI), 1-2 min
 
 A simulated study is what a sweep of a 36-layer model (Qwen3-VL-4B's depth; layers 0-2 protected)
 would store: 18 methods (13 score-based rankings, 3 structure-aware, 2 references, the demo's

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .families import target_domain
 from .methods import SCORE_FREE, Plan, RankError, RankRequest, rank
 from .regimes import RANKING, Series
+from .runtime import progress as progress_bar
 from .scores import Scores
 from .stats import bootstrap_mean_ci, kendall_tau, top_k_overlap
 
@@ -157,7 +157,8 @@ def ranking_stability(scores: Scores, rankings: list[tuple[str, str, dict, int]]
                              len(column[1]) if column else 0))
     columns = {i: ranking_column(p) for i, p in full.items()}
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(n_resamples if out else 0), desc="ranking stability", unit="resample", disable=not progress):
+    for _ in progress_bar(range(n_resamples if out else 0), desc="ranking stability", unit="resample",
+                          disable=not progress):
         sample = scores.select(resample_index(scores, domains, gen))
         for i, s in enumerate(out):
             try:

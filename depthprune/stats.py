@@ -10,7 +10,8 @@ Paired tests (the same samples under every model):
 * :func:`holm` — Holm step-down correction of a family of p-values.
 
 Intervals: :func:`bootstrap_mean_ci` (percentile bootstrap of a mean), :func:`mean_ci` (t interval),
-:func:`spread_ci` (simultaneous bootstrap interval of the spread max - min of k paired means). Agreement between rankings: :func:`kendall_tau`, :func:`top_k_overlap`.
+:func:`spread_ci` (simultaneous bootstrap interval of the spread max - min of k paired means).
+Agreement between rankings: :func:`kendall_tau`, :func:`top_k_overlap`.
 """
 
 from __future__ import annotations
