@@ -222,8 +222,9 @@ def rank(
     """Choose layers to remove from a scores file (no model pass) and print the table."""
     from depthprune import api
     from depthprune.outputs import check_output
-    from depthprune.rank.stability import bootstrap_stability, plan_table
-    from depthprune.rank.methods import RankRequest
+    from depthprune.tables import plan_table
+    from depthprune.rank.methods import RankRequest, domains_used
+    from depthprune.rank.stability import ranking_stability
     from depthprune.score.scores import Scores
     if save_plan is not None:  # before any work
         if not str(save_plan).endswith(".plan.json"):
@@ -236,12 +237,17 @@ def rank(
     console.print(plan_table(the_plan))
     console.print(f"remove {the_plan.budget} of {the_plan.num_layers} layers (0-based): "
               f"{', '.join(map(str, the_plan.remove))}", highlight=False)
-    if bootstrap:
-        stability = bootstrap_stability(loaded, RankRequest(**the_plan.request), n_resamples=bootstrap,
-                                        seed=seed)
-        for dom, frac in stability.items():
-            console.print(f"stability of {dom}: the same {the_plan.budget} layers in {frac:.0%} of "
-                      f"{bootstrap} bootstrap resamples of that domain", highlight=False)
+    if bootstrap:  # one domain resampled at a time: which domain's samples move the plan
+        options = {k: v for k, v in the_plan.request.items() if k not in ("method", "budget")}
+        for dom in domains_used(RankRequest(**the_plan.request), loaded.domains):
+            for s in ranking_stability(loaded, [(method, method, options, the_plan.budget)], bootstrap, seed,
+                                       domains=[dom]):
+                over = "block starts" if method == "angular-block" else "removable layers"
+                tau = "" if s.tau is None else (f"; Kendall tau of {s.column} over the {s.layers} {over} "
+                                                f"{s.tau[0]:.2f} [{s.tau[1]:.2f}, {s.tau[2]:.2f}]")
+                console.print(f"stability of {dom}: the same {the_plan.budget} layers in {s.same:.0%} of {bootstrap} "
+                              f"bootstrap resamples of that domain; top-k overlap {s.overlap[0]:.2f} "
+                              f"[{s.overlap[1]:.2f}, {s.overlap[2]:.2f}]{tau}", highlight=False)
     if save_plan is not None:
         the_plan.save(save_plan, overwrite=overwrite)
         console.print(f"plan -> {save_plan}", highlight=False)
@@ -405,14 +411,16 @@ def sweep(
 @handle_errors
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of `depthprune sweep` / `demo` (holds results.sqlite and scores.json).")],
-    out: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default RUN_DIR/report.html); the Markdown goes beside it with suffix .md.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default RUN_DIR/report.html); the Markdown (suffix .md) and regimes.json go beside it.")] = None,
     resamples: Annotated[int, typer.Option(min=0, help="Bootstrap resamples of the calibration samples for ranking stability (0: skip).")] = 50,
-    seed: Seed = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the stability bootstrap.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out report (the default RUN_DIR/report.html is always regenerated).")] = False,
 ) -> None:
-    """Regime map of a study: leaders, spreads and paired tests per budget, stability, plots -> HTML + Markdown."""
+    """Regime map of a study: verdicts per budget (paired tests, Holm over the report), stability, plots -> HTML, Markdown, regimes.json."""
     from depthprune.report.html import write_report
-    html_path = write_report(run_dir, out, resamples=resamples, seed=seed)
-    console.print(f"report -> {html_path} (+ {html_path.with_suffix('.md').name})", highlight=False)
+    from depthprune.settings import quiet
+    html_path = write_report(run_dir, out, resamples=resamples, seed=seed, progress=not quiet(), overwrite=overwrite)
+    console.print(f"report -> {html_path} (+ {html_path.with_suffix('.md').name}, regimes.json)", highlight=False)
 
 
 @data_app.command("lmms-task")

@@ -124,16 +124,14 @@ class Inputs:
 def inputs_of(*, model: str | os.PathLike | None = None, data: Sequence[str | os.PathLike] = (),
               files: Sequence[str | os.PathLike | None] = (), study: str | os.PathLike | None = None,
               owned: Sequence[str | os.PathLike] = ()) -> Inputs:
-    """The :class:`Inputs` of a run: a local ``model`` (directory or file; a hub id reads
-    nothing local), ``data`` files (and their folders), other ``files`` read (None skipped; a
-    scores ``.json`` brings its ``.safetensors``), a ``study`` file (and its folder)."""
+    """The :class:`Inputs` of a run: a local ``model`` (a directory or file that exists; pass
+    the resolved name: a hub id reads nothing local), ``data`` files (and their folders), other
+    ``files`` read (None skipped; a scores ``.json`` brings its ``.safetensors``), a ``study``
+    file (and its folder)."""
     paths: list[Path] = []
     folders: list[Path] = []
-    if model is not None:
-        from depthprune.models.loading import is_local, resolve_model_id
-        resolved = resolve_model_id(model)
-        if is_local(resolved):
-            paths.append(Path(resolved).expanduser())
+    if model is not None and Path(model).expanduser().exists():
+        paths.append(Path(model).expanduser())
     for f in files:
         if f is not None:
             paths.append(Path(f).expanduser())

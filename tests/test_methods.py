@@ -16,7 +16,7 @@ from depthprune.rank.methods import (
     parse_weights, rank, resolve_budget,
 )
 from depthprune.rank.protection import Protection
-from depthprune.rank.stability import bootstrap_stability, plan_table
+from depthprune.tables import plan_table
 from depthprune.score.scores import GROUPS, STATS, Scores, angular_distance
 
 L, SPAN = 8, 4
@@ -242,22 +242,7 @@ def test_iterative_selection_rescores_after_each_removal():
     assert "iterative" in METHODS
 
 
-# ---------------------------------------------------------------------- stability / files
-def test_bootstrap_stability():
-    stable = flat([0.1, 0.9, 0.2, 0.2, 0.8, 0.2, 0.2, 0.2], n=6)
-    # only the domain the method depends on is resampled and reported
-    assert bootstrap_stability(stable, RankRequest("domain", 1, domain="math"), 20) == {"math": 1.0}
-    assert bootstrap_stability(stable, RankRequest("mixed", 2), 20) == {"general": 1.0, "math": 1.0}
-    # math samples disagree on layer 3 vs 4; the full mean barely prefers 3.
-    a = [0.2, 0.2, 0.2, 0.9, 0.5, 0.2, 0.2, 0.2]
-    b = [0.2, 0.2, 0.2, 0.5, 0.85, 0.2, 0.2, 0.2]
-    unstable = make_scores([a, b, a, b, a], ["math"] * 4 + ["general"])
-    got = bootstrap_stability(unstable, RankRequest("domain", 1, domain="math"), 50)
-    assert 0 < got["math"] < 1 and "general" not in got
-    assert set(bootstrap_stability(unstable, RankRequest("mixed", 1, weights={"math": 1}), 5)) == {"math"}
-    assert bootstrap_stability(unstable, RankRequest("last", 1)) == {}
-
-
+# ---------------------------------------------------------------------- plan files
 def test_plan_round_trip_and_reproducibility(tmp_path):
     scores = make_scores([[0.1, 0.9, 0.5, 0.3, 0.2, 0.8, 0.4, 0.2], [0.2, 0.3, 0.7, 0.9, 0.1, 0.6, 0.2, 0.3]],
                          ["math", "general"], protected=[0])

@@ -1,128 +1,178 @@
-"""Regime detection on synthetic rows whose answer is known."""
+"""The regime rule on hand-built rows whose answer is known, and on simulated studies with known truth."""
 
 from __future__ import annotations
 
-from depthprune.report.regimes import CONVERGED, RANKING, STRUCTURE, analyze
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from depthprune.rank.families import REFERENCES, RANKINGS, STRUCTURE_AWARE, family, target_domain
+from depthprune.report.regimes import CONVERGED, RANKING, STRUCTURE, analyze, regimes_json
+from depthprune.report.simulate import BUDGETS, METHODS, Scenario, outcome, simulate_study
+from depthprune.report.statistics import cochran_q
 from depthprune.study.store import ResultRow
 
 N = 120
-METHODS = {"domain:math": "domain", "mixed": "mixed", "spaced": "spaced"}
 
 
-def _row(label: str, budget: int, n_correct: int, nll: float | None = None, accuracy: bool = True) -> ResultRow:
-    samples = [(f"s{i}", (1 if i < n_correct else 0) if accuracy else None,
-                (nll if nll is not None else 1.0) + 0.01 * (i % 7)) for i in range(N)]
-    acc = n_correct / N if accuracy else None
-    return ResultRow(cell=f"{label}@{budget}", method=METHODS[label], label=label, options={},
-                     budget=budget, budget_fraction=budget / 16, removed=list(range(budget)), heal=None,
-                     eval_set="eval", domain="math", n=N, accuracy=acc, ci_low=None, ci_high=None,
-                     nll=sum(s[2] for s in samples) / N, samples=samples, seconds=0.1)
+def _row(label: str, method: str, budget: int, correct: list[int] | None, nll: list[float] | None = None,
+         removed: list[int] | None = None, options: dict | None = None, domain: str = "math") -> ResultRow:
+    nll = nll if nll is not None else [1.0 + 0.01 * (i % 7) for i in range(len(correct))]
+    samples = [(f"s{i}", None if correct is None else correct[i], nll[i]) for i in range(len(nll))]
+    if options is None and ":" in label:  # domain:math -> {"domain": "math"}, as the sweep stores it
+        options = {"domain": label.split(":")[1]}
+    return ResultRow(cell=f"{label}@{budget}", method=method, label=label, options=options or {}, budget=budget,
+                     budget_fraction=budget / 16, removed=removed if removed is not None else [zlib.crc32(label.encode())],
+                     heal=None, eval_set="eval", domain=domain, n=len(nll),
+                     accuracy=None if correct is None else sum(correct) / len(correct), ci_low=None, ci_high=None,
+                     nll=sum(nll) / len(nll), samples=samples, seconds=0.1)
+
+
+def _first(k: int, n: int = N) -> list[int]:
+    """k correct answers out of n, on the first (easiest) samples: methods share sample difficulty."""
+    return [1 if i < k else 0 for i in range(n)]
+
+
+def test_families_and_domain_awareness():
+    assert [family(m) for m in ("domain", "contrast", "ablation", "iterative", "sleb", "spaced", "angular-block",
+                                "random", "last")] == [RANKINGS] * 5 + [STRUCTURE_AWARE] * 2 + [REFERENCES] * 2
+    assert target_domain("domain", {"domain": "math"}) == "math"
+    assert target_domain("contrast", {"domain": "math"}) == target_domain("sleb", {"domain": "math"}) == "math"
+    assert target_domain("ablation", {}) is None and target_domain("mixed", {"weights": {"math": 1}}) is None
+    assert target_domain("spaced", {"base": "domain", "domain": "math"}) == "math"
+    assert target_domain("iterative", {"base": "ablation", "domain": "general"}) == "general"
+    assert target_domain("spaced", {"domain": "math"}) is None  # base mixed: the domain is not read
 
 
 def test_three_regimes_found_in_the_papers_order():
     rows = []
-    for budget in (1, 2, 3):  # domain-aware clearly best
-        rows += [_row("domain:math", budget, 110), _row("mixed", budget, 60), _row("spaced", budget, 60)]
-    for budget in (4, 5, 6):  # identical
-        rows += [_row(label, budget, 50) for label in METHODS]
-    for budget in (7, 8):  # spaced clearly best
-        rows += [_row("domain:math", budget, 20), _row("mixed", budget, 20), _row("spaced", budget, 70)]
+    for budget in (1, 2):  # one ranking far ahead of the other rankings
+        rows += [_row("domain:math", "domain", budget, _first(100)), _row("mixed", "mixed", budget, _first(60)),
+                 _row("block-influence", "block-influence", budget, _first(60)),
+                 _row("spaced", "spaced", budget, _first(60)), _row("last", "last", budget, _first(10))]
+    for budget in (4, 5):  # identical rankings; a reference far ahead changes nothing
+        rows += [_row(lab, m, budget, _first(50)) for lab, m in (("domain:math", "domain"), ("mixed", "mixed"),
+                                                                 ("block-influence", "block-influence"), ("spaced", "spaced"))]
+        rows.append(_row("random", "random", budget, _first(110)))
+    for budget in (7, 8):  # the structure-aware plans beat every ranking
+        rows += [_row("domain:math", "domain", budget, _first(20)), _row("mixed", "mixed", budget, _first(22)),
+                 _row("block-influence", "block-influence", budget, _first(20)),
+                 _row("spaced", "spaced", budget, _first(70)), _row("uniform", "uniform", budget, _first(66))]
     (series,) = analyze(rows)
-    assert [b.regime for b in series.budgets] == [RANKING] * 3 + [CONVERGED] * 3 + [STRUCTURE] * 2
-    assert [r[0] for r in series.runs] == [RANKING, CONVERGED, STRUCTURE]
-    assert series.matches_paper and series.verdict.startswith("The paper's three regimes appear")
+    assert [b.regime for b in series.budgets] == [RANKING] * 2 + [CONVERGED] * 2 + [STRUCTURE] * 2
+    assert [r[0] for r in series.runs] == [RANKING, CONVERGED, STRUCTURE] and series.tests == 12
+    assert series.matches_paper and series.verdict.startswith("The paper's three regimes appear in its order")
     low = series.budgets[0]
-    assert low.leader == "domain:math" and sorted(low.beaten) == ["mixed", "spaced"]
-    assert low.runner_up.other == "mixed" and (low.runner_up.leader_only, low.runner_up.other_only) == (50, 0)
-    assert low.runner_up.p == 2 / 2 ** 50  # exact McNemar: 50 discordant pairs, all one way
-    assert abs(low.spread_accuracy - (110 - 60) / N) < 1e-12
-    assert series.budgets[-1].leader == "spaced"
+    assert low.leader.labels == ["domain:math"] and "domain-aware for math" in series.verdict
+    assert [(p.a, p.b) for p in low.resolved] == [("domain:math", "block-influence"), ("domain:math", "mixed")]
+    x = np.stack([a.values for a in low.rankings], 1)
+    assert low.p_rankings == pytest.approx(cochran_q(x)[1]) and low.spread == pytest.approx(40 / N)
+    assert sorted(series.budgets[2].tied) == ["block-influence", "domain:math", "mixed"]  # identical results
+    high = series.budgets[-1]
+    assert high.leader.name == "spaced" and high.margin == pytest.approx((70 + 66) / 2 / N - 22 / N)
 
 
-def test_all_equal_states_no_regimes():
-    rows = [_row(label, budget, 60) for budget in (1, 2, 3, 4) for label in METHODS]
+def test_beating_a_reference_is_not_a_regime():
+    """The old rule's failure: a leader that beats only `random`/`last` made a budget ranking-sensitive."""
+    rows = [_row("domain:math", "domain", 2, _first(60)), _row("mixed", "mixed", 2, _first(59)),
+            _row("random", "random", 2, _first(5)), _row("last", "last", 2, _first(5))]
     (series,) = analyze(rows)
-    assert {b.regime for b in series.budgets} == {CONVERGED}
-    assert not series.matches_paper and series.verdict.startswith("No regimes")
-    assert all(c.p == 1.0 for b in series.budgets for c in b.comparisons)
+    assert series.budgets[0].regime == CONVERGED and series.verdict.startswith("No regimes")
+    assert series.budgets[0].references and not series.budgets[0].resolved
 
 
-def test_other_orders_are_reported_not_forced():
-    rows = []
-    for budget in (1, 2):  # equal at low budgets, domain-aware best at high ones: not the paper's map
-        rows += [_row(label, budget, 60) for label in METHODS]
-    for budget in (6, 8):
-        rows += [_row("domain:math", budget, 100), _row("mixed", budget, 40), _row("spaced", budget, 10)]
+def test_structure_slightly_ahead_is_not_structure_dominated():
+    """The old rule's failure: a structure-aware leader 0.5 points ahead made a budget structure-dominated."""
+    rows = [_row("domain:math", "domain", 6, _first(60, 400)), _row("spaced", "spaced", 6, _first(62, 400)),
+            _row("last", "last", 6, _first(0, 400))]
     (series,) = analyze(rows)
-    assert [r[0] for r in series.runs] == [CONVERGED, RANKING]
-    assert not series.matches_paper
-    assert "do not appear as stated" in series.verdict and "structure-dominated" in series.verdict
-    assert "spaced is significantly worse" in series.verdict
+    assert series.budgets[0].regime == CONVERGED and series.budgets[0].p_structure > 0.05
 
 
-def test_nll_only_uses_paired_bootstrap():
-    rows = []
-    for budget in (1, 2):
-        rows += [_row("domain:math", budget, 0, nll=1.0, accuracy=False),
-                 _row("mixed", budget, 0, nll=1.5, accuracy=False),
-                 _row("spaced", budget, 0, nll=1.0, accuracy=False)]
+def test_identical_plans_count_once():
+    """Variants with the same removed layers are one model: they neither inflate the omnibus test nor
+    tie with themselves; their labels are listed together."""
+    a, b = _first(70), _first(50)
+    rows = [_row("domain:math", "domain", 2, a, removed=[5, 9]), _row("ablation:math", "ablation", 2, a, removed=[5, 9]),
+            _row("contrast:math", "contrast", 2, a, removed=[5, 9]), _row("mixed", "mixed", 2, b, removed=[4, 9])]
     (series,) = analyze(rows)
-    b = series.budgets[0]
-    assert b.metric == "nll" and b.leader == "domain:math"  # ties on NLL go to the first label
-    by_other = {c.other: c for c in b.comparisons}
-    assert by_other["mixed"].test == "bootstrap-nll" and by_other["mixed"].significant
-    assert abs(by_other["mixed"].nll_diff - 0.5) < 1e-9
-    assert not by_other["spaced"].significant
-    assert b.regime == RANKING
+    bs = series.budgets[0]
+    assert [arm.labels for arm in bs.rankings] == [["ablation:math", "contrast:math", "domain:math"], ["mixed"]]
+    assert bs.leader.name == "ablation:math = contrast:math = domain:math"
+    assert bs.p_rankings == pytest.approx(cochran_q(np.stack([np.array(a), np.array(b)], 1))[1])
 
 
-def _scores(noise: float, n: int = 20, layers: int = 8):
-    import torch
-
-    from depthprune.score.scores import Scores
-    gen = torch.Generator().manual_seed(0)
-    base = torch.linspace(0.5, 0.95, layers, dtype=torch.float64)  # layer 7 most redundant
-    sums = torch.zeros(n, 2, 4, layers, 1, dtype=torch.float64)
-    sums[:, 0, :, :, 0] = (base + noise * torch.randn(n, 1, layers, generator=gen, dtype=torch.float64))
-    counts = torch.ones(n, 4, dtype=torch.int64)
-    return Scores(model_id="synthetic", num_layers=layers, max_span=1, sample_ids=[f"s{i}" for i in range(n)],
-                  sample_domains=["math" if i % 2 else "general" for i in range(n)], sums=sums, counts=counts)
+def test_exact_ties_are_listed_not_broken():
+    a = _first(70)
+    b = a[::-1]  # as many correct, on other samples, same NLL
+    rows = [_row("zeta", "domain", 2, a, removed=[3]), _row("alpha", "mixed", 2, b, removed=[4]),
+            _row("beta", "mixed", 2, _first(10), removed=[5])]
+    bs = analyze(rows)[0].budgets[0]
+    assert sorted(bs.tied) == ["alpha", "zeta"]
 
 
-def test_ranking_stability_is_perfect_without_noise_and_lower_with_it():
-    from depthprune.report.regimes import ranking_stability, stability_claim
-    rankings = [("domain:math", "domain", {"domain": "math"}, 3), ("block-influence", "block-influence", {}, 3),
-                ("last", "last", {}, 3)]
-    exact = ranking_stability(_scores(0.0), rankings, n_resamples=10)
-    assert [s.label for s in exact] == ["domain:math", "block-influence"]  # score-free `last` skipped
-    assert all(s.overlap == 1.0 and s.tau == 1.0 and s.full_removed == [5, 6, 7] for s in exact)
-    noisy = ranking_stability(_scores(0.3), rankings, n_resamples=20)
-    assert all(0.0 <= s.overlap < 1.0 and s.tau < 1.0 for s in noisy)
-    # single-domain ranking on half the samples varies more than the pooled one
-    by = {s.label: s for s in noisy}
-    assert by["domain:math"].tau < by["block-influence"].tau
-    claim = stability_claim(noisy, [])
-    assert claim.startswith("Cannot be checked as stated: no budget is ranking-sensitive")
-    assert "block-influence" in claim
+def test_nll_fallback_is_a_rank_test_that_cannot_be_sure_at_n3():
+    """The old fallback returned p = 0.001 whenever the paired differences shared a sign, even at n = 3."""
+    rows = [_row("domain:math", "domain", 2, None, nll=[1.0, 1.1, 1.2]),
+            _row("mixed", "mixed", 2, None, nll=[2.0, 2.1, 2.2])]
+    bs = analyze(rows)[0].budgets[0]
+    assert bs.metric == "nll" and bs.p_rankings == pytest.approx(0.25)  # exact signed-rank, two-sided
+    assert bs.regime == CONVERGED and bs.leader.labels == ["domain:math"]
+    gen = np.random.default_rng(0)
+    shared = gen.normal(size=200)
+    rows = [_row("domain:math", "domain", 2, None, nll=list(1.0 + shared + 0.3 * gen.normal(size=200))),
+            _row("mixed", "mixed", 2, None, nll=list(1.3 + shared + 0.3 * gen.normal(size=200))),
+            _row("block-influence", "block-influence", 2, None, nll=list(1.3 + shared + 0.3 * gen.normal(size=200)))]
+    bs = analyze(rows)[0].budgets[0]
+    assert bs.regime == RANKING and bs.spread == pytest.approx(0.3, abs=0.1)
+    assert {p.b for p in bs.resolved} == {"mixed", "block-influence"} and bs.leader.labels == ["domain:math"]
 
 
-def test_stability_claim_is_checked_at_ranking_sensitive_budgets():
-    from depthprune.report.regimes import ranking_stability, stability_claim
-    rows = [_row("domain:math", 3, 110), _row("mixed", 3, 60), _row("spaced", 3, 60)]
-    series = analyze(rows)
-    assert series[0].budgets[0].regime == RANKING
-    rankings = [("domain:math", "domain", {"domain": "math"}, 3), ("block-influence", "block-influence", {}, 3)]
-    noisy = ranking_stability(_scores(0.3), rankings, n_resamples=20)
-    assert stability_claim(noisy, series).startswith("The claim does not hold")
-    exact = ranking_stability(_scores(0.0), rankings[:1], n_resamples=5)
-    assert stability_claim(exact, series).startswith("The claim holds")
+def test_error_control_spans_every_series():
+    """Holm runs over both tests of every budget of every series; a weak effect that would pass alone
+    at one budget does not survive a family of many tests."""
+    weak = [_row("domain:math", "domain", 2, _first(67)), _row("mixed", "mixed", 2, _first(60))]
+    (alone,) = analyze(weak)
+    assert alone.budgets[0].regime == RANKING and alone.tests == 1
+    many = weak + [_row(lab, m, b, _first(60), domain=d) for d in ("math", "general") for b in range(3, 9)
+                   for lab, m in (("domain:math", "domain"), ("mixed", "mixed"), ("spaced", "spaced"))]
+    series = analyze(many)
+    assert series[0].tests == 25 and {b.regime for s in series for b in s.budgets} == {CONVERGED}
 
 
-def test_rankings_that_cannot_be_reranked_are_named():
-    from depthprune.report.regimes import ranking_stability
-    skipped: list[str] = []
-    out = ranking_stability(_scores(0.1), [("angular-block", "angular-block", {}, 3),
-                                           ("domain:math", "domain", {"domain": "math"}, 3)],
-                            n_resamples=3, skipped=skipped)
-    assert [s.label for s in out] == ["domain:math"]
-    assert len(skipped) == 1 and skipped[0].startswith("angular-block at k=3:") and "max-span" in skipped[0]
+def test_regimes_json_has_the_issue_format():
+    rows = [_row("domain:math", "domain", 2, _first(100)), _row("mixed", "mixed", 2, _first(60)),
+            _row("spaced", "spaced", 2, _first(60))]
+    data = json.loads(json.dumps(regimes_json(analyze(rows)), allow_nan=False))
+    (series,) = data["series"]
+    assert {"eval_set": "eval", "domain": "math", "healed": False}.items() <= series.items()
+    (b,) = series["budgets"]
+    assert b["budget"] == 2 and b["label"] == RANKING and b["leader"] == "domain:math"
+    assert b["spread"] == pytest.approx(40 / N) and len(b["spread_ci"]) == 2
+    assert b["spread_ci"][0] <= b["spread"] <= b["spread_ci"][1] and 0 <= b["p"] < 0.05
+    assert b["ranking_pairs_resolved"][0]["better"] == "domain:math"
+
+
+def test_simulated_studies_have_the_shape_of_a_sweep():
+    rows = simulate_study(Scenario(), 20, np.random.default_rng(0))
+    assert len(rows) == 2 * len(BUDGETS) * len(METHODS) and len(METHODS) == 18
+    assert sum(family(m) == RANKINGS for m, _ in METHODS) == 13
+    one = {(r.budget, r.domain): set() for r in rows}
+    for r in rows:
+        one[(r.budget, r.domain)].add(tuple(r.removed))
+        assert len(r.removed) == r.budget and min(r.removed) >= 3 and len(r.samples) == 20
+    assert all(len(plans) == len(METHODS) for plans in one.values())  # no two methods share a plan
+
+
+@pytest.mark.parametrize("scenario", [Scenario("null"), Scenario("ranking"), Scenario("structure", budget=16)])
+def test_simulated_truth_is_recovered(scenario):
+    """A few studies per scenario at n = 600 (the size/power table, with hundreds of studies, comes
+    from `python -m depthprune.report.simulate`): the global null stays converged, planted effects are found."""
+    rng = np.random.default_rng(1)
+    results = [outcome(scenario, simulate_study(scenario, 600, rng), resamples=100) for _ in range(3)]
+    if scenario.kind == "null":
+        assert not any(r["any_label"] for r in results)
+    else:
+        assert sum(r["hit"] for r in results) >= 2 and not any(r["elsewhere"] for r in results)

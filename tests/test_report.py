@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import sqlite3
@@ -54,16 +55,24 @@ def test_report_is_self_contained_html_and_markdown(run_dir, tmp_path):
     md = path.with_suffix(".md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in md
-    assert "| budget (layers, %) | regime | leader |" in md and "| 2 (12%) |" in md and "| 4 (25%) |" in md
+    assert "| budget (layers, %) | regime | p (Holm) | best ranking [95% CI] |" in md and "| 2 (12%) |" in md and "| 4 (25%) |" in md
     assert "ranking-sensitive regime" in md  # the stability claim is checked and stated
+    verdicts = json.loads((run / "regimes.json").read_text())
+    assert [(x["domain"], x["healed"]) for x in verdicts["series"]] == [("general", False), ("math", False)]
+    for series in verdicts["series"]:
+        assert [b["budget"] for b in series["budgets"]] == [2, 4]
+        for b in series["budgets"]:
+            assert b["label"] in ("ranking-sensitive", "converged", "structure-dominated") and 0 <= b["p"] <= 1
+            assert isinstance(b["leader"], str) and isinstance(b["spread"], float) and len(b["spread_ci"]) == 2
+    assert verdicts["alpha"] == 0.05 and "Holm" in verdicts["rule"]
 
 
 def test_cli_report_with_out(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path)
     res = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html"), "--resamples", "0"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "r.html").is_file() and (tmp_path / "r.md").is_file()
-    assert not (run / "report.html").exists()
+    assert (tmp_path / "r.html").is_file() and (tmp_path / "r.md").is_file() and (tmp_path / "regimes.json").is_file()
+    assert not (run / "report.html").exists() and not (run / "regimes.json").exists()
     assert ">Ranking stability</h2>" not in (tmp_path / "r.html").read_text()  # skipped with 0 resamples
 
 

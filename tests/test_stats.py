@@ -1,4 +1,4 @@
-"""depthprune.report.statistics against values computed by hand."""
+"""depthprune.report.statistics against values computed by hand and against scipy / statsmodels."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import math
 
 import pytest
 
-from depthprune.report.statistics import (binomial_two_sided, bootstrap_mean_ci, holm, kendall_tau, mcnemar_exact,
-                              paired_bootstrap, top_k_overlap)
+import numpy as np
+from scipy import stats as sps
+
+from depthprune.report.statistics import (binomial_two_sided, bootstrap_mean_ci, cochran_q, friedman, holm, kendall_tau,
+                              mcnemar_exact, mean_ci, mean_greater, spread_ci, top_k_overlap, wilcoxon_paired)
 
 
 def test_binomial_two_sided_hand_values():
@@ -58,10 +61,75 @@ def test_bootstrap_mean_ci():
     assert bootstrap_mean_ci(values, seed=1) == (mean, low, high)  # seeded: reproducible
 
 
-def test_paired_bootstrap():
-    b = [0.5, 1.0, 2.0, 4.0, 0.1]
-    diff, low, high, p = paired_bootstrap([x + 1 for x in b], b, n_resamples=999)
-    assert (diff, low, high) == pytest.approx((1.0, 1.0, 1.0))
-    assert p == pytest.approx(2 / 1000)  # no resample on the other side of 0
-    diff, low, high, p = paired_bootstrap(b, b)
-    assert diff == 0 and p == 1.0
+def test_binomial_two_sided_matches_scipy_up_to_20000_discordant_pairs():
+    """Bug 1 of issue 15: the exact tail overflowed a float at n >= 1024 (2 ** n, then fsum)."""
+    from scipy.stats import binomtest
+    for n in (1, 2, 5, 17, 100, 1023, 1024, 1030, 2047, 5000, 12345, 20000):
+        for k in sorted({0, 1, n // 3, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n, max(0, n // 2 - int(2 * n ** 0.5))}):
+            if 0 <= k <= n:
+                assert binomial_two_sided(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, rel=1e-9, abs=1e-300), (k, n)
+    assert binomial_two_sided(0, 1024) < 1e-300 and binomial_two_sided(500, 1030) == pytest.approx(0.3662112178)
+    a, b = [1] * 700 + [0] * 600 + [1] * 50, [0] * 700 + [1] * 600 + [1] * 50  # 1,300 discordant pairs
+    assert mcnemar_exact(a, b) == (700, 600, pytest.approx(binomtest(700, 1300, 0.5).pvalue, rel=1e-9))
+
+
+def test_holm_equals_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+    gen = np.random.default_rng(0)
+    for m in (1, 2, 7, 32):
+        p = list(gen.uniform(0, 0.2, m))
+        assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
+
+
+def test_cochran_q():
+    from statsmodels.stats.contingency_tables import cochrans_q
+    a = [1] * 9 + [0] * 3 + [1] * 20 + [0] * 10
+    b = [0] * 9 + [1] * 3 + [1] * 20 + [0] * 10  # 9 vs 3 discordant, 30 concordant
+    q, p = cochran_q(np.array([a, b]).T)
+    assert q == pytest.approx((9 - 3) ** 2 / 12) and p == pytest.approx(sps.chi2.sf(3.0, 1))
+    gen = np.random.default_rng(1)
+    x = (gen.random((80, 5)) < 0.5).astype(int)
+    x[:10] = 1  # all-right rows carry no information: Q is unchanged by them (and they are dropped)
+    assert cochran_q(x) == pytest.approx((cochrans_q(x).statistic, cochrans_q(x).pvalue))
+    assert cochran_q(np.ones((6, 3))) == (0.0, 1.0) and cochran_q(np.ones((6, 1))) == (0.0, 1.0)
+
+
+def test_nll_tests_are_rank_tests_that_respect_small_samples():
+    assert wilcoxon_paired([1.0, 1.1, 1.2], [2.0, 2.1, 2.2]) == pytest.approx(0.25)  # 2 / 2^3: exact
+    assert wilcoxon_paired([1.0, 2.0], [1.0, 2.0]) == 1.0
+    gen = np.random.default_rng(2)
+    x = gen.normal(size=(30, 4)) + np.array([0, 0, 0.5, 0])
+    assert friedman(x) == pytest.approx(tuple(sps.friedmanchisquare(*x.T)))
+    assert friedman(x[:, :2])[1] == pytest.approx(wilcoxon_paired(x[:, 0], x[:, 1]))
+    assert friedman(np.ones((5, 3))) == (0.0, 1.0)
+
+
+def test_mean_greater():
+    d = [0.3, -0.1, 0.5, 0.2, 0.4, 0.1]
+    assert mean_greater(d) == pytest.approx(sps.ttest_1samp(d, 0, alternative="greater").pvalue)
+    assert mean_greater([1.0, 1.0, 1.0]) == 0.125 and mean_greater([0.0] * 5) == 1.0 and mean_greater([2.0]) == 1.0
+
+
+def test_mean_ci():
+    mean, low, high = mean_ci([1.0, 2.0, 3.0])
+    half = sps.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert (mean, low, high) == pytest.approx((2.0, 2 - half, 2 + half))
+    assert mean_ci([4.0, 4.0]) == (4.0, 4.0, 4.0)
+
+
+def test_spread_ci_covers_the_true_spread_without_upward_bias():
+    assert spread_ci(np.ones((20, 3))) == (0.0, 0.0, 0.0) and spread_ci(np.ones((20, 1))) == (0.0, 0.0, 0.0)
+    gen = np.random.default_rng(3)
+    equal, covered = 0, 0
+    for rep in range(60):
+        shared = gen.normal(size=(300, 1))
+        x = (gen.random((300, 6)) < 1 / (1 + np.exp(-shared))).astype(float)  # six equal methods
+        spread, low, high = spread_ci(x, n_resamples=300, seed=rep)
+        assert low <= spread <= high
+        equal += low == 0.0
+        y = x.copy()
+        y[:, 0] = (gen.random(300) < 1 / (1 + np.exp(-shared[:, 0] - 1.5))).astype(float)  # one far better
+        truth = np.mean(1 / (1 + np.exp(-shared[:, 0] - 1.5))) - np.mean(1 / (1 + np.exp(-shared[:, 0])))
+        _, low, high = spread_ci(y, n_resamples=300, seed=rep)
+        covered += low <= truth <= high
+    assert equal >= 55 and covered >= 54  # nominal 95%: the interval of equal methods reaches 0

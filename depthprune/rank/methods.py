@@ -630,6 +630,10 @@ def check_request(req: RankRequest, domains: list[str] | None = None, where: str
         raise RankError(f"unknown token group '{req.token_group}'; choose one of {', '.join(GROUPS)}")
     if req.base not in BASES:
         raise RankError(f"unknown base '{req.base}'; choose one of {', '.join(BASES)}")
+    if req.method == "iterative" and req.base == "ablation":  # its re-scoring pass measures cosines only
+        raise RankError("iterative cannot use base 'ablation': it re-scores cosines after each removal and "
+                        "cannot re-measure ablation damage; use --method ablation (damage measured once on "
+                        "the full model) or iterative with --base domain, mixed or block-influence")
     check_budget_spec(req.budget)
     for name in ("protect_first", "protect_last"):
         if not _is_int(getattr(req, name)) or getattr(req, name) < 0:

@@ -16,20 +16,24 @@ import json
 import os
 import sqlite3
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from depthprune.report.regimes import ALPHA, RANKING, RULE, Series, Stability, analyze, ranking_stability, stability_claim
-from depthprune.rank.protection import Protection
+from depthprune.report.regimes import RANKING, RULE, Series, analyze, regimes_json
+from depthprune.report.tables import ERROR_CONTROL, best_table, budget_label, num, pairs_lines, pct, pval, stability_table
 from depthprune.score.scores import Scores, ScoresError
+from depthprune.rank.stability import Stability, ranking_stability, stability_claim
+from depthprune.outputs import atomic_files
 from depthprune.report.statistics import kendall_tau, mcnemar_exact
+from depthprune.outputs import check_output, inputs_of
+from depthprune.rank.protection import Protection
 from depthprune.study.rundir import RunDir
-from depthprune.study.store import ResultRow, get_meta, open_store, read_results
+from depthprune.study.store import ResultRow, get_meta, open_store_readonly, read_results
 
 STORE_NAME, SCORES_NAME = RunDir.STORE, RunDir.SCORES
+REGIMES_NAME = RunDir.REGIMES
 
 
 class ReportError(ValueError):
@@ -47,10 +51,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[list[ResultRow], dict[str, Any
         raise ReportError(f"{run_dir}: not a run directory (no {STORE_NAME}); run "
                           f"`depthprune sweep STUDY.yaml --out {run_dir}` first")
     try:
-        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-        conn.execute("SELECT 1 FROM results LIMIT 1")
-        conn.close()
-        conn = open_store(store)
+        conn = open_store_readonly(store)
         rows, meta = read_results(conn), get_meta(conn)
         conn.close()
     except sqlite3.DatabaseError as exc:
@@ -102,45 +103,6 @@ def _ablation(scores: Scores, notes: list[str]) -> dict[str, list[float]] | None
 
 
 # ----------------------------------------------------------------------------- helpers
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}%"
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _p(p: float | None) -> str:
-    if p is None:
-        return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _budget_label(b: int, fraction: float) -> str:
-    return f"{b} ({100 * fraction:.0f}%)"
-
-
-def _best_table(series: Series) -> tuple[list[str], list[list[str]]]:
-    head = ["budget (layers, %)", "regime", "leader", "leader accuracy [95% CI]" if series.budgets and
-            series.budgets[0].metric == "accuracy" else "leader NLL [95% CI]", "spread acc (points)",
-            "spread NLL", "beats beyond noise", "runner-up", "p vs runner-up", "strongest win (p)"]
-    body = []
-    for b in series.budgets:
-        if b.metric == "accuracy":
-            ci = b.acc_ci.get(b.leader)
-            lead = _pct(b.accuracy[b.leader]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
-        else:
-            ci = b.nll_ci.get(b.leader)
-            lead = _num(b.nll[b.leader]) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else "")
-        ru, st = b.runner_up, b.strongest
-        body.append([_budget_label(b.budget, b.fraction), b.regime, b.leader, lead,
-                     "–" if b.spread_accuracy is None else f"{100 * b.spread_accuracy:.1f}",
-                     _num(b.spread_nll), f"{len(b.beaten)} of {len(b.comparisons)}",
-                     "–" if ru is None else ru.other, "–" if ru is None else _p(ru.p_holm),
-                     "–" if st is None else f"{st.other} ({_p(st.p_holm)})"])
-    return head, body
-
-
 def _healing_table(rows: list[ResultRow]) -> tuple[list[str], list[list[str]]]:
     plain = {(r.label, r.budget, r.eval_set, r.domain): r for r in rows if r.heal is None}
     head = ["method", "budget", "eval set / domain", "accuracy unhealed → healed", "NLL unhealed → healed",
@@ -155,26 +117,11 @@ def _healing_table(rows: list[ResultRow]) -> tuple[list[str], list[list[str]]]:
         ids = sorted(set(left) & set(right))
         if ids:
             a_only, b_only, p = mcnemar_exact([left[i] for i in ids], [right[i] for i in ids])
-            counts, pv = f"{a_only} / {b_only}", _p(p)
+            counts, pv = f"{a_only} / {b_only}", pval(p)
         else:
             counts, pv = "–", "–"
-        body.append([r.label, _budget_label(r.budget, r.budget_fraction), f"{r.eval_set} / {r.domain}",
-                     f"{_pct(u.accuracy)} → {_pct(r.accuracy)}", f"{_num(u.nll)} → {_num(r.nll)}", counts, pv])
-    return head, body
-
-
-def _stability_table(stability: list[Stability]) -> tuple[list[str], list[list[str]]]:
-    budgets = sorted({s.budget for s in stability})
-    labels = sorted({s.label for s in stability})
-    cell = {(s.label, s.budget): s for s in stability}
-    head = ["ranking"] + [f"k = {b}" for b in budgets]
-    body = []
-    for lab in labels:
-        row = [lab]
-        for b in budgets:
-            s = cell.get((lab, b))
-            row.append("–" if s is None else f"{s.overlap:.2f} / {_num(s.tau, 2)}")
-        body.append(row)
+        body.append([r.label, budget_label(r.budget, r.budget_fraction), f"{r.eval_set} / {r.domain}",
+                     f"{pct(u.accuracy)} → {pct(r.accuracy)}", f"{num(u.nll)} → {num(r.nll)}", counts, pv])
     return head, body
 
 
@@ -258,102 +205,91 @@ class _Doc:
         self.html.append("</details>")
 
 
-# ----------------------------------------------------------------------------- the report
-def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                 resamples: int = 50, seed: int = 0, progress: bool = True) -> Path:
-    """Analyse ``run_dir`` and write ``report.html`` (self-contained) and ``report.md`` beside it.
 
-    ``out`` is the HTML path (default ``run_dir/report.html``); the Markdown goes to the same
-    path with suffix ``.md``. ``resamples`` bootstrap resamples of the calibration samples
-    estimate ranking stability (0: skip). Returns the HTML path. Raises ReportError (a
-    ValueError) when ``run_dir`` is not a run directory or its store is empty.
-    """
-    run_dir = Path(run_dir)
-    rows, meta = load_run(run_dir)
-    out = Path(out) if out is not None else RunDir(run_dir).report
+
+# ----------------------------------------------------------------------------- the report
+def _check_out(run_dir: Path, out: str | os.PathLike | None, overwrite: bool) -> Path:
+    """The HTML path. The default (RUN_DIR/report.html, with report.md and regimes.json) is the run
+    directory's own and is regenerated each time; an explicit ``--out`` follows the rule of every
+    output: its three files are replaced only with ``overwrite``, never an input."""
+    run = RunDir(run_dir)
+    if out is None:
+        return run.report
+    out = Path(out).expanduser()
     if out.suffix.lower() not in (".html", ".htm"):
         raise ReportError(f"{out}: the report file name must end in .html (the Markdown goes beside it)")
-    from depthprune.report import plots  # matplotlib only when a report is written
+    reads = inputs_of(files=[run.store, run.scores])
+    for path in (out, out.with_suffix(".md"), out.parent / REGIMES_NAME):
+        check_output(path, overwrite or path == run.report.with_suffix(path.suffix), kind="file", inputs=reads)
+    return out
 
-    notes: list[str] = []
-    scores = _load_scores(run_dir, notes)
-    num_layers = int(meta.get("num_layers") or (scores.num_layers if scores else 0)
-                     or max(max(r.removed, default=0) for r in rows) + 1)
-    protected = list(meta.get("protected_layers") or (scores.protected_layers if scores else []))
-    series = analyze(rows)
-    labels = sorted({r.label for r in rows if r.budget > 0})
-    colors = plots.label_colors(labels)
 
-    stability: list[Stability] = []
-    if scores is not None and resamples > 0:
-        # the study's protection settings (stored in meta by `sweep`) apply to every ranking
-        protect = Protection(**((meta.get("study") or {}).get("protect") or {})).request_kwargs()
-        rankings = sorted({(r.label, r.method, json.dumps(r.options, sort_keys=True), r.budget)
-                           for r in rows if r.budget > 0})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rankings = [(lab, m, {**protect, **json.loads(o)}, b) for lab, m, o, b in rankings]
-            skipped: list[str] = []
-            stability = ranking_stability(scores, rankings, n_resamples=resamples, seed=seed,
-                                          progress=progress, skipped=skipped)
-        if skipped:
-            notes.append("Ranking stability not computed for " + "; ".join(skipped) + ".")
-        stored = {(r.label, r.budget): r.removed for r in rows}
-        mismatched = sorted({s.label for s in stability if stored.get((s.label, s.budget)) != s.full_removed})
-        if mismatched:
-            notes.append(f"Re-ranking {SCORES_NAME} does not reproduce the stored removed layers of "
-                         f"{', '.join(mismatched)}; their stability describes the re-ranked plan.")
-    claim = stability_claim(stability, series) if scores is not None and resamples > 0 else \
-        "Not checked: ranking stability was not computed."
+def _stability(rows: list[ResultRow], meta: dict, scores: Scores, resamples: int, seed: int, progress: bool,
+               notes: list[str]) -> list[Stability]:
+    """Bootstrap stability of every stored ranking, under the study's protection settings."""
+    protect = Protection(**((meta.get("study") or {}).get("protect") or {})).request_kwargs()  # stored by `sweep`
+    rankings = sorted({(r.label, r.method, json.dumps(r.options, sort_keys=True), r.budget) for r in rows if r.budget > 0})
+    skipped: list[str] = []
+    stability = ranking_stability(scores, [(lab, m, {**protect, **json.loads(o)}, b) for lab, m, o, b in rankings],
+                                  n_resamples=resamples, seed=seed, progress=progress, skipped=skipped)
+    if skipped:
+        notes.append("Ranking stability not computed for " + "; ".join(skipped) + ".")
+    stored = {(r.label, r.budget): r.removed for r in rows}
+    mismatched = sorted({s.label for s in stability if stored.get((s.label, s.budget)) != s.full_removed})
+    if mismatched:
+        notes.append(f"Re-ranking {SCORES_NAME} does not reproduce the stored removed layers of "
+                     f"{', '.join(mismatched)}; their stability describes the re-ranked plan.")
+    return stability
 
-    doc = _Doc(out.name)
-    model = meta.get("model", "?")
-    doc.h(1, f"depthprune study: {model}")
-    cells = len({r.cell for r in rows})
+
+def _header(doc: _Doc, rows: list[ResultRow], meta: dict, num_layers: int, protected: list[int]) -> None:
+    doc.h(1, f"depthprune study: {meta.get('model', '?')}")
     seconds = sum({r.cell: r.seconds for r in rows}.values())
     doc.p(f"{num_layers} decoder layers (0-based), protected {protected or 'none'}; domains "
           f"{', '.join(meta.get('domains') or sorted({r.domain for r in rows}))}; eval sets "
-          f"{', '.join(sorted({r.eval_set for r in rows}))}; {cells} cells, {len(rows)} result rows, "
-          f"{seconds:.0f} s of compute stored. depthprune {meta.get('depthprune_version', '?')}; report "
+          f"{', '.join(sorted({r.eval_set for r in rows}))}; {len({r.cell for r in rows})} cells, {len(rows)} result "
+          f"rows, {seconds:.0f} s of compute stored. depthprune {meta.get('depthprune_version', '?')}; report "
           f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", cls="muted")
 
-    doc.h(2, "Findings")
-    findings = [f"{s.name}: {s.verdict}" for s in series if s.budgets]
-    findings.append(f"Ranking stability — the paper's claim \"domain-aware rankings are the most stable in the "
-                    f"ranking-sensitive regime\": {claim}")
-    findings += notes
-    doc.bullets(findings)
-    doc.html.append(f'<p class="rule"><b>Regime rule.</b> {html.escape(RULE)}</p>')
-    doc.md.append(f"> **Regime rule.** {RULE}\n")
 
-    if any(r.accuracy is not None for r in rows):
-        doc.h(2, "Accuracy vs budget")
-        doc.image(plots.metric_vs_budget(rows, series, "accuracy", colors), "accuracy vs budget per method and domain")
-    if any(r.nll is not None for r in rows):
-        doc.h(2, "Answer NLL vs budget")
-        doc.image(plots.metric_vs_budget(rows, series, "nll", colors), "answer NLL vs budget per method and domain")
-
+def _regimes(doc: _Doc, rows: list[ResultRow], series: list[Series], plots: Any) -> None:
+    """The figures by budget and the table of verdicts per series."""
+    for metric, title in (("accuracy", "Accuracy vs budget"), ("nll", "Answer NLL vs budget")):
+        if any(getattr(r, metric) is not None for r in rows):
+            doc.h(2, title)
+            doc.image(plots.metric_vs_budget(rows, series, metric), f"{title.lower()}, by method family and domain")
+            doc.p("One panel per family; the best methods of each family in colour, the others grey; the best "
+                  "score-based ranking at each budget dashed black in the other panels; shading: the regime.",
+                  cls="muted")
     doc.h(2, "Best method per budget")
-    doc.p(f"Leader = highest accuracy (ties: lower NLL; lowest NLL where accuracy was not measured). "
-          f"'Beats beyond noise' counts the methods it beats with Holm-adjusted p < {ALPHA}. p-values are "
-          f"Holm-adjusted, leader vs the runner-up (second best) and vs the method it beats most clearly "
-          f"(exact McNemar on paired per-sample correctness, or a paired bootstrap of the NLL). "
-          f"Spread = best minus worst method at that budget.", cls="muted")
+    doc.p("Plans: variants that remove the same layers count once. Spread: best minus worst score-based plan with "
+          "its simultaneous 95% bootstrap interval. p-values: raw (Holm over the report). " + ERROR_CONTROL,
+          cls="muted")
     for s in series:
-        if not s.budgets:
-            continue
-        doc.h(3, f"{s.name} (n = {s.n})")
-        doc.table(*_best_table(s), regime_col=1)
+        if s.budgets:
+            doc.h(3, f"{s.name} (n = {s.n})")
+            doc.table(*best_table(s), regime_col=1)
+    pairs = [line for s in series for line in pairs_lines(s)]
+    if pairs:
+        doc.p("Ranking pairs that differ beyond noise (exact McNemar, or Wilcoxon on NLL; Holm within the budget):")
+        doc.bullets(pairs)
 
-    healing = _healing_table(rows)
-    if healing[1]:
-        doc.h(2, "Healing")
-        doc.p("Each healed cell against the same plan unhealed, on the same samples.", cls="muted")
-        if len(healing[1]) > 12:
-            doc.raw_details(f"{len(healing[1])} healed cells", *healing)
-        else:
-            doc.table(*healing)
 
+def _healing(doc: _Doc, rows: list[ResultRow]) -> None:
+    head, body = _healing_table(rows)
+    if not body:
+        return
+    doc.h(2, "Healing")
+    doc.p("Each healed cell against the same plan unhealed, on the same samples.", cls="muted")
+    if len(body) > 12:
+        doc.raw_details(f"{len(body)} healed cells", head, body)
+    else:
+        doc.table(head, body)
+
+
+def _layers(doc: _Doc, rows: list[ResultRow], scores: Scores | None, num_layers: int, protected: list[int],
+            plots: Any) -> None:
+    """Score profiles (with the ablation ground truth) and the removed-layer grid."""
     if scores is not None:
         doc.h(2, "Per-layer score profiles")
         profiles = _profiles(scores)
@@ -363,40 +299,87 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         doc.p("Mean cosine between each layer's input and output over the calibration samples of each domain "
               "(grey: protected layers). " + (" ".join(agreement) if agreement else
                                               "No single-layer ablation ground truth in the scores."), cls="muted")
-
     doc.h(2, "Removed layers per method and budget")
     doc.image(plots.removed_grid([r for r in rows if r.heal is None] or rows, num_layers, protected),
               "method x budget grid of removed layers")
 
-    if stability:
-        doc.h(2, "Ranking stability")
-        sensitive = {b.budget for s in series for b in s.budgets if b.regime == RANKING}
-        doc.image(plots.stability_plot(stability, num_layers, sensitive, colors), "ranking stability vs budget")
-        doc.p(f"{resamples} bootstrap resamples of the calibration samples (within each domain, paired across "
-              "methods). Cells: mean top-k overlap of the removed layers with the full-data plan / mean Kendall "
-              "tau of the per-layer scores. Shaded: budgets that are ranking-sensitive in some series. "
-              "Score-free methods (last, uniform, random) and iterative (it needs the model) are not "
-              "bootstrapped.", cls="muted")
-        doc.table(*_stability_table(stability))
+
+def _stability_section(doc: _Doc, stability: list[Stability], series: list[Series], resamples: int,
+                       num_layers: int, plots: Any) -> None:
+    doc.h(2, "Ranking stability")
+    sensitive = {b.budget for s in series for b in s.budgets if b.regime == RANKING}
+    doc.image(plots.stability_plot(stability, num_layers, sensitive), "ranking stability per budget")
+    doc.p(f"{resamples} bootstrap resamples of the calibration samples (within each domain, the same resamples for "
+          "every ranking). Cells: mean top-k overlap of the removed layers with the full-data plan [95% interval] / "
+          "mean Kendall tau of the score the method ranks by, over its removable layers (the column and their "
+          "count are named). Intervals: percentile bootstrap over the resamples. Score-free methods (last, uniform, "
+          "random) and methods that need the model (iterative) are not bootstrapped.", cls="muted")
+    doc.table(*stability_table(stability))
+
+
+def _all_results(doc: _Doc, rows: list[ResultRow]) -> None:
+    def ci(r: ResultRow) -> str:
+        return f" [{pct(r.ci_low)}, {pct(r.ci_high)}]" if r.ci_low is not None else ""
 
     head = ["method", "budget", "heal", "eval set", "domain", "n", "accuracy [95% CI]", "NLL", "removed", "s"]
-    def ci(r: ResultRow) -> str:
-        return f" [{_pct(r.ci_low)}, {_pct(r.ci_high)}]" if r.ci_low is not None else ""
-
-    body = [[r.label, _budget_label(r.budget, r.budget_fraction), "no" if r.heal is None else "yes", r.eval_set,
-             r.domain, str(r.n), _pct(r.accuracy) + ci(r), _num(r.nll), ",".join(map(str, r.removed)) or "–",
+    body = [[r.label, budget_label(r.budget, r.budget_fraction), "no" if r.heal is None else "yes", r.eval_set,
+             r.domain, str(r.n), pct(r.accuracy) + ci(r), num(r.nll), ",".join(map(str, r.removed)) or "–",
              f"{r.seconds:.1f}"] for r in rows]
     doc.h(2, "All results")
     doc.raw_details(f"{len(rows)} rows", head, body)
 
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                 resamples: int = 50, seed: int = 0, progress: bool = True, overwrite: bool = False) -> Path:
+    """Analyse ``run_dir`` and write ``report.html`` (self-contained), ``report.md`` and ``regimes.json``.
+
+    ``out`` is the HTML path (default ``run_dir/report.html``); the Markdown goes to the same path
+    with suffix ``.md`` and the machine-readable verdicts (:func:`~depthprune.report.regimes.regimes_json`)
+    to ``regimes.json`` in the same directory, all three replaced together (an explicit ``out``
+    that exists only with ``overwrite``). ``resamples`` bootstrap
+    resamples of the calibration samples estimate ranking stability (0: skip). Returns the HTML path.
+    Raises ReportError (a ValueError) when ``run_dir`` is not a run directory or its store is empty.
+    """
+    run_dir = Path(run_dir)
+    rows, meta = load_run(run_dir)
+    out = _check_out(run_dir, out, overwrite)
+    from depthprune.report import plots  # matplotlib only when a report is written
+
+    notes: list[str] = []
+    scores = _load_scores(run_dir, notes)
+    num_layers = int(meta.get("num_layers") or (scores.num_layers if scores else 0)
+                     or max(max(r.removed, default=0) for r in rows) + 1)
+    protected = list(meta.get("protected_layers") or (scores.protected_layers if scores else []))
+    series = analyze(rows)
+    checked = scores is not None and resamples > 0
+    stability = _stability(rows, meta, scores, resamples, seed, progress, notes) if checked else []
+    claim = stability_claim(stability, series) if checked else "Not checked: ranking stability was not computed."
+
+    doc = _Doc(out.name)
+    _header(doc, rows, meta, num_layers, protected)
+    doc.h(2, "Findings")
+    doc.bullets([f"{s.name}: {s.verdict}" for s in series if s.budgets] + [
+        f"Ranking stability — the paper's claim \"domain-aware rankings are the most stable in the ranking-sensitive "
+        f"regime\": {claim}"] + notes)
+    doc.html.append(f'<p class="rule"><b>Regime rule.</b> {html.escape(RULE)}</p>')
+    doc.md.append(f"> **Regime rule.** {RULE}\n")
+    _regimes(doc, rows, series, plots)
+    _healing(doc, rows)
+    _layers(doc, rows, scores, num_layers, protected, plots)
+    if stability:
+        _stability_section(doc, stability, series, resamples, num_layers, plots)
+    _all_results(doc, rows)
+
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>depthprune report: {html.escape(str(model))}</title><style>{CSS}</style></head><body>"
-            + "\n".join(doc.html) + "</body></html>")
-    # the report is derived from the run directory: regenerating it replaces the old one
-    from depthprune.outputs import write_text_atomic
-    write_text_atomic(out, page, overwrite=True)
-    write_text_atomic(out.with_suffix(".md"), "\n".join(doc.md).lstrip() + "\n", overwrite=True)
+            f"<title>depthprune report: {html.escape(str(meta.get('model', '?')))}</title><style>{CSS}</style></head>"
+            "<body>" + "\n".join(doc.html) + "</body></html>")
+    verdicts = {"model": meta.get("model"), **regimes_json(series), "stability_claim": claim}
+    # the report is derived from the run directory: regenerating it replaces the old one (HTML last)
+    with atomic_files([out.with_suffix(".md"), out.parent / REGIMES_NAME, out], overwrite=True) as (md, js, page_tmp):
+        md.write_text("\n".join(doc.md).lstrip() + "\n", encoding="utf-8")
+        js.write_text(json.dumps(verdicts, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        page_tmp.write_text(page, encoding="utf-8")
     return out
 
 
-__all__ = ["ReportError", "load_run", "write_report"]
+__all__ = ["REGIMES_NAME", "ReportError", "load_run", "write_report"]

@@ -6,7 +6,6 @@ Budgets are plotted as the fraction of decoder layers removed; layers are 0-base
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections import defaultdict
 
@@ -18,35 +17,16 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from depthprune.report.regimes import CONVERGED, RANKING, STRUCTURE, Series, Stability  # noqa: E402
+from depthprune.rank.families import FAMILIES, family  # noqa: E402
+from depthprune.report.regimes import CONVERGED, RANKING, STRUCTURE, Series  # noqa: E402
+from depthprune.rank.stability import Stability  # noqa: E402
 from depthprune.study.store import ResultRow  # noqa: E402
 
 REGIME_COLORS = {RANKING: "#f6c28b", CONVERGED: "#d9d9d9", STRUCTURE: "#9ecae1"}
+#: methods of a family drawn in colour in the figures by budget (the others grey)
+TOP = 4
 plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3,
                      "figure.dpi": 100, "savefig.dpi": 110})
-
-
-MARKERS = "osv^DPX*<>ph"
-
-
-def label_colors(labels: list[str]) -> dict[str, tuple]:
-    """One stable colour per method label across every figure."""
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-    return {lab: cmap(i % cmap.N) for i, lab in enumerate(sorted(labels))}
-
-
-def _style(label: str, colors: dict) -> dict:
-    """Colour and marker of a label; markers differ so that coinciding lines stay visible."""
-    i = sorted(colors).index(label) if label in colors else 0
-    return {"color": colors.get(label, "black"), "marker": MARKERS[i % len(MARKERS)]}
-
-
-def _dodge(label: str, colors: dict, width: float) -> float:
-    """A small horizontal offset per label (total ``width``) so equal values do not hide each other."""
-    n = len(colors)
-    if n < 2 or label not in colors:
-        return 0.0
-    return (sorted(colors).index(label) / (n - 1) - 0.5) * width
 
 
 def _png(fig) -> bytes:
@@ -85,48 +65,86 @@ def _shade(ax, series: Series | None) -> None:
         ax.axvspan(left, right, color=REGIME_COLORS[b.regime], alpha=0.45, lw=0, zorder=0)
 
 
-def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str, colors: dict) -> bytes:
-    """One panel per eval set x domain: ``metric`` ("accuracy" or "nll") vs budget, a line per
-    method (healed cells dashed, open markers), the unpruned model dotted, regimes shaded."""
+def _family_styles(rows: list[ResultRow], metric: str) -> dict[str, dict[str, dict]]:
+    """Per family, per label: colour and marker for the :data:`TOP` best methods of the family (mean
+    over every unhealed pruned row, so a method keeps its colour in every panel), grey for the rest."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        v = r.accuracy if metric == "accuracy" else r.nll
+        if r.budget > 0 and v is not None:
+            values[family(r.method)][r.label].append(v if r.heal is None else np.nan)
+    out: dict[str, dict[str, dict]] = {}
+    for fam, by_label in values.items():
+        score = {lab: np.nanmean(v) if np.isfinite(v).any() else np.nan for lab, v in by_label.items()}
+        sign = -1 if metric == "accuracy" else 1
+        order = sorted(score, key=lambda lab: (np.isnan(score[lab]), sign * np.nan_to_num(score[lab]), lab))
+        out[fam] = {lab: ({"color": plt.get_cmap("tab10")(i), "marker": "osv^"[i], "lw": 1.8, "zorder": 3}
+                          if i < TOP else {"color": "#b0b0b0", "marker": ".", "lw": 0.9, "zorder": 2})
+                    for i, lab in enumerate(order)}
+    return out
+
+
+def _best_ranking(rows: list[ResultRow], metric: str) -> list[tuple[float, float]]:
+    """(percent removed, value) of the best unhealed score-based ranking at each budget of ``rows``."""
+    best: dict[float, float] = {}
+    for r in rows:
+        v = r.accuracy if metric == "accuracy" else r.nll
+        if r.budget > 0 and r.heal is None and v is not None and family(r.method) == FAMILIES[0]:
+            x = 100 * r.budget_fraction
+            best[x] = (max if metric == "accuracy" else min)(best.get(x, v), v)
+    scale = 100 if metric == "accuracy" else 1
+    return [(x, scale * v) for x, v in sorted(best.items())]
+
+
+def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str) -> bytes:
+    """Small multiples: one row per eval set x domain, one column per method family; ``metric``
+    ("accuracy" or "nll") vs budget. The :data:`TOP` best methods of a family in colour, the others
+    grey; healed cells dashed with open markers; the unpruned model dotted; the best score-based
+    ranking per budget dashed black in the other families' panels; regimes shaded."""
     keys = sorted({(r.eval_set, r.domain) for r in rows})
-    fig, axes = _grid(len(keys), 2, 6.4, 4.6)
-    unhealed = {(s.eval_set, s.domain): s for s in series if s.heal == "null"}
-    for ax, (eval_set, domain) in zip(axes, keys):
-        _shade(ax, unhealed.get((eval_set, domain)))
-        lines: dict[tuple, list] = defaultdict(list)
-        for r in rows:
-            if (r.eval_set, r.domain) != (eval_set, domain):
-                continue
-            value = r.accuracy if metric == "accuracy" else r.nll
-            if value is None:
-                continue
-            value = 100 * value if metric == "accuracy" else value
-            if r.budget == 0:
-                ax.axhline(value, color="black", ls=":", lw=1.2, zorder=3)
-                continue
-            lines[(r.label, r.heal is not None)].append((100 * r.budget_fraction, value))
-        step = min(np.diff(sorted({p[0] for pts in lines.values() for p in pts})), default=5.0)
-        for (label, healed), pts in sorted(lines.items()):
-            pts.sort()
-            style = _style(label, colors)
-            dx = _dodge(label, colors, 0.1 * step)
-            ax.plot([p[0] + dx for p in pts], [p[1] for p in pts], ls="--" if healed else "-", ms=5,
-                    mfc="white" if healed else style["color"], lw=1.4, zorder=2, **style)
-        ax.set_title(f"{domain}  ({eval_set})")
-        num_layers = next((round(r.budget / r.budget_fraction) for r in rows if r.budget_fraction > 0), 0)
-        if num_layers:
-            _budget_ticks(ax, [r.budget for r in rows if r.budget > 0], num_layers)
-        ax.set_xlabel("layers removed (count, % of decoder layers)")
-        ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token)\nlower is better")
-    handles = [plt.Line2D([], [], ms=5, lw=1.4, label=lab, **_style(lab, colors)) for lab in sorted(colors)]
-    if any(r.heal is not None for r in rows):
-        handles.append(plt.Line2D([], [], color="grey", ls="--", marker="o", mfc="white",
-                                  label="healed (dashed, open)"))
-    if any(r.budget == 0 for r in rows):
-        handles.append(plt.Line2D([], [], color="black", ls=":", label="unpruned"))
-    handles += [Patch(color=c, alpha=0.6, label=f"regime: {name}") for name, c in REGIME_COLORS.items()]
+    styles = _family_styles(rows, metric)
+    fams = [f for f in FAMILIES if f in styles]
+    fig, axes = plt.subplots(len(keys), len(fams), figsize=(4.9 * len(fams), 3.9 * len(keys)), squeeze=False,
+                             sharey="row")
+    unhealed = {(s.eval_set, s.domain): s for s in series if not s.healed}
+    num_layers = next((round(r.budget / r.budget_fraction) for r in rows if r.budget_fraction > 0), 0)
+    for row_axes, (eval_set, domain) in zip(axes, keys):
+        mine = [r for r in rows if (r.eval_set, r.domain) == (eval_set, domain)]
+        for ax, fam in zip(row_axes, fams):
+            _shade(ax, unhealed.get((eval_set, domain)))
+            lines: dict[tuple, list] = defaultdict(list)
+            for r in mine:
+                value = r.accuracy if metric == "accuracy" else r.nll
+                if value is None:
+                    continue
+                value = 100 * value if metric == "accuracy" else value
+                if r.budget == 0:
+                    ax.axhline(value, color="black", ls=":", lw=1.2, zorder=4, label="unpruned")
+                elif family(r.method) == fam:
+                    lines[(r.label, r.heal is not None)].append((100 * r.budget_fraction, value))
+            grey = 0
+            for (label, healed), pts in sorted(lines.items(), key=lambda kv: -styles[fam][kv[0][0]]["zorder"]):
+                style = dict(styles[fam][label])
+                coloured = style["zorder"] == 3
+                grey += not coloured and not healed
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--" if healed else "-", ms=5 if coloured else 4,
+                        mfc="white" if healed else style["color"],
+                        label=(label + (" healed" if healed else "")) if coloured else None, **style)
+            if grey:
+                ax.plot([], [], color="#b0b0b0", lw=0.9, label=f"{grey} other{'s' if grey > 1 else ''} (grey)")
+            best = _best_ranking(mine, metric)
+            if fam != FAMILIES[0] and best:
+                ax.plot(*zip(*best), color="black", ls="--", lw=1.2, zorder=4, label="best score-based ranking")
+            ax.set_title(f"{fam}: {domain} ({eval_set})", fontsize=11)
+            if num_layers:
+                _budget_ticks(ax, [r.budget for r in rows if r.budget > 0], num_layers)
+            ax.set_xlabel("layers removed (count, %)", fontsize=10)
+            ax.legend(fontsize=7.5, loc="best", framealpha=0.85)
+        row_axes[0].set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token)\nlower is better")
     fig.tight_layout()
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.legend(handles=[Patch(color=c, alpha=0.6, label=f"regime: {name}") for name, c in REGIME_COLORS.items()],
+               loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return _png(fig)
 
 
@@ -197,38 +215,32 @@ def removed_grid(rows: list[ResultRow], num_layers: int, protected: list[int]) -
     return _png(fig)
 
 
-def stability_plot(stability: list[Stability], num_layers: int, sensitive: set[int], colors: dict) -> bytes:
-    """Mean top-k overlap and Kendall tau vs budget, one line per score-based ranking;
-    budgets that are ranking-sensitive in some series shaded."""
-    fig, axes = plt.subplots(1, 2, figsize=(12.8, 4.4), squeeze=False)
-    by_label: dict[str, list[Stability]] = defaultdict(list)
-    for s in stability:
-        by_label[s.label].append(s)
-    for ax, what in zip(axes[0], ("overlap", "tau")):
-        for b in sensitive:
-            x = 100 * b / num_layers
-            half = 50 / num_layers
-            ax.axvspan(x - half, x + half, color=REGIME_COLORS[RANKING], alpha=0.45, lw=0)
-        for label, items in sorted(by_label.items()):
-            items = sorted(items, key=lambda s: s.budget)
-            pts = [(100 * s.budget / num_layers, getattr(s, what), getattr(s, what + "_sd")) for s in items
-                   if getattr(s, what) is not None]
-            if not pts:
+def stability_plot(stability: list[Stability], num_layers: int, sensitive: set[int]) -> bytes:
+    """One panel per budget: each bootstrapped ranking's mean top-k overlap with the full-data plan and
+    its 95% interval; domain-aware rankings in colour, the others grey-blue; budgets that are
+    ranking-sensitive in some series shaded."""
+    budgets = sorted({s.budget for s in stability})
+    labels = sorted({s.label for s in stability},
+                    key=lambda lab: (next(s.target for s in stability if s.label == lab) is None, lab), reverse=True)
+    fig, axes = _grid(len(budgets), 4, 3.4, 0.9 + 0.24 * len(labels))
+    cell = {(s.label, s.budget): s for s in stability}
+    for i, (ax, b) in enumerate(zip(axes, budgets)):
+        if b in sensitive:
+            ax.set_facecolor(REGIME_COLORS[RANKING] + "55")
+        for y, label in enumerate(labels):
+            s = cell.get((label, b))
+            if s is None:
                 continue
-            x, y, sd = (np.array(v, dtype=float) for v in zip(*pts))
-            dx = _dodge(label, colors, 0.15 * 100 / num_layers)
-            yerr = np.vstack([sd, np.maximum(0.0, np.minimum(sd, 1.0 - y))])  # never past 1
-            ax.errorbar(x + dx, y, yerr=yerr, ms=5, lw=1.4, capsize=2, elinewidth=0.8, label=label,
-                        **_style(label, colors))
-        _budget_ticks(ax, [s.budget for s in stability], num_layers)
-        ax.set_xlabel("layers removed (count, % of decoder layers)")
-        ax.set_ylabel("top-k overlap with full-data plan" if what == "overlap" else "Kendall tau of layer scores")
-        ax.set_title("removed set agreement" if what == "overlap" else "per-layer score order agreement")
-        ax.set_ylim(-0.05 if what == "overlap" else None, 1.05)
+            mean, low, high = s.overlap
+            color = "#d95f02" if s.target else "#5b6f8f"
+            ax.errorbar([mean], [y], xerr=[[mean - low], [high - mean]], fmt="o", ms=4.5, color=color, capsize=2)
+        ax.set_yticks(range(len(labels)), labels if i % 4 == 0 else [""] * len(labels), fontsize=8)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_title(f"k = {b} ({100 * b / num_layers:.0f}%)" + (", ranking-sensitive" if b in sensitive else ""),
+                     fontsize=10)
+        ax.set_xlabel("top-k overlap with full-data plan", fontsize=9)
+    fig.legend(handles=[plt.Line2D([], [], color="#d95f02", marker="o", ls="", label="domain-aware"),
+                        plt.Line2D([], [], color="#5b6f8f", marker="o", ls="", label="other score-reading method")],
+               loc="upper center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout()
-    axes[0][1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _png(fig)
-
-
-def heal_key(row: ResultRow) -> str:
-    return json.dumps(row.heal, sort_keys=True)

@@ -1,110 +1,163 @@
-"""Regime analysis of a study's results: who leads at each budget, by how much, beyond noise?
+"""Regime analysis of a study's results: at each budget, do the rankings matter, or does structure?
 
-For every series (eval set x domain x healing recipe) and budget:
+Methods are grouped by family (:mod:`depthprune.rank.families`): *score-based rankings*,
+*structure-aware* methods and *references*. Within a family, variants whose removed layers are
+identical are one **plan** (an "arm"): they are the same pruned model, and the sweep evaluates it
+once, so their per-sample results are identical; counting them twice would make the tests below
+treat one model as two. An arm is named by all the labels that share it ("a = b").
 
-* the **spread** between methods: max - min accuracy (and max - min mean answer NLL);
-* the **leader**: highest accuracy (ties: lower NLL); lowest NLL when accuracy was not measured;
-* whether the leader beats each other method **beyond noise**: exact McNemar on paired per-sample
-  correctness, or, without accuracy, a paired bootstrap of the per-sample NLL difference; the
-  p-values of one budget (leader vs every other method) are Holm-corrected as one family.
+For every series (eval set x domain x healing recipe) and budget, on the samples every method has:
 
-**The regime rule** (stated here, printed in the report, alpha = :data:`ALPHA`):
+* **rankings differ** — an omnibus test across the distinct score-based plans: Cochran's Q on
+  paired per-sample correctness (the Friedman rank test on per-sample answer NLL when accuracy was
+  not measured). Pairwise exact McNemar (Wilcoxon signed-rank on NLL) tests, Holm-corrected over
+  the pairs of that budget, say which plans differ;
+* **structure dominates** — the structure-aware plans, averaged per sample, beat *every*
+  score-based plan: the largest over rankings of the one-sided paired t-test p-value of the
+  per-sample difference (an intersection-union test: beating the best ranking means beating each
+  one, so no correction over the rankings is needed). If the family's mean beats the best ranking,
+  so does its best member: this is a test of "the best structure-aware method beats the best
+  ranking" that does not rest on one variant's luck (docs: regimes.md argues the choice);
+* the **spread** among the score-based plans (best minus worst accuracy, or mean NLL) with a
+  simultaneous 95% bootstrap interval (:func:`depthprune.report.statistics.spread_ci`), so "no difference"
+  has a size.
 
-* a budget is *ranking-sensitive* when the leader significantly beats at least one other method
-  and the leader is not a structure-aware method;
-* *structure-dominated* when the leader significantly beats at least one other method and is a
-  structure-aware method (:data:`STRUCTURE_METHODS`: spacing-aware ``spaced``, evenly spaced
-  ``uniform``, contiguous-block ``angular-block``);
-* *converged* when the leader beats no other method significantly (the spread is within noise).
+**The rule** (:data:`RULE`): the two p-values of every budget of every series in the report form
+ONE family, Holm-corrected at :data:`ALPHA`; a budget is *structure-dominated* when its structure
+test rejects, else *ranking-sensitive* when its omnibus test rejects, else *converged*. So the
+chance that a study in which all methods are equal gets any label other than converged is at
+most ALPHA, however many budgets and series it has (measured: :mod:`depthprune.report.simulate`).
+References never enter a test. Ties in the leader are listed, never broken silently; the label
+does not depend on who leads.
 
 Consecutive budgets with the same label form a regime. The paper's map (arXiv 2603.20275) is
-the sequence ranking-sensitive -> converged -> structure-dominated from low to high budget;
-:func:`analyze` says whether the data show exactly that, and otherwise what they show.
-
-Ranking stability (:func:`ranking_stability`) bootstraps the calibration samples (resampled
-within each domain), re-ranks, and compares each resample's plan with the full-data plan:
-top-k overlap of the removed sets and Kendall tau of the per-layer scores.
+ranking-sensitive -> converged -> structure-dominated from low to high budget; :func:`analyze`
+says whether the data show exactly that, and otherwise what they show.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from itertools import combinations
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from depthprune.rank.methods import SCORE_FREE, RankError, RankRequest, rank
-from depthprune.score.scores import Scores
-from depthprune.report.statistics import holm, kendall_tau, mcnemar_exact, paired_bootstrap, top_k_overlap
+from depthprune.rank.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, STRUCTURE_METHODS, family, target_domain
+from depthprune.report.statistics import binomial_two_sided, cochran_q, friedman, holm, mean_ci, mean_greater, spread_ci, wilcoxon_paired
 from depthprune.study.store import ResultRow
 
 ALPHA = 0.05
-STRUCTURE_METHODS = ("spaced", "uniform", "angular-block")
 RANKING, CONVERGED, STRUCTURE = "ranking-sensitive", "converged", "structure-dominated"
 PAPER_ORDER = (RANKING, CONVERGED, STRUCTURE)
-RULE = (f"A budget is ranking-sensitive when the leading method beats at least one other method "
-        f"beyond noise (exact McNemar on paired per-sample correctness, or a paired bootstrap of the "
-        f"answer NLL when accuracy was not measured; Holm-corrected over the comparisons at that "
-        f"budget, alpha = {ALPHA}) and the leader is not structure-aware; structure-dominated when "
-        f"the same holds with a structure-aware leader ({', '.join(STRUCTURE_METHODS)}); converged "
-        f"when the leader beats no method beyond noise. Consecutive budgets with the same label "
-        f"form a regime.")
+RULE = (f"Families: score-based rankings (domain, mixed, contrast, ablation, block-influence, iterative and "
+        f"any other score-reading method), structure-aware ({', '.join(STRUCTURE_METHODS)}), references "
+        f"(random, last: shown, never tested). Variants that remove the same layers are one plan. A budget is "
+        f"structure-dominated when the structure-aware plans, averaged per sample, beat every score-based plan "
+        f"beyond noise (one-sided paired t-test against each; on answer NLL when accuracy was not measured), so "
+        f"their best method beats the best ranking; otherwise ranking-sensitive when the score-based plans "
+        f"differ among themselves (Cochran's Q on paired correctness, Friedman on NLL); otherwise converged, "
+        f"with the spread among the rankings and its simultaneous 95% bootstrap interval. Both p-values of "
+        f"every budget of every series are Holm-corrected as one family at alpha = {ALPHA}, so a study where "
+        f"all methods are equal gets a label other than converged with probability at most {ALPHA}. "
+        f"Consecutive budgets with the same label form a regime.")
 
 
 @dataclass
-class Comparison:
-    """Leader vs one other method at one budget."""
+class Arm:
+    """One distinct plan of one family at one budget: the labels sharing it and its per-sample values."""
 
-    other: str
-    test: str                       # "mcnemar" or "bootstrap-nll"
-    n_paired: int
-    leader_only: int | None         # McNemar discordant counts
-    other_only: int | None
-    nll_diff: float | None          # mean NLL(other) - NLL(leader), with its bootstrap CI
-    nll_ci: tuple[float, float] | None
-    p: float
-    p_holm: float = 1.0
+    labels: list[str]
+    methods: list[str]
+    targets: list[str | None]     # the domain each label is domain-aware for (None: not domain-aware)
+    family: str
+    removed: list[int]
+    value: float                  # mean of ``values``: accuracy (0-1) or mean answer NLL (nats/token)
+    nll: float | None             # the stored mean NLL (breaks accuracy ties)
+    values: np.ndarray            # per-sample 0/1 correctness or NLL on the budget's paired samples
 
     @property
-    def significant(self) -> bool:
-        return self.p_holm < ALPHA
+    def name(self) -> str:
+        return " = ".join(self.labels)
+
+
+@dataclass
+class Pair:
+    """Two score-based plans at one budget: ``diff`` = value(a) - value(b), with its tests."""
+
+    a: str
+    b: str
+    diff: float
+    a_only: int | None            # McNemar discordant counts (None on NLL)
+    b_only: int | None
+    p: float
+    p_holm: float = 1.0
 
 
 @dataclass
 class BudgetStats:
-    """All methods at one budget of one series."""
+    """Every family at one budget of one series, with the two tests the label rests on."""
 
     budget: int
     fraction: float
     metric: str                                     # "accuracy" or "nll"
-    accuracy: dict[str, float | None]
+    n_paired: int                                   # samples every method has
+    accuracy: dict[str, float | None]               # per label, as stored
+    acc_ci: dict[str, tuple[float, float] | None]   # the stored 95% Wilson interval
     nll: dict[str, float | None]
-    nll_ci: dict[str, tuple[float, float] | None]
-    acc_ci: dict[str, tuple[float, float] | None]   # the stored 95% (Wilson) interval
     methods: dict[str, str]                         # label -> method name
-    leader: str
-    spread_accuracy: float | None
-    spread_nll: float | None
-    comparisons: list[Comparison]                   # leader vs each other method, best first
-    regime: str
+    rankings: list[Arm]                             # distinct plans per family, best first
+    structure: list[Arm]
+    references: list[Arm]
+    p_rankings: float | None                        # omnibus across rankings (None: < 2 plans)
+    p_structure: float | None                       # structure-aware mean beats every ranking (None: untestable)
+    spread: float | None                            # best - worst ranking plan, metric units (None: no ranking)
+    spread_ci: tuple[float, float] | None
+    pairs: list[Pair]                               # ranking-sensitive budgets: every pair of ranking plans
+    p_rankings_adj: float = 1.0                     # Holm over the whole report
+    p_structure_adj: float = 1.0
+    regime: str = CONVERGED
 
     @property
-    def beaten(self) -> list[str]:
-        return [c.other for c in self.comparisons if c.significant]
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
 
     @property
-    def runner_up(self) -> Comparison | None:
-        """The leader vs the second-best method by the metric."""
-        return self.comparisons[0] if self.comparisons else None
+    def leader(self) -> Arm | None:
+        """The plan the label rests on: the best structure-aware plan when structure dominates,
+        else the best score-based plan (None if the budget has neither)."""
+        pool = self.structure if self.regime == STRUCTURE else self.rankings or self.structure
+        return pool[0] if pool else None
 
     @property
-    def strongest(self) -> Comparison | None:
-        """The leader's most significant win (smallest Holm p)."""
-        return min(self.comparisons, key=lambda c: (c.p_holm, c.p), default=None)
+    def tied(self) -> list[str]:
+        """Every label whose plan ties the leader exactly (accuracy and NLL): ties are shown, not broken."""
+        lead = self.leader
+        if lead is None:
+            return []
+        pool = self.structure if self.regime == STRUCTURE else self.rankings or self.structure
+        return [lab for arm in pool if (arm.value, arm.nll) == (lead.value, lead.nll) for lab in arm.labels]
+
+    @property
+    def p(self) -> float:
+        """The Holm-adjusted p-value of the test the label rests on (converged: the omnibus test's)."""
+        return self.p_structure_adj if self.regime == STRUCTURE else self.p_rankings_adj
+
+    @property
+    def margin(self) -> float | None:
+        """How much better the structure-aware plans' mean is than the best ranking (metric units,
+        positive = structure better; what the structure test is about); None without both families."""
+        if not self.structure or not self.rankings:
+            return None
+        d = float(np.mean([a.value for a in self.structure])) - self.rankings[0].value
+        return d if self.higher_is_better else -d
+
+    @property
+    def resolved(self) -> list[Pair]:
+        """Ranking pairs that differ beyond noise (Holm within the budget); tested only where the
+        budget is ranking-sensitive (the omnibus test gates them)."""
+        return [p for p in self.pairs if p.p_holm < ALPHA]
 
 
 @dataclass
@@ -119,66 +172,102 @@ class Series:
     runs: list[tuple[str, float, float]] = field(default_factory=list)  # (regime, first, last fraction)
     matches_paper: bool = False
     verdict: str = ""
+    tests: int = 0                                   # size of the Holm family (the whole report)
+
+    @property
+    def healed(self) -> bool:
+        return self.heal != "null"
 
     @property
     def name(self) -> str:
-        heal = "" if self.heal == "null" else " (healed)"
-        return f"{self.eval_set} / {self.domain}{heal}"
+        return f"{self.eval_set} / {self.domain}{' (healed)' if self.healed else ''}"
 
 
-def _paired(a: ResultRow, b: ResultRow, which: int) -> tuple[list, list]:
-    """Per-sample values (1 = correct, 2 = NLL) of a and b on the sample ids both have."""
-    left = {s[0]: s[which] for s in a.samples if s[which] is not None}
-    right = {s[0]: s[which] for s in b.samples if s[which] is not None}
-    ids = sorted(set(left) & set(right))
-    return [left[i] for i in ids], [right[i] for i in ids]
+# ----------------------------------------------------------------------------- one budget
+def _arms(rows: list[ResultRow], ids: list[str], which: int, higher: bool) -> list[Arm]:
+    """Distinct plans among ``rows`` (one family), best first; identical removed sets with identical
+    per-sample results are one plan (different results, e.g. from non-deterministic healing, stay apart)."""
+    groups: dict[tuple, list[ResultRow]] = {}
+    for r in sorted(rows, key=lambda r: r.label):
+        per = {s[0]: s[which] for s in r.samples}
+        values = np.array([float(per[i]) for i in ids])
+        groups.setdefault((tuple(r.removed), values.tobytes()), []).append((r, values))
+    arms = []
+    for members in groups.values():
+        values = members[0][1]
+        arms.append(Arm([r.label for r, _ in members], [r.method for r, _ in members],
+                        [target_domain(r.method, r.options) for r, _ in members], family(members[0][0].method),
+                        list(members[0][0].removed), float(values.mean()) if len(values) else float("nan"),
+                        members[0][0].nll, values))
+    def key(a: Arm) -> tuple:
+        nll = a.nll if a.nll is not None else np.inf
+        return (-a.value, nll, a.name) if higher else (a.value, a.name)
+    return sorted(arms, key=key)
 
 
-def _nll_ci(row: ResultRow) -> tuple[float, float] | None:
-    from depthprune.report.statistics import bootstrap_mean_ci
-    values = [s[2] for s in row.samples if s[2] is not None]
-    return bootstrap_mean_ci(values)[1:] if values else None
+def _pairs(arms: list[Arm], metric: str) -> list[Pair]:
+    out = []
+    for a, b in combinations(arms, 2):
+        if metric == "accuracy":
+            a_only, b_only = int(((a.values == 1) & (b.values == 0)).sum()), int(((a.values == 0) & (b.values == 1)).sum())
+            out.append(Pair(a.name, b.name, a.value - b.value, a_only, b_only, binomial_two_sided(a_only, a_only + b_only)))
+        else:
+            out.append(Pair(a.name, b.name, a.value - b.value, None, None, wilcoxon_paired(a.values, b.values)))
+    for pair, p in zip(out, holm([p.p for p in out])):
+        pair.p_holm = p
+    return out
 
 
-def _compare(leader: ResultRow, other: ResultRow, metric: str) -> Comparison:
-    if metric == "accuracy":
-        a, b = _paired(leader, other, 1)
-        lo, oo, p = mcnemar_exact(a, b)
-        return Comparison(other.label, "mcnemar", len(a), lo, oo, None, None, p)
-    a, b = _paired(other, leader, 2)  # positive difference = the other method's NLL is higher
-    if not a:
-        return Comparison(other.label, "bootstrap-nll", 0, None, None, None, None, 1.0)
-    diff, low, high, p = paired_bootstrap(a, b)
-    return Comparison(other.label, "bootstrap-nll", len(a), None, None, diff, (low, high), p)
+def _structure_p(structure: list[Arm], rankings: list[Arm], higher: bool) -> float | None:
+    """p-value of "the structure-aware plans, on average per sample, beat every ranking plan": the
+    largest over rankings r of the one-sided paired t-test p of mean_s(s_i) - r_i (an
+    intersection-union test: beating the best ranking means beating each). None without both families."""
+    if not structure or not rankings:
+        return None
+    family_mean = np.mean([s.values for s in structure], 0)
+    sign = 1.0 if higher else -1.0  # NLL: lower is better
+    return max(mean_greater(sign * (family_mean - r.values)) for r in rankings)
 
 
-def budget_stats(rows: list[ResultRow]) -> BudgetStats:
-    """Leader, spread and leader-vs-others tests for the rows of one budget of one series."""
+def _budget(rows: list[ResultRow], resamples: int, seed: int) -> BudgetStats:
+    """The unadjusted statistics of one budget of one series (the label is set by :func:`analyze`)."""
     metric = "accuracy" if all(r.accuracy is not None for r in rows) else "nll"
-    if metric == "accuracy":
-        ranked = sorted(rows, key=lambda r: (-r.accuracy, r.nll if r.nll is not None else np.inf))
-    else:
-        ranked = sorted(rows, key=lambda r: r.nll if r.nll is not None else np.inf)
-    leader = ranked[0]  # sorted() is stable: exact ties go to the first label
-    comparisons = [_compare(leader, r, metric) for r in ranked[1:]]
-    for c, p in zip(comparisons, holm([c.p for c in comparisons])):
-        c.p_holm = p
-    accs = [r.accuracy for r in rows if r.accuracy is not None]
-    nlls = [r.nll for r in rows if r.nll is not None]
-    significant = any(c.significant for c in comparisons)
-    regime = CONVERGED if not significant else (STRUCTURE if leader.method in STRUCTURE_METHODS else RANKING)
+    which = 1 if metric == "accuracy" else 2
+    tested = [r for r in rows if family(r.method) != REFERENCES] or rows
+    have = {r.label: {s[0] for s in r.samples if s[which] is not None} for r in rows}
+    ids = sorted(set.intersection(*(have[r.label] for r in tested)))
+    usable = [r for r in rows if have[r.label].issuperset(ids)]  # a reference short of samples is left out
+    higher = metric == "accuracy"
+    by_family = {f: _arms([r for r in usable if family(r.method) == f], ids, which, higher)
+                 for f in (RANKINGS, STRUCTURE_AWARE, REFERENCES)}
+    rankings = by_family[RANKINGS]
+    p_rankings = spread = s_ci = None
+    if len(rankings) > 1 and ids:
+        matrix = np.stack([a.values for a in rankings], 1)
+        p_rankings = (cochran_q(matrix) if metric == "accuracy" else friedman(matrix))[1]
+        spread, low, high = spread_ci(matrix, n_resamples=resamples, seed=seed)
+        s_ci = (low, high)
+    elif len(rankings) == 1:  # every ranking removes the same layers: no spread at all
+        spread, s_ci = 0.0, (0.0, 0.0)
     return BudgetStats(
-        budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric,
-        accuracy={r.label: r.accuracy for r in rows}, nll={r.label: r.nll for r in rows},
-        nll_ci={r.label: _nll_ci(r) for r in rows},
+        budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric, n_paired=len(ids),
+        accuracy={r.label: r.accuracy for r in rows},
         acc_ci={r.label: (r.ci_low, r.ci_high) if r.ci_low is not None else None for r in rows},
-        methods={r.label: r.method for r in rows},
-        leader=leader.label,
-        spread_accuracy=max(accs) - min(accs) if len(accs) > 1 else None,
-        spread_nll=max(nlls) - min(nlls) if len(nlls) > 1 else None,
-        comparisons=comparisons, regime=regime)
+        nll={r.label: r.nll for r in rows}, methods={r.label: r.method for r in rows},
+        rankings=rankings, structure=by_family[STRUCTURE_AWARE], references=by_family[REFERENCES],
+        p_rankings=p_rankings, p_structure=_structure_p(by_family[STRUCTURE_AWARE], rankings, higher) if ids else None,
+        spread=spread, spread_ci=s_ci, pairs=[])
 
 
+def arm_ci(b: BudgetStats, arm: Arm) -> tuple[float, float] | None:
+    """95% interval of a plan's value at ``b``: the stored Wilson interval of its accuracy, or a t
+    interval of its mean answer NLL over the paired samples."""
+    if b.metric == "accuracy":
+        return b.acc_ci.get(arm.labels[0])
+    return mean_ci(arm.values)[1:] if len(arm.values) else None
+
+
+# ----------------------------------------------------------------------------- a series
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -187,40 +276,47 @@ def _span(first: float, last: float) -> str:
     return _pct(first) if first == last else f"{_pct(first)}-{_pct(last)}"
 
 
+def size(b: BudgetStats, x: float | None) -> str:
+    """A value of ``b``'s metric in words: accuracy points or nats."""
+    if x is None:
+        return "–"
+    return f"{100 * x:.1f} points" if b.metric == "accuracy" else f"{x:.3f} nats"
+
+
+def _who(arm: Arm, domain: str) -> str:
+    aware = [lab for lab, t in zip(arm.labels, arm.targets) if t == domain]
+    return arm.name + (f", domain-aware for {domain}" if aware else "")
+
+
+def _detail(series: Series, name: str, first: float, last: float) -> str:
+    budgets = [b for b in series.budgets if first <= b.fraction <= last]
+    if name == CONVERGED:
+        widest = max((b for b in budgets if b.spread_ci), key=lambda b: b.spread_ci[1], default=None)
+        return "" if widest is None else f" (rankings within {size(widest, widest.spread_ci[1])} at 95%)"
+    leaders = list(dict.fromkeys(_who(b.leader, series.domain) for b in budgets if b.leader))
+    if name == STRUCTURE:
+        return f" (structure-aware plans beat every ranking; best {'; '.join(leaders)})"
+    return f" (leader{'s' if len(leaders) > 1 else ''} {'; '.join(leaders)})"
+
+
 def _verdict(series: Series) -> tuple[bool, str]:
-    labels = [r[0] for r in series.runs]
-
-    def leaders(name: str, first: float, last: float) -> str:
-        if name == CONVERGED:
-            return ""
-        names = sorted({b.leader for b in series.budgets if first <= b.fraction <= last})
-        return f" (leader{'s' if len(names) > 1 else ''} {', '.join(names)})"
-
-    where = "; ".join(f"{name} at {_span(a, b)}{leaders(name, a, b)}" for name, a, b in series.runs)
     if not series.budgets:
         return False, "No budget has two or more methods to compare."
+    labels = [r[0] for r in series.runs]
+    where = "; ".join(f"{name} at {_span(a, b)}{_detail(series, name, a, b)}" for name, a, b in series.runs)
+    peak = max((b for b in series.budgets if b.spread is not None), key=lambda b: b.spread, default=None)
+    extra = "" if peak is None else (f" The spread among the score-based rankings peaks at {_pct(peak.fraction)}: "
+                                     f"{size(peak, peak.spread)} (95% CI {size(peak, peak.spread_ci[0])} to "
+                                     f"{size(peak, peak.spread_ci[1])}).")
     if labels == [CONVERGED]:
-        n = series.n
-        return False, (f"No regimes: at no budget does any method beat another beyond noise "
-                       f"(n = {n} samples per method). The methods are indistinguishable here; "
-                       f"more samples would be needed to separate them.")
-    peak = max(series.budgets, key=lambda b: (b.spread_accuracy if b.metric == "accuracy" else b.spread_nll) or 0)
-    spread = (f"{100 * peak.spread_accuracy:.1f} accuracy points" if peak.metric == "accuracy"
-              else f"{peak.spread_nll:.3f} nats of NLL")
-    extra = f" The spread between methods peaks at {_pct(peak.fraction)} ({spread}, leader {peak.leader})."
+        return False, (f"No regimes: at no budget do the score-based rankings differ beyond noise or does a "
+                       f"structure-aware method beat them all (n = {series.n} samples per method; Holm over the "
+                       f"{series.tests} tests of the report).{extra}")
     if tuple(labels) == PAPER_ORDER:
         return True, f"The paper's three regimes appear in its order: {where}.{extra}"
     missing = [r for r in PAPER_ORDER if r not in labels]
     text = f"The paper's three regimes do not appear as stated. Found, from low to high budget: {where}."
-    if missing:
-        text += f" Absent: {', '.join(missing)}."
-    high = series.budgets[-1]
-    structure_beaten = [c.other for c in high.comparisons if c.significant
-                        and high.methods[c.other] in STRUCTURE_METHODS]
-    if structure_beaten:
-        text += (f" At the highest budget ({_pct(high.fraction)}) the structure-aware "
-                 f"{', '.join(structure_beaten)} is significantly worse than {high.leader}.")
-    return False, text + extra
+    return False, text + (f" Absent: {', '.join(missing)}." if missing else "") + extra
 
 
 def _runs(budgets: list[BudgetStats]) -> list[tuple[str, float, float]]:
@@ -233,171 +329,75 @@ def _runs(budgets: list[BudgetStats]) -> list[tuple[str, float, float]]:
     return [tuple(r) for r in runs]
 
 
-def analyze(rows: list[ResultRow]) -> list[Series]:
+def analyze(rows: list[ResultRow], resamples: int = 1000, seed: int = 0) -> list[Series]:
     """Regime analysis of every series in ``rows`` (see the module docstring for the rule).
 
     Budgets where fewer than two methods were evaluated are skipped, and so are rows of the
-    unpruned model (budget 0: the baseline, not a competitor). Series are ordered by eval set,
-    domain, then unhealed before healed.
+    unpruned model (budget 0: the baseline, not a competitor). ``resamples`` bootstrap resamples
+    of the samples give each spread's interval. Series are ordered by eval set, domain, then
+    unhealed before healed.
     """
     groups: dict[tuple, dict[int, list[ResultRow]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r.budget == 0:
-            continue
-        groups[(r.eval_set, r.domain, json.dumps(r.heal, sort_keys=True))][r.budget].append(r)
+        if r.budget > 0:
+            groups[(r.eval_set, r.domain, json.dumps(r.heal, sort_keys=True))][r.budget].append(r)
     out = []
-    def order(item: tuple) -> tuple:
-        (eval_set, domain, heal), _ = item
-        return eval_set, domain, heal != "null", heal
-
-    for (eval_set, domain, heal), by_budget in sorted(groups.items(), key=order):
-        stats = [budget_stats(sorted(rs, key=lambda r: r.label)) for _, rs in sorted(by_budget.items())
-                 if len({r.label for r in rs}) > 1]
+    for (eval_set, domain, heal), by_budget in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] != "null", g[0][2])):
+        stats = [_budget(rs, resamples, seed) for _, rs in sorted(by_budget.items()) if len({r.label for r in rs}) > 1]
         n = max((r.n for rs in by_budget.values() for r in rs), default=0)
-        series = Series(eval_set, domain, heal, n, stats, _runs(stats))
-        series.matches_paper, series.verdict = _verdict(series)
-        out.append(series)
+        out.append(Series(eval_set, domain, heal, n, stats))
+    tests = [(b, kind) for s in out for b in s.budgets for kind in ("rankings", "structure")
+             if getattr(b, f"p_{kind}") is not None]
+    for (b, kind), p in zip(tests, holm([getattr(b, f"p_{kind}") for b, kind in tests])):
+        setattr(b, f"p_{kind}_adj", p)
+    for s in out:
+        for b in s.budgets:
+            b.regime = STRUCTURE if b.p_structure_adj < ALPHA else RANKING if b.p_rankings_adj < ALPHA else CONVERGED
+            if b.regime == RANKING:  # the omnibus test rejected: which pairs differ (Holm within the budget)
+                b.pairs = _pairs(b.rankings, b.metric)
+        s.tests, s.runs = len(tests), _runs(s.budgets)
+        s.matches_paper, s.verdict = _verdict(s)
     return out
 
 
-# ----------------------------------------------------------------------------- stability
-@dataclass
-class Stability:
-    """Bootstrap agreement of one ranking (label at budget) with its full-data plan."""
-
-    label: str
-    method: str
-    budget: int
-    overlap: float           # mean top-k overlap of the removed sets, 0..1
-    overlap_sd: float
-    tau: float | None        # mean Kendall tau of the per-layer scores (None: no score column)
-    tau_sd: float | None
-    resamples: int
-    failed: int              # resamples that could not be ranked (count as overlap 0)
-    full_removed: list[int]
+def _resolved(p: Pair, higher: bool) -> dict:
+    a_better = (p.diff > 0) == higher
+    return {"better": p.a if a_better else p.b, "worse": p.b if a_better else p.a, "diff": abs(p.diff),
+            "p_holm": p.p_holm}
 
 
-def _request(method: str, options: dict, budget: int) -> RankRequest:
-    names = {f.name for f in fields(RankRequest)} - {"method", "budget"}
-    return RankRequest(method=method, budget=budget, **{k: v for k, v in options.items() if k in names})
+def regimes_json(series: list[Series]) -> dict:
+    """The machine-readable verdicts (``RUN_DIR/regimes.json``): per series and budget the label, the
+    leader, the spread among the rankings with its 95% interval and the Holm-adjusted p-value the
+    label rests on, plus the details (see docs: regimes.md)."""
+    def budget(b: BudgetStats) -> dict:
+        lead = b.leader
+        return {"budget": b.budget, "fraction": b.fraction, "label": b.regime,
+                "leader": lead.labels[0] if lead else None, "leader_family": lead.family if lead else None,
+                "leaders": b.tied, "spread": b.spread, "spread_ci": list(b.spread_ci) if b.spread_ci else None,
+                "p": b.p, "metric": b.metric, "n_paired": b.n_paired,
+                "p_rankings": b.p_rankings, "p_rankings_adjusted": b.p_rankings_adj,
+                "p_structure": b.p_structure, "p_structure_adjusted": b.p_structure_adj,
+                "structure_margin": b.margin,
+                "plans": {f: [{"labels": a.labels, "removed": a.removed, "value": a.value} for a in arms]
+                          for f, arms in ((RANKINGS, b.rankings), (STRUCTURE_AWARE, b.structure),
+                                          (REFERENCES, b.references))},
+                "ranking_pairs_resolved": [_resolved(p, b.higher_is_better) for p in b.resolved]}
+    return _finite({"alpha": ALPHA, "rule": RULE, "tests": series[0].tests if series else 0,
+            "series": [{"eval_set": s.eval_set, "domain": s.domain, "healed": s.healed, "heal": json.loads(s.heal),
+                        "n": s.n, "regimes": [list(r) for r in s.runs], "matches_paper": s.matches_paper,
+                        "verdict": s.verdict, "budgets": [budget(b) for b in s.budgets]} for s in series]})
 
 
-def _score_column(columns: dict[str, list]) -> list | None:
-    """The per-layer values a plan ranks by: its z-score column if any, else its first column."""
-    if not columns:
+def _finite(obj):  # noqa: ANN001, ANN202 - JSON has no NaN: an undefined number is null
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
         return None
-    name = next((c for c in columns if c.startswith("z[")), next(iter(columns)))
-    return columns[name]
+    return float(obj) if isinstance(obj, np.floating) else obj
 
 
-def ranking_stability(scores: Scores, rankings: list[tuple[str, str, dict, int]], n_resamples: int = 50,
-                      seed: int = 0, progress: bool = False, skipped: list[str] | None = None) -> list[Stability]:
-    """Bootstrap stability of each ``(label, method, options, budget)`` ranking.
-
-    One resample redraws every domain's calibration samples with replacement within the
-    domain; all rankings are re-ranked on the same resamples (paired across methods). The
-    score-free methods (last, uniform, random) and iterative are skipped; a ranking that cannot
-    be re-ranked from ``scores`` is skipped with its reason appended to ``skipped``.
-    """
-    todo = [(lab, m, o, b) for lab, m, o, b in rankings if m not in SCORE_FREE and m != "iterative"]
-    if not todo:
-        return []
-    requests = {(lab, b): _request(m, o, b) for lab, m, o, b in todo}
-    full = {}
-    for key, req in list(requests.items()):
-        try:
-            full[key] = rank(scores, req)
-        except ValueError as exc:  # RankError / ScoresError: e.g. a method this scores file cannot serve
-            requests.pop(key)
-            if skipped is not None:
-                skipped.append(f"{key[0]} at k={key[1]}: {exc}")
-    gen = torch.Generator().manual_seed(seed)
-    by_domain = [torch.nonzero(scores.sample_mask(d)).flatten() for d in scores.domains]
-    overlaps: dict = defaultdict(list)
-    taus: dict = defaultdict(list)
-    failed: dict = defaultdict(int)
-    for _ in tqdm(range(n_resamples), desc="ranking stability", unit="resample", disable=not progress):
-        index = torch.cat([m[torch.randint(len(m), (len(m),), generator=gen)] for m in by_domain])
-        sample = scores.select(index)
-        for key, req in requests.items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    plan = rank(sample, req)
-                except RankError:
-                    failed[key] += 1
-                    overlaps[key].append(0.0)
-                    continue
-            overlaps[key].append(top_k_overlap(full[key].remove, plan.remove))
-            a, b = _score_column(full[key].columns), _score_column(plan.columns)
-            if a is not None and b is not None:
-                pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-                tau = kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])
-                if np.isfinite(tau):
-                    taus[key].append(tau)
-    out = []
-    for (lab, m, _, b) in todo:
-        key = (lab, b)
-        if key not in requests:
-            continue
-        t = taus.get(key)
-        out.append(Stability(lab, m, b, float(np.mean(overlaps[key])), float(np.std(overlaps[key])),
-                             float(np.mean(t)) if t else None, float(np.std(t)) if t else None,
-                             n_resamples, failed[key], full[key].remove))
-    return out
-
-
-def stability_claim(stability: list[Stability], series: list[Series]) -> str:
-    """Check "domain-aware rankings are the most stable in the ranking-sensitive regime" on the data.
-
-    At each budget, rankings are ordered by mean top-k overlap (ties: mean Kendall tau), both
-    rounded to 3 decimals. The claim holds at a budget when the best domain-aware ranking is at
-    least as stable as the best other one (a tie counts as jointly most stable).
-    """
-    if not stability:
-        return "Not checked: no score-based ranking could be bootstrapped (no scores file, or only score-free methods)."
-    by_budget: dict[int, list[Stability]] = defaultdict(list)
-    for s in stability:
-        by_budget[s.budget].append(s)
-    if not any(s.method == "domain" for s in stability):
-        return "Not checked: the study has no domain-aware ranking."
-    sensitive = sorted({b.budget for se in series for b in se.budgets if b.regime == RANKING})
-
-    def describe(budgets: list[int]) -> tuple[int, str]:
-        """Budgets where a domain-aware ranking is the most stable (ties count: jointly most stable)."""
-        hits, parts = 0, []
-        for b in budgets:
-            key = lambda s: (round(s.overlap, 3), round(s.tau, 3) if s.tau is not None else -2.0)  # noqa: E731
-            mine = [s for s in by_budget[b] if s.method == "domain"]
-            others = [s for s in by_budget[b] if s.method != "domain"]
-            if not mine:
-                continue
-            best_mine = max(mine, key=key)
-            best_other = max(others, key=key) if others else None
-            hits += best_other is None or key(best_mine) >= key(best_other)
-            parts.append(f"k={b}: {best_mine.label} {best_mine.overlap:.2f}/{_tau(best_mine)}"
-                         + (f" vs {best_other.label} {best_other.overlap:.2f}/{_tau(best_other)}" if best_other else ""))
-        return hits, "; ".join(parts)
-
-    if not sensitive:
-        checked = sorted(b for b, items in by_budget.items() if any(s.method == "domain" for s in items))
-        hits, detail = describe(checked)
-        return ("Cannot be checked as stated: no budget is ranking-sensitive. Over all budgets, a "
-                f"domain-aware ranking is the most stable (or tied) at {hits} of {len(checked)} budgets "
-                f"(best domain-aware vs best other ranking, mean top-k overlap/Kendall tau: {detail}).")
-    checked = [b for b in sensitive if any(s.method == "domain" for s in by_budget.get(b, []))]
-    if not checked:
-        return "Not checked: no domain-aware ranking was bootstrapped at the ranking-sensitive budgets."
-    hits, detail = describe(checked)
-    verdict = "holds" if hits == len(checked) else ("does not hold" if hits == 0 else "holds only in part")
-    return (f"The claim {verdict}: at the ranking-sensitive budgets a domain-aware ranking is the most "
-            f"stable (or tied) at {hits} of {len(checked)} (best domain-aware vs best other ranking, mean "
-            f"top-k overlap/Kendall tau: {detail}).")
-
-
-def _tau(s: Stability) -> str:
-    return "–" if s.tau is None else f"{s.tau:.2f}"
-
-
-__all__ = ["ALPHA", "RULE", "STRUCTURE_METHODS", "BudgetStats", "Comparison", "Series", "Stability",
-           "analyze", "budget_stats", "ranking_stability", "stability_claim"]
+__all__ = ["ALPHA", "CONVERGED", "PAPER_ORDER", "RANKING", "RULE", "STRUCTURE", "Arm", "BudgetStats", "Pair",
+           "Series", "analyze", "arm_ci", "regimes_json", "size"]

@@ -106,6 +106,24 @@ def open_store(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def open_store_readonly(path: str | Path) -> sqlite3.Connection:
+    """Open an existing store for reading only (a report never writes it): read-only, or, where
+    even SQLite's shared-memory file cannot be created (a read-only file system), immutable.
+    Raises sqlite3.DatabaseError if it is not a store."""
+    uri = Path(path).resolve().as_uri()
+    for mode in ("mode=ro", "immutable=1"):
+        try:
+            conn = sqlite3.connect(f"{uri}?{mode}", uri=True)
+            conn.row_factory = sqlite3.Row
+            conn.execute("SELECT 1 FROM results LIMIT 1")
+            conn.execute("SELECT 1 FROM meta LIMIT 1")
+            return conn
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                raise
+    raise sqlite3.OperationalError(f"unable to open {path} even read-only")
+
+
 def write_cell(conn: sqlite3.Connection, rows: Sequence[ResultRow]) -> bool:
     """Store all rows of one cell atomically. Returns False (and writes nothing) if the cell
     was already stored, e.g. by another process."""

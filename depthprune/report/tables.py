@@ -1,0 +1,112 @@
+"""The report's tables of regime verdicts and ranking stability, as (header, rows) of strings."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from depthprune.report.regimes import ALPHA, Arm, BudgetStats, Series, arm_ci, size
+from depthprune.rank.stability import Stability
+
+ERROR_CONTROL = (f"Error control: the rankings-differ and structure-dominates p-values of every budget of every "
+                 f"series form one Holm family (alpha = {ALPHA}); pairs of rankings are tested only where the "
+                 f"omnibus test rejected, Holm-corrected over the pairs of that budget.")
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def pval(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def budget_label(b: int, fraction: float) -> str:
+    return f"{b} ({100 * fraction:.0f}%)"
+
+
+def _value(b: BudgetStats, arm: Arm) -> str:
+    return pct(arm.value) if b.metric == "accuracy" else f"NLL {num(arm.value)}"
+
+
+def _bare(b: BudgetStats, x: float) -> str:
+    return f"{100 * x:.1f}" if b.metric == "accuracy" else f"{x:.3f}"
+
+
+def _unit(b: BudgetStats) -> str:
+    return "points" if b.metric == "accuracy" else "nats"
+
+
+def _p_pair(raw: float | None, adjusted: float) -> str:
+    return "–" if raw is None else f"{pval(raw)} ({pval(adjusted)})"
+
+
+def best_table(series: Series) -> tuple[list[str], list[list[str]]]:
+    """One row per budget: the label and the p-value it rests on, the best ranking with its 95% CI,
+    the spread among the rankings with its CI, both tests, the best structure-aware plan and the references."""
+    head = ["budget (layers, %)", "regime", "p (Holm)", "best ranking [95% CI]",
+            "ranking plans: spread [95% CI]", "rankings differ: p (Holm)", "best structure-aware (their mean vs best ranking)",
+            "structure beats all: p (Holm)", "references"]
+    body = []
+    for b in series.budgets:
+        best = b.rankings[0] if b.rankings else None
+        ci = arm_ci(b, best) if best is not None else None
+        fmt = pct if b.metric == "accuracy" else num
+        lead = "–" if best is None else f"{best.name}: {_value(b, best)}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+        tied = [lab for lab in b.tied if best is None or lab not in best.labels]
+        lead += f" (tied: {', '.join(tied)})" if tied and b.leader is best else ""
+        spread = "–" if b.spread is None else (f"{len(b.rankings)} plans: {_bare(b, b.spread)} [{_bare(b, b.spread_ci[0])}"
+                                               f", {_bare(b, b.spread_ci[1])}] {_unit(b)}")
+        s = b.structure[0] if b.structure else None
+        struct = "–" if s is None else f"{s.name}: {_value(b, s)} ({'+' if (b.margin or 0) >= 0 else ''}{size(b, b.margin)})"
+        refs = ", ".join(f"{a.name} {_value(b, a)}" for a in b.references) or "–"
+        body.append([budget_label(b.budget, b.fraction), b.regime, pval(b.p), lead, spread,
+                     _p_pair(b.p_rankings, b.p_rankings_adj), struct, _p_pair(b.p_structure, b.p_structure_adj), refs])
+    return head, body
+
+
+def pairs_lines(series: Series) -> list[str]:
+    """The ranking pairs that differ beyond noise at the ranking-sensitive budgets, one line per budget."""
+    out = []
+    for b in series.budgets:
+        if b.resolved:
+            higher = b.metric == "accuracy"
+            parts = [f"{p.a if (p.diff > 0) == higher else p.b} > {p.b if (p.diff > 0) == higher else p.a} "
+                     f"by {size(b, abs(p.diff))} (p {pval(p.p_holm)})" for p in b.resolved]
+            out.append(f"{series.name}, {budget_label(b.budget, b.fraction)}: " + "; ".join(parts))
+        elif b.regime == "ranking-sensitive":
+            out.append(f"{series.name}, {budget_label(b.budget, b.fraction)}: the rankings differ (omnibus), but no "
+                       "single pair is resolved after Holm.")
+    return out
+
+
+def stability_table(stability: list[Stability]) -> tuple[list[str], list[list[str]]]:
+    """One row per ranking, one column per budget: mean top-k overlap [95% CI] / mean Kendall tau."""
+    budgets = sorted({s.budget for s in stability})
+    cells: dict[str, dict[int, Stability]] = defaultdict(dict)
+    for s in stability:
+        cells[s.label][s.budget] = s
+    head = ["ranking", "domain-aware for", "tau on"] + [f"k = {b}" for b in budgets]
+    body = []
+    for label in sorted(cells, key=lambda lab: (next(iter(cells[lab].values())).target is None, lab)):
+        first = next(iter(cells[label].values()))
+        column = re.sub(r"span \d+", "span k", first.column) if first.column else None  # angular-block: per budget
+        row = [label, first.target or "–", f"{column} ({first.layers})" if column else "–"]
+        for b in budgets:
+            s = cells[label].get(b)
+            if s is None:
+                row.append("–")
+                continue
+            o, t = s.overlap, s.tau
+            row.append(f"{o[0]:.2f} [{o[1]:.2f}, {o[2]:.2f}] / " + ("–" if t is None else f"{t[0]:.2f}"))
+        body.append(row)
+    return head, body
+
+
+__all__ = ["ERROR_CONTROL", "best_table", "budget_label", "num", "pairs_lines", "pct", "pval", "stability_table"]
