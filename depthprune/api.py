@@ -41,11 +41,14 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
           batch_size: int = 4, max_samples: int | None = None, max_span: int | None = None,
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
           trust_remote_code: bool = False, progress: bool = True, overwrite: bool = False,
-          ablation: bool = False) -> Scores:
+          ablation: bool = False, ablation_cache_mb: float | None = None) -> Scores:
     """Score every decoder layer of checkpoint ``model`` on calibration JSONL ``data``.
 
     ``ablation``: also measure every record's answer NLL with each single layer removed
-    (:mod:`depthprune.ablation`; one more forward per layer; every record needs an answer).
+    (:mod:`depthprune.ablation_cache`: one base pass per batch, each removal resumed from the
+    removed layer's cached input; every record needs an answer). ``ablation_cache_mb``: the
+    cache's memory limit (default :data:`~depthprune.ablation_cache.DEFAULT_CACHE_MB`; past
+    it the cache spills to a temporary directory).
     Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
     ``.safetensors`` beside it, if given; existing files only with ``overwrite``). Everything
     cheap (output, data, images, device, config) is checked before the weights load.
@@ -59,6 +62,9 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
         for target in (Path(out), Path(out).with_suffix(".safetensors")):
             check_output(target, overwrite, kind="file", inputs=inputs)
     records = load_records(_as_list(data))
+    if ablation_cache_mb is not None and not (ablation and ablation_cache_mb > 0):
+        raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if ablation else
+                         "applies to --ablation only; add --ablation or drop it"))
     if ablation:  # before the model loads
         from .ablation import require_answers
         require_answers(cap_per_domain(records, max_samples))
@@ -71,14 +77,9 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     scores = score_model(net, processor, records, settings, model_id=str(model), progress=progress)
     scores.settings["data_files"] = [str(p) for p in _as_list(data)]
     if ablation:
-        import time
-
-        from .ablation import ablation_nll
-        started = time.perf_counter()
-        scores.base_nll, scores.ablation_nll = ablation_nll(
-            net, processor, cap_per_domain(records, max_samples), batch_size=batch_size, progress=progress)
-        scores.settings["ablation"] = {"seconds": round(time.perf_counter() - started, 3),
-                                       "measure": "answer NLL, nats/token, one layer removed at a time"}
+        from .ablation_cache import measure_ablation
+        measure_ablation(scores, net, processor, cap_per_domain(records, max_samples), batch_size, progress,
+                         ablation_cache_mb)
     if out is not None:
         scores.save(out, overwrite=overwrite)
     return scores

@@ -153,13 +153,14 @@ def score(
     dtype: Dtype = "auto", device: Device = "cpu", device_map: DeviceMap = None,
     trust_remote_code: TrustRemote = False,
     overwrite: Overwrite = False,
-    ablation: Annotated[bool, typer.Option(help="Also measure each record's answer NLL with each single layer removed (one more forward per layer; needs answers). Enables --method ablation and `depthprune diagnose`.")] = False,
+    ablation: Annotated[bool, typer.Option(help="Also measure each record's answer NLL with each single layer removed (about half a forward per layer: each removal resumes from the removed layer's cached input; needs answers). Enables --method ablation and `depthprune diagnose`.")] = False,
+    ablation_cache_mb: Annotated[float | None, typer.Option(help="Memory limit (MB) of the --ablation cache: batch x tokens x hidden x layers values of the model's dtype per batch; past it the cache spills to a temporary directory (slower). Default 4096.")] = None,
 ) -> None:
     """Run calibration prompts through MODEL once and record every layer's similarity statistics."""
     from . import api
     scores = api.score(model, data, out, batch_size=batch_size, max_samples=max_samples, max_span=max_span,
                        dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
-                       overwrite=overwrite, ablation=ablation)
+                       overwrite=overwrite, ablation=ablation, ablation_cache_mb=ablation_cache_mb)
     counts = ", ".join(f"{d}: {int(scores.sample_mask(d).sum())}" for d in scores.domains)
     out_msg = (f"scored {len(scores.sample_ids)} samples ({counts}) over {scores.num_layers} layers "
                f"in {scores.settings['seconds']:.1f} s -> {out}")

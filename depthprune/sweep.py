@@ -100,16 +100,10 @@ def _scores(study: Study, out: Path, net: Any, processor: Any, calib: list, ctx:
         return scores, settings
     scores = score_parallel(net, processor, calib, settings, str(study.model), ctx, progress=progress)
     scores.settings["data_files"] = list(study.calibration)
-    if study.ablation and ctx.main:  # ground truth for `ablation`/diagnostics: one pass per layer
-        import time
-
-        from .ablation import ablation_nll
-        started = time.perf_counter()
-        scores.base_nll, scores.ablation_nll = ablation_nll(
-            net, processor, cap_per_domain(calib, study.calib_max_samples), batch_size=study.batch_size,
-            progress=progress)
-        scores.settings["ablation"] = {"seconds": round(time.perf_counter() - started, 3),
-                                       "measure": "answer NLL, nats/token, one layer removed at a time"}
+    if study.ablation and ctx.main:  # ground truth for `ablation`/diagnostics (prefix-cached)
+        from .ablation_cache import measure_ablation
+        measure_ablation(scores, net, processor, cap_per_domain(calib, study.calib_max_samples),
+                         study.batch_size, progress)
     if ctx.main:
         scores.save(path)
     ctx.barrier()

@@ -5,8 +5,6 @@ attention mask (and, on Gemma3, its RoPE) by position in ``config.layer_types``.
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import pytest
 
@@ -15,19 +13,9 @@ from depthprune.data import encode, load_records
 from depthprune.evaluation import answer_nll
 from depthprune.models import load_model, text_config
 from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
+from ablation_helpers import long_text
 from tiny_configs import LAYERS
 from tiny_models import save_tiny
-
-
-def long_text(path: Path) -> Path:
-    """Two-domain text records of about 20 prompt tokens (the tiny models' sliding window is 8)."""
-    # digits and operators: the tokens the reloaded tiny word-level tokenizer keeps apart
-    questions = {"math": "3 + 4 * 2 - 1 = ( 5 + 6 ) * 7 ?", "general": "9 8 7 , 6 5 4 , 3 2 1 : 0 ?"}
-    answers = {"math": "1 1", "general": "4 2"}
-    rows = [{"id": f"{d}{i}", "domain": d, "question": f"{i} {questions[d]}" + " 1" * i, "answer": answers[d]}
-            for i in range(4) for d in questions]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen2"])
