@@ -4,7 +4,9 @@ The ground truth any similarity signal should be judged against (and the perplex
 criterion of Shortened LLaMA, Kim et al. 2024): for every layer ``l``, the teacher-forced
 answer NLL (:func:`depthprune.evaluation.answer_nll`) of every calibration record with
 layer ``l`` removed in memory (:func:`depthprune.pruning.layers_removed`, exactly what a
-pruned checkpoint computes), minus the full model's. One forward per layer and batch.
+pruned checkpoint computes), minus the full model's. One forward per layer and batch: the
+reference that :func:`depthprune.ablation_cache.cached_ablation_nll` (what `score --ablation`
+and sweeps use, about half the cost) is tested against.
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ from .models import find_decoder_layers
 from .pruning import layers_removed
 
 
-def require_answers(records: Sequence[Record]) -> None:
-    """Raise DataError naming the first record without a (non-empty) answer."""
+#: What needs the answers, and the way out, for :func:`require_answers`'s message.
+ABLATION_NEEDS = "single-layer ablation measures the answer's NLL, so every calibration record needs one (or drop --ablation)"
+SLEB_NEEDS = ("method sleb measures the answer's NLL, so every calibration record of its domains needs one "
+              "(or choose another method)")
+
+
+def require_answers(records: Sequence[Record], needs: str = ABLATION_NEEDS) -> None:
+    """Raise DataError naming the first record without a (non-empty) answer; ``needs`` says why."""
     missing = next((r for r in records if r.answer is None or not str(r.answer).strip()), None)
     if missing is not None:
-        raise DataError(f"{missing.source}: record has no 'answer'; single-layer ablation measures "
-                        "the answer's NLL, so every calibration record needs one (or drop --ablation)")
+        raise DataError(f"{missing.source}: record has no 'answer'; {needs}")
 
 
 def _nll(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int) -> torch.Tensor:

@@ -31,6 +31,9 @@ from .scoring import ScoreSettings, cap_per_domain, score_model
 from .speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike
+#: Methods that measure the model while they rank (they need --data), and what they do.
+MEASURING = {"iterative": "re-scores the model's cosine similarities",
+             "sleb": "re-measures the calibration answer NLL"}
 
 
 def _as_list(paths: PathLike | Sequence[PathLike]) -> list[PathLike]:
@@ -163,12 +166,14 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
           data: PathLike | Sequence[PathLike] | None = None, overwrite: bool = False,
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
           trust_remote_code: bool = False, batch_size: int = 4, max_samples: int | None = None,
-          progress: bool = True, return_info: bool = False, **plan_kwargs: Any) -> Path | tuple[Path, dict]:
+          progress: bool = True, return_info: bool = False, ablation_cache_mb: float | None = None,
+          **plan_kwargs: Any) -> Path | tuple[Path, dict]:
     """Remove decoder layers from checkpoint ``model`` and save a stock checkpoint to ``out``.
 
     Pass explicit ``layers``, a :class:`Plan` (or a saved ``.plan.json``), or scores plus ``method`` and
     ``budget`` (and :func:`plan`'s keyword arguments); ``last``/``uniform``/``random`` need
-    no scores, ``iterative`` needs ``data``. Returns the output directory (and, with
+    no scores, ``iterative`` and ``sleb`` need ``data`` (``sleb``: records with answers; its
+    prefix caches are limited to ``ablation_cache_mb``). Returns the output directory (and, with
     ``return_info``, the ``pruning.json`` dict this call wrote).
 
     Everything that can be checked without the weights is checked first: the output (never
@@ -176,6 +181,9 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     method, the data. Only then does the model load.
     """
     model = resolve_model_id(model)
+    if ablation_cache_mb is not None and not (method == "sleb" and ablation_cache_mb > 0):
+        raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if method == "sleb" else
+                         "applies to --method sleb only; drop it"))
     prepare_output_dir(out, overwrite, _inputs(model, data))
     config = _check_model_cheaply(model, dtype, device, device_map, trust_remote_code)
     num_layers = text_config(config).num_hidden_layers
@@ -201,7 +209,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
         check_request(req)
         resolve_budget(budget, num_layers)
         if plan_or_scores is None:
-            if method not in SCORE_FREE and method != "iterative":
+            if method not in SCORE_FREE and method not in MEASURING:
                 raise RankError(f"method '{method}' needs scores: pass --scores FILE "
                                 "(from `depthprune score`)")
             scores = empty_scores(num_layers, str(model), arch_protected)
@@ -210,11 +218,17 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
             if scores.num_layers != num_layers:
                 raise RankError(f"the scores are of a model with {scores.num_layers} decoder layers but "
                                 f"{model} has {num_layers}; re-run `depthprune score` on this model")
-        if method == "iterative":
+        if method in MEASURING:
             if data is None:
-                raise RankError("method 'iterative' re-scores the model after each removal: pass --data")
+                raise RankError(f"method '{method}' {MEASURING[method]} after each removal: pass --data")
             records = load_records(_as_list(data))
             check_request(req, sorted({r.domain for r in records}), where="data")
+            if method == "sleb":  # before the model loads: the objective's domains and their answers
+                from .ablation import SLEB_NEEDS, require_answers
+                from .sleb import objective_weights
+                records = cap_per_domain(records, max_samples)
+                used = objective_weights([r.domain for r in records], req)
+                require_answers([r for r in records if r.domain in used], SLEB_NEEDS)
         else:
             the_plan = plan(scores, method, budget, **plan_kwargs)  # no model needed: fail early
     net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
@@ -222,6 +236,12 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     if len(find_decoder_layers(net)[1]) != num_layers:
         raise ModelError(f"{model}: the loaded model has {len(find_decoder_layers(net)[1])} decoder layers, "
                          f"its config says {num_layers}")
+    if the_plan is None and method == "sleb":
+        from .ablation_cache import DEFAULT_CACHE_MB
+        from .sleb import Sleb
+        selector = Sleb(net, processor, records, batch_size, cache_mb=ablation_cache_mb or DEFAULT_CACHE_MB,
+                        progress=progress)
+        the_plan = plan(scores, method, budget, score_fn=selector, **plan_kwargs)
     if the_plan is None:  # iterative: re-scores the model after each removal
         settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)
 

@@ -112,10 +112,12 @@ def _scores(study: Study, out: Path, net: Any, processor: Any, calib: list, ctx:
     return scores, settings
 
 
-def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped: list[str],
+def _plans(study: Study, cells: list[Cell], scores: Any, score_fns: dict[str, Any], skipped: list[str],
            stored: dict[str, list[int]]) -> dict[str, list[int]]:
     """Removed layers per cell key (the same on every process: pure functions of the scores,
-    and `iterative`'s re-scoring is collective). A method that cannot meet a budget skips that
+    `iterative`'s re-scoring is collective and `sleb`'s answer comes from rank 0).
+    ``score_fns``: method -> the ``score_fn`` :func:`~depthprune.methods.rank` needs for
+    it (`iterative`, `sleb`). A method that cannot meet a budget skips that
     cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
     in the store keep their stored plan (the scores are the same, checked on resume), so a
     resumed `iterative` study does not re-score."""
@@ -133,7 +135,7 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped:
                           protect_first=study.protect["first"], protect_last=study.protect["last"],
                           **cell.variant.options)
         try:
-            plan = rank(scores, req, score_fn=score_fn if cell.variant.method == "iterative" else None)
+            plan = rank(scores, req, score_fn=score_fns.get(cell.variant.method))
         except RankError as exc:  # e.g. `spaced` cannot remove half the layers without neighbours
             skipped.append(f"{cell.variant.label} at {cell.budget} layers: {exc}")
             continue
@@ -199,6 +201,10 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     cells = expand_cells(study, num_layers)  # budgets checked against the layer count
     from .data import load_records
     calib = load_records(study.calibration)
+    from .scoring import cap_per_domain
+    if any(c.variant.method == "sleb" for c in cells):  # sleb measures answer NLL: fail before any work
+        from .ablation import SLEB_NEEDS, require_answers
+        require_answers(cap_per_domain(calib, study.calib_max_samples), SLEB_NEEDS)
     eval_sets = _load_eval_records(study)
     heal_records = None
     if study.heal is not None:
@@ -244,9 +250,23 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
                                            progress=False)
         return memo[key]
 
+    from .sleb import Sleb
+    sleb = Sleb(net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size, progress=progress)
+
+    def sleb_select(k: int, candidates: list[int], req: Any) -> Any:  # rank 0 measures, all get its answer
+        from .methods import RankError
+        try:
+            answer = sleb(k, candidates, req) if ctx.main else None
+        except RankError as exc:
+            answer = exc
+        answer = ctx.broadcast(answer)
+        if isinstance(answer, RankError):
+            raise answer
+        return answer
+
     skipped: list[str] = []
     stored = ctx.broadcast({r.cell: r.removed for r in read_results(conn)} if ctx.main else None)
-    removed = _plans(study, cells, scores, rescore, skipped, stored)
+    removed = _plans(study, cells, scores, {"iterative": rescore, "sleb": sleb_select}, skipped, stored)
     cells = [c for c in cells if c.key in removed]
     if ctx.main:
         set_meta(conn, _meta(study, scores, eval_sets, len(cells)) | {"skipped_cells": skipped})
