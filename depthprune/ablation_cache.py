@@ -319,8 +319,6 @@ class PrefixCache:
         return cache
 
 
-
-
 @dataclass
 class CacheStats:
     """What a cached run did: cache peak in memory and spilled to disk (MB), its limit, how

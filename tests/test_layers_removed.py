@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 from depthprune.ablation import ablation_nll
 from depthprune.data import encode, load_records
@@ -49,3 +50,16 @@ def test_layers_removed_slices_and_restores_per_layer_config():
         assert cfg.max_window_layers == 2 and cfg.num_hidden_layers == LAYERS - 2
     assert list(cfg.layer_types) == types and cfg.max_window_layers == window
     assert cfg.num_hidden_layers == LAYERS and len(model.model.layers) == LAYERS
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2"])
+def test_iterative_rescoring_scores_the_pruned_model(family, tmp_path):
+    """`iterative` re-scores inside layers_removed: the statistics must be the pruned model's."""
+    from depthprune.scoring import ScoreSettings, score_model
+    model, tok = load_model(save_tiny(family, tmp_path / "src"), dtype="float32")
+    records = load_records(long_text(tmp_path / "long.jsonl"))
+    settings = ScoreSettings(batch_size=4, max_span=1)
+    want = score_model(prune_layers(copy.deepcopy(model), [1]), tok, records, settings, progress=False)
+    with layers_removed(model, [1]):
+        got = score_model(model, tok, records, settings, progress=False)
+    torch.testing.assert_close(got.sums, want.sums, rtol=0, atol=1e-9)
