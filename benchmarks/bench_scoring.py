@@ -1,5 +1,10 @@
 """Cost of a scoring pass (hooks + every statistic the rankers use) next to a plain forward.
 
+The scoring pass is the one :func:`depthprune.score.forward.score_model` runs: its forward keywords
+(:func:`depthprune.score.forward.model_forward_kwargs`: no cache, the LM head on the last position
+only) and the similarity hooks. The plain forward is ``model(**inputs, use_cache=False)``,
+which computes logits at every position.
+
 Model: random-init Qwen3VLForConditionalGeneration whose text decoder has the shapes of
 Qwen3-VL-2B (28 layers, hidden 2048, intermediate 6144, 16 heads, 8 KV heads, vocab
 151936; tiny vision tower, text-only prompts), float32, batches of 256-token prompts.
@@ -8,7 +13,8 @@ Time: plain and scoring forwards alternate in one process (machines here are noi
 the ratio of medians means anything); wall-clock and process CPU time are both reported,
 the latter being robust to other processes competing for the cores. Peak memory: each mode runs in its own fresh
 subprocess and reports its peak RSS; the ratio is printed for the whole process and for
-the increase over the loaded model. Targets: time <= 1.10x, peak memory <= 1.15x.
+the increase over the loaded model. Targets: time <= 0.90x (the statistics need no logits,
+so skipping most of the LM head must more than pay for the hooks), peak memory <= 1.15x.
 
     python benchmarks/bench_scoring.py            # Qwen3-VL-2B shapes (about 9 GB RAM)
     python benchmarks/bench_scoring.py --small    # a seconds-long smoke run
@@ -26,7 +32,7 @@ import time
 
 import torch
 
-TIME_TARGET, MEMORY_TARGET = 1.10, 1.15
+TIME_TARGET, MEMORY_TARGET = 0.90, 1.15
 
 
 def build_model(small: bool, layers: int | None = None):
@@ -68,7 +74,7 @@ def make_batch(model, batch: int, tokens: int) -> dict:
 
 def make_runners(model, batch_inputs, max_span: int | None):
     from depthprune.models.architectures import find_decoder_layers
-    from depthprune.score.forward import SimilarityRecorder, token_groups
+    from depthprune.score.forward import SimilarityRecorder, model_forward_kwargs, token_groups
     layers = find_decoder_layers(model)[1]
     span = max_span or (len(layers) + 1) // 2
     recorder = SimilarityRecorder(layers, span)
@@ -81,7 +87,7 @@ def make_runners(model, batch_inputs, max_span: int | None):
     def scoring():
         with recorder:
             recorder.begin_batch(token_groups(batch_inputs, model.config))
-            model(**batch_inputs, use_cache=False)
+            model(**model_forward_kwargs(model, batch_inputs))
             recorder.end_batch()
     return plain, scoring, span
 

@@ -123,7 +123,9 @@ def materialise(model, device: str, dtype: torch.dtype):
 def plan_for(model, fraction: float) -> list[int]:
     """Layers to remove: depthprune's `uniform` method (deepstack layers 0-2 protected)."""
     from depthprune import api
-    scores = api.empty_scores(model, "bench")
+    from depthprune.models.loading import protected_layers
+    from depthprune.models.architectures import text_config
+    scores = api.empty_scores(text_config(model).num_hidden_layers, "bench", protected_layers(model))
     return api.plan(scores, "uniform", fraction).remove
 
 

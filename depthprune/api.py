@@ -31,6 +31,9 @@ from depthprune.score.forward import ScoreSettings, cap_per_domain, score_model
 from depthprune.speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike
+#: Methods that measure the model while they rank (they need --data), and what they do.
+MEASURING = {"iterative": "re-scores the model's cosine similarities",
+             "sleb": "re-measures the calibration answer NLL"}
 
 
 def _as_list(paths: PathLike | Sequence[PathLike]) -> list[PathLike]:
@@ -41,13 +44,15 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
           batch_size: int = 4, max_samples: int | None = None, max_span: int | None = None,
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
           trust_remote_code: bool = False, progress: bool = True, overwrite: bool = False,
-          ablation: bool = False, prompt_format: str = "auto") -> Scores:
+          ablation: bool = False, ablation_cache_mb: float | None = None, prompt_format: str = "auto") -> Scores:
     """Score every decoder layer of checkpoint ``model`` on calibration JSONL ``data``.
 
     ``ablation``: also measure every record's answer NLL with each single layer removed
-    (:mod:`depthprune.score.ablation`; one more forward per layer; every record needs an answer).
-    ``prompt_format``: auto, chat or plain (:func:`depthprune.data.records.set_prompt_format`),
-    recorded in the scores' settings.
+    (:mod:`depthprune.score.ablation_cache`: one base pass per batch, each removal resumed from the
+    removed layer's cached input; every record needs an answer). ``ablation_cache_mb``: the
+    cache's memory limit (default :data:`~depthprune.score.ablation_cache.DEFAULT_CACHE_MB`; past
+    it the cache spills to a temporary directory). ``prompt_format``: auto, chat or plain
+    (:func:`depthprune.data.records.set_prompt_format`), recorded in the scores' settings.
     Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
     ``.safetensors`` beside it, if given; existing files only with ``overwrite``). Everything
     cheap (output, data, images, device, config) is checked before the weights load.
@@ -62,6 +67,9 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
             check_output(target, overwrite, kind="file", inputs=inputs)
     records = load_records(_as_list(data))
     check_prompt_format(prompt_format, model)
+    if ablation_cache_mb is not None and not (ablation and ablation_cache_mb > 0):
+        raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if ablation else
+                         "applies to --ablation only; add --ablation or drop it"))
     if ablation:  # before the model loads
         from depthprune.score.ablation import require_answers
         require_answers(cap_per_domain(records, max_samples))
@@ -76,8 +84,9 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     scores.settings["data_files"] = [str(p) for p in _as_list(data)]
     scores.settings["prompt_format"] = used_format
     if ablation:
-        from depthprune.score.ablation import add_ablation
-        add_ablation(scores, net, processor, cap_per_domain(records, max_samples), batch_size, progress)
+        from depthprune.score.ablation_cache import measure_ablation
+        measure_ablation(scores, net, processor, cap_per_domain(records, max_samples), batch_size, progress,
+                         ablation_cache_mb)
     if out is not None:
         scores.save(out, overwrite=overwrite)
     return scores
@@ -151,12 +160,14 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
           data: PathLike | Sequence[PathLike] | None = None, overwrite: bool = False,
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
           trust_remote_code: bool = False, batch_size: int = 4, max_samples: int | None = None,
-          progress: bool = True, return_info: bool = False, **plan_kwargs: Any) -> Path | tuple[Path, dict]:
+          progress: bool = True, return_info: bool = False, ablation_cache_mb: float | None = None,
+          **plan_kwargs: Any) -> Path | tuple[Path, dict]:
     """Remove decoder layers from checkpoint ``model`` and save a stock checkpoint to ``out``.
 
     Pass explicit ``layers``, a :class:`Plan` (or a saved ``.plan.json``), or scores plus ``method`` and
     ``budget`` (and :func:`plan`'s keyword arguments); ``last``/``uniform``/``random`` need
-    no scores, ``iterative`` needs ``data``. Returns the output directory (and, with
+    no scores, ``iterative`` and ``sleb`` need ``data`` (``sleb``: records with answers; its
+    prefix caches are limited to ``ablation_cache_mb``). Returns the output directory (and, with
     ``return_info``, the ``pruning.json`` dict this call wrote).
 
     A ``.gguf`` ``out`` (for a GGUF ``model``) writes a GGUF file that keeps the source's
@@ -170,6 +181,9 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     """
     from depthprune.models.gguf_out import check_gguf_output, gguf_pruning_info, is_gguf_output, write_pruned_gguf
     model = resolve_model_id(model)
+    if ablation_cache_mb is not None and not (method == "sleb" and ablation_cache_mb > 0):
+        raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if method == "sleb" else
+                         "applies to --method sleb only; drop it"))
     reads = inputs_of(model=model, data=_as_list(data) if data is not None else [],
                       files=[plan_or_scores if isinstance(plan_or_scores, (str, os.PathLike)) else None])
     gguf_in = check_gguf_output(model, out, overwrite, reads) if is_gguf_output(out) else None
@@ -199,7 +213,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
         check_request(req)
         resolve_budget(budget, num_layers)
         if plan_or_scores is None:
-            if method not in SCORE_FREE and method != "iterative":
+            if method not in SCORE_FREE and method not in MEASURING:
                 raise RankError(f"method '{method}' needs scores: pass --scores FILE "
                                 "(from `depthprune score`)")
             scores = empty_scores(num_layers, str(model), arch_protected)
@@ -208,11 +222,17 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
             if scores.num_layers != num_layers:
                 raise RankError(f"the scores are of a model with {scores.num_layers} decoder layers but "
                                 f"{model} has {num_layers}; re-run `depthprune score` on this model")
-        if method == "iterative":
+        if method in MEASURING:
             if data is None:
-                raise RankError("method 'iterative' re-scores the model after each removal: pass --data")
+                raise RankError(f"method '{method}' {MEASURING[method]} after each removal: pass --data")
             records = load_records(_as_list(data))
             check_request(req, sorted({r.domain for r in records}), where="data")
+            if method == "sleb":  # before the model loads: the objective's domains and their answers
+                from depthprune.rank.sleb import objective_weights
+                from depthprune.score.ablation import SLEB_NEEDS, require_answers
+                records = cap_per_domain(records, max_samples)
+                used = objective_weights([r.domain for r in records], req)
+                require_answers([r for r in records if r.domain in used], SLEB_NEEDS)
         else:
             the_plan = plan(scores, method, budget, **plan_kwargs)  # no model needed: fail early
     net = processor = None
@@ -224,6 +244,13 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
             raise ModelError(f"{model}: the loaded model has {len(find_decoder_layers(loaded)[1])} decoder "
                              f"layers, its config says {num_layers}")
         return loaded, proc
+    if the_plan is None and method == "sleb":
+        from depthprune.rank.sleb import Sleb
+        from depthprune.score.ablation_cache import DEFAULT_CACHE_MB
+        net, processor = load()
+        selector = Sleb(net, processor, records, batch_size, cache_mb=ablation_cache_mb or DEFAULT_CACHE_MB,
+                        progress=progress)
+        the_plan = plan(scores, method, budget, score_fn=selector, **plan_kwargs)
     if the_plan is None:  # iterative: re-scores the model after each removal
         net, processor = load()
         settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)

@@ -158,10 +158,10 @@ Device = Annotated[str, typer.Option(help="Device for the whole model, e.g. cpu,
 DeviceMap = Annotated[str | None, typer.Option(help="'auto' spreads a model larger than one device (accelerate); overrides --device.")]
 TrustRemote = Annotated[bool, typer.Option(help="Allow model code from the checkpoint (off by default: only transformers' own classes run).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")]
-Method = Annotated[str, typer.Option(help="Ranking method: domain, mixed, block-influence, angular-block, last, uniform, random, spaced, iterative, contrast, ablation (needs `score --ablation`).")]
+Method = Annotated[str, typer.Option(help="Ranking method: domain, mixed, block-influence, angular-block, last, uniform, random, spaced, contrast, ablation (needs `score --ablation`); with the model and --data (prune only): iterative (iterative cosine re-scoring), sleb (SLEB: removes the layer that raises the calibration answer NLL of --domain, or the --weights mixture, least, re-measured after every removal).")]
 Budget = Annotated[str, typer.Option(help="Layers to remove: an integer count, or a fraction in (0, 1) of the decoder layers (rounded, at least 1).")]
-Domain = Annotated[str | None, typer.Option(help="Domain label for --method domain / contrast (or --base domain); for --method ablation (without it: --weights over all domains).")]
-Weights = Annotated[str | None, typer.Option(help="Domain weights for mixed, e.g. math=0.5,general=0.5 (default: equal). Each domain's scores are z-scored across removable layers, weights normalised to sum 1.")]
+Domain = Annotated[str | None, typer.Option(help="Domain label for --method domain / contrast (or --base domain); for --method ablation / sleb (without it: --weights over all domains).")]
+Weights = Annotated[str | None, typer.Option(help="Domain weights for mixed, e.g. math=0.5,general=0.5 (default: equal). Each domain's scores are z-scored across removable layers, weights normalised to sum 1. For ablation / sleb without --domain: the weights of the per-domain mean answer NLLs.")]
 Base = Annotated[str, typer.Option(help="Score that spaced / iterative use: domain, mixed, block-influence, ablation.")]
 TokenGroup = Annotated[str, typer.Option(help="Tokens the similarity is averaged over: all, text, image, last.")]
 Seed = Annotated[int, typer.Option(help="Seed for --method random and the bootstrap.")]
@@ -194,14 +194,16 @@ def score(
     dtype: Dtype = "auto", device: Device = "cpu", device_map: DeviceMap = None,
     trust_remote_code: TrustRemote = False,
     overwrite: Overwrite = False,
-    ablation: Annotated[bool, typer.Option(help="Also measure each record's answer NLL with each single layer removed (one more forward per layer; needs answers). Enables --method ablation and `depthprune diagnose`.")] = False,
+    ablation: Annotated[bool, typer.Option(help="Also measure each record's answer NLL with each single layer removed (about half a forward per layer: each removal resumes from the removed layer's cached input; needs answers). Enables --method ablation and `depthprune diagnose`.")] = False,
+    ablation_cache_mb: Annotated[float | None, typer.Option(help="Memory limit (MB) of the --ablation cache: batch x tokens x hidden x layers values of the model's dtype per batch; past it the cache spills to a temporary directory (slower). Default 4096.")] = None,
     prompt_format: PromptFormat = "auto",
 ) -> None:
     """Run calibration prompts through MODEL once and record every layer's similarity statistics."""
     from depthprune import api
     scores = api.score(model, data, out, batch_size=batch_size, max_samples=max_samples, max_span=max_span,
                        dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
-                       overwrite=overwrite, ablation=ablation, prompt_format=prompt_format)
+                       overwrite=overwrite, ablation=ablation, ablation_cache_mb=ablation_cache_mb,
+                       prompt_format=prompt_format)
     counts = ", ".join(f"{d}: {int(scores.sample_mask(d).sum())}" for d in scores.domains)
     out_msg = (f"scored {len(scores.sample_ids)} samples ({counts}) over {scores.num_layers} layers "
                f"in {scores.settings['seconds']:.1f} s ({scores.settings['prompt_format']} prompts) -> {out}")
@@ -264,8 +266,9 @@ def prune(
     method: Method = "domain", budget: Budget = "0.25", domain: Domain = None, weights: Weights = None,
     base: Base = "mixed", token_group: TokenGroup = "all", seed: Seed = 0,
     allow_deepstack: AllowDeepstack = False, protect_first: ProtectFirst = 0, protect_last: ProtectLast = 0,
-    data: Annotated[list[Path] | None, typer.Option("--data", help="Calibration JSONL for --method iterative (re-scores after each removal).")] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Calibration JSONL for --method iterative (re-scores after each removal) and sleb (re-measures the answer NLL; records need answers).")] = None,
     batch_size: BatchSize = 4,
+    ablation_cache_mb: Annotated[float | None, typer.Option(help="Memory limit (MB) of sleb's layer-input cache (batch x tokens x hidden x layers values per batch, all calibration batches); past it the cache spills to a temporary directory. Default 4096.")] = None,
     dtype: Dtype = "auto", device: Device = "cpu", device_map: DeviceMap = None,
     trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
 ) -> None:
@@ -291,7 +294,7 @@ def prune(
     result, info = api.prune(model, source, out_dir, layers=explicit, method=method, budget=budget,
                              data=data or None, overwrite=overwrite, dtype=dtype, device=device,
                              device_map=device_map, trust_remote_code=trust_remote_code, batch_size=batch_size,
-                             return_info=True, **kwargs)
+                             return_info=True, ablation_cache_mb=ablation_cache_mb, **kwargs)
     console.print(f"removed layers {info['removed_layers']} (0-based) with {info['method']}: "
               f"{info['original_num_layers']} -> {info['num_layers']} layers -> {result}", highlight=False)
     from depthprune.speed import format_speedup

@@ -37,7 +37,7 @@ def demo_methods(quick: bool) -> list[Any]:
     from depthprune.rank.methods import METHODS
     entries: list[Any] = []
     for name in METHODS:
-        if name in ("domain", "ablation", "contrast"):
+        if name in ("domain", "ablation", "contrast", "sleb"):
             entries.append({"method": name, "domain": ["math", "general"]})
             if name == "domain" and not quick:
                 entries.append({"method": name, "domain": ["math", "general"], "token_group": "last"})
@@ -78,7 +78,7 @@ def headline_study(data: dict[str, Path], batch_size: int = 32) -> dict[str, Any
     study = demo_study(data, quick=False, batch_size=batch_size)
     study.pop("heal", None)
     study["eval"] = [{"name": "toy", "data": str(data["eval"]), "max_samples": None}]
-    study["methods"] = [{"method": m, "domain": ["math", "general"]} for m in ("domain", "contrast", "ablation")]
+    study["methods"] = [{"method": m, "domain": ["math", "general"]} for m in ("domain", "contrast", "ablation", "sleb")]
     study["methods"].insert(1, {"method": "domain", "domain": ["math", "general"], "token_group": "last"})
     study["budgets"] = [HEADLINE_BUDGET]
     return study
@@ -101,7 +101,7 @@ class Headline:
 
 
 #: (math-aware label, general-aware label) pairs the headline compares, when present.
-PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "contrast", "ablation") for g in ("", "@last")]
+PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "contrast", "ablation", "sleb") for g in ("", "@last")]
 
 
 def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:

@@ -125,22 +125,41 @@ def layers_as_identity(model: nn.Module, layers_to_skip: Sequence[int]) -> Itera
 
 @contextlib.contextmanager
 def layers_removed(model: nn.Module, remove: Sequence[int]) -> Iterator[nn.Module]:
-    """Temporarily drop decoder layers for cache-free forwards (iterative re-scoring).
+    """Temporarily drop decoder layers for cache-free forwards (ablation, iterative re-scoring).
 
-    Only the layer list changes; configs and ``layer_idx`` stay, so do not generate with a
-    cache inside this context.
+    The layer list, ``num_hidden_layers`` and every per-layer config field are those of the
+    pruned model (families such as Qwen2, Qwen3 and Gemma3 pick each layer's attention mask,
+    and Gemma3 its RoPE, by position in ``layer_types``), so a forward computes what the
+    pruned checkpoint computes. ``layer_idx`` is not renumbered: do not generate with a
+    cache inside this context. Everything is restored on exit.
     """
     path, layers = find_decoder_layers(model)
     original = list(layers)
     remove = set(_check_layers(remove, len(original)))
-    _set_layers(model, path, nn.ModuleList(m for i, m in enumerate(original) if i not in remove))
+    keep = [i for i in range(len(original)) if i not in remove]
     config = text_config(model)
-    n = config.num_hidden_layers
-    config.num_hidden_layers = len(original) - len(remove)  # find_decoder_layers looks for this length
+    saved = {name: getattr(config, name) for name in (*PER_LAYER_FIELDS, "max_window_layers", "num_hidden_layers")
+             if hasattr(config, name)}
+    flags = [(m, m.has_sliding_layers) for m in model.modules() if hasattr(m, "has_sliding_layers")]
+    _set_layers(model, path, nn.ModuleList(original[i] for i in keep))
+    config.num_hidden_layers = len(keep)  # find_decoder_layers looks for this length
+    for name in PER_LAYER_FIELDS:
+        value = saved.get(name)
+        if isinstance(value, (list, tuple)) and len(value) == len(original):
+            setattr(config, name, type(value)(value[i] for i in keep))
+    if isinstance(saved.get("max_window_layers"), int):
+        config.max_window_layers = sum(i < saved["max_window_layers"] for i in keep)
+    layer_types = getattr(config, "layer_types", None)
+    for module, _ in flags:
+        if layer_types is not None:
+            module.has_sliding_layers = "sliding_attention" in layer_types
     try:
         yield model
     finally:
-        config.num_hidden_layers = n
+        for name, value in saved.items():
+            setattr(config, name, value)
+        for module, value in flags:
+            module.has_sliding_layers = value
         _set_layers(model, path, nn.ModuleList(original))
 
 

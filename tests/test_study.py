@@ -153,7 +153,8 @@ def test_demo_headline_study_reuses_the_grid_calibration(tmp_path, calib_dir):
     head = parse_study(headline_study(data), tmp_path, source="demo headline study")
     assert head.budgets == [0.25] and head.heal is None and head.eval_sets[0].max_samples is None
     assert {m.label for m in head.methods} == {f"{m}:{d}{g}" for m, g in (("domain", ""), ("domain", "@last"),
-                                                                       ("contrast", ""), ("ablation", ""))
+                                                                       ("contrast", ""), ("ablation", ""),
+                                                                       ("sleb", ""))
                                               for d in ("math", "general")}
     for key in ("calibration", "calib_max_samples", "ablation", "batch_size", "dtype", "max_span"):
         assert getattr(head, key) == getattr(grid, key), key

@@ -118,3 +118,11 @@ def test_paired_counts_discordant_records(tmp_path):
             json.dumps({"id": r[0], "domain": r[1], "correct": r[col]}) + "\n" for r in rows))
     r = paired(tmp_path / "A", tmp_path / "B", "math")
     assert (r["n"], r["only_a"], r["only_b"], r["acc_a"], r["acc_b"]) == (4, 2, 1, 0.75, 0.5)
+    assert r["nll_diff"] is None  # no NLL in these files: accuracy only
+    for name, nll in (("A", [1.0, 2.0, 3.0, 4.0, 0.0]), ("B", [0.5, 1.5, 2.0, 3.5, 0.0])):
+        (tmp_path / name).write_text("".join(json.dumps({"id": r[0], "domain": r[1], "correct": True, "nll": v})
+                                             + "\n" for r, v in zip(rows, nll)))
+    r = paired(tmp_path / "A", tmp_path / "B", "math")
+    assert r["nll_diff"] == pytest.approx(0.625) and r["nll_a"] == pytest.approx(2.5)
+    # every difference is positive, but 4 pairs cannot show it: the exact signed-rank p is 2/16
+    assert r["nll_ci"][0] <= 0.625 <= r["nll_ci"][1] and r["nll_p"] == pytest.approx(0.125)

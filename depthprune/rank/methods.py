@@ -585,14 +585,25 @@ def _spaced(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> 
 
 @register("iterative")
 def _iterative(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
-    """Placeholder: iterative re-scoring needs the model (see :func:`iterative_selection`)."""
+    """Iterative cosine re-scoring; needs the model (see :func:`iterative_selection`)."""
     raise RankError("iterative needs the model and data: use `depthprune prune MODEL --data ... "
                     "--method iterative` (it re-scores after every removal); a scores file alone is not enough")
 
 
+@register("sleb")
+def _sleb(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    """SLEB (arXiv 2402.09025), domain-aware: remove the layer whose removal raises the
+    calibration answer NLL of ``req.domain`` (or the ``req.weights`` mixture) least, re-measure,
+    repeat. Needs the model (see :class:`depthprune.rank.sleb.Sleb`)."""
+    raise RankError("sleb measures the model after every removal: use `depthprune prune MODEL --data "
+                    "CALIB.jsonl --method sleb --domain D` (or --weights); a scores file alone is not enough")
+
+
 def iterative_selection(score_fn: Callable[[list[int]], Scores], num_layers: int, k: int,
                         candidates: list[int], req: RankRequest) -> Selection:
-    """SLEB-like: remove the most redundant remaining candidate, re-score, repeat k times.
+    """Iterative cosine re-scoring: remove the most redundant remaining candidate (by
+    ``req.base``'s similarity scores), re-score the pruned model, repeat k times. Not SLEB,
+    which re-measures the loss (method ``sleb``).
 
     ``score_fn(removed)`` returns Scores of the model with the original 0-based layers
     ``removed`` deleted; its layer j is the j-th surviving original layer. It is called k
@@ -655,8 +666,9 @@ def rank(scores: Scores, req: RankRequest,
          score_fn: Callable[[list[int]], Scores] | None = None) -> Plan:
     """Choose the layers to remove; returns a validated Plan (sorted 0-based layers).
 
-    ``score_fn`` (see :func:`iterative_selection`) is only used, and required, by
-    method "iterative".
+    ``score_fn`` is only used, and required, by the methods that measure the model: for
+    "iterative" the re-scoring function of :func:`iterative_selection`, for "sleb" a
+    ``(k, candidates, req) -> Selection`` callable (:class:`depthprune.rank.sleb.Sleb`).
     """
     n = scores.num_layers
     k = resolve_budget(req.budget, n)
@@ -674,6 +686,8 @@ def rank(scores: Scores, req: RankRequest,
         if req.method == "iterative" and score_fn is not None:
             # Step 0 is the full model: reuse the scores we were given instead of a forward pass.
             sel = iterative_selection(lambda rm: score_fn(rm) if rm else scores, n, k, candidates, req)
+        elif req.method == "sleb" and score_fn is not None:
+            sel = score_fn(k, candidates, req)
         else:
             sel = METHODS[req.method](scores, k, candidates, req)
     except ScoresError as err:

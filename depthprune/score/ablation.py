@@ -4,7 +4,9 @@ The ground truth any similarity signal should be judged against (and the perplex
 criterion of Shortened LLaMA, Kim et al. 2024): for every layer ``l``, the teacher-forced
 answer NLL (:func:`depthprune.evaluate.generation.answer_nll`) of every calibration record with
 layer ``l`` removed in memory (:func:`depthprune.pruning.layers_removed`, exactly what a
-pruned checkpoint computes), minus the full model's. One forward per layer and batch.
+pruned checkpoint computes), minus the full model's. One forward per layer and batch: the
+reference that :func:`depthprune.score.ablation_cache.cached_ablation_nll` (what `score --ablation`
+and sweeps use, about half the cost) is tested against.
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
 
 
-def require_answers(records: Sequence[Record]) -> None:
-    """Raise DataError naming the first record without a (non-empty) answer."""
+#: What needs the answers, and the way out, for :func:`require_answers`'s message.
+ABLATION_NEEDS = "single-layer ablation measures the answer's NLL, so every calibration record needs one (or drop --ablation)"
+SLEB_NEEDS = ("method sleb measures the answer's NLL, so every calibration record of its domains needs one "
+              "(or choose another method)")
+
+
+def require_answers(records: Sequence[Record], needs: str = ABLATION_NEEDS) -> None:
+    """Raise DataError naming the first record without a (non-empty) answer; ``needs`` says why."""
     missing = next((r for r in records if r.answer is None or not str(r.answer).strip()), None)
     if missing is not None:
-        raise DataError(f"{missing.source}: record has no 'answer'; single-layer ablation measures "
-                        "the answer's NLL, so every calibration record needs one (or drop --ablation)")
+        raise DataError(f"{missing.source}: record has no 'answer'; {needs}")
 
 
 def _nll(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int) -> torch.Tensor:
@@ -52,18 +59,3 @@ def ablation_nll(model: nn.Module, processor: Any, records: Sequence[Record], ba
         with layers_removed(model, [layer]):
             columns.append(_nll(model, processor, records, batch_size))
     return base, torch.stack(columns, dim=1)
-
-
-def add_ablation(scores: Any, model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int = 4,
-                 progress: bool = True) -> Any:
-    """Measure :func:`ablation_nll` on ``records`` (the records ``scores`` was computed on) and
-    attach it to ``scores`` (``base_nll``, ``ablation_nll`` and ``settings["ablation"]``, with
-    its wall seconds). Returns ``scores``. The one place `score --ablation` and a study's
-    ``calibration.ablation`` measure it."""
-    import time
-    started = time.perf_counter()
-    scores.base_nll, scores.ablation_nll = ablation_nll(model, processor, records, batch_size=batch_size,
-                                                        progress=progress)
-    scores.settings["ablation"] = {"seconds": round(time.perf_counter() - started, 3),
-                                   "measure": "answer NLL, nats/token, one layer removed at a time"}
-    return scores

@@ -15,6 +15,7 @@ hidden`` float32 values.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -157,9 +158,16 @@ class SimilarityRecorder:
         return sums, counts
 
 
-def model_forward_kwargs(batch: Any) -> dict:
-    """The batch as keyword arguments for a scoring forward (no cache, no extra outputs)."""
-    return dict(batch, use_cache=False)
+def model_forward_kwargs(model: nn.Module, batch: Any) -> dict:
+    """The batch as keyword arguments for a scoring forward: no cache, and the LM head on the
+    last position only (``logits_to_keep=1``, where the model's forward takes it): the
+    statistics need no logits, and the head (151,936 x 2,048 on Qwen3-VL-2B) is a large share
+    of a forward over every position. The decoder layers compute exactly what they compute
+    in a plain forward."""
+    kwargs = dict(batch, use_cache=False)
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    return kwargs
 
 
 @torch.inference_mode()
@@ -184,7 +192,7 @@ def score_model(model: nn.Module, processor: Any, records: Sequence[Record],
         for chunk in batches(records, settings.batch_size):
             batch = encode(processor, chunk).to(device)
             recorder.begin_batch(token_groups(batch, model.config))
-            model(**model_forward_kwargs(batch))
+            model(**model_forward_kwargs(model, batch))
             sums, counts = recorder.end_batch()
             all_sums.append(sums)
             all_counts.append(counts)

@@ -95,10 +95,10 @@ def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ct
         return scores, settings
     scores = score_parallel(net, processor, calib, settings, str(study.model), ctx, progress=progress)
     scores.settings["data_files"] = [relative_to(p, run.path) for p in study.calibration]
-    if study.ablation and ctx.main:  # ground truth for `ablation`/diagnostics: one pass per layer
-        from depthprune.score.ablation import add_ablation
-        add_ablation(scores, net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size,
-                     progress)
+    if study.ablation and ctx.main:  # ground truth for `ablation`/diagnostics (prefix-cached)
+        from depthprune.score.ablation_cache import measure_ablation
+        measure_ablation(scores, net, processor, cap_per_domain(calib, study.calib_max_samples),
+                         study.batch_size, progress)
     if ctx.main:
         scores.save(path)
     ctx.barrier()
@@ -107,10 +107,12 @@ def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ct
     return scores, settings
 
 
-def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped: list[str],
+def _plans(study: Study, cells: list[Cell], scores: Any, score_fns: dict[str, Any], skipped: list[str],
            stored: dict[str, list[int]]) -> dict[str, list[int]]:
     """Removed layers per cell key (the same on every process: pure functions of the scores,
-    and `iterative`'s re-scoring is collective). A method that cannot meet a budget skips that
+    `iterative`'s re-scoring is collective and `sleb`'s answer comes from rank 0).
+    ``score_fns``: method -> the ``score_fn`` :func:`~depthprune.methods.rank` needs for
+    it (`iterative`, `sleb`). A method that cannot meet a budget skips that
     cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
     in the store keep their stored plan (the scores are the same, checked on resume), so a
     resumed `iterative` study does not re-score."""
@@ -126,7 +128,7 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fn: Any, skipped:
         req = RankRequest(method=cell.variant.method, budget=cell.budget, **study.protect.request_kwargs(),
                           **cell.variant.options)
         try:
-            plan = rank(scores, req, score_fn=score_fn if cell.variant.method == "iterative" else None)
+            plan = rank(scores, req, score_fn=score_fns.get(cell.variant.method))
         except RankError as exc:  # e.g. `spaced` cannot remove half the layers without neighbours
             skipped.append(f"{cell.variant.label} at {cell.budget} layers: {exc}")
             continue
@@ -197,7 +199,12 @@ class _Inputs:
         cells = expand_cells(study, num_layers)  # budgets checked against the layer count
         heal_records = (load_records(study.heal["data"] or study.calibration, require_answer=True)
                         if study.heal is not None else None)
-        inputs = cls(num_layers, cells, load_records(study.calibration), _load_eval_records(study), heal_records)
+        calib = load_records(study.calibration)
+        if any(c.variant.method == "sleb" for c in cells):  # sleb measures answer NLL: fail before any work
+            from depthprune.score.ablation import SLEB_NEEDS, require_answers
+            from depthprune.score.forward import cap_per_domain
+            require_answers(cap_per_domain(calib, study.calib_max_samples), SLEB_NEEDS)
+        inputs = cls(num_layers, cells, calib, _load_eval_records(study), heal_records)
         _check_lmms_sets(study)  # before the run directory is created: a refused study leaves nothing
         return inputs
 
@@ -238,6 +245,26 @@ def _rescorer(net: Any, processor: Any, calib: list, settings: Any, model_id: st
                 memo[key] = score_parallel(net, processor, calib, span_one, model_id, ctx, progress=False)
         return memo[key]
     return rescore
+
+
+def _sleb_selector(net: Any, processor: Any, calib: list, study: Study, ctx: Any, progress: bool) -> Any:
+    """`sleb`'s selection function: rank 0 measures (prefix-cached answer NLL), every process
+    gets its answer."""
+    from depthprune.rank.methods import RankError
+    from depthprune.rank.sleb import Sleb
+    from depthprune.score.forward import cap_per_domain
+    sleb = Sleb(net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size, progress=progress)
+
+    def select(k: int, candidates: list[int], req: Any) -> Any:
+        try:
+            answer = sleb(k, candidates, req) if ctx.main else None
+        except RankError as exc:
+            answer = exc
+        answer = ctx.broadcast(answer)
+        if isinstance(answer, RankError):
+            raise answer
+        return answer
+    return select
 
 
 def _evaluate_plan(net: Any, processor: Any, study: Study, inputs: _Inputs, run: RunDir, remove: list[int],
@@ -283,7 +310,8 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     skipped: list[str] = []
     stored = ctx.broadcast({r.cell: r.removed for r in read_results(conn)} if ctx.main else None)
     rescore = _rescorer(net, processor, inputs.calib, settings, str(study.model), ctx)
-    removed = _plans(study, inputs.cells, scores, rescore, skipped, stored)
+    sleb_select = _sleb_selector(net, processor, inputs.calib, study, ctx, progress)
+    removed = _plans(study, inputs.cells, scores, {"iterative": rescore, "sleb": sleb_select}, skipped, stored)
     cells = [c for c in inputs.cells if c.key in removed]
     if ctx.main:
         identity = get_meta(conn).get("study_identity") or study.identity()  # a legacy store keeps its form

@@ -1,21 +1,26 @@
-"""Does domain-aware pruning keep each domain's own accuracy on the toy? A paired check.
+"""Does domain-aware pruning keep each domain's own accuracy on unseen data? A paired check.
 
     python -m depthprune.toy.domain_check --seed 1 --out runs/toy-check [--model DIR]
-        [--budget 0.25] [--variant domain@all --variant contrast@all ...] [--ablation]
+        [--budget 0.25] [--variant domain@all --variant ablation --variant sleb ...]
+        [--benchmark toy|text] [--jobs N] [--ablation]
 
 Runs the ordinary CLI on a benchmark seed of your choice (pick one the model was not trained
-or tuned on; the toy was trained on seed 0): ``depthprune data synth`` (calib and eval
-splits only), ``depthprune score``, then per variant (METHOD@TOKEN_GROUP of a domain-aware
-method: domain, contrast; or ``ablation``, which scores with ``--ablation``) ``depthprune
-prune --method METHOD --domain math|general`` and ``depthprune eval`` of each pruned model
-and of the unpruned one. For each variant it compares the math-aware and the general-aware
-model on each domain with an exact McNemar test on per-sample correctness (two-sided
-binomial test on the discordant pairs) and prints the table; ``results.json`` in ``--out``
-holds every figure.
+or tuned on; the toy was trained on seed 0): ``depthprune data synth`` (``--benchmark toy``,
+calib and eval splits only) or ``depthprune data text`` (``--benchmark text``, e.g. with
+``--model smollm2``), ``depthprune score``, then per variant ``depthprune prune --method
+METHOD --domain math|general`` and ``depthprune eval`` of each pruned model and of the
+unpruned one. Variants: METHOD@TOKEN_GROUP of a similarity method (domain, contrast);
+``ablation`` (scores with ``--ablation``: the k layers whose removal alone costs the
+domain's calib answer NLL least); ``sleb`` (SLEB on the domain's calib answer NLL,
+re-measured after every removal). For each variant it compares the math-aware model (A)
+with the general-aware one (B) on each domain: accuracy with an exact McNemar test on
+per-sample correctness (two-sided binomial test on the discordant pairs), and mean answer
+NLL (nats/token) with a paired bootstrap (difference A - B, 95% interval, two-sided p).
+``results.json`` in ``--out`` holds every figure. Everything runs in float32.
 
-``--ablation`` also measures single-layer ablation damage: the increase of the mean
+``--ablation`` also prints the single-layer ablation damage: the increase of the mean
 teacher-forced answer NLL (nats/token) per domain on the calib split when one layer is
-skipped in memory (layers 0-2 carry the deepstack injections; skipping one of them moves
+removed (layers 0-2 of the toy carry the deepstack injections; removing one of them moves
 the injections, so their damage includes that).
 """
 
@@ -25,25 +30,42 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
 from depthprune.report.statistics import binomial_two_sided
 
 DOMAINS = ("math", "general")
 
 
 def paired(pred_a: Path, pred_b: Path, domain: str) -> dict:
-    """Accuracy of A and B on ``domain`` and the McNemar test of A vs B (records matched by id)."""
-    def load(path: Path) -> dict[str, bool]:
+    """Accuracy and mean answer NLL of A and B on ``domain`` (records matched by id): exact
+    McNemar test of the accuracies; the mean NLL difference A - B with a paired bootstrap 95%
+    interval and the Wilcoxon signed-rank p-value."""
+    from depthprune.report.statistics import bootstrap_mean_ci, wilcoxon_paired
+
+    def load(path: Path) -> dict[str, dict]:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return {r["id"]: bool(r["correct"]) for r in rows if r["domain"] == domain}
+        return {r["id"]: r for r in rows if r["domain"] == domain}
     a, b = load(pred_a), load(pred_b)
     if set(a) != set(b):
         raise ValueError(f"{pred_a} and {pred_b} hold different records; evaluate both on one file")
-    only_a = sum(a[k] and not b[k] for k in a)
-    only_b = sum(b[k] and not a[k] for k in a)
-    return {"n": len(a), "acc_a": sum(a.values()) / len(a), "acc_b": sum(b.values()) / len(b),
-            "only_a": only_a, "only_b": only_b, "p": binomial_two_sided(only_a, only_a + only_b)}
+    ids = sorted(a)
+    only_a = sum(a[k]["correct"] and not b[k]["correct"] for k in ids)
+    only_b = sum(b[k]["correct"] and not a[k]["correct"] for k in ids)
+    out = {"n": len(a), "acc_a": sum(a[k]["correct"] for k in ids) / len(a),
+           "acc_b": sum(b[k]["correct"] for k in ids) / len(b), "only_a": only_a, "only_b": only_b,
+           "p": binomial_two_sided(only_a, only_a + only_b)}
+    nll_a, nll_b = [a[k].get("nll") for k in ids], [b[k].get("nll") for k in ids]
+    if None in nll_a or None in nll_b:  # no NLL (or a non-finite one) for some record: accuracy only
+        return out | {"nll_a": None, "nll_b": None, "nll_diff": None, "nll_ci": None, "nll_p": None}
+    # the mean paired difference with its bootstrap interval (the effect size) and the Wilcoxon
+    # signed-rank p-value (a bootstrap p-value cannot go below 1/resamples and is wrong at small n)
+    diff, lo, hi = bootstrap_mean_ci([x - y for x, y in zip(nll_a, nll_b)], n_resamples=10000)
+    p_nll = wilcoxon_paired(nll_a, nll_b)
+    return out | {"nll_a": sum(nll_a) / len(ids), "nll_b": sum(nll_b) / len(ids), "nll_diff": diff,
+                  "nll_ci": [lo, hi], "nll_p": p_nll}
 
 
 def _name(domain: str, variant: str) -> str:
@@ -60,103 +82,95 @@ def _cli(*args: str, wait: bool = True) -> subprocess.Popen | None:
     return None
 
 
-def _eval_args(model: str, data: Path, out: Path, batch_size: str) -> list[str]:
-    # toy answers are at most 5 tokens; 8 new tokens leave room and keep generation short
+def _eval_args(model: str, data: Path, out: Path, batch_size: str, max_new_tokens: int) -> list[str]:
     return ["eval", model, "--data", str(data / "eval.jsonl"), "--out", str(out),
-            "--batch-size", batch_size, "--max-new-tokens", "8", "--dtype", "float32"]
+            "--batch-size", batch_size, "--max-new-tokens", str(max_new_tokens), "--dtype", "float32"]
 
 
-def ablation(model_dir: str | Path, data: Path, batch_size: int = 32) -> dict:
-    """Per layer and domain: mean answer NLL with that layer skipped minus the intact NLL."""
-    import torch
-    from tqdm import tqdm
-
-    from depthprune.data.records import load_records
-    from depthprune.evaluate.generation import answer_nll
-    from depthprune.models.loading import load_model
-
-    torch.set_num_threads(1)
-    model, processor = load_model(str(model_dir), dtype="float32", device="cpu")
-    records = load_records(data, require_answer=True)
-    lm = model.model.language_model
-    layers = lm.layers
-
-    def mean_nll() -> dict[str, float]:
-        sums = {d: [0.0, 0] for d in DOMAINS}
-        for i in range(0, len(records), batch_size):
-            chunk = records[i:i + batch_size]
-            for r, (nll, _) in zip(chunk, answer_nll(model, processor, chunk)):
-                sums[r.domain][0] += nll
-                sums[r.domain][1] += 1
-        return {d: s / n for d, (s, n) in sums.items()}
-
-    base = mean_nll()
-    damage = []
-    for skip in tqdm(range(len(layers)), desc="ablation"):
-        lm.layers = torch.nn.ModuleList([m for i, m in enumerate(layers) if i != skip])
-        try:
-            nll = mean_nll()
-        finally:
-            lm.layers = layers
-        damage.append({d: round(nll[d] - base[d], 4) for d in DOMAINS})
-    return {"base_nll": base, "damage": damage}
+def ablation(scores_file: Path) -> dict:
+    """Per layer and domain: mean calib answer NLL with that layer removed minus the intact
+    NLL, from the scores file of ``depthprune score --ablation``."""
+    from depthprune.score.scores import Scores
+    scores = Scores.load(scores_file)
+    base = {d: float(scores.base_nll[scores.sample_mask(d)].mean()) for d in DOMAINS}
+    damage = {d: scores.ablation_damage(d).tolist() for d in DOMAINS}
+    return {"base_nll": base, "damage": [{d: round(damage[d][i], 4) for d in DOMAINS}
+                                         for i in range(scores.num_layers)]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from depthprune.toy import MODEL_DIR
-    from depthprune.toy import N_CALIB, N_EVAL
+    from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, required=True, help="benchmark seed (not the training seed 0)")
     ap.add_argument("--out", type=Path, required=True, help="new directory for everything written")
-    ap.add_argument("--model", default=str(MODEL_DIR), help="checkpoint directory (default: the toy)")
+    ap.add_argument("--model", default=str(MODEL_DIR), help="checkpoint (default: the toy)")
+    ap.add_argument("--benchmark", choices=("toy", "text"), default="toy",
+                    help="toy: `data synth` (image + text); text: `data text` (for LLMs such as smollm2)")
     ap.add_argument("--budget", default="0.25")
     ap.add_argument("--variant", action="append", dest="variants",
-                    help="METHOD@TOKEN_GROUP (domain, contrast) or ablation; repeatable "
+                    help="METHOD@TOKEN_GROUP (domain, contrast), ablation or sleb; repeatable "
                          "(default: domain@all, domain@last, contrast@all)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--n-calib", type=int, default=None, help="calib records (default: the toy's)")
-    ap.add_argument("--n-eval", type=int, default=None, help="eval records (default: the toy's)")
-    ap.add_argument("--ablation", action="store_true", help="also measure single-layer ablation damage")
+    ap.add_argument("--n-calib", type=int, default=None,
+                    help="calib records (toy: in all, default the toy's 256; text: per domain, default 40)")
+    ap.add_argument("--n-eval", type=int, default=None,
+                    help="eval records (toy: in all, default 1200; text: per domain, default 100)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="generation limit (toy 8, text 12)")
+    ap.add_argument("--jobs", type=int, default=0, help="evaluations run at once (default 0: all side by side)")
+    ap.add_argument("--ablation", action="store_true", help="also print single-layer ablation damage")
     args = ap.parse_args(argv)
     groups = args.variants or ["domain@all", "domain@last", "contrast@all"]
     for v in groups:
         method, _, group = v.partition("@")
-        if not (v == "ablation" or (method in ("domain", "contrast") and group in ("all", "last", "image", "text"))):
-            raise SystemExit(f"--variant {v}: use domain@GROUP, contrast@GROUP or ablation")
+        if not (v in ("ablation", "sleb") or (method in ("domain", "contrast") and group in ("all", "last", "image", "text"))):
+            raise SystemExit(f"--variant {v}: use domain@GROUP, contrast@GROUP, ablation or sleb")
     out: Path = args.out
     if out.exists():
         raise SystemExit(f"{out}: exists; pass a new --out")
     out.mkdir(parents=True)
     data = out / "data"
-    _cli("data", "synth", "--out", str(data), "--seed", str(args.seed), "--n-train", "0",
-         "--n-calib", str(args.n_calib or N_CALIB), "--n-eval", str(args.n_eval or N_EVAL))
-    bs = str(args.batch_size)
+    if args.benchmark == "toy":
+        _cli("data", "synth", "--out", str(data), "--seed", str(args.seed), "--n-train", "0",
+             "--n-calib", str(args.n_calib or N_CALIB), "--n-eval", str(args.n_eval or N_EVAL))
+    else:
+        _cli("data", "text", "--out", str(data), "--seed", str(args.seed),
+             "--n-calib", str(args.n_calib or 40), "--n-eval", str(args.n_eval or 100))
+    max_new_tokens = args.max_new_tokens or (8 if args.benchmark == "toy" else 12)  # toy answers: <= 5 tokens
+    bs, f32 = str(args.batch_size), ("--dtype", "float32")
+    needs_ablation = "ablation" in groups or args.ablation
     _cli("score", args.model, "--data", str(data / "calib.jsonl"), "--out", str(out / "scores.json"),
-         "--batch-size", bs, *(["--ablation"] if "ablation" in groups else []))
+         "--batch-size", bs, *f32, *(["--ablation"] if needs_ablation else []))
     evals = {"base": args.model}  # name -> checkpoint; identical plans are evaluated once
     alias: dict[str, str] = {}
     removed: dict[str, list[int]] = {}
+    seconds: dict[str, float] = {}
     for group in groups:
         for domain in DOMAINS:
             name = _name(domain, group)
             method, _, token_group = group.partition("@")
-            _cli("prune", args.model, "--scores", str(out / "scores.json"), "--method", method,
-                 "--domain", domain, "--budget", args.budget,
-                 *(["--token-group", token_group] if token_group else []), "--out", str(out / name))
+            source = ["--data", str(data / "calib.jsonl")] if method == "sleb" else ["--scores", str(out / "scores.json")]
+            started = time.perf_counter()
+            _cli("prune", args.model, *source, "--method", method, "--domain", domain, "--budget", args.budget,
+                 "--batch-size", bs, *f32, *(["--token-group", token_group] if token_group else []),
+                 "--out", str(out / name))
+            seconds[name] = round(time.perf_counter() - started, 1)
             removed[name] = json.loads((out / name / "pruning.json").read_text())["removed_layers"]
             same = next((n for n in removed if n != name and removed[n] == removed[name]), None)
             if same is None:
                 evals[name] = str(out / name)
             alias[name] = same or name
-    # the evaluations run side by side: on a shared machine each process gets its own CPU share
-    procs = [_cli(*_eval_args(ckpt, data, out / f"{name}.json", bs), wait=False)
-             for name, ckpt in evals.items()]
-    results: dict = {"seed": args.seed, "model": args.model, "budget": args.budget,
-                     "removed": removed}
-    if args.ablation:
-        results["ablation"] = ablation(args.model, data / "calib.jsonl", args.batch_size)
-    for proc in procs:
+    results: dict = {"seed": args.seed, "benchmark": args.benchmark, "model": args.model, "budget": args.budget,
+                     "removed": removed, "prune_seconds": seconds}
+    if needs_ablation:
+        results["ablation"] = ablation(out / "scores.json")
+    # evaluations run side by side (--jobs at a time): each process gets its own CPU share
+    pending = [_eval_args(ckpt, data, out / f"{name}.json", bs, max_new_tokens) for name, ckpt in evals.items()]
+    running: list[subprocess.Popen] = []
+    while pending or running:
+        while pending and (args.jobs <= 0 or len(running) < args.jobs):
+            running.append(_cli(*pending.pop(0), wait=False))
+        proc = running.pop(0)
         if proc.wait() != 0:
             raise SystemExit(f"an evaluation failed (exit {proc.returncode}); see its output above")
     results["base"] = json.loads((out / "base.json").read_text())["domains"]
@@ -165,15 +179,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         results[group] = {d: paired(pred["math"], pred["general"], d) for d in DOMAINS}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
-    print(f"\nseed {args.seed}, budget {args.budget}; unpruned: "
+    print(f"\nseed {args.seed} ({args.benchmark}), budget {args.budget}; unpruned: "
           + ", ".join(f"{d} {results['base'][d]['accuracy']:.3f}" for d in DOMAINS))
-    print("variant       eval on  math-aware  general-aware  only-M  only-G  McNemar p   removed (M | G)")
+    print("variant       eval on  math-aware  general-aware  only-M  only-G  McNemar p   NLL M - G (95% CI)     "
+          "bootstrap p  removed (M | G)")
     for group in groups:
         for d in DOMAINS:
             r = results[group][d]
+            ci, p_nll = "-", "-"
+            if r["nll_diff"] is not None:
+                ci = f"{r['nll_diff']:+.3f} ({r['nll_ci'][0]:+.3f}, {r['nll_ci'][1]:+.3f})"
+                p_nll = f"{r['nll_p']:.2g}"
             print(f"{group:12s}  {d:7s}  {r['acc_a']:10.3f}  {r['acc_b']:13.3f}  {r['only_a']:6d}  "
-                  f"{r['only_b']:6d}  {r['p']:9.2g}   {results['removed'][_name('math', group)]} | "
-                  f"{results['removed'][_name('general', group)]}")
+                  f"{r['only_b']:6d}  {r['p']:9.2g}   {ci:24s} {p_nll:>9s}  "
+                  f"{results['removed'][_name('math', group)]} | {results['removed'][_name('general', group)]}")
     if args.ablation:
         print("\nsingle-layer ablation: answer-NLL increase (nats/token) on calib")
         for i, dmg in enumerate(results["ablation"]["damage"]):
