@@ -110,7 +110,7 @@ def measure(name: str, model, processor, records, batch_size: int, removable: li
     """Naive and cached ablation (alternating, ``repeats`` each), then SLEB; prints and returns figures."""
     from depthprune.score.ablation import ablation_nll
     from depthprune.score.ablation_cache import CacheStats, cached_ablation_nll
-    from depthprune.rank.methods import RankRequest, resolve_budget
+    from depthprune.rank.plan import RankRequest, resolve_budget
     from depthprune.rank.sleb import Sleb
     times = {"naive": [], "cached": []}
     cpu = {"naive": [], "cached": []}

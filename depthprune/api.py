@@ -20,8 +20,8 @@ import torch
 
 from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
 from depthprune.outputs import check_output, inputs_of
-from depthprune.rank.methods import (SCORE_FREE, Plan, RankError, RankRequest, check_layer_list,
-                      check_request, rank, resolve_budget)
+from depthprune.rank.methods import SCORE_FREE, check_request, rank
+from depthprune.rank.plan import Plan, RankError, RankRequest, check_layer_list, resolve_budget
 from depthprune.rank.protection import Protection
 from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
 from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id, validate_device

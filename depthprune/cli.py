@@ -176,7 +176,7 @@ PromptFormat = Annotated[str, typer.Option(help="How prompts are written: chat (
 
 
 def _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last) -> dict:
-    from depthprune.rank.methods import parse_weights
+    from depthprune.rank.plan import parse_weights
     return dict(domain=domain, weights=parse_weights(weights) if weights else None, base=base,
                 token_group=token_group, seed=seed, allow_deepstack=allow_deepstack,
                 protect_first=protect_first, protect_last=protect_last)
@@ -225,7 +225,8 @@ def rank(
     from depthprune import api
     from depthprune.outputs import check_output
     from depthprune.tables import plan_table
-    from depthprune.rank.methods import RankRequest, domains_used
+    from depthprune.rank.methods import domains_used
+    from depthprune.rank.plan import RankRequest
     from depthprune.rank.stability import ranking_stability
     from depthprune.score.scores import Scores
     if save_plan is not None:  # before any work

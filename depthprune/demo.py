@@ -107,7 +107,7 @@ PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "contrast", "ab
 def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
     """Per ranking signal and domain: accuracy of the unpruned model, of math-aware and of
     general-aware removal at ``budget`` (unhealed), and the exact McNemar p-value of the two."""
-    from depthprune.rank.methods import resolve_budget
+    from depthprune.rank.plan import resolve_budget
     from depthprune.study.store import get_meta, open_store, read_results
     conn = open_store(RunDir(run_dir).store)
     n_layers = get_meta(conn)["num_layers"]

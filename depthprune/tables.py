@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from depthprune.rank.methods import Plan
+from depthprune.rank.plan import Plan
 
 
 def plan_table(plan: Plan) -> Table:

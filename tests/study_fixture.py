@@ -9,7 +9,8 @@ from pathlib import Path
 
 from depthprune.data.records import load_records
 from depthprune.evaluate.generation import evaluate, wilson_interval
-from depthprune.rank.methods import RankRequest, rank
+from depthprune.rank.methods import rank
+from depthprune.rank.plan import RankRequest
 from depthprune.models.loading import load_model
 from depthprune.pruning import layers_as_identity
 from depthprune.score.forward import ScoreSettings, score_model

@@ -8,7 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.rank.methods import RankError, RankRequest, check_request, rank
+from depthprune.rank.methods import check_request, rank
+from depthprune.rank.plan import RankError, RankRequest
 from depthprune.score.scores import Scores
 
 L, N = 6, 4

@@ -11,10 +11,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from depthprune.rank.methods import (
-    METHODS, Plan, RankError, RankRequest, best_spaced, iterative_selection,
-    parse_weights, rank, resolve_budget,
-)
+from depthprune.rank.methods import METHODS, best_spaced, iterative_selection, rank
+from depthprune.rank.plan import Plan, RankError, RankRequest, parse_weights, resolve_budget
 from depthprune.rank.protection import Protection
 from depthprune.tables import plan_table
 from depthprune.score.scores import GROUPS, STATS, Scores, angular_distance

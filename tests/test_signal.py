@@ -17,7 +17,8 @@ from depthprune.data.records import DataError, load_records
 from depthprune.score.signals import diagnose, rankdata, spearman
 from depthprune.evaluate.generation import answer_nll
 from depthprune.evaluate.answers import score_answer
-from depthprune.rank.methods import RankError, RankRequest, rank
+from depthprune.rank.methods import rank
+from depthprune.rank.plan import RankError, RankRequest
 from depthprune.models.architectures import ModelError
 from depthprune.models.loading import load_model, resolve_model_id
 from depthprune.pruning import prune_layers

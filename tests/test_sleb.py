@@ -15,7 +15,8 @@ from depthprune.score.ablation_cache import cached_ablation_nll
 from depthprune.cli import app
 from depthprune.data.records import load_records
 from depthprune.evaluate.generation import answer_nll
-from depthprune.rank.methods import METHODS, RankError, RankRequest, rank
+from depthprune.rank.methods import METHODS, rank
+from depthprune.rank.plan import RankError, RankRequest
 from depthprune.models.loading import load_model
 from depthprune.pruning import prune_layers
 from depthprune.rank.sleb import Sleb, objective_weights

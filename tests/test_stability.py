@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from depthprune.rank.methods import RankRequest, rank
+from depthprune.rank.methods import rank
+from depthprune.rank.plan import RankRequest
 from depthprune.report.regimes import analyze
 from depthprune.score.scores import Scores
 from depthprune.rank.stability import compare_at_budget, ranking_column, ranking_stability, resample_index, stability_claim

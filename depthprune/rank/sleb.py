@@ -29,7 +29,7 @@ from torch import nn
 from depthprune.score.ablation_cache import DEFAULT_CACHE_MB, CacheStats, CacheStore, CacheUnsupported, PrefixCache
 from depthprune.data.records import Record, batches
 from depthprune.evaluate.generation import answer_nll
-from depthprune.rank.methods import RankError, RankRequest, Selection
+from depthprune.rank.plan import RankError, RankRequest, Selection
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
 from depthprune.settings import progress as progress_bar

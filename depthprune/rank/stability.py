@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from depthprune.rank.families import target_domain
-from depthprune.rank.methods import SCORE_FREE, Plan, RankError, RankRequest, rank
+from depthprune.rank.methods import SCORE_FREE, rank
+from depthprune.rank.plan import Plan, RankError, RankRequest
 from depthprune.report.regimes import RANKING, Series
 from depthprune.settings import progress as progress_bar
 from depthprune.score.scores import Scores

@@ -251,11 +251,11 @@ class Scores:
             raise ScoresError(f"{path}: is a directory; pass the scores .json file written by `depthprune score`")
         if not path.is_file():
             raise ScoresError(f"{path}: scores file not found. Create it with `depthprune score`")
-        meta = _read_json_object(path, "scores", ScoresError)
+        meta = read_json_object(path, "scores", ScoresError)
         if meta.get("format_version") != SCORES_FORMAT_VERSION:
             raise ScoresError(f"{path}: unsupported scores format {meta.get('format_version')!r}; "
                               f"this depthprune reads version {SCORES_FORMAT_VERSION}. Re-run `depthprune score`")
-        _check_schema(path, meta, _SCORES_SCHEMA, ScoresError, "scores", optional=("ablation_damage",))
+        check_schema(path, meta, _SCORES_SCHEMA, ScoresError, "scores", optional=("ablation_damage",))
         for key, want in (("groups", list(GROUPS)), ("stats", list(STATS))):
             if meta[key] != want:
                 raise ScoresError(f"{path}: '{key}' is {meta[key]}, expected {want}; the file was edited "
@@ -293,7 +293,8 @@ class Scores:
         return scores
 
 
-def _is_int(v: object) -> bool:
+def is_int(v: object) -> bool:
+    """True for an int that is not a bool (JSON and YAML booleans are ints in Python)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -303,14 +304,14 @@ def _list_of(check):  # noqa: ANN001, ANN202 - tiny schema combinator
 
 #: key -> (check, description) for every key of a scores JSON file.
 _SCORES_SCHEMA = {
-    "format_version": (_is_int, "an integer"),
+    "format_version": (is_int, "an integer"),
     "model_id": (lambda v: isinstance(v, str), "a string"),
-    "num_layers": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "max_span": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "num_layers": (lambda v: is_int(v) and v >= 1, "a positive integer"),
+    "max_span": (lambda v: is_int(v) and v >= 1, "a positive integer"),
     "groups": (_list_of(lambda x: isinstance(x, str)), "a list of strings"),
     "stats": (_list_of(lambda x: isinstance(x, str)), "a list of strings"),
     "indexing": (lambda v: isinstance(v, str), "a string"),
-    "protected_layers": (_list_of(_is_int), "a list of integers"),
+    "protected_layers": (_list_of(is_int), "a list of integers"),
     "settings": (lambda v: isinstance(v, dict), "an object"),
     "fingerprint": (lambda v: isinstance(v, str), "a string"),
     "tensors": (lambda v: isinstance(v, str) and v != "", "a file name"),
@@ -323,7 +324,7 @@ _SCORES_SCHEMA = {
 }
 
 
-def _read_json_object(path: Path, what: str, error: type[ValueError]) -> dict:
+def read_json_object(path: Path, what: str, error: type[ValueError]) -> dict:
     """The JSON object in ``path``; ``error`` (naming the file) if unreadable, not JSON, or not an object."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
@@ -342,7 +343,7 @@ def _read_json_object(path: Path, what: str, error: type[ValueError]) -> dict:
     return obj
 
 
-def _check_schema(path: Path, obj: dict, schema: dict, error: type[ValueError], what: str,
+def check_schema(path: Path, obj: dict, schema: dict, error: type[ValueError], what: str,
                   optional: tuple[str, ...] = ()) -> None:
     """Refuse missing, extra (possibly misspelt) and wrongly typed keys, naming them."""
     missing = [k for k in schema if k not in obj and k not in optional]

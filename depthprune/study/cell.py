@@ -42,7 +42,7 @@ def resolve_budgets(study: Study, num_layers: int, specs: list[int | float] | No
                     key: str = "budgets") -> list[int]:
     """Distinct layer counts of the study's budgets (or ``specs``, the study key ``key``) for a
     model of ``num_layers``."""
-    from depthprune.rank.methods import RankError, resolve_budget
+    from depthprune.rank.plan import RankError, resolve_budget
     counts = []
     for i, spec in enumerate(study.budgets if specs is None else specs):
         try:

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depthprune.rank.methods import METHODS, RankRequest, parse_weights
+from depthprune.rank.methods import METHODS
+from depthprune.rank.plan import RankRequest, parse_weights
 from depthprune.rank.protection import Protection
 from depthprune.study.schema import Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
 

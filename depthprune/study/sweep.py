@@ -116,7 +116,8 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fns: dict[str, An
     cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
     in the store keep their stored plan (the scores are the same, checked on resume), so a
     resumed `iterative` study does not re-score."""
-    from depthprune.rank.methods import RankError, RankRequest, rank
+    from depthprune.rank.methods import rank
+    from depthprune.rank.plan import RankError, RankRequest
     removed: dict[str, list[int]] = {}
     for cell in cells:
         if cell.budget == 0:
@@ -250,7 +251,7 @@ def _rescorer(net: Any, processor: Any, calib: list, settings: Any, model_id: st
 def _sleb_selector(net: Any, processor: Any, calib: list, study: Study, ctx: Any, progress: bool) -> Any:
     """`sleb`'s selection function: rank 0 measures (prefix-cached answer NLL), every process
     gets its answer."""
-    from depthprune.rank.methods import RankError
+    from depthprune.rank.plan import RankError
     from depthprune.rank.sleb import Sleb
     from depthprune.score.forward import cap_per_domain
     sleb = Sleb(net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size, progress=progress)
