@@ -10,11 +10,13 @@ __version__ = "0.1.0"
 # Public names, imported on first use (PEP 562) so that `import depthprune` (and the CLI's
 # --help) does not load torch and transformers.
 _LAZY = {
-    "plan": "api", "prune": "api", "score": "api", "diagnose": "api",
+    "score": "api", "plan": "api", "rank": "api", "prune": "api", "evaluate": "api", "heal": "api",
+    "diagnose": "api", "sweep": "api", "report": "api", "demo": "api", "synth_data": "api",
+    "text_data": "api", "lmms_task": "api",
+    "HealConfig": "heal.recipe", "Study": "study.config", "load_study": "study.config",
     "DataError": "data.records", "Record": "data.records", "load_records": "data.records",
-    "METHODS": "rank.methods", "Plan": "rank.methods", "RankError": "rank.methods",
-    "RankRequest": "rank.methods",
-    "ModelError": "models.architectures", "load_model": "models.architectures",
+    "METHODS": "rank.methods", "Plan": "rank.plan", "RankError": "rank.plan", "RankRequest": "rank.plan",
+    "ModelError": "models.architectures", "load_model": "models.loading",
     "PruneError": "pruning", "prune_layers": "pruning", "save_pruned": "pruning",
     "Scores": "score.scores", "ScoresError": "score.scores",
     "OutputError": "outputs",

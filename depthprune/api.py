@@ -20,7 +20,8 @@ import torch
 
 from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
 from depthprune.outputs import check_output, inputs_of
-from depthprune.rank.methods import SCORE_FREE, check_request, rank
+from depthprune.rank.methods import SCORE_FREE, check_request
+from depthprune.rank.methods import rank as rank_scores
 from depthprune.rank.plan import Plan, RankError, RankRequest, check_layer_list, resolve_budget
 from depthprune.rank.protection import Protection
 from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
@@ -121,7 +122,7 @@ def plan(scores: Scores | PathLike, method: str, budget: int | float | str, *,
     req = RankRequest(method=method, budget=budget, domain=domain, weights=weights, base=base,
                       token_group=token_group, seed=seed, allow_deepstack=allow_deepstack,
                       protect_first=protect_first, protect_last=protect_last)
-    return rank(scores, req, score_fn=score_fn)
+    return rank_scores(scores, req, score_fn=score_fn)
 
 
 def manual_plan(num_layers: int, layers: Sequence[int], architecture_protected: list[int],
@@ -289,11 +290,128 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     return (path, info) if return_info else path
 
 
-def diagnose(scores: Scores | PathLike, layers: Sequence[int] | None = None) -> dict:
+def diagnose(scores: Scores | PathLike, layers: Sequence[int] | None = None, *, out: PathLike | None = None,
+             overwrite: bool = False) -> dict:
     """How well each similarity signal (token group x domain) predicts each domain's
     single-layer ablation damage: Spearman correlations and the damage table (see
-    :func:`depthprune.score.signals.diagnose`). ``scores`` must come from ``score(..., ablation=True)``."""
+    :func:`depthprune.score.signals.diagnose`). ``scores`` must come from ``score(..., ablation=True)``.
+    ``out``: also write the result as JSON there (checked before any work, atomically)."""
+    import json
+
+    from depthprune.outputs import write_text_atomic
     from depthprune.score.signals import diagnose as _diagnose
+    if out is not None:
+        check_output(out, overwrite, kind="file",
+                     inputs=inputs_of(files=[scores] if isinstance(scores, (str, os.PathLike)) else []))
     if not isinstance(scores, Scores):
         scores = Scores.load(scores)
-    return _diagnose(scores, None if layers is None else list(layers))
+    result = _diagnose(scores, None if layers is None else list(layers))
+    if out is not None:
+        write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False), overwrite)
+    return result
+
+
+def rank(scores: PathLike, method: str, budget: int | float | str, *, save_plan: PathLike | None = None,
+         overwrite: bool = False, bootstrap: int = 100, **plan_kwargs: Any) -> tuple[Plan, list[tuple[str, Any]]]:
+    """`depthprune rank`: the :func:`plan` of ``method`` at ``budget`` from the scores file ``scores``,
+    and its bootstrap stability per domain it reads (``bootstrap`` resamples of one domain's
+    samples at a time; 0 skips it): ``[(domain, Stability), ...]`` (:mod:`depthprune.rank.stability`).
+    ``save_plan``: write the plan there (a ``.plan.json`` path, checked before any work)."""
+    from depthprune.rank.methods import domains_used
+    from depthprune.rank.stability import ranking_stability
+    if save_plan is not None:
+        if not str(save_plan).endswith(".plan.json"):
+            raise RankError(f"--save-plan {save_plan}: plan files must end in .plan.json")
+        check_output(save_plan, overwrite, kind="file", inputs=inputs_of(files=[scores]), option="--save-plan")
+    loaded = Scores.load(scores)
+    the_plan = plan(loaded, method, budget, **plan_kwargs)
+    stability: list[tuple[str, Any]] = []
+    if bootstrap:
+        options = {k: v for k, v in the_plan.request.items() if k not in ("method", "budget")}
+        for dom in domains_used(RankRequest(**the_plan.request), loaded.domains):
+            stability += [(dom, s) for s in ranking_stability(loaded, [(method, method, options, the_plan.budget)],
+                                                              bootstrap, plan_kwargs.get("seed", 0), domains=[dom])]
+    if save_plan is not None:
+        the_plan.save(save_plan, overwrite=overwrite)
+    return the_plan, stability
+
+
+def evaluate(model: PathLike, out: PathLike, *, data: PathLike | Sequence[PathLike] | None = None,
+             lmms_tasks: Sequence[str] | None = None, include_path: PathLike | None = None, limit: int | None = None,
+             lmms_model: str | None = None, lmms_model_args: str | None = None, batch_size: int = 8,
+             max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
+             device_map: str | None = None, trust_remote_code: bool = False, overwrite: bool = False,
+             prompt_format: str = "auto") -> dict:
+    """`depthprune eval`: greedy generation scored per domain on answered JSONL ``data``
+    (:func:`depthprune.evaluate.generation.evaluate_path`), or lmms-eval ``lmms_tasks``
+    (:func:`depthprune.evaluate.lmms.run`); exactly one of them. Writes ``out`` (metrics JSON)
+    and the per-sample predictions beside it; returns the metrics dict."""
+    if (lmms_tasks is None) == (not data):
+        raise ValueError("eval needs exactly one of --data FILE or --lmms-eval TASKS")
+    if lmms_tasks is not None:
+        if prompt_format != "auto":
+            raise ValueError("--prompt-format applies to --data; lmms-eval tasks format their own prompts")
+        from depthprune.evaluate import lmms
+        return lmms.run(model, list(lmms_tasks), out, include_path=include_path, limit=limit, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, dtype=dtype, device=device_map or device,
+                        lmms_model=lmms_model, model_args=lmms_model_args, overwrite=overwrite)
+    from depthprune.evaluate.generation import evaluate_path
+    return evaluate_path(model, data, out, batch_size=batch_size, max_new_tokens=max_new_tokens or 16, dtype=dtype,
+                         device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                         overwrite=overwrite, prompt_format=prompt_format)
+
+
+def heal(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike, config: Any = None, **kwargs: Any) -> Path:
+    """`depthprune heal`: brief supervised fine-tuning of ``model`` on answered JSONL ``data``
+    into the stock checkpoint ``out``; ``config`` a :class:`depthprune.heal.recipe.HealConfig`
+    (default recipe when None). Keyword arguments: :func:`depthprune.heal.checkpoint.heal`."""
+    from depthprune.heal.checkpoint import heal as heal_checkpoint
+    return heal_checkpoint(model, data, out, config, **kwargs)
+
+
+def sweep(study: PathLike, out: PathLike, *, quiet: bool = False) -> Any:
+    """`depthprune sweep`: every cell of the study file ``study`` into the run directory ``out``
+    (resumable); returns a :class:`depthprune.study.sweep.SweepResult`."""
+    from depthprune.study.sweep import run_study
+    return run_study(study, out, quiet=quiet)
+
+
+def report(run_dir: PathLike, out: PathLike | None = None, *, resamples: int = 50, seed: int = 0,
+           progress: bool = True, overwrite: bool = False) -> Path:
+    """`depthprune report`: the regime report of a run directory (HTML, Markdown, regimes.json);
+    returns the HTML path (:func:`depthprune.report.html.write_report`)."""
+    from depthprune.report.html import write_report
+    return write_report(run_dir, out, resamples=resamples, seed=seed, progress=progress, overwrite=overwrite)
+
+
+def demo(out: PathLike = "runs/demo", *, quick: bool = False, quiet: bool = False, batch_size: int = 32,
+         overwrite: bool = False) -> Any:
+    """`depthprune demo`: the whole study on the bundled toy in ``out`` (resumable) and its
+    report; returns ``(SweepResult, Headline, report path, notes)`` (:func:`depthprune.demo.run_demo`)."""
+    from depthprune.demo import run_demo
+    return run_demo(out, quick=quick, quiet=quiet, batch_size=batch_size, overwrite=overwrite)
+
+
+def synth_data(out: PathLike, *, seed: int = 0, n_train: int = 4800, n_calib: int = 256,
+               n_eval: int = 1200) -> dict[str, Path]:
+    """`depthprune data synth`: the toy's two-domain image benchmark in the new directory ``out``;
+    returns ``{split: JSONL path}``."""
+    from depthprune.data.synth import synthesize
+    check_output(out, overwrite=False)
+    return synthesize(out, seed=seed, n_train=n_train, n_calib=n_calib, n_eval=n_eval)
+
+
+def text_data(out: PathLike, *, seed: int = 0, n_calib: int = 40, n_eval: int = 100, n_train: int = 0,
+              overwrite: bool = False) -> dict[str, Path]:
+    """`depthprune data text`: the two-domain text benchmark in ``out``; returns ``{split: path}``."""
+    from depthprune.data.textbench import write_text_benchmark
+    return write_text_benchmark(out, seed=seed, n_calib=n_calib, n_eval=n_eval, n_train=n_train,
+                                overwrite=overwrite)
+
+
+def lmms_task(data: PathLike | Sequence[PathLike], out: PathLike, *, name: str = "depthprune_local",
+              max_new_tokens: int = 16, overwrite: bool = False) -> list[str]:
+    """`depthprune data lmms-task`: answered JSONL records as a local lmms-eval task directory;
+    returns the task names, the group first (:func:`depthprune.evaluate.lmms.write_task`)."""
+    from depthprune.evaluate.lmms import write_task
+    return write_task(data, out, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)

@@ -223,36 +223,16 @@ def rank(
 ) -> None:
     """Choose layers to remove from a scores file (no model pass) and print the table."""
     from depthprune import api
-    from depthprune.outputs import check_output
-    from depthprune.tables import plan_table
-    from depthprune.rank.methods import domains_used
-    from depthprune.rank.plan import RankRequest
-    from depthprune.rank.stability import ranking_stability
-    from depthprune.score.scores import Scores
-    if save_plan is not None:  # before any work
-        if not str(save_plan).endswith(".plan.json"):
-            raise ValueError(f"--save-plan {save_plan}: plan files must end in .plan.json")
-        check_output(save_plan, overwrite, kind="file", inputs=[scores, Path(scores).with_suffix(".safetensors")],
-                     option="--save-plan")
-    loaded = Scores.load(scores)
+    from depthprune.tables import plan_table, stability_line
     kwargs = _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last)
-    the_plan = api.plan(loaded, method, budget, **kwargs)
+    the_plan, stability = api.rank(scores, method, budget, save_plan=save_plan, overwrite=overwrite,
+                                   bootstrap=bootstrap, **kwargs)
     console.print(plan_table(the_plan))
     console.print(f"remove {the_plan.budget} of {the_plan.num_layers} layers (0-based): "
-              f"{', '.join(map(str, the_plan.remove))}", highlight=False)
-    if bootstrap:  # one domain resampled at a time: which domain's samples move the plan
-        options = {k: v for k, v in the_plan.request.items() if k not in ("method", "budget")}
-        for dom in domains_used(RankRequest(**the_plan.request), loaded.domains):
-            for s in ranking_stability(loaded, [(method, method, options, the_plan.budget)], bootstrap, seed,
-                                       domains=[dom]):
-                over = "block starts" if method == "angular-block" else "removable layers"
-                tau = "" if s.tau is None else (f"; Kendall tau of {s.column} over the {s.layers} {over} "
-                                                f"{s.tau[0]:.2f} [{s.tau[1]:.2f}, {s.tau[2]:.2f}]")
-                console.print(f"stability of {dom}: the same {the_plan.budget} layers in {s.same:.0%} of {bootstrap} "
-                              f"bootstrap resamples of that domain; top-k overlap {s.overlap[0]:.2f} "
-                              f"[{s.overlap[1]:.2f}, {s.overlap[2]:.2f}]{tau}", highlight=False)
+                  f"{', '.join(map(str, the_plan.remove))}", highlight=False)
+    for domain_name, s in stability:  # one domain resampled at a time: which domain's samples move the plan
+        console.print(stability_line(domain_name, s, the_plan, bootstrap), highlight=False)
     if save_plan is not None:
-        the_plan.save(save_plan, overwrite=overwrite)
         console.print(f"plan -> {save_plan}", highlight=False)
 
 
@@ -326,22 +306,14 @@ def eval_(
 ) -> None:
     """Greedy-generate answers, score them per domain (accuracy, 95% CI) and the answer NLL;
     or run lmms-eval tasks (--lmms-eval) into the same metrics format."""
-    from depthprune.evaluate.generation import evaluate_path, format_metrics_table
-    if (lmms_eval is None) == (not data):
-        raise ValueError("eval needs exactly one of --data FILE or --lmms-eval TASKS")
-    if lmms_eval is not None and prompt_format != "auto":
-        raise ValueError("--prompt-format applies to --data; lmms-eval tasks format their own prompts")
-    if lmms_eval is not None:
-        from depthprune.evaluate import lmms
-        metrics = lmms.run(model, lmms_eval.split(","), out_file, include_path=include_path, limit=limit,
-                           batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
-                           device=device_map or device, lmms_model=lmms_model, model_args=lmms_model_args,
-                           overwrite=overwrite)
-    else:
-        metrics = evaluate_path(model, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens or 16,
-                                dtype=dtype, device=device, device_map=device_map,
-                                trust_remote_code=trust_remote_code, overwrite=overwrite,
-                                prompt_format=prompt_format)
+    from depthprune import api
+    from depthprune.tables import format_metrics_table
+    metrics = api.evaluate(model, out_file, data=data or None, lmms_tasks=lmms_eval.split(",") if lmms_eval else None,
+                           include_path=include_path, limit=limit, lmms_model=lmms_model,
+                           lmms_model_args=lmms_model_args, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                           overwrite=overwrite, prompt_format=prompt_format)
+    if "prompt_format" in metrics:
         console.print(f"prompt format: {metrics['prompt_format']}", highlight=False)
     console.print(format_metrics_table(metrics))
     console.print(f"metrics -> {out_file}", highlight=False)
@@ -361,10 +333,8 @@ def data_synth(
     The defaults are those of `python -m depthprune.toy.train`. Eval and calib do not depend
     on --n-train; math operand combinations of calib/eval are never in any train split.
     """
-    from depthprune.outputs import check_output
-    from depthprune.data.synth import synthesize
-    check_output(out_dir, overwrite=False)
-    paths = synthesize(out_dir, seed=seed, n_train=n_train, n_calib=n_calib, n_eval=n_eval)
+    from depthprune import api
+    paths = api.synth_data(out_dir, seed=seed, n_train=n_train, n_calib=n_calib, n_eval=n_eval)
     for split, path in paths.items():
         console.print(f"{split}: {path}", highlight=False)
 
@@ -379,11 +349,13 @@ def demo(
     overwrite: Annotated[bool, typer.Option(help="Start over: delete the demo files already in --out (data, scores, results, report, headline/) instead of resuming.")] = False,
 ) -> None:
     """A complete study on the bundled toy Qwen3-VL: every method, budgets 6% to 50%, healing at two budgets; writes the store and report, then prints the headline (math- vs general-aware at 25%, re-evaluated on all 600 eval records per domain in OUT/headline)."""
-    from depthprune.demo import findings_line, headline_table, run_demo
+    from depthprune import api
+    from depthprune.demo import findings_line
+    from depthprune.tables import headline_table
     from depthprune.settings import quiet as settings_quiet
     from depthprune.study.sweep import summary_line
     quiet = quiet or settings_quiet()
-    result, head, report_path, notes = run_demo(out_dir, quick=quick, quiet=quiet, batch_size=batch_size,
+    result, head, report_path, notes = api.demo(out_dir, quick=quick, quiet=quiet, batch_size=batch_size,
                                                 overwrite=overwrite)
     if not quiet:  # the last lines on screen are the headline, the finding and the report's path
         for note in notes:
@@ -404,8 +376,9 @@ def sweep(
 ) -> None:
     """Run every cell of a study (method x budget x heal) into RUN_DIR/results.sqlite; resumable, and data-parallel under torchrun."""
     from depthprune.settings import quiet as settings_quiet
-    from depthprune.study.sweep import run_study, summary_line
-    result = run_study(study_file, out_dir, quiet=quiet or settings_quiet())
+    from depthprune import api
+    from depthprune.study.sweep import summary_line
+    result = api.sweep(study_file, out_dir, quiet=quiet or settings_quiet())
     for note in result.notes:
         console.print(f"note: skipped {note}", highlight=False)
     console.print(summary_line(result), highlight=False)
@@ -421,9 +394,9 @@ def report(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out report (the default RUN_DIR/report.html is always regenerated).")] = False,
 ) -> None:
     """Regime map of a study: verdicts per budget (paired tests, Holm over the report), stability, plots -> HTML, Markdown, regimes.json."""
-    from depthprune.report.html import write_report
+    from depthprune import api
     from depthprune.settings import quiet
-    html_path = write_report(run_dir, out, resamples=resamples, seed=seed, progress=not quiet(), overwrite=overwrite)
+    html_path = api.report(run_dir, out, resamples=resamples, seed=seed, progress=not quiet(), overwrite=overwrite)
     console.print(f"report -> {html_path} (+ {html_path.with_suffix('.md').name}, regimes.json)", highlight=False)
 
 
@@ -438,8 +411,8 @@ def data_lmms_task(
 ) -> None:
     """Turn answered JSONL records into a local lmms-eval task (dataset saved with datasets.save_to_disk,
     depthprune's scoring rules), to run them through `depthprune eval --lmms-eval`."""
-    from depthprune.evaluate.lmms import write_task
-    tasks = write_task(data, out_dir, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)
+    from depthprune import api
+    tasks = api.lmms_task(data, out_dir, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)
     console.print(f"lmms-eval tasks {', '.join(tasks)} -> {out_dir} "
                   f"(use: --lmms-eval {tasks[0]} --include-path {out_dir})", highlight=False)
 
@@ -452,19 +425,12 @@ def diagnose(
     overwrite: Overwrite = False,
 ) -> None:
     """Which similarity signal predicts which domain's ablation damage (Spearman, removable layers)."""
-    import json
-
     from depthprune import api
-    from depthprune.outputs import write_text_atomic
-    from depthprune.score.signals import correlation_table, damage_table
-    if out is not None:
-        from depthprune.outputs import check_output, inputs_of
-        check_output(out, overwrite, kind="file", inputs=inputs_of(files=[scores]))
-    result = api.diagnose(scores)
+    from depthprune.tables import correlation_table, damage_table
+    result = api.diagnose(scores, out=out, overwrite=overwrite)
     console.print(damage_table(result))
     console.print(correlation_table(result))
     if out is not None:
-        write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False), overwrite)
         console.print(f"diagnosis -> {out}", highlight=False)
 
 
@@ -482,8 +448,8 @@ def data_text(
 ) -> None:
     """Write the text two-domain benchmark (math: arithmetic and word problems; general: everyday
     knowledge and word facts) with calib, eval (and train) splits sharing no question."""
-    from depthprune.data.textbench import write_text_benchmark
-    paths = write_text_benchmark(out_dir, seed=seed, n_calib=n_calib, n_eval=n_eval,
+    from depthprune import api
+    paths = api.text_data(out_dir, seed=seed, n_calib=n_calib, n_eval=n_eval,
                                  n_train=n_train, overwrite=overwrite)
     for split, path in paths.items():
         console.print(f"{split}: {path}", highlight=False)
@@ -519,7 +485,7 @@ def heal(
     prompt_format: PromptFormat = "auto",
 ) -> None:
     """Heal MODEL (e.g. a pruned checkpoint) with a brief supervised fine-tuning on answered JSONL records."""
-    from depthprune.heal.checkpoint import heal as heal_checkpoint
+    from depthprune import api
     from depthprune.heal.recipe import HealConfig
     from depthprune.heal.recipe import HEAL_MODES
     if train_layers not in ("all", "neighbours"):
@@ -532,7 +498,7 @@ def heal(
                         distill_weight=distill_weight, temperature=temperature, seed=seed,
                         save_steps=save_steps, bf16=bf16, time_budget=time_budget, last_layers=last_layers,
                         holdout=holdout)
-    result = heal_checkpoint(model, data, out_dir, config, teacher_id=teacher, resume=resume,
+    result = api.heal(model, data, out_dir, config, teacher_id=teacher, resume=resume,
                              overwrite=overwrite, dtype=dtype, device=device,
                              trust_remote_code=trust_remote_code, prompt_format=prompt_format)
     import json

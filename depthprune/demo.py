@@ -135,22 +135,6 @@ def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
     return Headline(k, n_layers, removed, rows_out)
 
 
-def headline_table(h: Headline) -> Any:
-    """The headline as a rich table."""
-    from rich.table import Table
-    table = Table(title=f"toy Qwen3-VL, {h.budget} of {h.num_layers} layers removed ({h.budget / h.num_layers:.0%}), "
-                        "unhealed: math-aware vs general-aware")
-    for col in ("ranking", "domain", "n", "unpruned", "math-aware", "general-aware", "only math-aware right",
-                "only general-aware right", "McNemar p (exact)"):
-        table.add_column(col, justify="left" if col in ("ranking", "domain") else "right")
-    for r in h.rows:
-        table.add_row(r["ranking"], r["domain"], str(r["n"]), f"{r['unpruned']:.1%}", f"{r['math-aware']:.1%}",
-                      f"{r['general-aware']:.1%}", str(r["math_only"]), str(r["general_only"]), f"{r['p']:.3g}")
-    table.caption = "removed (0-based): " + "; ".join(f"{name}: {','.join(map(str, layers))}"
-                                                       for name, layers in h.removed.items())
-    return table
-
-
 def findings_line(run_dir: str | Path) -> str:
     """One line of what the report found: the regimes of each unhealed series, low to high budget."""
     from depthprune.report.regimes import analyze

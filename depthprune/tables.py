@@ -5,7 +5,13 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from typing import TYPE_CHECKING, Any
+
 from depthprune.rank.plan import Plan
+
+if TYPE_CHECKING:  # annotations only: the tables are built from plain results
+    from depthprune.demo import Headline
+    from depthprune.evaluate.generation import EvalResult
 
 
 def plan_table(plan: Plan) -> Table:
@@ -25,4 +31,82 @@ def plan_table(plan: Plan) -> Table:
             cells.append("" if v is None else f"{v:.4f}")
         why = plan.reasons.get(layer, "") if layer in removed else ("protected" if layer in protected else "")
         table.add_row(str(layer), *cells, "yes" if layer in removed else "", escape(why))
+    return table
+
+
+def stability_line(domain: str, s: Any, plan: Plan, resamples: int) -> str:
+    """One line of `rank`'s bootstrap stability of ``plan`` when ``domain``'s samples are resampled."""
+    over = "block starts" if plan.method == "angular-block" else "removable layers"
+    tau = "" if s.tau is None else (f"; Kendall tau of {s.column} over the {s.layers} {over} "
+                                    f"{s.tau[0]:.2f} [{s.tau[1]:.2f}, {s.tau[2]:.2f}]")
+    return (f"stability of {domain}: the same {plan.budget} layers in {s.same:.0%} of {resamples} bootstrap "
+            f"resamples of that domain; top-k overlap {s.overlap[0]:.2f} [{s.overlap[1]:.2f}, {s.overlap[2]:.2f}]{tau}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
+def damage_table(result: dict) -> Table:
+    """A rich table: one row per compared layer (0-based), one column per domain's damage."""
+    table = Table(title="single-layer ablation: rise of answer NLL (nats/token) per domain, layers 0-based")
+    table.add_column("layer", justify="right")
+    for d in result["domains"]:
+        table.add_column(escape(f"dNLL[{d}]"), justify="right")  # "[d]" is not markup
+    for row, layer in enumerate(result["layers"]):
+        table.add_row(str(layer), *(f"{result['damage'][d][row]:+.4f}" for d in result["domains"]))
+    return table
+
+
+def correlation_table(result: dict) -> Table:
+    """A rich table: one row per signal (token group x cos/contrast of a domain), Spearman rho
+    with each domain's damage and with its domain-specific part."""
+    domains = result["domains"]
+    table = Table(title=f"Spearman rho of each similarity signal with ablation damage over "
+                        f"{len(result['layers'])} removable layers (higher = better predictor)")
+    table.add_column("tokens")
+    table.add_column("signal")
+    for d in domains:
+        table.add_column(escape(f"rho dNLL[{d}]"), justify="right")
+    for d in domains if len(domains) > 1 else []:
+        table.add_column(escape(f"rho specific[{d}]"), justify="right")
+    for s in result["signals"]:
+        cells = [_fmt(s["rho"][d]) for d in domains]
+        cells += [_fmt(s["rho_specific"].get(d)) for d in domains if len(domains) > 1]
+        table.add_row(s["group"], escape(s["signal"]), *cells)
+    return table
+
+
+def format_metrics_table(metrics: dict | EvalResult) -> Table:
+    """A rich table of a metrics dict (as written by :func:`depthprune.evaluate.generation.evaluate_path`) or an EvalResult:
+    one row per domain and one for all samples; accuracy and CI in percent, NLL in nats/token."""
+    if not isinstance(metrics, dict):  # an EvalResult
+        metrics = metrics.to_dict()
+    table = Table(title=f"{metrics.get('model', 'evaluation')}: {metrics['num_samples']} samples, "
+                        f"{metrics['samples_per_second']:.2f} samples/s")
+    for name, justify in (("domain", "left"), ("n", "right"), ("accuracy %", "right"),
+                          ("95% CI %", "right"), ("answer NLL", "right")):
+        table.add_column(name, justify=justify)
+    rows = list(metrics["domains"].items()) + [("all", metrics["overall"])]
+    for i, (name, m) in enumerate(rows):
+        low, high = m["ci95"]
+        nll = "n/a" if m["answer_nll"] is None else f"{m['answer_nll']:.3f}"
+        table.add_row(name, str(m["n"]), f"{100 * m['accuracy']:.1f}",
+                      f"{100 * low:.1f}–{100 * high:.1f}", nll, end_section=i == len(rows) - 2)
+    return table
+
+
+def headline_table(h: Headline) -> Any:
+    """The headline as a rich table."""
+    from rich.table import Table
+    table = Table(title=f"toy Qwen3-VL, {h.budget} of {h.num_layers} layers removed ({h.budget / h.num_layers:.0%}), "
+                        "unhealed: math-aware vs general-aware")
+    for col in ("ranking", "domain", "n", "unpruned", "math-aware", "general-aware", "only math-aware right",
+                "only general-aware right", "McNemar p (exact)"):
+        table.add_column(col, justify="left" if col in ("ranking", "domain") else "right")
+    for r in h.rows:
+        table.add_row(r["ranking"], r["domain"], str(r["n"]), f"{r['unpruned']:.1%}", f"{r['math-aware']:.1%}",
+                      f"{r['general-aware']:.1%}", str(r["math_only"]), str(r["general_only"]), f"{r['p']:.3g}")
+    table.caption = "removed (0-based): " + "; ".join(f"{name}: {','.join(map(str, layers))}"
+                                                       for name, layers in h.removed.items())
     return table

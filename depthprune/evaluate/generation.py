@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.table import Table
 from torch import nn
 
 from depthprune import __version__
@@ -288,20 +287,3 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     return metrics
 
 
-def format_metrics_table(metrics: dict | EvalResult) -> Table:
-    """A rich table of a metrics dict (as written by :func:`evaluate_path`) or an EvalResult:
-    one row per domain and one for all samples; accuracy and CI in percent, NLL in nats/token."""
-    if isinstance(metrics, EvalResult):
-        metrics = metrics.to_dict()
-    table = Table(title=f"{metrics.get('model', 'evaluation')}: {metrics['num_samples']} samples, "
-                        f"{metrics['samples_per_second']:.2f} samples/s")
-    for name, justify in (("domain", "left"), ("n", "right"), ("accuracy %", "right"),
-                          ("95% CI %", "right"), ("answer NLL", "right")):
-        table.add_column(name, justify=justify)
-    rows = list(metrics["domains"].items()) + [("all", metrics["overall"])]
-    for i, (name, m) in enumerate(rows):
-        low, high = m["ci95"]
-        nll = "n/a" if m["answer_nll"] is None else f"{m['answer_nll']:.3f}"
-        table.add_row(name, str(m["n"]), f"{100 * m['accuracy']:.1f}",
-                      f"{100 * low:.1f}–{100 * high:.1f}", nll, end_section=i == len(rows) - 2)
-    return table

@@ -22,8 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-from rich.markup import escape
-from rich.table import Table
 
 from depthprune.rank.methods import CONTRAST_BETA
 from depthprune.score.scores import GROUPS, Scores, ScoresError
@@ -107,38 +105,4 @@ def diagnose(scores: Scores, layers: list[int] | None = None) -> dict:
                       "rho": "Spearman correlation of 1 - cos (or contrast) with the damage over `layers`"}}
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
-
-
-def damage_table(result: dict) -> Table:
-    """A rich table: one row per compared layer (0-based), one column per domain's damage."""
-    table = Table(title="single-layer ablation: rise of answer NLL (nats/token) per domain, layers 0-based")
-    table.add_column("layer", justify="right")
-    for d in result["domains"]:
-        table.add_column(escape(f"dNLL[{d}]"), justify="right")  # "[d]" is not markup
-    for row, layer in enumerate(result["layers"]):
-        table.add_row(str(layer), *(f"{result['damage'][d][row]:+.4f}" for d in result["domains"]))
-    return table
-
-
-def correlation_table(result: dict) -> Table:
-    """A rich table: one row per signal (token group x cos/contrast of a domain), Spearman rho
-    with each domain's damage and with its domain-specific part."""
-    domains = result["domains"]
-    table = Table(title=f"Spearman rho of each similarity signal with ablation damage over "
-                        f"{len(result['layers'])} removable layers (higher = better predictor)")
-    table.add_column("tokens")
-    table.add_column("signal")
-    for d in domains:
-        table.add_column(escape(f"rho dNLL[{d}]"), justify="right")
-    for d in domains if len(domains) > 1 else []:
-        table.add_column(escape(f"rho specific[{d}]"), justify="right")
-    for s in result["signals"]:
-        cells = [_fmt(s["rho"][d]) for d in domains]
-        cells += [_fmt(s["rho_specific"].get(d)) for d in domains if len(domains) > 1]
-        table.add_row(s["group"], escape(s["signal"]), *cells)
-    return table
-
-
-__all__ = ["correlation_table", "damage_table", "diagnose", "rankdata", "spearman"]
+__all__ = ["diagnose", "rankdata", "spearman"]
