@@ -1,10 +1,13 @@
+"""Shared fixtures. The tests are a package (``tests.helpers`` holds the tiny models, the CLI
+checks and the study fixture); ``unit/`` needs no model, ``models/`` builds tiny random-init
+models of real transformers classes, ``e2e/`` runs commands as typed, the bundled toy and the
+real SmolLM2 GGUF (slow)."""
+
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402

@@ -5,7 +5,7 @@ tower whose length is the text config's ``num_hidden_layers``); a family only ne
 entry in :data:`ADAPTERS` when it keeps per-layer facts that slicing cannot fix by itself
 (Qwen3-VL deepstack injection, Qwen3-VL-MoE's sparse-layer schedule). To add a family:
 add its ``model_type`` to ``ADAPTERS`` (with hooks if it needs them), add a tiny config to
-``tests/tiny_configs.py``, and run ``pytest tests/test_architectures.py``.
+``tests/helpers/tiny_configs.py``, and run ``pytest tests/models/test_architectures.py``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ ADAPTERS: dict[str, Adapter] = {
     "llava": Adapter(vision=True),
     "llava_onevision": Adapter(vision=True),
     "gemma3": Adapter(vision=True),
-    # text families: each one is run through tests/test_architectures.py (SmolLM is "llama",
+    # text families: each one is run through tests/models/test_architectures.py (SmolLM is "llama",
     # Qwen2.5 is "qwen2"); their per-layer facts (layer_types, Qwen2's max_window_layers,
     # Gemma 3's per-layer-type RoPE) are sliced by depthprune.pruning.prune_layers
     "llama": Adapter(vision=False),
@@ -87,7 +87,7 @@ def adapter_for(config: Any) -> Adapter:
         raise ModelError(
             f"unknown architecture '{model_type}': depthprune supports {supported_architectures()} "
             "(and other causal LMs / image-text-to-text models found by structure). To add one, "
-            "add an entry to depthprune.models.architectures.ADAPTERS and a tiny config to tests/tiny_configs.py")
+            "add an entry to depthprune.models.architectures.ADAPTERS and a tiny config to tests/helpers/tiny_configs.py")
     warnings.warn(f"architecture '{model_type}' has no tested adapter; using structural discovery. "
                   "Check the pruned model's outputs before relying on it.", stacklevel=2)
     return Adapter(vision=vision)

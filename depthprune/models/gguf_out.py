@@ -39,7 +39,7 @@ from depthprune.models.gguf import file_sha256, gguf_quantization, is_gguf, requ
 
 #: GGUF architectures (``general.architecture``) whose decoder layers are all of one kind in
 #: llama.cpp and transformers, so a renumbered layer computes what it computed before.
-#: Checked on files: llama (SmolLM2, tests/tiny_gguf.py), qwen2 and qwen3 (tests/tiny_gguf.py).
+#: Checked on files: llama (SmolLM2, tests/helpers/tiny_gguf.py), qwen2 and qwen3 (tests/helpers/tiny_gguf.py).
 UNIFORM_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 #: Metadata keys of the pruning record (0-based layer numbers of the source file).
 RECORD_KEYS = {

@@ -1,0 +1,40 @@
+"""Every benchmark's --small mode runs to its summary (benchmarks rot when nothing runs them:
+bench_speed.py crashed after an API change). Slow: each builds models in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCH / script), "--small", "--threads", "1", *args],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_bench_ablation_small():
+    out = run("bench_ablation.py", "--skip", "smollm2")
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures[0]["max_nll_diff"] <= 1e-5 and figures[0]["speedup"] > 0 and figures[0]["sleb_k"] == 2
+    assert "speed-up" in out and "sleb at 25%" in out
+
+
+@pytest.mark.slow
+def test_bench_scoring_small():
+    figures = json.loads(run("bench_scoring.py", "--repeats", "2").strip().splitlines()[-1])
+    assert figures["time_ratio"] > 0 and figures["peak_memory_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_bench_speed_small():
+    figures = json.loads(run("bench_speed.py", "--no-memory", "--repeats", "1").strip().splitlines()[-1])
+    assert [r["layers"] for r in figures["rows"]] == [8, 7, 6, 4]

@@ -1,0 +1,191 @@
+"""Sweeps on tiny random-init models of real transformers classes: in-memory pruning is exact,
+every cell is stored once, identical plans are evaluated once, a SIGKILLed sweep resumes to the
+same store, and two gloo processes give the single-process scores and store."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tests.helpers.tiny_models import save_tiny
+
+from depthprune.study.cell import pruned_in_memory
+from depthprune.data.records import load_records
+from depthprune.evaluate.generation import answer_nll, generate_outputs
+from depthprune.models.loading import load_model
+from depthprune.pruning import prune_layers
+from depthprune.score.scores import Scores
+from depthprune.study.store import get_meta, open_store, read_results
+from depthprune.study.sweep import run_study
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    return save_tiny("qwen3", tmp_path_factory.mktemp("llm") / "m")
+
+
+@pytest.fixture(scope="module")
+def eval_file(calib_dir, tmp_path_factory):
+    """The text records five times over (distinct ids): enough work per cell to kill mid-run."""
+    rows = [json.loads(line) for line in (calib_dir / "text.jsonl").read_text().splitlines()]
+    out = tmp_path_factory.mktemp("eval") / "eval.jsonl"
+    out.write_text("".join(json.dumps(dict(r, id=f"{r['id']}-{i}")) + "\n" for i in range(5) for r in rows))
+    return out
+
+
+def study_file(tmp_path, model, calib_dir, eval_file, **over) -> Path:
+    study = {"model": str(model), "dtype": "float32", "batch_size": 4,
+             "calibration": {"data": str(calib_dir / "text.jsonl")},
+             "eval": [{"data": str(eval_file), "name": "tiny"}],
+             "methods": [{"method": "domain", "domain": ["math", "general"]},
+                         {"method": "mixed", "weights": [{"math": 0.5, "general": 0.5}, {"math": 0.9, "general": 0.1}]},
+                         "block-influence", "angular-block", "last", "uniform", {"method": "random", "seed": [0, 1, 2]},
+                         "spaced", "iterative"],
+             "budgets": [1, 2, 3, 4], "metrics": {"max_new_tokens": 4}}
+    study.update(over)
+    path = tmp_path / "study" / "study.yaml"  # a run directory may not be inside the study's folder
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def comparable(run_dir: Path) -> list[tuple]:
+    """Every stored row without its timing fields."""
+    return [tuple(json.dumps(v, sort_keys=True) for k, v in vars(r).items() if k not in ("seconds", "created"))
+            for r in read_results(run_dir / "results.sqlite")]
+
+
+def test_pruned_in_memory_equals_a_pruned_copy(tmp_path, calib_dir):
+    src = save_tiny("qwen3_vl", tmp_path / "vl")
+    net, proc = load_model(src, dtype="float32")
+    records = load_records([calib_dir / "calib.jsonl"])
+    before = generate_outputs(net, proc, records, 6), answer_nll(net, proc, records)
+    config_before = net.config.to_dict()
+    pruned = prune_layers(copy.deepcopy(net), [3, 5])
+    want = generate_outputs(pruned, proc, records, 6), answer_nll(pruned, proc, records)
+    with pruned_in_memory(net, [3, 5]):
+        got = generate_outputs(net, proc, records, 6), answer_nll(net, proc, records)
+    assert got == want  # cached generation and NLL of a truly pruned model
+    assert (generate_outputs(net, proc, records, 6), answer_nll(net, proc, records)) == before
+    assert net.config.to_dict() == config_before
+
+
+def test_sweep_stores_every_cell_once_and_resumes(tmp_path, llm, calib_dir, eval_file, monkeypatch):
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 3])
+    run = tmp_path / "run"
+    first = run_study(path, run, quiet=True)
+    rows = read_results(run / "results.sqlite")
+    cells = {r.cell for r in rows}
+    assert first.cells_written == first.cells_total == len(cells) == 1 + 2 * 13
+    assert first.plans_evaluated < first.cells_total  # coinciding plans evaluated once
+    assert len(rows) == 2 * len(cells)  # one row per domain
+    by_removed: dict = {}
+    for r in rows:
+        assert r.n == {"math": 20, "general": 15}[r.domain] and len(r.samples) == r.n
+        assert r.accuracy is not None and r.nll is not None and r.budget == len(r.removed)
+        # cells with the same removed layers carry the same evaluation
+        by_removed.setdefault((tuple(r.removed), r.domain), set()).add(json.dumps(r.samples))
+    assert all(len(v) == 1 for v in by_removed.values())
+    meta = get_meta(open_store(run / "results.sqlite"))
+    assert {"model", "num_layers", "domains", "protected_layers", "study", "eval_sets",
+            "depthprune_version"} <= set(meta)
+    assert meta["num_layers"] == 6 and meta["domains"] == ["general", "math"]
+    assert Scores.load(run / "scores.json").num_layers == 6 and (run / "study.yaml").is_file()
+    # the same command again recomputes nothing (not even `iterative`'s re-scoring: stored
+    # plans are reused); a larger grid computes only the new cells
+    import depthprune.study.distributed as distributed
+    real, calls = distributed.score_parallel, []
+    monkeypatch.setattr(distributed, "score_parallel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = run_study(path, run, quiet=True)
+    assert again.cells_written == 0 and again.plans_evaluated == 0 and not calls
+    assert any(r.method == "iterative" for r in rows)
+    bigger = run_study(study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3]), run, quiet=True)
+    assert bigger.cells_written == 13 and bigger.cells_skipped == first.cells_total
+    # a different model or data in the same run directory is refused
+    with pytest.raises(ValueError, match="different"):
+        run_study(study_file(tmp_path, llm, calib_dir, eval_file, dtype="bfloat16"), run, quiet=True)
+
+
+@pytest.mark.slow  # three sweeps, two of them in fresh interpreters
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, llm, calib_dir, eval_file):
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
+    reference = tmp_path / "ref"
+    run_study(path, reference, quiet=True)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "depthprune.cli", "sweep", str(path), "--out", str(run), "--quiet"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    store = run / "results.sqlite"
+    total = len({row[0] for row in comparable(reference)})
+    done = 0
+    while proc.poll() is None:
+        if store.is_file():
+            done = len(open_store(store).execute("SELECT DISTINCT cell FROM results").fetchall())
+            if done >= 3:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
+    assert 3 <= done < total
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert comparable(run) == comparable(reference)
+    assert Scores.load(run / "scores.json").fingerprint() == Scores.load(reference / "scores.json").fingerprint()
+
+
+def _worker(rank: int, port: int, study: str, out: str, report: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = run_study(study, out, quiet=True)
+    Path(report, f"rank{rank}.json").write_text(json.dumps({"written": result.cells_written,
+                                                             "plans": result.plans_evaluated}))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # a single-process sweep, then two spawned interpreters
+def test_two_gloo_processes_equal_one(tmp_path, llm, calib_dir, eval_file):
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2],
+                      calibration={"data": str(calib_dir / "text.jsonl")}, batch_size=2)
+    single = tmp_path / "single"
+    one = run_study(path, single, quiet=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_worker, args=(port, str(path), str(tmp_path / "two"), str(tmp_path)),
+                                nprocs=2, join=True)
+    a, b = (Scores.load(d / "scores.json") for d in (single, tmp_path / "two"))
+    assert b.settings["processes"] == 2 and a.settings["processes"] == 1
+    assert a.sample_ids == b.sample_ids and torch.equal(a.sums, b.sums) and torch.equal(a.counts, b.counts)
+    assert comparable(tmp_path / "two") == comparable(single)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["plans"] > 0 for r in ranks)  # both processes evaluated cells
+    assert sum(r["written"] for r in ranks) == one.cells_written
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None,
+                    reason="the heal extra (trl) is not installed")
+def test_heal_cells_are_stored_beside_unhealed(tmp_path, llm, calib_dir, eval_file):
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[2],
+                      methods=[{"method": "domain", "domain": "math"}],
+                      heal={"recipe": {"mode": "lora", "steps": 2, "batch_size": 2}, "budgets": [2]})
+    run_study(path, tmp_path / "run", quiet=True)
+    rows = read_results(tmp_path / "run" / "results.sqlite")
+    healed = [r for r in rows if r.heal is not None]
+    assert healed and {r.domain for r in healed} == {"math", "general"}
+    unhealed = next(r for r in rows if r.heal is None and r.budget == 2)
+    assert healed[0].heal["mode"] == "lora" and healed[0].removed == unhealed.removed
