@@ -1,7 +1,7 @@
 """Single-layer ablation, naive vs prefix-cached, side by side in one run; and SLEB's cost.
 
-Naive (:func:`depthprune.score.ablation.ablation_nll`): one full forward per removed layer and batch,
-L + 1 forwards. Prefix-cached (:func:`depthprune.score.ablation_cache.cached_ablation_nll`): one base
+Naive (:func:`depthprune.scoring.ablation.ablation_nll`): one full forward per removed layer and batch,
+L + 1 forwards. Prefix-cached (:func:`depthprune.scoring.ablation_cache.cached_ablation_nll`): one base
 pass per batch keeps every layer's input; removing layer l resumes from it, about L(L+1)/2
 layer forwards. Both run on the same records in one process, alternating (machines here are
 shared: only ratios measured side by side mean anything; process CPU time is printed beside
@@ -108,10 +108,10 @@ def qwen3_vl_2b(small: bool):
 def measure(name: str, model, processor, records, batch_size: int, removable: list[int],
             sleb_budget: float | int, repeats: int, cache_mb: float) -> dict:
     """Naive and cached ablation (alternating, ``repeats`` each), then SLEB; prints and returns figures."""
-    from depthprune.score.ablation import ablation_nll
-    from depthprune.score.ablation_cache import CacheStats, cached_ablation_nll
-    from depthprune.rank.plan import RankRequest, resolve_budget
-    from depthprune.rank.sleb import Sleb
+    from depthprune.scoring.ablation import ablation_nll
+    from depthprune.scoring.ablation_cache import CacheStats, cached_ablation_nll
+    from depthprune.ranking.plan import RankRequest, resolve_budget
+    from depthprune.ranking.sleb import Sleb
     times = {"naive": [], "cached": []}
     cpu = {"naive": [], "cached": []}
     out: dict = {}
@@ -201,7 +201,7 @@ def main() -> None:
             else:
                 from depthprune.data.records import load_records
                 from depthprune.models.loading import load_model
-                from depthprune.score.forward import cap_per_domain
+                from depthprune.scoring.forward import cap_per_domain
                 from depthprune.data.textbench import write_text_benchmark
                 model, tok = load_model(_smollm2(), dtype="float32")
                 with tempfile.TemporaryDirectory() as tmp:

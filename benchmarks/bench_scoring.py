@@ -1,7 +1,7 @@
 """Cost of a scoring pass (hooks + every statistic the rankers use) next to a plain forward.
 
-The scoring pass is the one :func:`depthprune.score.forward.score_model` runs: its forward keywords
-(:func:`depthprune.score.forward.model_forward_kwargs`: no cache, the LM head on the last position
+The scoring pass is the one :func:`depthprune.scoring.forward.score_model` runs: its forward keywords
+(:func:`depthprune.scoring.forward.model_forward_kwargs`: no cache, the LM head on the last position
 only) and the similarity hooks. The plain forward is ``model(**inputs, use_cache=False)``,
 which computes logits at every position.
 
@@ -74,7 +74,7 @@ def make_batch(model, batch: int, tokens: int) -> dict:
 
 def make_runners(model, batch_inputs, max_span: int | None):
     from depthprune.models.architectures import find_decoder_layers
-    from depthprune.score.forward import SimilarityRecorder, model_forward_kwargs, token_groups
+    from depthprune.scoring.forward import SimilarityRecorder, model_forward_kwargs, token_groups
     layers = find_decoder_layers(model)[1]
     span = max_span or (len(layers) + 1) // 2
     recorder = SimilarityRecorder(layers, span)

@@ -13,12 +13,12 @@ _LAZY = {
     "score": "api", "plan": "api", "rank": "api", "prune": "api", "evaluate": "api", "heal": "api",
     "diagnose": "api", "sweep": "api", "report": "api", "demo": "api", "synth_data": "api",
     "text_data": "api", "lmms_task": "api",
-    "HealConfig": "heal.recipe", "Study": "study.config", "load_study": "study.config",
+    "HealConfig": "healing.recipe", "Study": "study.config", "load_study": "study.config",
     "DataError": "data.records", "Record": "data.records", "load_records": "data.records",
-    "METHODS": "rank.methods", "Plan": "rank.plan", "RankError": "rank.plan", "RankRequest": "rank.plan",
+    "METHODS": "ranking.methods", "Plan": "ranking.plan", "RankError": "ranking.plan", "RankRequest": "ranking.plan",
     "ModelError": "models.architectures", "load_model": "models.loading",
     "PruneError": "pruning", "prune_layers": "pruning", "save_pruned": "pruning",
-    "Scores": "score.scores", "ScoresError": "score.scores",
+    "Scores": "scoring.scores", "ScoresError": "scoring.scores",
     "OutputError": "outputs",
 }
 

@@ -20,15 +20,15 @@ import torch
 
 from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
 from depthprune.outputs import check_output, inputs_of
-from depthprune.rank.methods import SCORE_FREE, check_request
-from depthprune.rank.methods import rank as rank_scores
-from depthprune.rank.plan import Plan, RankError, RankRequest, check_layer_list, resolve_budget
-from depthprune.rank.protection import Protection
+from depthprune.ranking.methods import SCORE_FREE, check_request
+from depthprune.ranking.methods import rank as rank_scores
+from depthprune.ranking.plan import Plan, RankError, RankRequest, check_layer_list, resolve_budget
+from depthprune.ranking.protection import Protection
 from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
 from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id, validate_device
 from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
-from depthprune.score.scores import Scores
-from depthprune.score.forward import ScoreSettings, cap_per_domain, score_model
+from depthprune.scoring.scores import Scores
+from depthprune.scoring.forward import ScoreSettings, cap_per_domain, score_model
 from depthprune.speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike
@@ -49,9 +49,9 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     """Score every decoder layer of checkpoint ``model`` on calibration JSONL ``data``.
 
     ``ablation``: also measure every record's answer NLL with each single layer removed
-    (:mod:`depthprune.score.ablation_cache`: one base pass per batch, each removal resumed from the
+    (:mod:`depthprune.scoring.ablation_cache`: one base pass per batch, each removal resumed from the
     removed layer's cached input; every record needs an answer). ``ablation_cache_mb``: the
-    cache's memory limit (default :data:`~depthprune.score.ablation_cache.DEFAULT_CACHE_MB`; past
+    cache's memory limit (default :data:`~depthprune.scoring.ablation_cache.DEFAULT_CACHE_MB`; past
     it the cache spills to a temporary directory). ``prompt_format``: auto, chat or plain
     (:func:`depthprune.data.records.set_prompt_format`), recorded in the scores' settings.
     Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
@@ -72,7 +72,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
         raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if ablation else
                          "applies to --ablation only; add --ablation or drop it"))
     if ablation:  # before the model loads
-        from depthprune.score.ablation import require_answers
+        from depthprune.scoring.ablation import require_answers
         require_answers(cap_per_domain(records, max_samples))
     num_layers = text_config(_check_model_cheaply(model, dtype, device, device_map,
                                                   trust_remote_code)).num_hidden_layers
@@ -85,7 +85,7 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
     scores.settings["data_files"] = [str(p) for p in _as_list(data)]
     scores.settings["prompt_format"] = used_format
     if ablation:
-        from depthprune.score.ablation_cache import measure_ablation
+        from depthprune.scoring.ablation_cache import measure_ablation
         measure_ablation(scores, net, processor, cap_per_domain(records, max_samples), batch_size, progress,
                          ablation_cache_mb)
     if out is not None:
@@ -229,8 +229,8 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
             records = load_records(_as_list(data))
             check_request(req, sorted({r.domain for r in records}), where="data")
             if method == "sleb":  # before the model loads: the objective's domains and their answers
-                from depthprune.rank.sleb import objective_weights
-                from depthprune.score.ablation import SLEB_NEEDS, require_answers
+                from depthprune.ranking.sleb import objective_weights
+                from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
                 records = cap_per_domain(records, max_samples)
                 used = objective_weights([r.domain for r in records], req)
                 require_answers([r for r in records if r.domain in used], SLEB_NEEDS)
@@ -246,8 +246,8 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
                              f"layers, its config says {num_layers}")
         return loaded, proc
     if the_plan is None and method == "sleb":
-        from depthprune.rank.sleb import Sleb
-        from depthprune.score.ablation_cache import DEFAULT_CACHE_MB
+        from depthprune.ranking.sleb import Sleb
+        from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB
         net, processor = load()
         selector = Sleb(net, processor, records, batch_size, cache_mb=ablation_cache_mb or DEFAULT_CACHE_MB,
                         progress=progress)
@@ -294,12 +294,12 @@ def diagnose(scores: Scores | PathLike, layers: Sequence[int] | None = None, *, 
              overwrite: bool = False) -> dict:
     """How well each similarity signal (token group x domain) predicts each domain's
     single-layer ablation damage: Spearman correlations and the damage table (see
-    :func:`depthprune.score.signals.diagnose`). ``scores`` must come from ``score(..., ablation=True)``.
+    :func:`depthprune.scoring.signals.diagnose`). ``scores`` must come from ``score(..., ablation=True)``.
     ``out``: also write the result as JSON there (checked before any work, atomically)."""
     import json
 
     from depthprune.outputs import write_text_atomic
-    from depthprune.score.signals import diagnose as _diagnose
+    from depthprune.scoring.signals import diagnose as _diagnose
     if out is not None:
         check_output(out, overwrite, kind="file",
                      inputs=inputs_of(files=[scores] if isinstance(scores, (str, os.PathLike)) else []))
@@ -315,10 +315,10 @@ def rank(scores: PathLike, method: str, budget: int | float | str, *, save_plan:
          overwrite: bool = False, bootstrap: int = 100, **plan_kwargs: Any) -> tuple[Plan, list[tuple[str, Any]]]:
     """`depthprune rank`: the :func:`plan` of ``method`` at ``budget`` from the scores file ``scores``,
     and its bootstrap stability per domain it reads (``bootstrap`` resamples of one domain's
-    samples at a time; 0 skips it): ``[(domain, Stability), ...]`` (:mod:`depthprune.rank.stability`).
+    samples at a time; 0 skips it): ``[(domain, Stability), ...]`` (:mod:`depthprune.ranking.stability`).
     ``save_plan``: write the plan there (a ``.plan.json`` path, checked before any work)."""
-    from depthprune.rank.methods import domains_used
-    from depthprune.rank.stability import ranking_stability
+    from depthprune.ranking.methods import domains_used
+    from depthprune.ranking.stability import ranking_stability
     if save_plan is not None:
         if not str(save_plan).endswith(".plan.json"):
             raise RankError(f"--save-plan {save_plan}: plan files must end in .plan.json")
@@ -343,19 +343,19 @@ def evaluate(model: PathLike, out: PathLike, *, data: PathLike | Sequence[PathLi
              device_map: str | None = None, trust_remote_code: bool = False, overwrite: bool = False,
              prompt_format: str = "auto") -> dict:
     """`depthprune eval`: greedy generation scored per domain on answered JSONL ``data``
-    (:func:`depthprune.evaluate.generation.evaluate_path`), or lmms-eval ``lmms_tasks``
-    (:func:`depthprune.evaluate.lmms.run`); exactly one of them. Writes ``out`` (metrics JSON)
+    (:func:`depthprune.evaluation.generation.evaluate_path`), or lmms-eval ``lmms_tasks``
+    (:func:`depthprune.evaluation.lmms.run`); exactly one of them. Writes ``out`` (metrics JSON)
     and the per-sample predictions beside it; returns the metrics dict."""
     if (lmms_tasks is None) == (not data):
         raise ValueError("eval needs exactly one of --data FILE or --lmms-eval TASKS")
     if lmms_tasks is not None:
         if prompt_format != "auto":
             raise ValueError("--prompt-format applies to --data; lmms-eval tasks format their own prompts")
-        from depthprune.evaluate import lmms
+        from depthprune.evaluation import lmms
         return lmms.run(model, list(lmms_tasks), out, include_path=include_path, limit=limit, batch_size=batch_size,
                         max_new_tokens=max_new_tokens, dtype=dtype, device=device_map or device,
                         lmms_model=lmms_model, model_args=lmms_model_args, overwrite=overwrite)
-    from depthprune.evaluate.generation import evaluate_path
+    from depthprune.evaluation.generation import evaluate_path
     return evaluate_path(model, data, out, batch_size=batch_size, max_new_tokens=max_new_tokens or 16, dtype=dtype,
                          device=device, device_map=device_map, trust_remote_code=trust_remote_code,
                          overwrite=overwrite, prompt_format=prompt_format)
@@ -363,9 +363,9 @@ def evaluate(model: PathLike, out: PathLike, *, data: PathLike | Sequence[PathLi
 
 def heal(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike, config: Any = None, **kwargs: Any) -> Path:
     """`depthprune heal`: brief supervised fine-tuning of ``model`` on answered JSONL ``data``
-    into the stock checkpoint ``out``; ``config`` a :class:`depthprune.heal.recipe.HealConfig`
-    (default recipe when None). Keyword arguments: :func:`depthprune.heal.checkpoint.heal`."""
-    from depthprune.heal.checkpoint import heal as heal_checkpoint
+    into the stock checkpoint ``out``; ``config`` a :class:`depthprune.healing.recipe.HealConfig`
+    (default recipe when None). Keyword arguments: :func:`depthprune.healing.checkpoint.heal`."""
+    from depthprune.healing.checkpoint import heal as heal_checkpoint
     return heal_checkpoint(model, data, out, config, **kwargs)
 
 
@@ -379,16 +379,16 @@ def sweep(study: PathLike, out: PathLike, *, quiet: bool = False) -> Any:
 def report(run_dir: PathLike, out: PathLike | None = None, *, resamples: int = 50, seed: int = 0,
            progress: bool = True, overwrite: bool = False) -> Path:
     """`depthprune report`: the regime report of a run directory (HTML, Markdown, regimes.json);
-    returns the HTML path (:func:`depthprune.report.html.write_report`)."""
-    from depthprune.report.html import write_report
+    returns the HTML path (:func:`depthprune.reporting.html.write_report`)."""
+    from depthprune.reporting.html import write_report
     return write_report(run_dir, out, resamples=resamples, seed=seed, progress=progress, overwrite=overwrite)
 
 
 def demo(out: PathLike = "runs/demo", *, quick: bool = False, quiet: bool = False, batch_size: int = 32,
          overwrite: bool = False) -> Any:
     """`depthprune demo`: the whole study on the bundled toy in ``out`` (resumable) and its
-    report; returns ``(SweepResult, Headline, report path, notes)`` (:func:`depthprune.demo.run_demo`)."""
-    from depthprune.demo import run_demo
+    report; returns ``(SweepResult, Headline, report path, notes)`` (:func:`depthprune.toy.demo.run_demo`)."""
+    from depthprune.toy.demo import run_demo
     return run_demo(out, quick=quick, quiet=quiet, batch_size=batch_size, overwrite=overwrite)
 
 
@@ -412,6 +412,6 @@ def text_data(out: PathLike, *, seed: int = 0, n_calib: int = 40, n_eval: int = 
 def lmms_task(data: PathLike | Sequence[PathLike], out: PathLike, *, name: str = "depthprune_local",
               max_new_tokens: int = 16, overwrite: bool = False) -> list[str]:
     """`depthprune data lmms-task`: answered JSONL records as a local lmms-eval task directory;
-    returns the task names, the group first (:func:`depthprune.evaluate.lmms.write_task`)."""
-    from depthprune.evaluate.lmms import write_task
+    returns the task names, the group first (:func:`depthprune.evaluation.lmms.write_task`)."""
+    from depthprune.evaluation.lmms import write_task
     return write_task(data, out, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)

@@ -176,7 +176,7 @@ PromptFormat = Annotated[str, typer.Option(help="How prompts are written: chat (
 
 
 def _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last) -> dict:
-    from depthprune.rank.plan import parse_weights
+    from depthprune.ranking.plan import parse_weights
     return dict(domain=domain, weights=parse_weights(weights) if weights else None, base=base,
                 token_group=token_group, seed=seed, allow_deepstack=allow_deepstack,
                 protect_first=protect_first, protect_last=protect_last)
@@ -350,7 +350,7 @@ def demo(
 ) -> None:
     """A complete study on the bundled toy Qwen3-VL: every method, budgets 6% to 50%, healing at two budgets; writes the store and report, then prints the headline (math- vs general-aware at 25%, re-evaluated on all 600 eval records per domain in OUT/headline)."""
     from depthprune import api
-    from depthprune.demo import findings_line
+    from depthprune.toy.demo import findings_line
     from depthprune.tables import headline_table
     from depthprune.settings import quiet as settings_quiet
     from depthprune.study.sweep import summary_line
@@ -486,8 +486,8 @@ def heal(
 ) -> None:
     """Heal MODEL (e.g. a pruned checkpoint) with a brief supervised fine-tuning on answered JSONL records."""
     from depthprune import api
-    from depthprune.heal.recipe import HealConfig
-    from depthprune.heal.recipe import HEAL_MODES
+    from depthprune.healing.recipe import HealConfig
+    from depthprune.healing.recipe import HEAL_MODES
     if train_layers not in ("all", "neighbours"):
         raise ValueError(f"--train-layers {train_layers!r}: choose all or neighbours")
     if mode not in HEAL_MODES:

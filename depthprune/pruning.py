@@ -46,7 +46,7 @@ COPIED_DIRS = ("additional_chat_templates",)
 
 
 def _check_layers(remove: Sequence[int], num_layers: int) -> list[int]:
-    from depthprune.rank.plan import RankError, check_layer_list
+    from depthprune.ranking.plan import RankError, check_layer_list
     try:
         return check_layer_list(list(remove), num_layers, "layers to remove", allow_empty=True)
     except RankError as err:

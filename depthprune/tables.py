@@ -7,11 +7,11 @@ from rich.table import Table
 
 from typing import TYPE_CHECKING, Any
 
-from depthprune.rank.plan import Plan
+from depthprune.ranking.plan import Plan
 
 if TYPE_CHECKING:  # annotations only: the tables are built from plain results
-    from depthprune.demo import Headline
-    from depthprune.evaluate.generation import EvalResult
+    from depthprune.toy.demo import Headline
+    from depthprune.evaluation.generation import EvalResult
 
 
 def plan_table(plan: Plan) -> Table:
@@ -78,7 +78,7 @@ def correlation_table(result: dict) -> Table:
 
 
 def format_metrics_table(metrics: dict | EvalResult) -> Table:
-    """A rich table of a metrics dict (as written by :func:`depthprune.evaluate.generation.evaluate_path`) or an EvalResult:
+    """A rich table of a metrics dict (as written by :func:`depthprune.evaluation.generation.evaluate_path`) or an EvalResult:
     one row per domain and one for all samples; accuracy and CI in percent, NLL in nats/token."""
     if not isinstance(metrics, dict):  # an EvalResult
         metrics = metrics.to_dict()

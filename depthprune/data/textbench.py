@@ -4,7 +4,7 @@
 one-step word problems ("Tom has 3 apples and buys 4 more..."); answers are integers.
 ``general``: everyday knowledge and word facts (capitals, opposites, plurals, young
 animals, colours, what things are for); answers are one word. Every answer is short and
-checked by :func:`depthprune.evaluate.answers.score_answer` (numbers by value, words as
+checked by :func:`depthprune.evaluation.answers.score_answer` (numbers by value, words as
 normalised text). The questions were chosen so that SmolLM2-135M-Instruct answers a fair
 fraction, not none and not all (docs/results/smollm2.md has its measured accuracy).
 

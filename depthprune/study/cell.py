@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthprune.data.records import Record, batches
-from depthprune.evaluate.generation import answer_nll, evaluate, finite_or_none, wilson_interval
+from depthprune.evaluation.generation import answer_nll, evaluate, finite_or_none, wilson_interval
 from depthprune.models.architectures import find_decoder_layers, text_config
 from depthprune.pruning import _set_layers, prune_layers
 from depthprune.study.store import ResultRow
@@ -42,7 +42,7 @@ def resolve_budgets(study: Study, num_layers: int, specs: list[int | float] | No
                     key: str = "budgets") -> list[int]:
     """Distinct layer counts of the study's budgets (or ``specs``, the study key ``key``) for a
     model of ``num_layers``."""
-    from depthprune.rank.plan import RankError, resolve_budget
+    from depthprune.ranking.plan import RankError, resolve_budget
     counts = []
     for i, spec in enumerate(study.budgets if specs is None else specs):
         try:
@@ -119,12 +119,12 @@ def _nll_only(model: nn.Module, processor: Any, records: Sequence[Record], batch
 def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet, list[Record]]],
                   batch_size: int, max_new_tokens: int, accuracy: bool, progress: bool) -> dict[str, list[Sample]]:
     """Per eval set, every sample's outcome: answer NLL always, generation correctness when
-    ``accuracy`` and the set asks for it. lmms-eval sets go through ``depthprune.evaluate.lmms``."""
+    ``accuracy`` and the set asks for it. lmms-eval sets go through ``depthprune.evaluation.lmms``."""
     results: dict[str, list[Sample]] = {}
     for es, records in sets:
         max_new = es.max_new_tokens or max_new_tokens
         if es.kind == "lmms":  # accuracy only (validated: lmms sets need metrics.accuracy)
-            from depthprune.evaluate import lmms
+            from depthprune.evaluation import lmms
             samples = lmms.sweep_samples(
                 model, processor, es.tasks, include_path=es.include_path, limit=es.max_samples,
                 batch_size=batch_size, max_new_tokens=es.max_new_tokens)
@@ -143,8 +143,8 @@ def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: d
               log_file: str | Path | None = None) -> nn.Module:
     """A pruned, healed deep copy of ``model`` (the original is untouched); the training log
     goes to ``log_file`` (JSON lines)."""
-    from depthprune.heal.recipe import HealConfig
-    from depthprune.heal.trainer import heal_model
+    from depthprune.healing.recipe import HealConfig
+    from depthprune.healing.trainer import heal_model
     student = prune_layers(copy.deepcopy(model), remove)
     if log_file is not None:
         Path(log_file).unlink(missing_ok=True)  # a cell interrupted earlier starts its log again

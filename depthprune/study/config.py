@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depthprune.rank.methods import METHODS
-from depthprune.rank.plan import RankRequest, parse_weights
-from depthprune.rank.protection import Protection
+from depthprune.ranking.methods import METHODS
+from depthprune.ranking.plan import RankRequest, parse_weights
+from depthprune.ranking.protection import Protection
 from depthprune.study.schema import Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
 
 
@@ -263,7 +263,7 @@ def _eval_sets(src: str, specs: list[JsonlEval | LmmsEval], base: Path) -> list[
             paths = _paths(src, f"{key}.data", spec.data, base)
             es = EvalSet(spec.name or Path(paths[0]).stem, "jsonl", paths=paths, max_samples=spec.max_samples)
         else:
-            from depthprune.evaluate.lmms import missing_packages
+            from depthprune.evaluation.lmms import missing_packages
             missing = missing_packages()
             if missing:
                 raise _err(src, f"{key}.kind", f"lmms-eval sets need the lmms-eval package (missing: "
@@ -287,7 +287,7 @@ def _eval_sets(src: str, specs: list[JsonlEval | LmmsEval], base: Path) -> list[
 def _heal(src: str, spec: Heal | None, base: Path, labels: list[str]) -> dict[str, Any] | None:
     if spec is None:
         return None
-    from depthprune.heal.recipe import HealConfig, missing_packages
+    from depthprune.healing.recipe import HealConfig, missing_packages
     if missing_packages():
         raise _err(src, "heal", f"healing needs {', '.join(missing_packages())}: pip install 'depthprune[heal]', "
                                 "or remove the heal section")
@@ -317,7 +317,7 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
     from depthprune.data.records import load_records
     calib_records = load_records(calib_paths)
     if shape.calibration.ablation:  # its answer NLL needs answers: say so before any model loads
-        from depthprune.score.ablation import require_answers
+        from depthprune.scoring.ablation import require_answers
         require_answers(calib_records)
     eval_sets = _eval_sets(src, shape.eval, base)
     methods = _methods(src, shape.methods, {r.domain for r in calib_records})

@@ -99,7 +99,7 @@ Budget = Annotated[Any, AfterValidator(_budget)]
 
 
 class Protect(_Strict):
-    """``protect:`` layers no method may remove (see :class:`depthprune.rank.protection.Protection`)."""
+    """``protect:`` layers no method may remove (see :class:`depthprune.ranking.protection.Protection`)."""
 
     allow_deepstack: StrictBool = False
     first: NonNegativeInt = 0

@@ -69,7 +69,7 @@ def _check_resume(conn: Any, study: Study, out: Path) -> None:
 
 def _load_eval_records(study: Study) -> list[tuple[Any, list]]:
     from depthprune.data.records import load_records
-    from depthprune.score.forward import cap_per_domain
+    from depthprune.scoring.forward import cap_per_domain
     out = []
     for es in study.eval_sets:
         records = (cap_per_domain(load_records(es.paths, require_answer=True), es.max_samples)
@@ -81,8 +81,8 @@ def _load_eval_records(study: Study) -> list[tuple[Any, list]]:
 def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ctx: Any, progress: bool):
     from depthprune.data.records import data_fingerprint
     from depthprune.study.distributed import score_parallel
-    from depthprune.score.scores import Scores
-    from depthprune.score.forward import ScoreSettings, cap_per_domain
+    from depthprune.scoring.scores import Scores
+    from depthprune.scoring.forward import ScoreSettings, cap_per_domain
     settings = ScoreSettings(batch_size=study.batch_size, max_samples=study.calib_max_samples,
                              max_span=study.max_span)
     path = run.scores
@@ -96,7 +96,7 @@ def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ct
     scores = score_parallel(net, processor, calib, settings, str(study.model), ctx, progress=progress)
     scores.settings["data_files"] = [relative_to(p, run.path) for p in study.calibration]
     if study.ablation and ctx.main:  # ground truth for `ablation`/diagnostics (prefix-cached)
-        from depthprune.score.ablation_cache import measure_ablation
+        from depthprune.scoring.ablation_cache import measure_ablation
         measure_ablation(scores, net, processor, cap_per_domain(calib, study.calib_max_samples),
                          study.batch_size, progress)
     if ctx.main:
@@ -116,8 +116,8 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fns: dict[str, An
     cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
     in the store keep their stored plan (the scores are the same, checked on resume), so a
     resumed `iterative` study does not re-score."""
-    from depthprune.rank.methods import rank
-    from depthprune.rank.plan import RankError, RankRequest
+    from depthprune.ranking.methods import rank
+    from depthprune.ranking.plan import RankError, RankRequest
     removed: dict[str, list[int]] = {}
     for cell in cells:
         if cell.budget == 0:
@@ -164,7 +164,7 @@ def _check_lmms_sets(study: Study) -> None:
     lmms_sets = [es for es in study.eval_sets if es.kind == "lmms"]
     if not lmms_sets:
         return
-    from depthprune.evaluate import lmms
+    from depthprune.evaluation import lmms
     from depthprune.models.loading import resolve_model_id
     try:
         family = lmms.family_for(resolve_model_id(study.model))
@@ -202,8 +202,8 @@ class _Inputs:
                         if study.heal is not None else None)
         calib = load_records(study.calibration)
         if any(c.variant.method == "sleb" for c in cells):  # sleb measures answer NLL: fail before any work
-            from depthprune.score.ablation import SLEB_NEEDS, require_answers
-            from depthprune.score.forward import cap_per_domain
+            from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
+            from depthprune.scoring.forward import cap_per_domain
             require_answers(cap_per_domain(calib, study.calib_max_samples), SLEB_NEEDS)
         inputs = cls(num_layers, cells, calib, _load_eval_records(study), heal_records)
         _check_lmms_sets(study)  # before the run directory is created: a refused study leaves nothing
@@ -251,9 +251,9 @@ def _rescorer(net: Any, processor: Any, calib: list, settings: Any, model_id: st
 def _sleb_selector(net: Any, processor: Any, calib: list, study: Study, ctx: Any, progress: bool) -> Any:
     """`sleb`'s selection function: rank 0 measures (prefix-cached answer NLL), every process
     gets its answer."""
-    from depthprune.rank.plan import RankError
-    from depthprune.rank.sleb import Sleb
-    from depthprune.score.forward import cap_per_domain
+    from depthprune.ranking.plan import RankError
+    from depthprune.ranking.sleb import Sleb
+    from depthprune.scoring.forward import cap_per_domain
     sleb = Sleb(net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size, progress=progress)
 
     def select(k: int, candidates: list[int], req: Any) -> Any:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from depthprune.report.statistics import binomial_two_sided
+from depthprune.reporting.statistics import binomial_two_sided
 
 DOMAINS = ("math", "general")
 
@@ -43,7 +43,7 @@ def paired(pred_a: Path, pred_b: Path, domain: str) -> dict:
     """Accuracy and mean answer NLL of A and B on ``domain`` (records matched by id): exact
     McNemar test of the accuracies; the mean NLL difference A - B with a paired bootstrap 95%
     interval and the Wilcoxon signed-rank p-value."""
-    from depthprune.report.statistics import bootstrap_mean_ci, wilcoxon_paired
+    from depthprune.reporting.statistics import bootstrap_mean_ci, wilcoxon_paired
 
     def load(path: Path) -> dict[str, dict]:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -90,7 +90,7 @@ def _eval_args(model: str, data: Path, out: Path, batch_size: str, max_new_token
 def ablation(scores_file: Path) -> dict:
     """Per layer and domain: mean calib answer NLL with that layer removed minus the intact
     NLL, from the scores file of ``depthprune score --ablation``."""
-    from depthprune.score.scores import Scores
+    from depthprune.scoring.scores import Scores
     scores = Scores.load(scores_file)
     base = {d: float(scores.base_nll[scores.sample_mask(d)].mean()) for d in DOMAINS}
     damage = {d: scores.ablation_damage(d).tolist() for d in DOMAINS}

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from depthprune.evaluate.generation import predictions_path
-from depthprune.report.statistics import mcnemar_exact
+from depthprune.evaluation.generation import predictions_path
+from depthprune.reporting.statistics import mcnemar_exact
 
 DOMAINS = ("math", "general")
 RECIPES = {"lora": ["--mode", "lora"], "full": ["--mode", "full"], "neighbours": ["--mode", "neighbours"],

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from depthprune.data import synth
 from depthprune.outputs import atomic_dir
 from depthprune.data.records import Record, encode, load_records
-from depthprune.evaluate.generation import generate_outputs
+from depthprune.evaluation.generation import generate_outputs
 from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
 from depthprune.toy.build import HIDDEN, NUM_LAYERS, build_model, build_processor
 
@@ -74,7 +74,7 @@ def evaluate(model, processor, records: Sequence[Record], batch_size: int = 50,
              max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> dict:
     """Greedy exact-match accuracy (0-1) per domain and per template, plus ``overall``.
 
-    Stricter than :func:`depthprune.evaluate.generation.evaluate` (no answer extraction): the toy
+    Stricter than :func:`depthprune.evaluation.generation.evaluate` (no answer extraction): the toy
     must answer in exactly the trained format."""
     model.eval()
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from transformers import AutoModelForImageTextToText
 
 from depthprune.cli import app
-from depthprune.score.scores import Scores
+from depthprune.scoring.scores import Scores
 from tests.helpers.tiny_models import save_tiny
 
 runner = CliRunner()

@@ -13,7 +13,7 @@ from depthprune.cli import app
 
 @pytest.mark.slow
 def test_demo_quick_study_on_toy_and_resume(tmp_path):
-    from depthprune.rank.methods import METHODS
+    from depthprune.ranking.methods import METHODS
     from depthprune.study.store import get_meta, open_store, read_results
     from depthprune.toy import MODEL_DIR
     if not (MODEL_DIR / "model.safetensors").is_file():

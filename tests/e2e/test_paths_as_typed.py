@@ -114,7 +114,7 @@ def test_demo_from_a_relative_out(ws, monkeypatch):
     """The README's first command passes a relative --out; the demo's own study must find its
     data (this failed on a fresh clone: the run directory was joined twice). The study is
     reduced to two methods, one budget and a few records so the test stays fast."""
-    from depthprune import demo
+    from depthprune.toy import demo
 
     real = demo.demo_study
 

@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.report.html import ReportError, _ablation, write_report
-from depthprune.score.scores import Scores
+from depthprune.reporting.html import ReportError, _ablation, write_report
+from depthprune.scoring.scores import Scores
 from depthprune.study.rundir import RunDir
 from depthprune.study.store import open_store
 

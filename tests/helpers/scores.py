@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from depthprune.score.scores import GROUPS, STATS, Scores
+from depthprune.scoring.scores import GROUPS, STATS, Scores
 
 ALL = GROUPS.index("all")
 

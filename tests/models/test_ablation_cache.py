@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from depthprune.score.ablation import ablation_nll
-from depthprune.score.ablation_cache import CacheStats, CacheStore, cache_bytes, cached_ablation_nll
+from depthprune.scoring.ablation import ablation_nll
+from depthprune.scoring.ablation_cache import CacheStats, CacheStore, cache_bytes, cached_ablation_nll
 from depthprune.data.records import load_records
 from depthprune.models.loading import load_model
 from tests.helpers.ablation import long_text
@@ -130,7 +130,7 @@ def test_cli_score_ablation_uses_the_cache_and_checks_its_limit_first(tmp_path, 
     from typer.testing import CliRunner
 
     from depthprune.cli import app
-    from depthprune.score.scores import Scores
+    from depthprune.scoring.scores import Scores
     runner = CliRunner()
     data = str(calib_dir / "text.jsonl")
     for extra, message in ((["--ablation", "--ablation-cache-mb", "0"], "must be > 0"),

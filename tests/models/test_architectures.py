@@ -16,7 +16,7 @@ from depthprune.data.records import encode, load_records
 from depthprune.models.architectures import ADAPTERS, adapter_for, architecture_protected, find_decoder_layers, text_config
 from depthprune.models.loading import load_model
 from depthprune.pruning import layers_as_identity, prune_layers, pruning_info, save_pruned
-from depthprune.score.forward import ScoreSettings, score_model
+from depthprune.scoring.forward import ScoreSettings, score_model
 from tests.helpers.tiny_configs import FAMILIES, LAYERS, LLM_FAMILIES, VLM_FAMILIES
 from tests.helpers.tiny_models import save_tiny
 

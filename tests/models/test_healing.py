@@ -19,9 +19,9 @@ from tests.helpers.tiny_models import save_tiny
 
 from depthprune.cli import app
 from depthprune.data.records import load_records
-from depthprune.heal.checkpoint import heal
-from depthprune.heal.recipe import HealConfig, HealError
-from depthprune.heal.trainer import (TimeBudget, checkpoints, freeze_for, heal_model, holdout_split,
+from depthprune.healing.checkpoint import heal
+from depthprune.healing.recipe import HealConfig, HealError
+from depthprune.healing.trainer import (TimeBudget, checkpoints, freeze_for, heal_model, holdout_split,
                                      interleaved_layers, neighbour_layers, training_batch)
 from depthprune.models.loading import load_model
 

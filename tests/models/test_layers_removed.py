@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 
-from depthprune.score.ablation import ablation_nll
+from depthprune.scoring.ablation import ablation_nll
 from depthprune.data.records import encode, load_records
-from depthprune.evaluate.generation import answer_nll
+from depthprune.evaluation.generation import answer_nll
 from depthprune.models.loading import load_model
 from depthprune.models.architectures import text_config
 from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
@@ -56,7 +56,7 @@ def test_layers_removed_slices_and_restores_per_layer_config():
 @pytest.mark.parametrize("family", ["gemma3", "qwen2"])
 def test_iterative_rescoring_scores_the_pruned_model(family, tmp_path):
     """`iterative` re-scores inside layers_removed: the statistics must be the pruned model's."""
-    from depthprune.score.forward import ScoreSettings, score_model
+    from depthprune.scoring.forward import ScoreSettings, score_model
     model, tok = load_model(save_tiny(family, tmp_path / "src"), dtype="float32")
     records = load_records(long_text(tmp_path / "long.jsonl"))
     settings = ScoreSettings(batch_size=4, max_span=1)

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.evaluate.generation import EvalResult, wilson_interval
-from depthprune.evaluate.lmms import LmmsError, convert_results, family_for, image_limits
+from depthprune.evaluation.generation import EvalResult, wilson_interval
+from depthprune.evaluation.lmms import LmmsError, convert_results, family_for, image_limits
 from depthprune.toy import MODEL_DIR
 
 
@@ -78,7 +78,7 @@ def test_family_from_the_checkpoint_config(tmp_path):
     # a sweep's in-memory model: the same limits from the loaded processor's SizeDict
     from transformers import AutoProcessor
 
-    from depthprune.evaluate.lmms import _limits
+    from depthprune.evaluation.lmms import _limits
     assert _limits(AutoProcessor.from_pretrained(MODEL_DIR).image_processor.size) == image_limits(MODEL_DIR)
 
 
@@ -95,7 +95,7 @@ def test_write_task_round_trips_records(calib_dir, tmp_path):
     datasets = pytest.importorskip("datasets")
     pytest.importorskip("yaml")
     from depthprune.data.records import load_records
-    from depthprune.evaluate.lmms import write_task
+    from depthprune.evaluation.lmms import write_task
     tasks = write_task(calib_dir / "calib.jsonl", tmp_path / "task", name="toyq", max_new_tokens=8)
     assert tasks == ["toyq", "toyq_general", "toyq_math"]
     ds = datasets.load_from_disk(str(tmp_path / "task" / "dataset"))

@@ -9,7 +9,7 @@ import torch
 from depthprune.data.records import encode, load_records
 from depthprune.models.loading import load_model
 from depthprune.models.architectures import find_decoder_layers
-from depthprune.score.forward import ScoreSettings, SimilarityRecorder, score_model, token_groups
+from depthprune.scoring.forward import ScoreSettings, SimilarityRecorder, score_model, token_groups
 from tests.helpers.tiny_models import save_tiny
 
 

@@ -11,15 +11,15 @@ import torch
 from typer.testing import CliRunner
 
 from tests.helpers.ablation import long_text
-from depthprune.score.ablation_cache import cached_ablation_nll
+from depthprune.scoring.ablation_cache import cached_ablation_nll
 from depthprune.cli import app
 from depthprune.data.records import load_records
-from depthprune.evaluate.generation import answer_nll
-from depthprune.rank.methods import METHODS, rank
-from depthprune.rank.plan import RankError, RankRequest
+from depthprune.evaluation.generation import answer_nll
+from depthprune.ranking.methods import METHODS, rank
+from depthprune.ranking.plan import RankError, RankRequest
 from depthprune.models.loading import load_model
 from depthprune.pruning import prune_layers
-from depthprune.rank.sleb import Sleb, objective_weights
+from depthprune.ranking.sleb import Sleb, objective_weights
 from tests.helpers.tiny_models import save_tiny
 
 
@@ -149,7 +149,7 @@ def test_cli_prune_sleb_errors_before_the_model_loads(tmp_path, args, message):
 def test_sweep_runs_sleb_once_per_domain_and_resumes_without_measuring(tmp_path, monkeypatch):
     import yaml
 
-    import depthprune.rank.sleb as sleb_module
+    import depthprune.ranking.sleb as sleb_module
     from depthprune.study.store import read_results
     from depthprune.study.sweep import run_study
     model = save_tiny("qwen2", tmp_path / "m")

@@ -8,9 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.rank.methods import check_request, rank
-from depthprune.rank.plan import RankError, RankRequest
-from depthprune.score.scores import Scores
+from depthprune.ranking.methods import check_request, rank
+from depthprune.ranking.plan import RankError, RankRequest
+from depthprune.scoring.scores import Scores
 
 L, N = 6, 4
 

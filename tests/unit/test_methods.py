@@ -11,11 +11,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from depthprune.rank.methods import METHODS, best_spaced, iterative_selection, rank
-from depthprune.rank.plan import Plan, RankError, RankRequest, parse_weights, resolve_budget
-from depthprune.rank.protection import Protection
+from depthprune.ranking.methods import METHODS, best_spaced, iterative_selection, rank
+from depthprune.ranking.plan import Plan, RankError, RankRequest, parse_weights, resolve_budget
+from depthprune.ranking.protection import Protection
 from depthprune.tables import plan_table
-from depthprune.score.scores import GROUPS, STATS, Scores, angular_distance
+from depthprune.scoring.scores import GROUPS, STATS, Scores, angular_distance
 
 L, SPAN = 8, 4
 ALL, LAST = GROUPS.index("all"), GROUPS.index("last")

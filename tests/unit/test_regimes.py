@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 import pytest
 
-from depthprune.rank.families import REFERENCES, RANKINGS, STRUCTURE_AWARE, family, target_domain
-from depthprune.report.regimes import CONVERGED, RANKING, STRUCTURE, analyze, regimes_json
-from depthprune.report.simulate import BUDGETS, METHODS, Scenario, outcome, simulate_study
-from depthprune.report.statistics import cochran_q
+from depthprune.ranking.families import REFERENCES, RANKINGS, STRUCTURE_AWARE, family, target_domain
+from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, analyze, regimes_json
+from depthprune.reporting.simulate import BUDGETS, METHODS, Scenario, outcome, simulate_study
+from depthprune.reporting.statistics import cochran_q
 from depthprune.study.store import ResultRow
 
 N = 120
@@ -169,7 +169,7 @@ def test_simulated_studies_have_the_shape_of_a_sweep():
 @pytest.mark.parametrize("scenario", [Scenario("null"), Scenario("ranking"), Scenario("structure", budget=16)])
 def test_simulated_truth_is_recovered(scenario):
     """A few studies per scenario at n = 600 (the size/power table, with hundreds of studies, comes
-    from `python -m depthprune.report.simulate`): the global null stays converged, planted effects are found."""
+    from `python -m depthprune.reporting.simulate`): the global null stays converged, planted effects are found."""
     rng = np.random.default_rng(1)
     results = [outcome(scenario, simulate_study(scenario, 600, rng), resamples=100) for _ in range(3)]
     if scenario.kind == "null":

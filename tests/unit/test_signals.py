@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from depthprune.score.signals import diagnose, rankdata, spearman
-from depthprune.rank.methods import rank
-from depthprune.rank.plan import RankError, RankRequest
-from depthprune.score.scores import Scores, ScoresError
+from depthprune.scoring.signals import diagnose, rankdata, spearman
+from depthprune.ranking.methods import rank
+from depthprune.ranking.plan import RankError, RankRequest
+from depthprune.scoring.scores import Scores, ScoresError
 from tests.helpers.scores import scores_with
 
 # ---------------------------------------------------------------------- rank correlation

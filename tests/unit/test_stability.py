@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from depthprune.rank.methods import rank
-from depthprune.rank.plan import RankRequest
-from depthprune.report.regimes import analyze
-from depthprune.score.scores import Scores
-from depthprune.rank.stability import compare_at_budget, ranking_column, ranking_stability, resample_index, stability_claim
-from depthprune.report.statistics import kendall_tau
+from depthprune.ranking.methods import rank
+from depthprune.ranking.plan import RankRequest
+from depthprune.reporting.regimes import analyze
+from depthprune.scoring.scores import Scores
+from depthprune.ranking.stability import compare_at_budget, ranking_column, ranking_stability, resample_index, stability_claim
+from depthprune.reporting.statistics import kendall_tau
 from tests.unit.test_regimes import _first, _row
 
 L, N = 10, 40

@@ -1,4 +1,4 @@
-"""depthprune.report.statistics against values computed by hand and against scipy / statsmodels."""
+"""depthprune.reporting.statistics against values computed by hand and against scipy / statsmodels."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import numpy as np
 from scipy import stats as sps
 
-from depthprune.report.statistics import (binomial_two_sided, bootstrap_mean_ci, cochran_q, friedman, holm, kendall_tau,
+from depthprune.reporting.statistics import (binomial_two_sided, bootstrap_mean_ci, cochran_q, friedman, holm, kendall_tau,
                               mcnemar_exact, mean_ci, mean_greater, spread_ci, top_k_overlap, wilcoxon_paired)
 
 

@@ -73,7 +73,7 @@ def test_errors_name_the_key(tmp_path, calib_dir, over, needle):
 
 def test_lmms_eval_sets_are_validated_up_front(tmp_path, calib_dir):
     path = write(tmp_path, calib_dir, eval=[{"kind": "lmms", "tasks": ["mmstar"]}])
-    from depthprune.evaluate.lmms import missing_packages
+    from depthprune.evaluation.lmms import missing_packages
     if missing_packages():  # lmms-eval or a module its qwen3_vl model imports (decord, ...)
         with pytest.raises(StudyError, match=r"eval\[0\].kind.*need the lmms-eval package"):
             load_study(path)
@@ -133,7 +133,7 @@ def test_cli_bad_study_is_one_line_exit_2_before_loading(tmp_path, calib_dir):
 
 def test_demo_study_quick_caps_calibration_and_full_does_not(tmp_path, calib_dir):
     """The demo's two studies parse; --quick scores the first 64 calibration records per domain."""
-    from depthprune.demo import QUICK_BUDGETS, QUICK_CALIB_PER_DOMAIN, demo_study
+    from depthprune.toy.demo import QUICK_BUDGETS, QUICK_CALIB_PER_DOMAIN, demo_study
     from depthprune.study.config import parse_study
     data = {"calib": calib_dir / "calib.jsonl", "eval": calib_dir / "calib.jsonl"}
     quick = parse_study(demo_study(data, quick=True), tmp_path, source="demo study")
@@ -146,7 +146,7 @@ def test_demo_study_quick_caps_calibration_and_full_does_not(tmp_path, calib_dir
 def test_demo_headline_study_reuses_the_grid_calibration(tmp_path, calib_dir):
     """The full demo's headline sweep: domain-aware signals per domain at 25% on every eval
     record, unhealed, with the grid's calibration identity (so the grid's scores are reused)."""
-    from depthprune.demo import demo_study, headline_study
+    from depthprune.toy.demo import demo_study, headline_study
     from depthprune.study.config import parse_study
     data = {"calib": calib_dir / "calib.jsonl", "eval": calib_dir / "calib.jsonl"}
     grid = parse_study(demo_study(data, quick=False), tmp_path, source="demo study")

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from depthprune.cli import app
 from depthprune.data.records import load_records
-from depthprune.evaluate.answers import score_answer
+from depthprune.evaluation.answers import score_answer
 from depthprune.data.textbench import build_splits, write_text_benchmark
 
 # ---------------------------------------------------------------------- text benchmark

@@ -1,6 +1,6 @@
 """Regime analysis of a study's results: at each budget, do the rankings matter, or does structure?
 
-Methods are grouped by family (:mod:`depthprune.rank.families`): *score-based rankings*,
+Methods are grouped by family (:mod:`depthprune.ranking.families`): *score-based rankings*,
 *structure-aware* methods and *references*. Within a family, variants whose removed layers are
 identical are one **plan** (an "arm"): they are the same pruned model, and the sweep evaluates it
 once, so their per-sample results are identical; counting them twice would make the tests below
@@ -19,14 +19,14 @@ For every series (eval set x domain x healing recipe) and budget, on the samples
   so does its best member: this is a test of "the best structure-aware method beats the best
   ranking" that does not rest on one variant's luck (docs: regimes.md argues the choice);
 * the **spread** among the score-based plans (best minus worst accuracy, or mean NLL) with a
-  simultaneous 95% bootstrap interval (:func:`depthprune.report.statistics.spread_ci`), so "no difference"
+  simultaneous 95% bootstrap interval (:func:`depthprune.reporting.statistics.spread_ci`), so "no difference"
   has a size.
 
 **The rule** (:data:`RULE`): the two p-values of every budget of every series in the report form
 ONE family, Holm-corrected at :data:`ALPHA`; a budget is *structure-dominated* when its structure
 test rejects, else *ranking-sensitive* when its omnibus test rejects, else *converged*. So the
 chance that a study in which all methods are equal gets any label other than converged is at
-most ALPHA, however many budgets and series it has (measured: :mod:`depthprune.report.simulate`).
+most ALPHA, however many budgets and series it has (measured: :mod:`depthprune.reporting.simulate`).
 References never enter a test. Ties in the leader are listed, never broken silently; the label
 does not depend on who leads.
 
@@ -44,8 +44,8 @@ from itertools import combinations
 
 import numpy as np
 
-from depthprune.rank.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, STRUCTURE_METHODS, family, target_domain
-from depthprune.report.statistics import binomial_two_sided, cochran_q, friedman, holm, mean_ci, mean_greater, spread_ci, wilcoxon_paired
+from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, STRUCTURE_METHODS, family, target_domain
+from depthprune.reporting.statistics import binomial_two_sided, cochran_q, friedman, holm, mean_ci, mean_greater, spread_ci, wilcoxon_paired
 from depthprune.study.store import ResultRow
 
 ALPHA = 0.05

@@ -1,13 +1,13 @@
 """Simulated studies with known truth, analysed by exactly the code the report runs.
 
-    python -m depthprune.report.simulate            # the size/power table (docs: regimes.md), ~1 h on one busy core
-    python -m depthprune.report.simulate --small    # a quick look (CI), 1-2 min
+    python -m depthprune.reporting.simulate            # the size/power table (docs: regimes.md), ~1 h on one busy core
+    python -m depthprune.reporting.simulate --small    # a quick look (CI), 1-2 min
 
 A simulated study is what a sweep of a 36-layer model (Qwen3-VL-4B's depth; layers 0-2 protected)
 would store: 18 methods (13 score-based rankings, 3 structure-aware, 2 references, the demo's
 variants), 8 budgets from 6% to 50%, two domains ("math", "general") of ``n`` eval samples each,
 unhealed, as the :class:`~depthprune.study.store.ResultRow` objects the store returns. Each method
-removes its own layers (no two plans alike), and is analysed by :func:`depthprune.report.regimes.analyze`.
+removes its own layers (no two plans alike), and is analysed by :func:`depthprune.reporting.regimes.analyze`.
 
 Truth: sample i of a domain has a difficulty d_i ~ N(0, sigma^2) shared by every method and budget
 (what makes paired tests strong), and method m at budget k gets it right with probability
@@ -37,8 +37,8 @@ from scipy.optimize import brentq
 from scipy.special import expit
 from statsmodels.stats.proportion import proportion_confint
 
-from depthprune.rank.families import RANKINGS, STRUCTURE_AWARE, family
-from depthprune.report.regimes import CONVERGED, RANKING, STRUCTURE, analyze
+from depthprune.ranking.families import RANKINGS, STRUCTURE_AWARE, family
+from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, analyze
 from depthprune.settings import progress
 from depthprune.study.store import ResultRow, cell_key
 from depthprune.study.config import variant_label

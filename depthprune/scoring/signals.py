@@ -14,7 +14,7 @@ Two more things decide whether a signal is *domain*-aware, not just "this layer 
 - the ``contrast[d]`` signal, ``z(1 - cos[d]) - mean_o z(1 - cos[o])`` (a layer that
   transforms d's tokens more than the others'), z-scored across the removable layers, and
   ``contrast-method[d]`` = ``z(1 - cos[d]) + beta * contrast[d]``, what ``--method contrast``
-  ranks by (beta = :data:`depthprune.rank.methods.CONTRAST_BETA`).
+  ranks by (beta = :data:`depthprune.ranking.methods.CONTRAST_BETA`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from depthprune.rank.methods import CONTRAST_BETA
-from depthprune.score.scores import GROUPS, Scores, ScoresError
+from depthprune.ranking.methods import CONTRAST_BETA
+from depthprune.scoring.scores import GROUPS, Scores, ScoresError
 
 
 def rankdata(values: torch.Tensor) -> torch.Tensor:

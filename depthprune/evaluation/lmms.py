@@ -217,13 +217,13 @@ def _question(doc: Any, arguments: Any) -> str:
 def convert_results(results: dict) -> tuple[list, dict]:
     """lmms-eval's ``simple_evaluate`` output (with ``log_samples``) -> (predictions, extras).
 
-    ``predictions`` are :class:`~depthprune.evaluate.generation.Prediction` objects for every task with
+    ``predictions`` are :class:`~depthprune.evaluation.generation.Prediction` objects for every task with
     a binary per-sample metric (domain: the task's ``metadata.domain``, else its name);
     ``extras`` maps each task to lmms-eval's aggregate results, the metric used, the domain,
     and ``per_sample: False`` for tasks left out of the predictions (with the reason).
     """
-    from depthprune.evaluate.generation import Prediction
-    from depthprune.evaluate.answers import extract_answer
+    from depthprune.evaluation.generation import Prediction
+    from depthprune.evaluation.answers import extract_answer
     configs, samples = results.get("configs") or {}, results.get("samples") or {}
     predictions, extras = [], {}
     for task in sorted(set(results.get("results") or {}) | set(samples)):
@@ -493,7 +493,7 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
         max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
         lmms_model: str | None = None, model_args: str | None = None, overwrite: bool = False) -> dict:
     """Evaluate checkpoint ``model_id`` on lmms-eval ``tasks`` and write ``out`` (metrics JSON)
-    and its predictions JSONL beside it, as :func:`depthprune.evaluate.generation.evaluate_path` does.
+    and its predictions JSONL beside it, as :func:`depthprune.evaluation.generation.evaluate_path` does.
 
     ``max_new_tokens`` overrides every task's generation length (the ``*_reasoning`` tasks
     default to thousands of tokens); ``model_args`` ("k=v,k=v") are passed to the lmms-eval
@@ -501,7 +501,7 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
     Returns the metrics dict.
     """
     from depthprune.outputs import atomic_files, check_output, inputs_of
-    from depthprune.evaluate.generation import EvalResult, prediction_lines, predictions_path
+    from depthprune.evaluation.generation import EvalResult, prediction_lines, predictions_path
     from depthprune.models.loading import resolve_model_id
     model_id = resolve_model_id(model_id)
     out = Path(out)

@@ -3,11 +3,11 @@
 Greedy: at every step remove the candidate layer whose removal, given the layers already
 removed, raises the calibration answer NLL least; re-measure after every removal. The
 objective is the mean teacher-forced answer NLL (nats/token,
-:func:`depthprune.evaluate.generation.answer_nll`) of the calibration records of ``--domain``, or
+:func:`depthprune.evaluation.generation.answer_nll`) of the calibration records of ``--domain``, or
 with no domain the ``--weights``-weighted mean of the per-domain means (equal weights if
 none). Only those domains' records are run.
 
-Each step reuses the prefix cache (:mod:`depthprune.score.ablation_cache`) of the model pruned so
+Each step reuses the prefix cache (:mod:`depthprune.scoring.ablation_cache`) of the model pruned so
 far: a candidate is measured from its own layer's cached input (the layers before it are
 unchanged), and committing a removal recomputes only the inputs of the layers after it. A
 step over ``m`` candidates costs about ``sum over candidates of the surviving layers after
@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthprune.score.ablation_cache import DEFAULT_CACHE_MB, CacheStats, CacheStore, CacheUnsupported, PrefixCache
+from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB, CacheStats, CacheStore, CacheUnsupported, PrefixCache
 from depthprune.data.records import Record, batches
-from depthprune.evaluate.generation import answer_nll
-from depthprune.rank.plan import RankError, RankRequest, Selection
+from depthprune.evaluation.generation import answer_nll
+from depthprune.ranking.plan import RankError, RankRequest, Selection
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
 from depthprune.settings import progress as progress_bar
@@ -84,7 +84,7 @@ class Sleb:
     @torch.inference_mode()
     def __call__(self, k: int, candidates: list[int], req: RankRequest) -> Selection:
         """The k layers SLEB removes first from ``candidates`` (0-based), with a reason each."""
-        from depthprune.score.ablation import SLEB_NEEDS, require_answers
+        from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
         weights = objective_weights([r.domain for r in self.records], req)
         records = [r for r in self.records if r.domain in weights]
         require_answers(records, SLEB_NEEDS)

@@ -2,10 +2,10 @@
 
 The ground truth any similarity signal should be judged against (and the perplexity
 criterion of Shortened LLaMA, Kim et al. 2024): for every layer ``l``, the teacher-forced
-answer NLL (:func:`depthprune.evaluate.generation.answer_nll`) of every calibration record with
+answer NLL (:func:`depthprune.evaluation.generation.answer_nll`) of every calibration record with
 layer ``l`` removed in memory (:func:`depthprune.pruning.layers_removed`, exactly what a
 pruned checkpoint computes), minus the full model's. One forward per layer and batch: the
-reference that :func:`depthprune.score.ablation_cache.cached_ablation_nll` (what `score --ablation`
+reference that :func:`depthprune.scoring.ablation_cache.cached_ablation_nll` (what `score --ablation`
 and sweeps use, about half the cost) is tested against.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthprune.data.records import DataError, Record, batches
-from depthprune.evaluate.generation import answer_nll
+from depthprune.evaluation.generation import answer_nll
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
 

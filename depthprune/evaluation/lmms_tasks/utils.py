@@ -1,8 +1,8 @@
-"""lmms-eval task functions for records in depthprune's JSONL format (see ``depthprune.evaluate.lmms``).
+"""lmms-eval task functions for records in depthprune's JSONL format (see ``depthprune.evaluation.lmms``).
 
 ``depthprune data lmms-task`` copies this file next to the task YAML files it writes, where
 lmms-eval's ``!function utils.NAME`` finds it. Scoring is depthprune's own rule-based
-:func:`depthprune.evaluate.answers.score_answer`, so a sample is correct under lmms-eval exactly
+:func:`depthprune.evaluation.answers.score_answer`, so a sample is correct under lmms-eval exactly
 when the built-in evaluator would count the same output correct.
 """
 
@@ -27,5 +27,5 @@ def doc_to_target(doc: dict) -> str:
 
 def process_results(doc: dict, results: list[str]) -> dict[str, Any]:
     """``accuracy``: 1.0 if depthprune's rules find the reference in the output, else 0.0."""
-    from depthprune.evaluate.answers import score_answer
+    from depthprune.evaluation.answers import score_answer
     return {"accuracy": float(score_answer(results[0], doc["answer"], doc.get("choices") or None))}

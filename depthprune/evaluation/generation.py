@@ -1,7 +1,7 @@
 """Evaluate a (pruned) model on an answered JSONL: greedy generation scored by rules, plus the
 teacher-forced negative log-likelihood of the reference answer.
 
-The answer rules are in :mod:`depthprune.evaluate.answers`.
+The answer rules are in :mod:`depthprune.evaluation.answers`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from depthprune import __version__
-from depthprune.evaluate.answers import extract_answer, score_answer
+from depthprune.evaluation.answers import extract_answer, score_answer
 from depthprune.data.records import (DataError, Record, batches, check_prompt_format, data_fingerprint, encode,
                                      load_records, render_prompt, set_prompt_format)
 from depthprune.models.architectures import ModelError, input_device

@@ -2,7 +2,7 @@
 
 Removing decoder layer ``l`` leaves layers ``0..l-1`` computing exactly what they computed
 before, so their work need not be repeated. One *base pass* per batch
-(:func:`depthprune.evaluate.generation.answer_nll`, with hooks) keeps, for every decoder layer, its
+(:func:`depthprune.evaluation.generation.answer_nll`, with hooks) keeps, for every decoder layer, its
 input hidden state and its own call arguments, captured by a forward pre-hook registered
 ``with_kwargs=True``: the attention mask of its layer type (full or sliding), its position
 embeddings (Gemma3 has local and global RoPE), position ids. Measuring the model without
@@ -10,7 +10,7 @@ layer ``l`` then resumes from layer ``l``'s input and runs the surviving layers 
 with their own captured arguments, which is what a truly pruned checkpoint computes (its
 surviving layers keep their types), then the final norm and the LM head on the answer
 positions only. Single-layer ablation costs L(L+1)/2 layer forwards per batch instead of
-L(L+1); SLEB (:mod:`depthprune.rank.sleb`) resumes each candidate from its own layer.
+L(L+1); SLEB (:mod:`depthprune.ranking.sleb`) resumes each candidate from its own layer.
 
 Qwen3-VL adds deepstack visual features to the outputs of the layers at list positions
 0..2, in place. Those additions are already in the cached inputs of the later layers; only
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from depthprune.data.records import Record
-from depthprune.evaluate.generation import answer_nll
+from depthprune.evaluation.generation import answer_nll
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
 
@@ -264,7 +264,7 @@ class PrefixCache:
 
     def _head_nll(self, cache: BatchCache, final: torch.Tensor) -> torch.Tensor:
         """Per-sample answer NLL (float64) from the last decoder layer's output, as
-        :func:`~depthprune.evaluate.generation.answer_nll` computes it (norm and head on the answer
+        :func:`~depthprune.evaluation.generation.answer_nll` computes it (norm and head on the answer
         positions only)."""
         keep = cache.targets.shape[1] + 1
         logits = self.head(self.norm(final[:, -keep:-1])).float()
@@ -350,15 +350,15 @@ def cached_ablation_nll(model: nn.Module, processor: Any, records: Sequence[Reco
                         stats: CacheStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample answer NLL (nats/token) of the full model and with each layer removed, from
     one base pass per batch (see the module docstring); the same numbers as
-    :func:`depthprune.score.ablation.ablation_nll` in half the layer forwards.
+    :func:`depthprune.scoring.ablation.ablation_nll` in half the layer forwards.
 
     Returns ``(base [num_samples], ablated [num_samples, num_layers])`` as float64; column
     ``l`` is the model without decoder layer ``l`` (0-based). ``stats`` (optional) receives
     the cache's figures. A model whose layers the cache cannot replay falls back to
-    :func:`~depthprune.score.ablation.ablation_nll`, with a warning. Raises DataError if a record
+    :func:`~depthprune.scoring.ablation.ablation_nll`, with a warning. Raises DataError if a record
     has no answer.
     """
-    from depthprune.score.ablation import ablation_nll, require_answers
+    from depthprune.scoring.ablation import ablation_nll, require_answers
     from depthprune.data.records import batches
     from depthprune.settings import progress as progress_bar
     require_answers(records)

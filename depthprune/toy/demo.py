@@ -34,7 +34,7 @@ WEIGHTS = [{"math": 0.5, "general": 0.5}, {"math": 0.75, "general": 0.25}, {"mat
 
 def demo_methods(quick: bool) -> list[Any]:
     """Every registered method with the options the toy needs (domains, weights, seeds)."""
-    from depthprune.rank.methods import METHODS
+    from depthprune.ranking.methods import METHODS
     entries: list[Any] = []
     for name in METHODS:
         if name in ("domain", "ablation", "contrast", "sleb"):
@@ -62,7 +62,7 @@ def demo_study(data: dict[str, Path], quick: bool, batch_size: int = 32) -> dict
         "budgets": QUICK_BUDGETS if quick else FULL_BUDGETS,
         "metrics": {"accuracy": True, "max_new_tokens": 8},
     }
-    from depthprune.heal.recipe import missing_packages
+    from depthprune.healing.recipe import missing_packages
     if missing_packages():  # the `heal` extra is optional: the demo runs without healing then
         return study
     study["heal"] = {"recipe": {"mode": "lora", "steps": 20 if quick else 60, "batch_size": 16},
@@ -86,7 +86,7 @@ def headline_study(data: dict[str, Path], batch_size: int = 32) -> dict[str, Any
 
 def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
     """(only a right, only b right, exact two-sided p) on paired correctness."""
-    from depthprune.report.statistics import mcnemar_exact
+    from depthprune.reporting.statistics import mcnemar_exact
     return mcnemar_exact(a, b)
 
 
@@ -107,7 +107,7 @@ PAIRS = [(f"{m}:math{g}", f"{m}:general{g}") for m in ("domain", "contrast", "ab
 def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
     """Per ranking signal and domain: accuracy of the unpruned model, of math-aware and of
     general-aware removal at ``budget`` (unhealed), and the exact McNemar p-value of the two."""
-    from depthprune.rank.plan import resolve_budget
+    from depthprune.ranking.plan import resolve_budget
     from depthprune.study.store import get_meta, open_store, read_results
     conn = open_store(RunDir(run_dir).store)
     n_layers = get_meta(conn)["num_layers"]
@@ -137,7 +137,7 @@ def headline(run_dir: str | Path, budget: float = HEADLINE_BUDGET) -> Headline:
 
 def findings_line(run_dir: str | Path) -> str:
     """One line of what the report found: the regimes of each unhealed series, low to high budget."""
-    from depthprune.report.regimes import analyze
+    from depthprune.reporting.regimes import analyze
     from depthprune.study.store import read_results
     parts = []
     for series in analyze(read_results(RunDir(run_dir).store)):
@@ -154,8 +154,8 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
     """Run (or resume) the demo study in ``out``; returns the sweep result, the headline, the
     report path (None with ``report=False``) and notes for the user. ``overwrite`` first deletes
     what an earlier demo wrote there (:meth:`RunDir.clear`) and starts over."""
-    from depthprune.report.html import write_report
-    from depthprune.score.scores import Scores
+    from depthprune.reporting.html import write_report
+    from depthprune.scoring.scores import Scores
     from depthprune.study.config import parse_study
     from depthprune.study.sweep import run_study
     from depthprune.toy import default_data

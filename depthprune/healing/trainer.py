@@ -4,9 +4,9 @@ trains, the SFT trainer with an optional distillation term, the progress bar and
 
 Training examples are the project's JSONL records, rendered through the model's own
 processor and chat template exactly as the evaluator renders them
-(:func:`depthprune.evaluate.generation.answer_span`). The loss covers the answer's tokens and
+(:func:`depthprune.evaluation.generation.answer_span`). The loss covers the answer's tokens and
 the end-of-turn marker that closes them (so the model also learns to stop); prompt, image and
-padding tokens are masked out (label -100). Recipes: :mod:`depthprune.heal.recipe`."""
+padding tokens are masked out (label -100). Recipes: :mod:`depthprune.healing.recipe`."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthprune.data.records import DataError, Record, data_fingerprint, encode
-from depthprune.evaluate.generation import answer_span
-from depthprune.heal.recipe import NEEDS_REMOVED, HealConfig, HealError, HealStats, require_answers
+from depthprune.evaluation.generation import answer_span
+from depthprune.healing.recipe import NEEDS_REMOVED, HealConfig, HealError, HealStats, require_answers
 from depthprune.models.architectures import find_decoder_layers, text_config
 
 # TRL 1.16 reads transformers' renamed `gradient_checkpointing` attributes; the deprecation
@@ -454,7 +454,7 @@ def holdout_split(records: Sequence[Record], share: float, seed: int) -> tuple[l
 def domain_nll(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int = 8) -> dict[str, float]:
     """Mean teacher-forced answer NLL (nats per answer token) per domain."""
     from depthprune.data.records import batches
-    from depthprune.evaluate.generation import answer_nll
+    from depthprune.evaluation.generation import answer_nll
     was_training = model.training
     model.eval()
     values: dict[str, list[float]] = {}

@@ -1,11 +1,11 @@
 """The study report: one self-contained HTML file (plots embedded as PNG) plus Markdown.
 
-    from depthprune.report.html import write_report
+    from depthprune.reporting.html import write_report
     html_path = write_report("runs/demo")     # -> runs/demo/report.html (+ report.md)
 
 Reads only the run directory: ``results.sqlite`` (see :mod:`depthprune.study.store`) and, if present,
 ``scores.json`` (the unpruned model's scores, for score profiles and ranking stability). Never
-runs a model. Regime rule and statistics: :mod:`depthprune.report.regimes`.
+runs a model. Regime rule and statistics: :mod:`depthprune.reporting.regimes`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from depthprune.report.regimes import RANKING, RULE, Series, analyze, regimes_json
-from depthprune.report.tables import ERROR_CONTROL, best_table, budget_label, num, pairs_lines, pct, pval, stability_table
-from depthprune.score.scores import Scores, ScoresError
-from depthprune.rank.stability import Stability, ranking_stability, stability_claim
+from depthprune.reporting.regimes import RANKING, RULE, Series, analyze, regimes_json
+from depthprune.reporting.tables import ERROR_CONTROL, best_table, budget_label, num, pairs_lines, pct, pval, stability_table
+from depthprune.scoring.scores import Scores, ScoresError
+from depthprune.ranking.stability import Stability, ranking_stability, stability_claim
 from depthprune.outputs import atomic_files
-from depthprune.report.statistics import kendall_tau, mcnemar_exact
+from depthprune.reporting.statistics import kendall_tau, mcnemar_exact
 from depthprune.outputs import check_output, inputs_of
-from depthprune.rank.protection import Protection
+from depthprune.ranking.protection import Protection
 from depthprune.study.rundir import RunDir
 from depthprune.study.store import ResultRow, get_meta, open_store_readonly, read_results
 
@@ -334,7 +334,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """Analyse ``run_dir`` and write ``report.html`` (self-contained), ``report.md`` and ``regimes.json``.
 
     ``out`` is the HTML path (default ``run_dir/report.html``); the Markdown goes to the same path
-    with suffix ``.md`` and the machine-readable verdicts (:func:`~depthprune.report.regimes.regimes_json`)
+    with suffix ``.md`` and the machine-readable verdicts (:func:`~depthprune.reporting.regimes.regimes_json`)
     to ``regimes.json`` in the same directory, all three replaced together (an explicit ``out``
     that exists only with ``overwrite``). ``resamples`` bootstrap
     resamples of the calibration samples estimate ranking stability (0: skip). Returns the HTML path.
@@ -343,7 +343,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     run_dir = Path(run_dir)
     rows, meta = load_run(run_dir)
     out = _check_out(run_dir, out, overwrite)
-    from depthprune.report import plots  # matplotlib only when a report is written
+    from depthprune.reporting import plots  # matplotlib only when a report is written
 
     notes: list[str] = []
     scores = _load_scores(run_dir, notes)

@@ -17,9 +17,9 @@ from dataclasses import asdict, replace
 
 import torch
 
-from depthprune.rank.plan import BASES, Plan, RankError, RankRequest, Selection, check_budget_spec, resolve_budget
-from depthprune.rank.protection import Protection
-from depthprune.score.scores import GROUPS, Scores, ScoresError, is_int
+from depthprune.ranking.plan import BASES, Plan, RankError, RankRequest, Selection, check_budget_spec, resolve_budget
+from depthprune.ranking.protection import Protection
+from depthprune.scoring.scores import GROUPS, Scores, ScoresError, is_int
 
 
 def domains_used(req: RankRequest, domains: list[str]) -> list[str]:
@@ -354,7 +354,7 @@ def _iterative(scores: Scores, k: int, candidates: list[int], req: RankRequest) 
 def _sleb(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """SLEB (arXiv 2402.09025), domain-aware: remove the layer whose removal raises the
     calibration answer NLL of ``req.domain`` (or the ``req.weights`` mixture) least, re-measure,
-    repeat. Needs the model (see :class:`depthprune.rank.sleb.Sleb`)."""
+    repeat. Needs the model (see :class:`depthprune.ranking.sleb.Sleb`)."""
     raise RankError("sleb measures the model after every removal: use `depthprune prune MODEL --data "
                     "CALIB.jsonl --method sleb --domain D` (or --weights); a scores file alone is not enough")
 
@@ -428,7 +428,7 @@ def rank(scores: Scores, req: RankRequest,
 
     ``score_fn`` is only used, and required, by the methods that measure the model: for
     "iterative" the re-scoring function of :func:`iterative_selection`, for "sleb" a
-    ``(k, candidates, req) -> Selection`` callable (:class:`depthprune.rank.sleb.Sleb`).
+    ``(k, candidates, req) -> Selection`` callable (:class:`depthprune.ranking.sleb.Sleb`).
     """
     n = scores.num_layers
     k = resolve_budget(req.budget, n)

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from depthprune.rank.families import target_domain
-from depthprune.rank.methods import SCORE_FREE, rank
-from depthprune.rank.plan import Plan, RankError, RankRequest
-from depthprune.report.regimes import RANKING, Series
+from depthprune.ranking.families import target_domain
+from depthprune.ranking.methods import SCORE_FREE, rank
+from depthprune.ranking.plan import Plan, RankError, RankRequest
+from depthprune.reporting.regimes import RANKING, Series
 from depthprune.settings import progress as progress_bar
-from depthprune.score.scores import Scores
-from depthprune.report.statistics import bootstrap_mean_ci, kendall_tau, top_k_overlap
+from depthprune.scoring.scores import Scores
+from depthprune.reporting.statistics import bootstrap_mean_ci, kendall_tau, top_k_overlap
 
 #: methods that re-score the model after every removal: a scores file alone cannot re-rank them
 MODEL_METHODS = ("iterative", "sleb")

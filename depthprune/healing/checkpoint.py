@@ -1,5 +1,5 @@
 """`depthprune heal MODEL --data D --out OUT`: load a checkpoint, heal it
-(:func:`depthprune.heal.trainer.heal_model`) and save a stock checkpoint, resumable from the
+(:func:`depthprune.healing.trainer.heal_model`) and save a stock checkpoint, resumable from the
 TRL checkpoints in ``OUT.heal-work``."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from depthprune.data.records import data_fingerprint
-from depthprune.heal.recipe import NEEDS_REMOVED, HealConfig, HealError, require_answers
-from depthprune.heal.trainer import LOG_NAME, checkpoints, heal_model
+from depthprune.healing.recipe import NEEDS_REMOVED, HealConfig, HealError, require_answers
+from depthprune.healing.trainer import LOG_NAME, checkpoints, heal_model
 from depthprune.outputs import WRITE_ERRNOS, OutputError, describe_oserror, io_failure
 from depthprune.models.architectures import find_decoder_layers
 

@@ -3,7 +3,7 @@
 :class:`RankRequest` says what to rank (method, budget, domain, weights, token group, base,
 seed, protection); :func:`resolve_budget` turns a budget into a layer count; a :class:`Plan`
 is the answer: the 0-based layers to remove, with a reason each, saved and reloaded as a
-``.plan.json`` file for ``prune --plan``. The methods themselves: :mod:`depthprune.rank.methods`.
+``.plan.json`` file for ``prune --plan``. The methods themselves: :mod:`depthprune.ranking.methods`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from depthprune.score.scores import is_int
+from depthprune.scoring.scores import is_int
 
 class RankError(ValueError):
     """A ranking request cannot be met; the message says why and how to fix it."""
@@ -89,7 +89,7 @@ class Plan:
         """Read a plan written by :meth:`save`, validated: every key present with its type,
         no unknown key, ``remove`` distinct 0-based layers within the model with ``budget``
         and ``keep`` consistent. Raises RankError naming the file and the key."""
-        from depthprune.score.scores import check_schema, read_json_object
+        from depthprune.scoring.scores import check_schema, read_json_object
         path = Path(path)
         if path.is_dir() or not path.is_file():
             raise RankError(f"{path}: plan file not found. Write one with `depthprune rank --save-plan`")

@@ -47,7 +47,7 @@ class Protection:
     def layers(self, num_layers: int, architecture_protected: list[int]) -> list[int]:
         """Sorted 0-based layers that may not be removed (warns once when deepstack layers are
         released). Raises RankError for counts outside the model."""
-        from depthprune.rank.plan import RankError
+        from depthprune.ranking.plan import RankError
         for flag, n in (("protect_first", self.first), ("protect_last", self.last)):
             if not 0 <= n <= num_layers:
                 raise RankError(f"{flag}={n} must be between 0 and the {num_layers} layers of the model")
@@ -64,7 +64,7 @@ class Protection:
     def check(self, remove: list[int], protected: list[int], architecture_protected: list[int],
               what: str) -> None:
         """Refuse removing a layer of ``protected``, saying which flag lifts the protection."""
-        from depthprune.rank.plan import RankError
+        from depthprune.ranking.plan import RankError
         hit = sorted(set(remove) & set(protected))
         if hit:
             why = ("Qwen3-VL deepstack-injection layers; pass --allow-deepstack to remove them anyway"
