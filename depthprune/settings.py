@@ -27,6 +27,9 @@ def configure(quiet: bool | None = None, threads: int | None = None, debug: bool
             os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     if quiet:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # the hub's and transformers' own bars
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # datasets' (save_to_disk in `data lmms-task`)
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
 
 
 def _flag(name: str, env: str) -> bool:

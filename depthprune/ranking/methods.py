@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 
 import torch
 
@@ -47,12 +47,26 @@ METHODS: dict[str, MethodFn] = {}
 SCORE_FREE = ("last", "uniform", "random")
 
 
-def register(name: str) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: make ``fn`` available as ranking method ``name``."""
+#: The request options each method reads (beyond method, budget and protection): any other
+#: option given to it is refused rather than silently ignored.
+READS: dict[str, tuple[str, ...]] = {}
+#: Options every request has; the others are method options, checked against :data:`READS`.
+COMMON = ("method", "budget", "allow_deepstack", "protect_first", "protect_last")
+
+
+def register(name: str, reads: tuple[str, ...] = ()) -> Callable[[MethodFn], MethodFn]:
+    """Decorator: make ``fn`` available as ranking method ``name``, reading the request options
+    ``reads`` (e.g. ``("domain", "token_group")``)."""
     def deco(fn: MethodFn) -> MethodFn:
         METHODS[name] = fn
+        READS[name] = tuple(reads)
         return fn
     return deco
+
+
+def unread_options(method: str, options: dict) -> list[str]:
+    """The options in ``options`` (besides method, budget and protection) that ``method`` does not read."""
+    return sorted(k for k in options if k not in COMMON and k not in READS.get(method, ()))
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -135,7 +149,7 @@ def _ranked_reasons(values: dict[int, float], chosen: list[int], label: str) -> 
 
 
 # ---------------------------------------------------------------------- methods
-@register("domain")
+@register("domain", reads=('domain', 'token_group'))
 def _domain(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """The k candidates with the highest span-1 cosine in ``req.domain``."""
     cos = _domain_cos(scores, req.domain, req.token_group)
@@ -145,7 +159,7 @@ def _domain(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> 
                      {f"cos[{req.domain}]": cos.tolist()})
 
 
-@register("mixed")
+@register("mixed", reads=('weights', 'token_group'))
 def _mixed(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """The k candidates with the highest weighted sum of per-domain z-scores.
 
@@ -160,7 +174,7 @@ def _mixed(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> S
     return Selection(chosen, _ranked_reasons(values, chosen, "combined z"), columns)
 
 
-@register("block-influence")
+@register("block-influence", reads=('token_group',))
 def _block_influence(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """ShortGPT: BI_l = 1 - token-weighted mean cos(input_l, output_l) over all tokens of all
     domains pooled (not an average of domain means); remove the k lowest BI."""
@@ -172,7 +186,7 @@ def _block_influence(scores: Scores, k: int, candidates: list[int], req: RankReq
     return Selection(chosen, reasons, {"BI": bi.tolist()})
 
 
-@register("angular-block")
+@register("angular-block", reads=())
 def _angular_block(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Gromov et al. / PruneMe: remove the contiguous block l..l+k-1 of candidates with the
     smallest d(l) = mean over samples of arccos(cos(h_l, h_{l+k}))/pi on the last token.
@@ -197,7 +211,7 @@ def _angular_block(scores: Scores, k: int, candidates: list[int], req: RankReque
     return Selection(chosen, {i: reason for i in chosen}, {f"angle[span {k}]": column})
 
 
-@register("last")
+@register("last", reads=())
 def _last(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """The deepest k candidates, never the final layer."""
     pool = [i for i in candidates if i != scores.num_layers - 1]
@@ -207,7 +221,7 @@ def _last(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Se
     return Selection(chosen, {i: "among the deepest removable layers (final layer kept)" for i in chosen})
 
 
-@register("uniform")
+@register("uniform", reads=())
 def _uniform(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """k evenly spaced candidates: split the m sorted candidates into k equal bins and take
     the one at the centre of each, i.e. candidate index floor((2j + 1) * m / (2k)), j < k."""
@@ -216,7 +230,7 @@ def _uniform(scores: Scores, k: int, candidates: list[int], req: RankRequest) ->
     return Selection(chosen, {c: f"evenly spaced: centre of bin {j + 1} of {k}" for j, c in enumerate(chosen)})
 
 
-@register("random")
+@register("random", reads=('seed',))
 def _random(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """A uniform sample of k candidates from ``random.Random(req.seed)``."""
     chosen = random.Random(req.seed).sample(sorted(candidates), k)
@@ -246,7 +260,7 @@ def ablation_damage(scores: Scores, req: RankRequest) -> tuple[torch.Tensor, dic
     return damage, columns
 
 
-@register("ablation")
+@register("ablation", reads=('domain', 'weights'))
 def _ablation(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Shortened-LLaMA PPL criterion: the k candidates whose removal alone raises the answer
     NLL least, in ``req.domain`` (or, with no domain, the ``req.weights``-weighted mean over
@@ -265,7 +279,7 @@ def _ablation(scores: Scores, k: int, candidates: list[int], req: RankRequest) -
 CONTRAST_BETA = 0.5
 
 
-@register("contrast")
+@register("contrast", reads=('domain', 'token_group'))
 def _contrast(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Domain-aware with a contrast term: the k candidates most redundant for ``req.domain``
     *and* most used by the other domains.
@@ -334,7 +348,7 @@ def _max_non_adjacent(layers: list[int]) -> int:
     return count
 
 
-@register("spaced")
+@register("spaced", reads=('base', 'domain', 'weights', 'token_group'))
 def _spaced(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Spacing-aware (INTERLACE-like): k candidates with the largest total ``req.base``
     redundancy (z-scores, see :func:`redundancy`) such that no two are adjacent layers."""
@@ -343,14 +357,14 @@ def _spaced(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> 
     return Selection(chosen, {i: f"{req.base} z={values[i]:+.3f}; neighbours kept" for i in chosen}, columns)
 
 
-@register("iterative")
+@register("iterative", reads=('base', 'domain', 'weights', 'token_group'))
 def _iterative(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Iterative cosine re-scoring; needs the model (see :func:`iterative_selection`)."""
     raise RankError("iterative needs the model and data: use `depthprune prune MODEL --data ... "
                     "--method iterative` (it re-scores after every removal); a scores file alone is not enough")
 
 
-@register("sleb")
+@register("sleb", reads=('domain', 'weights'))
 def _sleb(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """SLEB (arXiv 2402.09025), domain-aware: remove the layer whose removal raises the
     calibration answer NLL of ``req.domain`` (or the ``req.weights`` mixture) least, re-measure,
@@ -401,6 +415,13 @@ def check_request(req: RankRequest, domains: list[str] | None = None, where: str
         raise RankError(f"unknown token group '{req.token_group}'; choose one of {', '.join(GROUPS)}")
     if req.base not in BASES:
         raise RankError(f"unknown base '{req.base}'; choose one of {', '.join(BASES)}")
+    defaults = {f.name: f.default for f in fields(RankRequest)}
+    ignored = [k for k in unread_options(req.method, {k: v for k, v in asdict(req).items() if v != defaults.get(k)})
+               if k != "layers"]
+    if ignored:
+        raise RankError(f"method '{req.method}' does not read {', '.join('--' + k.replace('_', '-') for k in ignored)}; "
+                        f"drop {'it' if len(ignored) == 1 else 'them'} (it reads: "
+                        f"{', '.join(READS[req.method]) or 'no method options'})")
     if req.method == "iterative" and req.base == "ablation":  # its re-scoring pass measures cosines only
         raise RankError("iterative cannot use base 'ablation': it re-scores cosines after each removal and "
                         "cannot re-measure ablation damage; use --method ablation (damage measured once on "

@@ -16,13 +16,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from depthprune.data.records import DataError, Record, batches
 from depthprune.evaluation.generation import answer_nll
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
-
+from depthprune.settings import progress as progress_bar
 
 #: What needs the answers, and the way out, for :func:`require_answers`'s message.
 ABLATION_NEEDS = "single-layer ablation measures the answer's NLL, so every calibration record needs one (or drop --ablation)"
@@ -55,7 +54,7 @@ def ablation_nll(model: nn.Module, processor: Any, records: Sequence[Record], ba
     num_layers = len(find_decoder_layers(model)[1])
     base = _nll(model, processor, records, batch_size)
     columns = []
-    for layer in tqdm(range(num_layers), desc="ablation", unit="layer", disable=not progress):
+    for layer in progress_bar(range(num_layers), desc="ablation", unit="layer", disable=not progress):
         with layers_removed(model, [layer]):
             columns.append(_nll(model, processor, records, batch_size))
     return base, torch.stack(columns, dim=1)

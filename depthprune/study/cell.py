@@ -13,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from depthprune.data.records import Record, batches
-from depthprune.evaluation.generation import answer_nll, evaluate, finite_or_none, wilson_interval
+from depthprune.evaluation.generation import (
+    answer_nll,
+    evaluate,
+    finite_or_none,
+    wilson_interval,
+)
 from depthprune.models.architectures import find_decoder_layers, text_config
 from depthprune.pruning import _set_layers, prune_layers
-from depthprune.study.store import ResultRow
+from depthprune.settings import progress as progress_bar
 from depthprune.study.config import EvalSet, MethodVariant, Study, StudyError
-from depthprune.study.store import cell_key
+from depthprune.study.store import ResultRow, cell_key
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -107,7 +112,7 @@ def pruned_in_memory(model: nn.Module, remove: Sequence[int]) -> Iterator[nn.Mod
 def _nll_only(model: nn.Module, processor: Any, records: Sequence[Record], batch_size: int,
               progress: bool) -> list[Sample]:
     out: list[Sample] = []
-    bar = tqdm(total=len(records), desc="answer NLL", unit="sample", leave=False, disable=not progress)
+    bar = progress_bar(total=len(records), desc="answer NLL", unit="sample", leave=False, disable=not progress)
     for chunk in batches(records, batch_size):
         for r, (nll, _) in zip(chunk, answer_nll(model, processor, chunk)):
             out.append((r.id, r.domain, None, nll))

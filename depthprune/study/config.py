@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depthprune.ranking.methods import METHODS
+from depthprune.ranking.methods import METHODS, READS, unread_options
 from depthprune.ranking.plan import RankRequest, parse_weights
 from depthprune.ranking.protection import Protection
 from depthprune.study.schema import Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
@@ -239,6 +239,10 @@ def _methods(src: str, raw: list, domains: set[str]) -> list[MethodVariant]:
         unknown = sorted(set(entry) - {"method", *allowed})
         if unknown:
             raise _err(src, f"{key}.{unknown[0]}", f"unknown key; allowed here: {', '.join(sorted(['method', *allowed]))}")
+        ignored = unread_options(name, {k: v for k, v in entry.items() if k != "method"})
+        if ignored:
+            raise _err(src, f"{key}.{ignored[0]}", f"method {name!r} does not read {ignored[0]!r}; drop it (it reads: "
+                                                   f"{', '.join(READS[name]) or 'no method options'})")
         axes: list[list[tuple[str, Any]]] = []
         for opt in sorted(k for k in entry if k != "method"):
             values = _as_list(entry[opt])
@@ -321,6 +325,10 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
         require_answers(calib_records)
     eval_sets = _eval_sets(src, shape.eval, base)
     methods = _methods(src, shape.methods, {r.domain for r in calib_records})
+    for m in methods:  # measured damage comes from the scoring pass: ask for it up front
+        if (m.method == "ablation" or m.options.get("base") == "ablation") and not shape.calibration.ablation:
+            raise _err(src, "calibration.ablation", f"method {m.label!r} ranks by single-layer ablation damage: set "
+                                                    "calibration.ablation: true (or drop the method)")
     metrics = shape.metrics
     if not metrics.accuracy and any(e.kind == "lmms" for e in eval_sets):
         raise _err(src, "metrics.accuracy", "false leaves the lmms-eval sets nothing to measure (they give "

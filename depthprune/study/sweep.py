@@ -20,13 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from depthprune import __version__
 from depthprune.outputs import check_output, write_text_atomic
+from depthprune.settings import progress as progress_bar
 from depthprune.study.cell import Cell, expand_cells
-from depthprune.study.config import Study, StudyError, load_study, relative_to, study_dict
+from depthprune.study.config import (
+    Study,
+    StudyError,
+    load_study,
+    relative_to,
+    study_dict,
+)
 from depthprune.study.rundir import RunDir
+
 
 @dataclass
 class SweepResult:
@@ -80,9 +86,9 @@ def _load_eval_records(study: Study) -> list[tuple[Any, list]]:
 
 def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ctx: Any, progress: bool):
     from depthprune.data.records import data_fingerprint
-    from depthprune.study.distributed import score_parallel
-    from depthprune.scoring.scores import Scores
     from depthprune.scoring.forward import ScoreSettings, cap_per_domain
+    from depthprune.scoring.scores import Scores
+    from depthprune.study.distributed import score_parallel
     settings = ScoreSettings(batch_size=study.batch_size, max_samples=study.calib_max_samples,
                              max_span=study.max_span)
     path = run.scores
@@ -295,7 +301,13 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     from depthprune.models.loading import load_model, resolve_model_id
     from depthprune.study.cell import cell_rows
     from depthprune.study.distributed import setup
-    from depthprune.study.store import completed_cells, get_meta, read_results, set_meta, write_cell
+    from depthprune.study.store import (
+        completed_cells,
+        get_meta,
+        read_results,
+        set_meta,
+        write_cell,
+    )
     started = time.perf_counter()
     study = study if isinstance(study, Study) else load_study(study)
     run = RunDir(out)
@@ -335,7 +347,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
                        "process afterwards to add them")
     mine = pending_groups[ctx.rank::ctx.world]
     result = SweepResult(run.path, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
-    bar = tqdm(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell", disable=not progress,
+    bar = progress_bar(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell", disable=not progress,
                dynamic_ncols=True)
     for i in range(-(-len(pending_groups) // ctx.world)):  # a round: each process one plan, rank 0 stores all
         produced: list[list] = []
