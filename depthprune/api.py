@@ -323,7 +323,6 @@ def rank(scores: PathLike, method: str, budget: int | float | str, *, save_plan:
         if not str(save_plan).endswith(".plan.json"):
             raise RankError(f"--save-plan {save_plan}: plan files must end in .plan.json")
         check_output(save_plan, overwrite, kind="file", inputs=inputs_of(files=[scores]), option="--save-plan")
-    check_request(RankRequest(method=method, budget=budget, **plan_kwargs))  # before reading the scores
     loaded = Scores.load(scores)
     the_plan = plan(loaded, method, budget, **plan_kwargs)
     stability: list[tuple[str, Any]] = []

@@ -69,7 +69,8 @@ def test_options_a_method_does_not_read_are_refused(tmp_path, calib_dir, llm):
     study = _study(tmp_path / "s", calib_dir, llm, methods=[{"method": "last", "seed": 3}])
     assert_user_error(run("sweep", study, "--out", tmp_path / "run"), "methods[0].seed",
                       "method 'last' does not read 'seed'", roots=(tmp_path,))
-    res = run("rank", tmp_path / "none.json", "--method", "block-influence", "--domain", "math")
+    assert run("score", llm, "--data", calib_dir / "text.jsonl", "--out", tmp_path / "s" / "s.json").exit_code == 0
+    res = run("rank", tmp_path / "s" / "s.json", "--method", "block-influence", "--domain", "math", "--budget", "1")
     assert_user_error(res, "does not read --domain")
 
 
