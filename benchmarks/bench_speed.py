@@ -123,9 +123,8 @@ def materialise(model, device: str, dtype: torch.dtype):
 def plan_for(model, fraction: float) -> list[int]:
     """Layers to remove: depthprune's `uniform` method (deepstack layers 0-2 protected)."""
     from depthprune import api
-    from depthprune.models.loading import protected_layers
-    from depthprune.models.architectures import text_config
-    scores = api.empty_scores(text_config(model).num_hidden_layers, "bench", protected_layers(model))
+    from depthprune.models.architectures import architecture_protected, text_config
+    scores = api.empty_scores(text_config(model).num_hidden_layers, "bench", architecture_protected(model))
     return api.plan(scores, "uniform", fraction).remove
 
 
