@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from qwen3_vl_shapes import qwen3_vl_2b  # the benchmarks' shared stand-in model
 
 SPEEDUP_TARGET, TOLERANCE = 1.8, 1e-5
 WORDS = ("what is the colour of shape circle square triangle red green blue left right top bottom how many "
@@ -67,42 +68,6 @@ def word_records(n: int, words: int, seed: int = 0) -> list:
                    question=" ".join(rng.choice(WORDS) for _ in range(words - rng.randrange(words // 4 + 1))),
                    answer=" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))),
                    source=f"bench:{i + 1}") for i in range(n)]
-
-
-def qwen3_vl_2b(small: bool):
-    """Random-init Qwen3-VL with 2B text shapes (tiny ones with ``small``), float32, eval."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                rope_parameters={"rope_type": "default", "rope_theta": 5e6,
-                                 "mrope_section": [24, 20, 20], "mrope_interleaved": True})
-    if small:
-        text.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1e4,
-                                     "mrope_section": [2, 3, 3], "mrope_interleaved": True})
-    config = Qwen3VLConfig(
-        text_config=text,
-        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-                           out_hidden_size=text["hidden_size"], deepstack_visual_indexes=[0, 1, 2]),
-        image_token_id=150, video_token_id=151, vision_start_token_id=152, vision_end_token_id=153)
-    with torch.device("meta"):
-        model = Qwen3VLForConditionalGeneration(config)
-    model = model.to_empty(device="cpu")  # random weights without the slow per-module initialisers
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02, generator=gen)
-        for m in model.modules():  # to_empty left the rotary frequencies uninitialised
-            if isinstance(getattr(m, "inv_freq", None), torch.Tensor):
-                fresh = type(m)(m.config)
-                m.inv_freq.copy_(fresh.inv_freq)
-                if isinstance(getattr(m, "original_inv_freq", None), torch.Tensor):
-                    m.original_inv_freq.copy_(fresh.inv_freq)
-        for m in model.modules():  # RMSNorm weights near 1, as trained models have them
-            if type(m).__name__.endswith("RMSNorm") and hasattr(m, "weight"):
-                m.weight.data.fill_(1.0)
-    return model.eval()
 
 
 def measure(name: str, model, processor, records, batch_size: int, removable: list[int],

@@ -31,37 +31,14 @@ import sys
 import time
 
 import torch
+from qwen3_vl_shapes import qwen3_vl_2b  # the benchmarks' shared stand-in model
 
 TIME_TARGET, MEMORY_TARGET = 0.90, 1.15
 
 
 def build_model(small: bool, layers: int | None = None):
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                rope_parameters={"rope_type": "default", "rope_theta": 5e6,
-                                 "mrope_section": [24, 20, 20], "mrope_interleaved": True})
-    if small:
-        text.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1e4,
-                                     "mrope_section": [2, 3, 3], "mrope_interleaved": True})
-    if layers:
-        text["num_hidden_layers"] = layers
-    config = Qwen3VLConfig(
-        text_config=text,
-        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-                           out_hidden_size=text["hidden_size"], deepstack_visual_indexes=[0, 1, 2]),
-        image_token_id=10, video_token_id=11, vision_start_token_id=12, vision_end_token_id=13)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = Qwen3VLForConditionalGeneration(config)
-    # materialise random weights without the slow per-module initialisers
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
-    return model.eval()
+    """The shared stand-in model (:mod:`qwen3_vl_shapes`), ``layers`` deep if given."""
+    return qwen3_vl_2b(small, layers)
 
 
 def make_batch(model, batch: int, tokens: int) -> dict:

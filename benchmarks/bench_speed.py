@@ -69,55 +69,22 @@ ARGS = parse_args()
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)  # before torch starts its thread pool
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import qwen3_vl_shapes as shapes  # noqa: E402 - the benchmarks' shared stand-in model
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 torch.set_num_threads(ARGS.threads)
 
 
-def text_shapes(small: bool) -> dict:
-    """Qwen3-VL-2B text-decoder shapes (or tiny ones for --small)."""
-    if small:
-        return dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1e4,
-                                     "mrope_section": [2, 3, 3], "mrope_interleaved": True})
-    return dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-                rope_parameters={"rope_type": "default", "rope_theta": 5e6,
-                                 "mrope_section": [24, 20, 20], "mrope_interleaved": True})
-
-
 def meta_model(small: bool):
-    """The model on the meta device (no memory), so it can be pruned before materialising."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    text = text_shapes(small)
-    config = Qwen3VLConfig(
-        text_config=text, tie_word_embeddings=True,
-        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-                           out_hidden_size=text["hidden_size"], deepstack_visual_indexes=[0, 1, 2]),
-        image_token_id=10, video_token_id=11, vision_start_token_id=12, vision_end_token_id=13)
-    with torch.device("meta"):
-        return Qwen3VLForConditionalGeneration(config)
+    """The shared stand-in model (:mod:`qwen3_vl_shapes`, tied embeddings) on the meta device, so
+    it can be pruned before materialising."""
+    return shapes.meta_model(small, tied=True)
 
 
 def materialise(model, device: str, dtype: torch.dtype):
-    """Random weights without the slow per-module initialisers; rotary buffers recomputed."""
-    model = model.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02, generator=gen)
-        for m in model.modules():  # to_empty left the rotary frequencies uninitialised
-            if isinstance(getattr(m, "inv_freq", None), torch.Tensor):
-                fresh = type(m)(m.config).to(device)  # recompute them as __init__ does
-                m.inv_freq.copy_(fresh.inv_freq)
-                if isinstance(getattr(m, "original_inv_freq", None), torch.Tensor):
-                    m.original_inv_freq.copy_(fresh.inv_freq)
-                if hasattr(fresh, "attention_scaling"):
-                    m.attention_scaling = fresh.attention_scaling
-    model.tie_weights()
-    return model.to(dtype).eval()
+    """Random weights, rotary buffers recomputed (:func:`qwen3_vl_shapes.materialise`)."""
+    return shapes.materialise(model, device, dtype)
 
 
 def plan_for(model, fraction: float) -> list[int]:

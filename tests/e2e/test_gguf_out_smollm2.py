@@ -23,14 +23,6 @@ PROMPTS = ["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
            "<|im_start|>user\nName a colour of the sky.<|im_end|>\n<|im_start|>assistant\n"]
 
 
-@pytest.fixture(scope="module")
-def smollm2_path():
-    from depthprune.models.architectures import ModelError
-    from depthprune.models.loading import resolve_model_id
-    try:
-        return resolve_model_id("smollm2")
-    except ModelError as err:
-        pytest.skip(f"{err}")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("gguf", reason="needs depthprune[real]: bash scripts/test.sh -m slow installs it")
 
 
-@pytest.fixture(scope="module")
-def smollm2_path():
-    from depthprune.models.architectures import ModelError
-    from depthprune.models.loading import resolve_model_id
-    try:
-        return resolve_model_id("smollm2")
-    except ModelError as err:
-        pytest.skip(f"{err}")
 
 
 def test_gguf_load_is_exact_and_records_its_source(smollm2_path):

@@ -82,3 +82,18 @@ def save_tiny(family: str, out_dir: Path, seed: int = 0) -> Path:
     proc = make_processor(family, tok)
     (proc or tok).save_pretrained(out_dir)
     return out_dir
+
+
+#: Families whose tiny processors take images (the others read text records only).
+IMAGE_FAMILIES = {"qwen3_vl", "qwen3_vl_moe", "qwen2_vl", "qwen2_5_vl"}
+
+
+def load_tiny_family(family: str, out_dir: Path, calib_dir: Path):
+    """``family``'s tiny model saved to ``out_dir`` and loaded back in float32, with the
+    calibration records it can take: ``(src, model, processor, records)``."""
+    from depthprune.data.records import load_records
+    from depthprune.models.loading import load_model
+    src = save_tiny(family, out_dir)
+    model, processor = load_model(src, dtype="float32")
+    records = load_records(calib_dir / ("calib.jsonl" if family in IMAGE_FAMILIES else "text.jsonl"))
+    return src, model, processor, records

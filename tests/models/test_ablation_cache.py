@@ -13,18 +13,13 @@ from depthprune.data.records import load_records
 from depthprune.models.loading import load_model
 from tests.helpers.ablation import long_text
 from tests.helpers.tiny_configs import FAMILIES, LAYERS
-from tests.helpers.tiny_models import save_tiny
-
-IMAGE_FAMILIES = {"qwen3_vl", "qwen3_vl_moe", "qwen2_vl", "qwen2_5_vl"}
-
+from tests.helpers.tiny_models import load_tiny_family, save_tiny
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def tiny(request, tmp_path_factory, calib_dir):
     family = request.param
-    src = save_tiny(family, tmp_path_factory.mktemp(family) / "src")
-    model, processor = load_model(src, dtype="float32")
-    data = calib_dir / ("calib.jsonl" if family in IMAGE_FAMILIES else "text.jsonl")
-    return family, model, processor, load_records(data)
+    _, model, processor, records = load_tiny_family(family, tmp_path_factory.mktemp(family) / "src", calib_dir)
+    return family, model, processor, records
 
 
 def test_cached_ablation_equals_naive_on_every_architecture(tiny):

@@ -12,25 +12,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-from depthprune.data.records import encode, load_records
+from depthprune.data.records import encode
 from depthprune.models.architectures import ADAPTERS, adapter_for, architecture_protected, find_decoder_layers, text_config
-from depthprune.models.loading import load_model
 from depthprune.pruning import layers_as_identity, prune_layers, pruning_info, save_pruned
 from depthprune.scoring.forward import ScoreSettings, score_model
 from tests.helpers.tiny_configs import FAMILIES, LAYERS, LLM_FAMILIES, VLM_FAMILIES
-from tests.helpers.tiny_models import save_tiny
+from tests.helpers.tiny_models import load_tiny_family
 
 REMOVE = [3, 4]  # never a protected (deepstack) layer; includes a sliding and a full layer
-IMAGE_FAMILIES = {"qwen3_vl", "qwen3_vl_moe", "qwen2_vl", "qwen2_5_vl"}
-
-
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def tiny(request, tmp_path_factory, calib_dir):
     family = request.param
-    src = save_tiny(family, tmp_path_factory.mktemp(family) / "src")
-    model, processor = load_model(src, dtype="float32")
-    data = calib_dir / ("calib.jsonl" if family in IMAGE_FAMILIES else "text.jsonl")
-    records = load_records(data)
+    src, model, processor, records = load_tiny_family(family, tmp_path_factory.mktemp(family) / "src", calib_dir)
     return family, src, model, processor, records
 
 
