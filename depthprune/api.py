@@ -341,16 +341,18 @@ def evaluate(model: PathLike, out: PathLike, *, data: PathLike | Sequence[PathLi
              lmms_model: str | None = None, lmms_model_args: str | None = None, batch_size: int = 8,
              max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
              device_map: str | None = None, trust_remote_code: bool = False, overwrite: bool = False,
-             prompt_format: str = "auto") -> dict:
+             prompt_format: str = "auto", baseline: PathLike | None = None) -> dict:
     """`depthprune eval`: greedy generation scored per domain on answered JSONL ``data``
     (:func:`depthprune.evaluation.generation.evaluate_path`), or lmms-eval ``lmms_tasks``
     (:func:`depthprune.evaluation.lmms.run`); exactly one of them. Writes ``out`` (metrics JSON)
-    and the per-sample predictions beside it; returns the metrics dict."""
+    and the per-sample predictions beside it; returns the metrics dict. ``baseline``: the
+    unpruned model's metrics file on the same data, for the accuracy retained per domain."""
     if (lmms_tasks is None) == (not data):
         raise ValueError("eval needs exactly one of --data FILE or --lmms-eval TASKS")
     if lmms_tasks is not None:
-        if prompt_format != "auto":
-            raise ValueError("--prompt-format applies to --data; lmms-eval tasks format their own prompts")
+        if prompt_format != "auto" or baseline is not None:
+            raise ValueError("--prompt-format and --baseline apply to --data; lmms-eval tasks format and score "
+                             "their own prompts")
         from depthprune.evaluation import lmms
         return lmms.run(model, list(lmms_tasks), out, include_path=include_path, limit=limit, batch_size=batch_size,
                         max_new_tokens=max_new_tokens, dtype=dtype, device=device_map or device,
@@ -358,7 +360,7 @@ def evaluate(model: PathLike, out: PathLike, *, data: PathLike | Sequence[PathLi
     from depthprune.evaluation.generation import evaluate_path
     return evaluate_path(model, data, out, batch_size=batch_size, max_new_tokens=max_new_tokens or 16, dtype=dtype,
                          device=device, device_map=device_map, trust_remote_code=trust_remote_code,
-                         overwrite=overwrite, prompt_format=prompt_format)
+                         overwrite=overwrite, prompt_format=prompt_format, baseline=baseline)
 
 
 def heal(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike, config: Any = None, **kwargs: Any) -> Path:

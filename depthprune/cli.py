@@ -303,6 +303,7 @@ def eval_(
     dtype: Dtype = "auto", device: Device = "cpu", device_map: DeviceMap = None,
     trust_remote_code: TrustRemote = False, overwrite: Overwrite = False,
     prompt_format: PromptFormat = "auto",
+    baseline: Annotated[Path | None, typer.Option(help="Metrics file of `depthprune eval` on the unpruned model with the same --data: also print the accuracy retained per domain (with a 95% CI) and flag a hidden collapse.")] = None,
 ) -> None:
     """Greedy-generate answers, score them per domain (accuracy, 95% CI) and the answer NLL;
     or run lmms-eval tasks (--lmms-eval) into the same metrics format."""
@@ -312,10 +313,17 @@ def eval_(
                            include_path=include_path, limit=limit, lmms_model=lmms_model,
                            lmms_model_args=lmms_model_args, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
-                           overwrite=overwrite, prompt_format=prompt_format)
+                           overwrite=overwrite, prompt_format=prompt_format, baseline=baseline)
     if "prompt_format" in metrics:
         console.print(f"prompt format: {metrics['prompt_format']}", highlight=False)
     console.print(format_metrics_table(metrics))
+    for domain, r in (metrics.get("retention") or {}).items():
+        kept, (low, high) = r["kept"], r["ci95"]
+        console.print(f"{domain}: {'n/a' if kept is None else f'{kept:.0%}'} of the unpruned accuracy kept"
+                      + ("" if low is None else f" [95% CI {low:.0%}, {high:.0%}]"), highlight=False)
+    if metrics.get("hidden_collapse"):
+        console.print(f"warning: hidden collapse: {', '.join(metrics['hidden_collapse'])} keeps under 80% of its "
+                      "accuracy while another domain keeps 90% or more", highlight=False)
     console.print(f"metrics -> {out_file}", highlight=False)
 
 

@@ -228,16 +228,55 @@ def predictions_path(out: str | os.PathLike) -> Path:
     return Path(out).with_suffix(".predictions.jsonl")
 
 
+def load_baseline(metrics_file: str | os.PathLike, records: Sequence[Record]) -> dict[str, int]:
+    """Per-sample correctness (id -> 1/0) of an earlier ``eval`` run (its metrics file, with the
+    predictions beside it), which must cover every record of ``records``. DataError naming the
+    file and the fix otherwise."""
+    path = Path(metrics_file).expanduser()
+    preds = predictions_path(path)
+    if not path.is_file() or not preds.is_file():
+        raise DataError(f"--baseline {path}: give the metrics file of `depthprune eval` on the unpruned model "
+                        f"(with {preds.name} beside it)")
+    try:
+        rows = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines() if line.strip()]
+        correct = {str(r["id"]): int(bool(r["correct"])) for r in rows}
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"--baseline {preds}: not a predictions file of `depthprune eval` ({err})") from None
+    missing = [r.id for r in records if r.id not in correct]
+    if missing:
+        raise DataError(f"--baseline {path}: has no prediction for {len(missing)} of these records (e.g. id "
+                        f"{missing[0]!r}); evaluate the unpruned model on the same --data")
+    return correct
+
+
+def retention_of(predictions: Sequence[Prediction], base: dict[str, int]) -> dict:
+    """``{"retention": {domain: {"kept", "ci95"}}, "hidden_collapse": [domains]}`` of these
+    predictions against the baseline's per-sample correctness."""
+    from depthprune.reporting.statistics import hidden_collapse, retention
+    by_domain: dict[str, tuple[list[int], list[int]]] = {}
+    for p in predictions:
+        b, m = by_domain.setdefault(p.domain, ([], []))
+        b.append(base[p.id])
+        m.append(int(p.correct))
+    kept = {d: retention(b, m) for d, (b, m) in sorted(by_domain.items())}
+    return {"retention": {d: {"kept": finite_or_none(k), "ci95": [finite_or_none(lo), finite_or_none(hi)]}
+                          for d, (k, lo, hi) in kept.items()},
+            "hidden_collapse": hidden_collapse({d: v[0] for d, v in kept.items()})}
+
+
 def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | Sequence[str | os.PathLike],
                   out: str | os.PathLike, batch_size: int = 8, max_new_tokens: int = 16,
                   dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
                   trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True,
-                  prompt_format: str = "auto") -> dict:
+                  prompt_format: str = "auto", baseline: str | os.PathLike | None = None) -> dict:
     """Load checkpoint ``model_id``, evaluate it on the JSONL file(s) ``data_paths`` and write the
     metrics JSON ``out`` and the per-sample :func:`predictions_path` JSONL beside it.
 
     ``prompt_format``: auto, chat or plain (:func:`depthprune.data.set_prompt_format`); the
-    format used is recorded as ``prompt_format`` in the metrics.
+    format used is recorded as ``prompt_format`` in the metrics. ``baseline``: the metrics file
+    of the unpruned source evaluated on the same data; the metrics then hold ``retention`` (per
+    domain, accuracy kept = this / baseline with a 95% bootstrap interval) and
+    ``hidden_collapse`` (:func:`depthprune.reporting.statistics.hidden_collapse`).
 
     Returns the metrics dict that was written. Raises OutputError if an output exists and
     ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,
@@ -248,7 +287,7 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     model_id = resolve_model_id(model_id)
     out = Path(out).expanduser()
     paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
-    inputs = inputs_of(model=model_id, data=paths)
+    inputs = inputs_of(model=model_id, data=paths, files=[baseline, predictions_path(baseline) if baseline else None])
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the metrics file name must end in .json")
     for path in (out, predictions_path(out)):
@@ -257,6 +296,7 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
         raise ValueError(f"--batch-size and --max-new-tokens must be >= 1, "
                          f"got {batch_size} and {max_new_tokens}")
     records = load_records(paths, require_answer=True)
+    base = load_baseline(baseline, records) if baseline is not None else None
     check_prompt_format(prompt_format, model_id)
     if dtype not in DTYPES:
         raise ModelError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
@@ -278,6 +318,8 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
                      "depthprune": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__},
     }
+    if base is not None:
+        metrics |= retention_of(result.predictions, base) | {"baseline": str(baseline)}
     lines = prediction_lines(result.predictions)
     text = json.dumps(metrics, indent=1, allow_nan=False) + "\n"
     # both or neither; the metrics file last, as the completion mark

@@ -193,6 +193,36 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     return mean, mean - half, mean + half
 
 
+#: A domain keeping less than this share of its accuracy while another keeps at least
+#: :data:`KEPT_WELL` is a hidden collapse (Minitron: 90% of MMLU kept, 35% of GSM8K).
+COLLAPSED, KEPT_WELL = 0.80, 0.90
+
+
+def retention(base: Sequence[int], pruned: Sequence[int], n_resamples: int = 2000, level: float = 0.95,
+              seed: int = 0) -> tuple[float, float, float]:
+    """``(kept, low, high)``: accuracy retained, pruned / unpruned mean correctness on the same
+    samples (paired, same order), with its percentile bootstrap interval over samples. NaN when
+    the unpruned model got nothing right."""
+    b, p = np.asarray(base, dtype=np.float64), np.asarray(pruned, dtype=np.float64)
+    if b.shape != p.shape or b.size == 0:
+        raise ValueError(f"retention needs two equal-length non-empty sequences; got {b.size} and {p.size}")
+    if b.sum() == 0:
+        return float("nan"), float("nan"), float("nan")
+    idx = _rng(seed).integers(0, b.size, (n_resamples, b.size))
+    den = b[idx].sum(1)
+    ratios = np.where(den > 0, p[idx].sum(1) / np.where(den > 0, den, 1), np.nan)
+    alpha = (1 - level) / 2
+    return float(p.sum() / b.sum()), float(np.nanquantile(ratios, alpha)), float(np.nanquantile(ratios, 1 - alpha))
+
+
+def hidden_collapse(kept: dict[str, float]) -> list[str]:
+    """The domains that keep less than 80% of their accuracy while another domain keeps at least
+    90% (the collapse an average over domains hides); [] when there is none."""
+    if not any(v >= KEPT_WELL for v in kept.values() if v == v):
+        return []
+    return sorted(d for d, v in kept.items() if v == v and v < COLLAPSED)
+
+
 __all__ = ["binomial_two_sided", "bootstrap_mean_ci", "cochran_q", "friedman", "holm", "kendall_tau",
-           "mcnemar_exact", "mean_ci", "mean_greater", "spread_ci", "top_k_overlap",
+           "hidden_collapse", "mcnemar_exact", "mean_ci", "mean_greater", "retention", "spread_ci", "top_k_overlap",
            "wilcoxon_paired"]

@@ -110,3 +110,38 @@ def stability_table(stability: list[Stability]) -> tuple[list[str], list[list[st
 
 
 __all__ = ["ERROR_CONTROL", "best_table", "budget_label", "num", "pairs_lines", "pct", "pval", "stability_table"]
+
+
+def retention_table(rows: list) -> tuple[list[str], list[list[str]], list[str]]:
+    """Accuracy retained per domain by every stored cell (pruned ÷ the unpruned model on the same
+    samples, 95% bootstrap interval), the field's headline figure. Returns the table and one line
+    per cell with a hidden collapse (a domain under 80% while another keeps 90% or more)."""
+    import json
+
+    from depthprune.reporting.statistics import hidden_collapse, retention
+    base = {(r.eval_set, r.domain): {s[0]: s[1] for s in r.samples if s[1] is not None}
+            for r in rows if r.budget == 0 and r.accuracy is not None}
+    domains = sorted({d for _, d in base})
+    cells: dict[tuple, dict[str, tuple]] = defaultdict(dict)
+    for r in rows:
+        ref = base.get((r.eval_set, r.domain))
+        if r.budget == 0 or r.accuracy is None or not ref:
+            continue
+        mine = {s[0]: s[1] for s in r.samples if s[1] is not None}
+        ids = sorted(set(ref) & set(mine))
+        if ids:
+            key = (r.budget, r.budget_fraction, r.label, json.dumps(r.heal, sort_keys=True), r.eval_set)
+            cells[key][r.domain] = retention([ref[i] for i in ids], [mine[i] for i in ids])
+    head = ["budget", "method", "healed", "eval set"] + [f"{d} kept [95% CI]" for d in domains] + ["hidden collapse"]
+    body, flagged = [], []
+    for (budget, fraction, label, heal, eval_set), kept in sorted(cells.items()):
+        collapsed = hidden_collapse({d: v[0] for d, v in kept.items()})
+        cols = [f"{pct(kept[d][0], 0)} [{pct(kept[d][1], 0)}, {pct(kept[d][2], 0)}]" if d in kept else "–" for d in domains]
+        body.append([budget_label(budget, fraction), label, "no" if heal == "null" else "yes", eval_set, *cols,
+                     ", ".join(collapsed) or ""])
+        if collapsed:
+            flagged.append(f"{label} at {budget_label(budget, fraction)}{' (healed)' if heal != 'null' else ''} on "
+                           f"{eval_set}: {', '.join(collapsed)} keeps "
+                           + ", ".join(f"{pct(kept[d][0], 0)}" for d in collapsed) + " of its accuracy while "
+                           + ", ".join(f"{d} keeps {pct(v[0], 0)}" for d, v in sorted(kept.items()) if d not in collapsed))
+    return head, body, flagged

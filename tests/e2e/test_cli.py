@@ -156,6 +156,33 @@ def test_eval_command_writes_metrics(qwen, calib_dir, tmp_path):
     _bad(run("eval", qwen, "--data", calib_dir / "calib.jsonl", "--out", out), "--overwrite")
 
 
+def test_eval_baseline_prints_accuracy_retained_per_domain(tmp_path):
+    """Retention (pruned accuracy ÷ the unpruned model's on the same records, with a CI) and the
+    hidden-collapse flag, on the bundled toy at 25% so that the numbers mean something."""
+    from depthprune.toy import default_data
+    data = default_data(tmp_path / "data")
+    small = tmp_path / "small.jsonl"  # 30 records per domain: enough to see the ratio
+    rows = [json.loads(line) for line in data["eval"].read_text().splitlines()]
+    picked = [r for d in ("math", "general") for r in [x for x in rows if x["domain"] == d][:30]]
+    small.write_text("".join(json.dumps(dict(r, image=str(data["eval"].parent / r["image"]) if r.get("image") else None))
+                             + "\n" for r in picked))
+    base, pruned = tmp_path / "out" / "base.json", tmp_path / "out" / "pruned.json"
+    assert run("eval", "toy", "--data", small, "--out", base, "--max-new-tokens", "8").exit_code == 0
+    assert run("prune", "toy", "--layers", "3,5,7,10", "--out", tmp_path / "p").exit_code == 0
+    res = run("eval", tmp_path / "p", "--data", small, "--out", pruned, "--max-new-tokens", "8", "--baseline", base)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(pruned.read_text())
+    b = json.loads(base.read_text())
+    for d in ("math", "general"):
+        kept = metrics["retention"][d]
+        assert kept["kept"] == pytest.approx(metrics["domains"][d]["accuracy"] / b["domains"][d]["accuracy"])
+        assert kept["ci95"][0] <= kept["kept"] <= kept["ci95"][1]
+        assert f"{d}: {kept['kept']:.0%} of the unpruned accuracy kept" in res.output
+    assert isinstance(metrics["hidden_collapse"], list)
+    _bad(run("eval", tmp_path / "p", "--data", small, "--out", tmp_path / "x.json", "--baseline", tmp_path / "none.json"),
+         "--baseline", "unpruned model")
+
+
 def test_data_synth_command(tmp_path):
     res = run("data", "synth", "--out", tmp_path / "d", "--seed", "3", "--n-train", "30",
               "--n-calib", "6", "--n-eval", "10")

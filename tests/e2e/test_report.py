@@ -57,6 +57,7 @@ def test_report_is_self_contained_html_and_markdown(run_dir, tmp_path):
         assert f"## {section}" in md
     assert "| budget (layers, %) | regime | p (Holm) | best ranking [95% CI] |" in md and "| 2 (12%) |" in md and "| 4 (25%) |" in md
     assert "ranking-sensitive regime" in md  # the stability claim is checked and stated
+    assert "## Accuracy retained" in md and "math kept [95% CI]" in md  # every cell against the unpruned model
     verdicts = json.loads((run / "regimes.json").read_text())
     assert [(x["domain"], x["healed"]) for x in verdicts["series"]] == [("general", False), ("math", False)]
     for series in verdicts["series"]:
