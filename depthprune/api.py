@@ -19,16 +19,16 @@ from typing import Any
 import torch
 
 from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
+from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
+from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id, validate_device
 from depthprune.outputs import check_output, inputs_of
+from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
 from depthprune.ranking.methods import SCORE_FREE, check_request
 from depthprune.ranking.methods import rank as rank_scores
 from depthprune.ranking.plan import Plan, RankError, RankRequest, check_layer_list, resolve_budget
 from depthprune.ranking.protection import Protection
-from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
-from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id, validate_device
-from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
-from depthprune.scoring.scores import Scores
 from depthprune.scoring.forward import ScoreSettings, cap_per_domain, score_model
+from depthprune.scoring.scores import Scores
 from depthprune.speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike

@@ -19,10 +19,11 @@ from typing import Annotated, Any, Callable
 import click
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 from rich.text import Text
+from typer.core import TyperGroup
 
 from depthprune import settings
+
 
 class OneLineErrors(TyperGroup):
     """The command group whose usage errors (an unknown option, a value out of range, a missing
@@ -358,10 +359,10 @@ def demo(
 ) -> None:
     """A complete study on the bundled toy Qwen3-VL: every method, budgets 6% to 50%, healing at two budgets; writes the store and report, then prints the headline (math- vs general-aware at 25%, re-evaluated on all 600 eval records per domain in OUT/headline)."""
     from depthprune import api
-    from depthprune.toy.demo import findings_line
-    from depthprune.tables import headline_table
     from depthprune.settings import quiet as settings_quiet
     from depthprune.study.sweep import summary_line
+    from depthprune.tables import headline_table
+    from depthprune.toy.demo import findings_line
     quiet = quiet or settings_quiet()
     result, head, report_path, notes = api.demo(out_dir, quick=quick, quiet=quiet, batch_size=batch_size,
                                                 overwrite=overwrite)
@@ -383,8 +384,8 @@ def sweep(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run every cell of a study (method x budget x heal) into RUN_DIR/results.sqlite; resumable, and data-parallel under torchrun."""
-    from depthprune.settings import quiet as settings_quiet
     from depthprune import api
+    from depthprune.settings import quiet as settings_quiet
     from depthprune.study.sweep import summary_line
     result = api.sweep(study_file, out_dir, quiet=quiet or settings_quiet())
     for note in result.notes:
@@ -494,8 +495,7 @@ def heal(
 ) -> None:
     """Heal MODEL (e.g. a pruned checkpoint) with a brief supervised fine-tuning on answered JSONL records."""
     from depthprune import api
-    from depthprune.healing.recipe import HealConfig
-    from depthprune.healing.recipe import HEAL_MODES
+    from depthprune.healing.recipe import HEAL_MODES, HealConfig
     if train_layers not in ("all", "neighbours"):
         raise ValueError(f"--train-layers {train_layers!r}: choose all or neighbours")
     if mode not in HEAL_MODES:

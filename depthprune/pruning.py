@@ -22,9 +22,9 @@ from safetensors import safe_open
 from torch import nn
 
 from depthprune import __version__
-from depthprune.outputs import atomic_dir, check_output, inputs_of
 from depthprune.models.architectures import adapter_for, find_decoder_layers, text_config
 from depthprune.models.loading import is_local
+from depthprune.outputs import atomic_dir, check_output, inputs_of
 
 
 class PruneError(ValueError):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rich.markup import escape
 from rich.table import Table
-
-from typing import TYPE_CHECKING, Any
 
 from depthprune.ranking.plan import Plan
 
 if TYPE_CHECKING:  # annotations only: the tables are built from plain results
-    from depthprune.toy.demo import Headline
     from depthprune.evaluation.generation import EvalResult
+    from depthprune.toy.demo import Headline
 
 
 def plan_table(plan: Plan) -> Table:

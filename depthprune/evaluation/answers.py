@@ -26,7 +26,6 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-
 # ----------------------------------------------------------------------------- extraction
 _END_OF_TURN = re.compile(r"<\|im_end\|>|<\|eot_id\|>|<\|end\|>|<\|endoftext\|>|<end_of_turn>|</s>"
                           r"|<\|im_start\|>|<start_of_turn>|\n\s*(?:question|q|user|human)\s*:", re.I)

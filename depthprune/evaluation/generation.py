@@ -22,9 +22,18 @@ import torch
 from torch import nn
 
 from depthprune import __version__
+from depthprune.data.records import (
+    DataError,
+    Record,
+    batches,
+    check_prompt_format,
+    data_fingerprint,
+    encode,
+    load_records,
+    render_prompt,
+    set_prompt_format,
+)
 from depthprune.evaluation.answers import extract_answer, score_answer
-from depthprune.data.records import (DataError, Record, batches, check_prompt_format, data_fingerprint, encode,
-                                     load_records, render_prompt, set_prompt_format)
 from depthprune.models.architectures import ModelError, input_device
 from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id
 from depthprune.settings import progress as progress_bar

@@ -33,7 +33,6 @@ import shutil
 import time
 import warnings
 from collections.abc import Sequence
-
 from pathlib import Path
 from typing import Any
 
@@ -222,8 +221,8 @@ def convert_results(results: dict) -> tuple[list, dict]:
     ``extras`` maps each task to lmms-eval's aggregate results, the metric used, the domain,
     and ``per_sample: False`` for tasks left out of the predictions (with the reason).
     """
-    from depthprune.evaluation.generation import Prediction
     from depthprune.evaluation.answers import extract_answer
+    from depthprune.evaluation.generation import Prediction
     configs, samples = results.get("configs") or {}, results.get("samples") or {}
     predictions, extras = [], {}
     for task in sorted(set(results.get("results") or {}) | set(samples)):
@@ -500,9 +499,9 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
     model after depthprune's own (``pretrained``, ``device``...), so they win.
     Returns the metrics dict.
     """
-    from depthprune.outputs import atomic_files, check_output, inputs_of
     from depthprune.evaluation.generation import EvalResult, prediction_lines, predictions_path
     from depthprune.models.loading import resolve_model_id
+    from depthprune.outputs import atomic_files, check_output, inputs_of
     model_id = resolve_model_id(model_id)
     out = Path(out)
     for path in (out, predictions_path(out)):  # cheap checks before anything loads

@@ -16,8 +16,8 @@ from torch import nn
 from depthprune.data.records import data_fingerprint
 from depthprune.healing.recipe import NEEDS_REMOVED, HealConfig, HealError, require_answers
 from depthprune.healing.trainer import LOG_NAME, checkpoints, heal_model
-from depthprune.outputs import WRITE_ERRNOS, OutputError, describe_oserror, io_failure
 from depthprune.models.architectures import find_decoder_layers
+from depthprune.outputs import WRITE_ERRNOS, OutputError, describe_oserror, io_failure
 
 
 def work_dir_for(out: str | Path) -> Path:

@@ -145,8 +145,8 @@ def convert_gguf(path: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from depthprune.outputs import atomic_dir
     from depthprune.models.architectures import ModelError, adapter_for
+    from depthprune.outputs import atomic_dir
     directory, name = str(path.parent), path.name
     try:
         config = AutoConfig.from_pretrained(directory, gguf_file=name, local_files_only=True)

@@ -15,7 +15,6 @@ from torch import nn
 
 from depthprune.models.architectures import ModelError, adapter_for, supported_architectures, text_config
 
-
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from depthprune.scoring.scores import is_int
 
+
 class RankError(ValueError):
     """A ranking request cannot be met; the message says why and how to fix it."""
 

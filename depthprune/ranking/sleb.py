@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB, CacheStats, CacheStore, CacheUnsupported, PrefixCache
 from depthprune.data.records import Record, batches
 from depthprune.evaluation.generation import answer_nll
-from depthprune.ranking.plan import RankError, RankRequest, Selection
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
+from depthprune.ranking.plan import RankError, RankRequest, Selection
+from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB, CacheStats, CacheStore, CacheUnsupported, PrefixCache
 from depthprune.settings import progress as progress_bar
 
 

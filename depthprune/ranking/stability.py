@@ -35,9 +35,9 @@ from depthprune.ranking.families import target_domain
 from depthprune.ranking.methods import SCORE_FREE, rank
 from depthprune.ranking.plan import Plan, RankError, RankRequest
 from depthprune.reporting.regimes import RANKING, Series
-from depthprune.settings import progress as progress_bar
-from depthprune.scoring.scores import Scores
 from depthprune.reporting.statistics import bootstrap_mean_ci, kendall_tau, top_k_overlap
+from depthprune.scoring.scores import Scores
+from depthprune.settings import progress as progress_bar
 
 #: methods that re-score the model after every removal: a scores file alone cannot re-rank them
 MODEL_METHODS = ("iterative", "sleb")

@@ -21,14 +21,23 @@ from typing import Any
 
 import torch
 
-from depthprune.reporting.regimes import RANKING, RULE, Series, analyze, regimes_json
-from depthprune.reporting.tables import ERROR_CONTROL, retention_table, best_table, budget_label, num, pairs_lines, pct, pval, stability_table
-from depthprune.scoring.scores import Scores, ScoresError
-from depthprune.ranking.stability import Stability, ranking_stability, stability_claim
-from depthprune.outputs import atomic_files
-from depthprune.reporting.statistics import kendall_tau, mcnemar_exact
-from depthprune.outputs import check_output, inputs_of
+from depthprune.outputs import atomic_files, check_output, inputs_of
 from depthprune.ranking.protection import Protection
+from depthprune.ranking.stability import Stability, ranking_stability, stability_claim
+from depthprune.reporting.regimes import RANKING, RULE, Series, analyze, regimes_json
+from depthprune.reporting.statistics import kendall_tau, mcnemar_exact
+from depthprune.reporting.tables import (
+    ERROR_CONTROL,
+    best_table,
+    budget_label,
+    num,
+    pairs_lines,
+    pct,
+    pval,
+    retention_table,
+    stability_table,
+)
+from depthprune.scoring.scores import Scores, ScoresError
 from depthprune.study.rundir import RunDir
 from depthprune.study.store import ResultRow, get_meta, open_store_readonly, read_results
 

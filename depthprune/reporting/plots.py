@@ -18,8 +18,8 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from depthprune.ranking.families import FAMILIES, family  # noqa: E402
-from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, Series  # noqa: E402
 from depthprune.ranking.stability import Stability  # noqa: E402
+from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, Series  # noqa: E402
 from depthprune.study.store import ResultRow  # noqa: E402
 
 REGIME_COLORS = {RANKING: "#f6c28b", CONVERGED: "#d9d9d9", STRUCTURE: "#9ecae1"}

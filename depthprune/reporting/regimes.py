@@ -45,7 +45,16 @@ from itertools import combinations
 import numpy as np
 
 from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, STRUCTURE_METHODS, family, target_domain
-from depthprune.reporting.statistics import binomial_two_sided, cochran_q, friedman, holm, mean_ci, mean_greater, spread_ci, wilcoxon_paired
+from depthprune.reporting.statistics import (
+    binomial_two_sided,
+    cochran_q,
+    friedman,
+    holm,
+    mean_ci,
+    mean_greater,
+    spread_ci,
+    wilcoxon_paired,
+)
 from depthprune.study.store import ResultRow
 
 ALPHA = 0.05

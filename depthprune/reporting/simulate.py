@@ -40,8 +40,8 @@ from statsmodels.stats.proportion import proportion_confint
 from depthprune.ranking.families import RANKINGS, STRUCTURE_AWARE, family
 from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, analyze
 from depthprune.settings import progress
-from depthprune.study.store import ResultRow, cell_key
 from depthprune.study.config import variant_label
+from depthprune.study.store import ResultRow, cell_key
 
 NUM_LAYERS, PROTECTED = 36, 3
 BUDGETS = (2, 4, 7, 9, 11, 13, 16, 18)

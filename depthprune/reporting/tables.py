@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from depthprune.reporting.regimes import ALPHA, Arm, BudgetStats, Series, arm_ci, size
 from depthprune.ranking.stability import Stability
+from depthprune.reporting.regimes import ALPHA, Arm, BudgetStats, Series, arm_ci, size
 
 ERROR_CONTROL = (f"Error control: the rankings-differ and structure-dominates p-values of every budget of every "
                  f"series form one Holm family (alpha = {ALPHA}); pairs of rankings are tested only where the "

@@ -358,8 +358,8 @@ def cached_ablation_nll(model: nn.Module, processor: Any, records: Sequence[Reco
     :func:`~depthprune.scoring.ablation.ablation_nll`, with a warning. Raises DataError if a record
     has no answer.
     """
-    from depthprune.scoring.ablation import ablation_nll, require_answers
     from depthprune.data.records import batches
+    from depthprune.scoring.ablation import ablation_nll, require_answers
     from depthprune.settings import progress as progress_bar
     require_answers(records)
     stats = stats if stats is not None else CacheStats(cache_mb)

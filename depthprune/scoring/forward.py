@@ -29,8 +29,8 @@ from torch import nn
 from depthprune import __version__
 from depthprune.data.records import Record, batches, data_fingerprint, encode
 from depthprune.models.architectures import architecture_protected, find_decoder_layers, input_device
-from depthprune.settings import progress as progress_bar
 from depthprune.scoring.scores import GROUPS, STATS, Scores
+from depthprune.settings import progress as progress_bar
 
 
 @dataclass

@@ -39,7 +39,6 @@ from depthprune.ranking.plan import RankRequest, parse_weights
 from depthprune.ranking.protection import Protection
 from depthprune.study.schema import Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
 
-
 #: Keys of RankRequest set by the study itself, not per method.
 _STUDY_LEVEL = ("method", "budget", "allow_deepstack", "protect_first", "protect_last")
 

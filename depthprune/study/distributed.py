@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from depthprune.data.records import Record, batches, data_fingerprint
-from depthprune.scoring.scores import Scores
 from depthprune.scoring.forward import ScoreSettings, cap_per_domain, score_model
+from depthprune.scoring.scores import Scores
 
 
 @dataclass

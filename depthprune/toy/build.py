@@ -12,8 +12,11 @@ import random
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration, Qwen3VLProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLImageProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
 )
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 

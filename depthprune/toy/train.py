@@ -30,9 +30,9 @@ import torch
 from tqdm import tqdm
 
 from depthprune.data import synth
-from depthprune.outputs import atomic_dir
 from depthprune.data.records import Record, encode, load_records
 from depthprune.evaluation.generation import generate_outputs
+from depthprune.outputs import atomic_dir
 from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
 from depthprune.toy.build import HIDDEN, NUM_LAYERS, build_model, build_processor
 

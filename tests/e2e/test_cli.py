@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 from transformers import AutoModelForImageTextToText
+from typer.testing import CliRunner
 
 from depthprune.cli import app
 from depthprune.scoring.scores import Scores

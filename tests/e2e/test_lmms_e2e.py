@@ -59,9 +59,9 @@ def test_sweep_lmms_set_matches_jsonl_set_per_sample(tmp_path):
     pytest.importorskip("lmms_eval")
     import yaml
 
+    from depthprune.data.synth import synthesize
     from depthprune.study.store import read_results
     from depthprune.study.sweep import run_study
-    from depthprune.data.synth import synthesize
     data = synthesize(tmp_path / "data", seed=4, n_train=0, n_calib=8, n_eval=12)
     res = CliRunner().invoke(app, ["data", "lmms-task", "--data", str(data["eval"]), "--out",
                                    str(tmp_path / "task"), "--name", "toyq", "--max-new-tokens", "8"])

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import yaml
+
 from tests.helpers.cli import assert_user_error, run, tree_hash
 from tests.helpers.tiny_models import save_tiny
 

@@ -16,8 +16,7 @@ import pytest
 from safetensors import safe_open
 
 from depthprune.outputs import OutputError, atomic_dir, atomic_files, reclaim_stale
-from tests.helpers.cli import (assert_user_error, dead_pid, file_size_limit, leftovers, run, spawn,
-                               tree_hash)
+from tests.helpers.cli import assert_user_error, dead_pid, file_size_limit, leftovers, run, spawn, tree_hash
 from tests.helpers.tiny_models import save_tiny
 
 

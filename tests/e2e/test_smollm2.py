@@ -19,8 +19,8 @@ pytest.importorskip("gguf", reason="needs depthprune[real]: bash scripts/test.sh
 def test_gguf_load_is_exact_and_records_its_source(smollm2_path):
     from transformers import AutoModelForCausalLM
 
-    from depthprune.models.gguf import gguf_source
     from depthprune.models.architectures import find_decoder_layers
+    from depthprune.models.gguf import gguf_source
     from depthprune.models.loading import load_model
     model, tok = load_model(smollm2_path)
     assert type(model).__name__ == "LlamaForCausalLM" and len(find_decoder_layers(model)[1]) == 30

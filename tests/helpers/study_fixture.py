@@ -9,10 +9,10 @@ from pathlib import Path
 
 from depthprune.data.records import load_records
 from depthprune.evaluation.generation import evaluate, wilson_interval
-from depthprune.ranking.methods import rank
-from depthprune.ranking.plan import RankRequest
 from depthprune.models.loading import load_model
 from depthprune.pruning import layers_as_identity
+from depthprune.ranking.methods import rank
+from depthprune.ranking.plan import RankRequest
 from depthprune.scoring.forward import ScoreSettings, score_model
 from depthprune.study.rundir import RunDir
 from depthprune.study.store import ResultRow, cell_key, open_store, set_meta, write_cell

@@ -7,9 +7,20 @@ keep each family's structure (GQA, deepstack, MoE, sliding/full layer types).
 from __future__ import annotations
 
 from transformers import (
-    Gemma3Config, Gemma3TextConfig, LlamaConfig, LlavaConfig, LlavaOnevisionConfig, MistralConfig,
-    Phi3Config, Qwen2_5_VLConfig, Qwen2Config, Qwen2VLConfig, Qwen3Config, Qwen3VLConfig,
-    Qwen3VLMoeConfig, SiglipVisionConfig,
+    Gemma3Config,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaOnevisionConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2_5_VLConfig,
+    Qwen2Config,
+    Qwen2VLConfig,
+    Qwen3Config,
+    Qwen3VLConfig,
+    Qwen3VLMoeConfig,
+    SiglipVisionConfig,
 )
 
 VOCAB = 512

@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedTokenizerFast
 
-from tests.helpers.tiny_configs import FAMILIES, IMAGE_ID, VEND_ID, VIDEO_ID, VOCAB, VLM_FAMILIES, VSTART_ID
+from tests.helpers.tiny_configs import FAMILIES, IMAGE_ID, VEND_ID, VIDEO_ID, VLM_FAMILIES, VOCAB, VSTART_ID
 
 WORDS = ("what is the colour of shape circle square triangle red green blue left right top bottom "
          "how many plus minus times sum answer word read image picture number count bigger smaller "
@@ -51,8 +51,14 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 
 def make_processor(family: str, tok: PreTrainedTokenizerFast):
     """A real processor for the Qwen-VL families; None for the others (tokenizer only)."""
-    from transformers import (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor,
-                              Qwen2VLVideoProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor)
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
     size = {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
     image = Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2, size=size)
     if family in ("qwen3_vl", "qwen3_vl_moe"):

@@ -9,14 +9,15 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from depthprune.scoring.ablation import ablation_nll
 from depthprune.cli import app
 from depthprune.data.records import DataError, load_records
 from depthprune.evaluation.generation import answer_nll
 from depthprune.models.loading import load_model
 from depthprune.pruning import prune_layers
+from depthprune.scoring.ablation import ablation_nll
 from depthprune.scoring.scores import Scores
 from tests.helpers.scores import scores_with
+
 
 def test_cli_diagnose_and_error_without_ablation(tmp_path):
     s = scores_with({"math": [0.9, 0.5, 0.7, 0.8], "general": [0.5, 0.9, 0.7, 0.6]},

@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from depthprune.scoring.ablation import ablation_nll
-from depthprune.scoring.ablation_cache import CacheStats, CacheStore, cache_bytes, cached_ablation_nll
 from depthprune.data.records import load_records
 from depthprune.models.loading import load_model
+from depthprune.scoring.ablation import ablation_nll
+from depthprune.scoring.ablation_cache import CacheStats, CacheStore, cache_bytes, cached_ablation_nll
 from tests.helpers.ablation import long_text
 from tests.helpers.tiny_configs import FAMILIES, LAYERS
 from tests.helpers.tiny_models import load_tiny_family, save_tiny
+
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def tiny(request, tmp_path_factory, calib_dir):

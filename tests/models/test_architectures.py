@@ -13,7 +13,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from depthprune.data.records import encode
-from depthprune.models.architectures import ADAPTERS, adapter_for, architecture_protected, find_decoder_layers, text_config
+from depthprune.models.architectures import (
+    ADAPTERS,
+    adapter_for,
+    architecture_protected,
+    find_decoder_layers,
+    text_config,
+)
 from depthprune.pruning import layers_as_identity, prune_layers, pruning_info, save_pruned
 from depthprune.scoring.forward import ScoreSettings, score_model
 from tests.helpers.tiny_configs import FAMILIES, LAYERS, LLM_FAMILIES, VLM_FAMILIES

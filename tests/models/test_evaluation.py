@@ -13,12 +13,20 @@ import pytest
 import torch
 from rich.console import Console
 
-from depthprune.evaluation import generation as evaluation
 from depthprune.data.records import DataError, encode, load_records, render_prompt
-from depthprune.evaluation.generation import EvalResult, Prediction, answer_nll, evaluate, evaluate_path, predictions_path, wilson_interval
-from depthprune.tables import format_metrics_table
+from depthprune.evaluation import generation as evaluation
 from depthprune.evaluation.answers import extract_answer, last_number, normalize_text, parse_number, score_answer
+from depthprune.evaluation.generation import (
+    EvalResult,
+    Prediction,
+    answer_nll,
+    evaluate,
+    evaluate_path,
+    predictions_path,
+    wilson_interval,
+)
 from depthprune.models.loading import load_model
+from depthprune.tables import format_metrics_table
 from tests.helpers.tiny_configs import FAMILIES, VLM_FAMILIES
 from tests.helpers.tiny_models import save_tiny
 

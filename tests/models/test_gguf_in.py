@@ -7,6 +7,7 @@ import pytest
 from depthprune.models.architectures import ModelError
 from depthprune.models.loading import load_model, resolve_model_id
 
+
 # ---------------------------------------------------------------------- GGUF entry points
 def test_gguf_errors_name_the_input_and_fix(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match=r"missing\.gguf: GGUF file not found"):

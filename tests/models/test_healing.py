@@ -15,15 +15,22 @@ from typer.testing import CliRunner
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from tests.helpers.tiny_models import save_tiny
-
 from depthprune.cli import app
 from depthprune.data.records import load_records
 from depthprune.healing.checkpoint import heal
 from depthprune.healing.recipe import HealConfig, HealError
-from depthprune.healing.trainer import (TimeBudget, checkpoints, freeze_for, heal_model, holdout_split,
-                                     interleaved_layers, neighbour_layers, training_batch)
+from depthprune.healing.trainer import (
+    TimeBudget,
+    checkpoints,
+    freeze_for,
+    heal_model,
+    holdout_split,
+    interleaved_layers,
+    neighbour_layers,
+    training_batch,
+)
 from depthprune.models.loading import load_model
+from tests.helpers.tiny_models import save_tiny
 
 runner = CliRunner()
 FAST = {"steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1}

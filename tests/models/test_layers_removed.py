@@ -9,12 +9,12 @@ import copy
 import pytest
 import torch
 
-from depthprune.scoring.ablation import ablation_nll
 from depthprune.data.records import encode, load_records
 from depthprune.evaluation.generation import answer_nll
-from depthprune.models.loading import load_model
 from depthprune.models.architectures import text_config
+from depthprune.models.loading import load_model
 from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
+from depthprune.scoring.ablation import ablation_nll
 from tests.helpers.ablation import long_text
 from tests.helpers.tiny_configs import LAYERS
 from tests.helpers.tiny_models import save_tiny
@@ -42,6 +42,7 @@ def test_ablation_nll_equals_the_saved_and_reloaded_pruned_checkpoint(family, tm
 
 def test_layers_removed_slices_and_restores_per_layer_config():
     from transformers import AutoModelForCausalLM
+
     from tests.helpers.tiny_configs import qwen2
     model = AutoModelForCausalLM.from_config(qwen2())
     cfg = text_config(model)

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from depthprune.data.records import (DataError, Record, checkpoint_has_chat_template, encode, load_records, plain_prompt,
-                             prompt_format, render_prompt, set_prompt_format)
+from depthprune.data.records import (
+    DataError,
+    Record,
+    checkpoint_has_chat_template,
+    encode,
+    load_records,
+    plain_prompt,
+    prompt_format,
+    render_prompt,
+    set_prompt_format,
+)
 from depthprune.evaluation.generation import answer_span
 from depthprune.models.loading import load_model
 from tests.helpers.cli import assert_user_error, run

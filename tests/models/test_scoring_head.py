@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from depthprune.data.records import encode, load_records
-from depthprune.models.loading import load_model
 from depthprune.models.architectures import find_decoder_layers
+from depthprune.models.loading import load_model
 from depthprune.scoring.forward import ScoreSettings, SimilarityRecorder, score_model, token_groups
 from tests.helpers.tiny_models import save_tiny
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.helpers.ablation import long_text
-from depthprune.scoring.ablation_cache import cached_ablation_nll
 from depthprune.cli import app
 from depthprune.data.records import load_records
 from depthprune.evaluation.generation import answer_nll
-from depthprune.ranking.methods import METHODS, rank
-from depthprune.ranking.plan import RankError, RankRequest
 from depthprune.models.loading import load_model
 from depthprune.pruning import prune_layers
+from depthprune.ranking.methods import METHODS, rank
+from depthprune.ranking.plan import RankError, RankRequest
 from depthprune.ranking.sleb import Sleb, objective_weights
+from depthprune.scoring.ablation_cache import cached_ablation_nll
+from tests.helpers.ablation import long_text
 from tests.helpers.tiny_models import save_tiny
 
 

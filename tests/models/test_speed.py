@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.helpers.tiny_models import save_tiny
 from transformers import AutoModelForImageTextToText
 from typer.testing import CliRunner
 
 from depthprune.cli import app
 from depthprune.speed import count_parameters, expected_speedup
+from tests.helpers.tiny_models import save_tiny
 
 
 def test_prune_records_and_prints_expected_speedup(tmp_path):

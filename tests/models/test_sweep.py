@@ -18,16 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.helpers.tiny_models import save_tiny
 
-from depthprune.study.cell import pruned_in_memory
 from depthprune.data.records import load_records
 from depthprune.evaluation.generation import answer_nll, generate_outputs
 from depthprune.models.loading import load_model
 from depthprune.pruning import prune_layers
 from depthprune.scoring.scores import Scores
+from depthprune.study.cell import pruned_in_memory
 from depthprune.study.store import get_meta, open_store, read_results
 from depthprune.study.sweep import run_study
+from tests.helpers.tiny_models import save_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 

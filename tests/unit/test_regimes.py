@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from depthprune.ranking.families import REFERENCES, RANKINGS, STRUCTURE_AWARE, family, target_domain
+from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, family, target_domain
 from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, analyze, regimes_json
 from depthprune.reporting.simulate import BUDGETS, METHODS, Scenario, outcome, simulate_study
 from depthprune.reporting.statistics import cochran_q

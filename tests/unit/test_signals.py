@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from depthprune.scoring.signals import diagnose, rankdata, spearman
 from depthprune.ranking.methods import rank
 from depthprune.ranking.plan import RankError, RankRequest
 from depthprune.scoring.scores import Scores, ScoresError
+from depthprune.scoring.signals import diagnose, rankdata, spearman
 from tests.helpers.scores import scores_with
+
 
 # ---------------------------------------------------------------------- rank correlation
 def test_rankdata_averages_ties_and_spearman_matches_hand_values():

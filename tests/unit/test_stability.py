@@ -8,10 +8,16 @@ import torch
 
 from depthprune.ranking.methods import rank
 from depthprune.ranking.plan import RankRequest
+from depthprune.ranking.stability import (
+    compare_at_budget,
+    ranking_column,
+    ranking_stability,
+    resample_index,
+    stability_claim,
+)
 from depthprune.reporting.regimes import analyze
-from depthprune.scoring.scores import Scores
-from depthprune.ranking.stability import compare_at_budget, ranking_column, ranking_stability, resample_index, stability_claim
 from depthprune.reporting.statistics import kendall_tau
+from depthprune.scoring.scores import Scores
 from tests.unit.test_regimes import _first, _row
 
 L, N = 10, 40

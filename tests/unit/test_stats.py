@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 import numpy as np
+import pytest
 from scipy import stats as sps
 
-from depthprune.reporting.statistics import (binomial_two_sided, bootstrap_mean_ci, cochran_q, friedman, holm, kendall_tau,
-                              mcnemar_exact, mean_ci, mean_greater, spread_ci, top_k_overlap, wilcoxon_paired)
+from depthprune.reporting.statistics import (
+    binomial_two_sided,
+    bootstrap_mean_ci,
+    cochran_q,
+    friedman,
+    holm,
+    kendall_tau,
+    mcnemar_exact,
+    mean_ci,
+    mean_greater,
+    spread_ci,
+    top_k_overlap,
+    wilcoxon_paired,
+)
 
 
 def test_binomial_two_sided_hand_values():

@@ -7,7 +7,16 @@ import sqlite3
 
 import pytest
 
-from depthprune.study.store import ResultRow, cell_key, completed_cells, get_meta, open_store, read_results, set_meta, write_cell
+from depthprune.study.store import (
+    ResultRow,
+    cell_key,
+    completed_cells,
+    get_meta,
+    open_store,
+    read_results,
+    set_meta,
+    write_cell,
+)
 
 
 def _rows(cell: str, domains=("math", "general")) -> list[ResultRow]:

@@ -133,8 +133,8 @@ def test_cli_bad_study_is_one_line_exit_2_before_loading(tmp_path, calib_dir):
 
 def test_demo_study_quick_caps_calibration_and_full_does_not(tmp_path, calib_dir):
     """The demo's two studies parse; --quick scores the first 64 calibration records per domain."""
-    from depthprune.toy.demo import QUICK_BUDGETS, QUICK_CALIB_PER_DOMAIN, demo_study
     from depthprune.study.config import parse_study
+    from depthprune.toy.demo import QUICK_BUDGETS, QUICK_CALIB_PER_DOMAIN, demo_study
     data = {"calib": calib_dir / "calib.jsonl", "eval": calib_dir / "calib.jsonl"}
     quick = parse_study(demo_study(data, quick=True), tmp_path, source="demo study")
     full = parse_study(demo_study(data, quick=False), tmp_path, source="demo study")
@@ -146,8 +146,8 @@ def test_demo_study_quick_caps_calibration_and_full_does_not(tmp_path, calib_dir
 def test_demo_headline_study_reuses_the_grid_calibration(tmp_path, calib_dir):
     """The full demo's headline sweep: domain-aware signals per domain at 25% on every eval
     record, unhealed, with the grid's calibration identity (so the grid's scores are reused)."""
-    from depthprune.toy.demo import demo_study, headline_study
     from depthprune.study.config import parse_study
+    from depthprune.toy.demo import demo_study, headline_study
     data = {"calib": calib_dir / "calib.jsonl", "eval": calib_dir / "calib.jsonl"}
     grid = parse_study(demo_study(data, quick=False), tmp_path, source="demo study")
     head = parse_study(headline_study(data), tmp_path, source="demo headline study")

@@ -7,8 +7,9 @@ from typer.testing import CliRunner
 
 from depthprune.cli import app
 from depthprune.data.records import load_records
-from depthprune.evaluation.answers import score_answer
 from depthprune.data.textbench import build_splits, write_text_benchmark
+from depthprune.evaluation.answers import score_answer
+
 
 # ---------------------------------------------------------------------- text benchmark
 def test_text_benchmark_is_deterministic_disjoint_and_checkable(tmp_path):
