@@ -119,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="generation limit (toy 8, text 12)")
     ap.add_argument("--jobs", type=int, default=0, help="evaluations run at once (default 0: all side by side)")
     ap.add_argument("--ablation", action="store_true", help="also print single-layer ablation damage")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run in --out: steps whose outputs exist are not run again")
     args = ap.parse_args(argv)
     groups = args.variants or ["domain@all", "domain@last", "contrast@all"]
     for v in groups:
@@ -126,11 +128,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not (v in ("ablation", "sleb") or (method in ("domain", "contrast") and group in ("all", "last", "image", "text"))):
             raise SystemExit(f"--variant {v}: use domain@GROUP, contrast@GROUP, ablation or sleb")
     out: Path = args.out
-    if out.exists():
-        raise SystemExit(f"{out}: exists; pass a new --out")
-    out.mkdir(parents=True)
+    if out.exists() and not args.resume:
+        raise SystemExit(f"{out}: exists; pass a new --out (or --resume to continue it)")
+    out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    if args.benchmark == "toy":
+    if (data / "eval.jsonl").is_file():
+        pass  # resumed: the same seed wrote these
+    elif args.benchmark == "toy":
         _cli("data", "synth", "--out", str(data), "--seed", str(args.seed), "--n-train", "0",
              "--n-calib", str(args.n_calib or N_CALIB), "--n-eval", str(args.n_eval or N_EVAL))
     else:
@@ -139,8 +143,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     max_new_tokens = args.max_new_tokens or (8 if args.benchmark == "toy" else 12)  # toy answers: <= 5 tokens
     bs, f32 = str(args.batch_size), ("--dtype", "float32")
     needs_ablation = "ablation" in groups or args.ablation
-    _cli("score", args.model, "--data", str(data / "calib.jsonl"), "--out", str(out / "scores.json"),
-         "--batch-size", bs, *f32, *(["--ablation"] if needs_ablation else []))
+    if not (out / "scores.json").is_file():
+        _cli("score", args.model, "--data", str(data / "calib.jsonl"), "--out", str(out / "scores.json"),
+             "--batch-size", bs, *f32, *(["--ablation"] if needs_ablation else []))
     evals = {"base": args.model}  # name -> checkpoint; identical plans are evaluated once
     alias: dict[str, str] = {}
     removed: dict[str, list[int]] = {}
@@ -151,10 +156,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             method, _, token_group = group.partition("@")
             source = ["--data", str(data / "calib.jsonl")] if method == "sleb" else ["--scores", str(out / "scores.json")]
             started = time.perf_counter()
-            _cli("prune", args.model, *source, "--method", method, "--domain", domain, "--budget", args.budget,
-                 "--batch-size", bs, *f32, *(["--token-group", token_group] if token_group else []),
-                 "--out", str(out / name))
-            seconds[name] = round(time.perf_counter() - started, 1)
+            if not (out / name / "pruning.json").is_file():
+                _cli("prune", args.model, *source, "--method", method, "--domain", domain, "--budget", args.budget,
+                     "--batch-size", bs, *f32, *(["--token-group", token_group] if token_group else []),
+                     "--out", str(out / name))
+                seconds[name] = round(time.perf_counter() - started, 1)
             removed[name] = json.loads((out / name / "pruning.json").read_text())["removed_layers"]
             same = next((n for n in removed if n != name and removed[n] == removed[name]), None)
             if same is None:
@@ -165,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if needs_ablation:
         results["ablation"] = ablation(out / "scores.json")
     # evaluations run side by side (--jobs at a time): each process gets its own CPU share
-    pending = [_eval_args(ckpt, data, out / f"{name}.json", bs, max_new_tokens) for name, ckpt in evals.items()]
+    pending = [_eval_args(ckpt, data, out / f"{name}.json", bs, max_new_tokens) for name, ckpt in evals.items()
+               if not (out / f"{name}.json").is_file()]
     running: list[subprocess.Popen] = []
     while pending or running:
         while pending and (args.jobs <= 0 or len(running) < args.jobs):
