@@ -159,3 +159,12 @@ def test_quiet_is_quiet_for_every_long_command(tmp_path, calib_dir, llm):
         res = run("--quiet", *args)
         assert res.exit_code == 0, res.output
         assert "%|" not in res.output and "it/s" not in res.output and "{'loss'" not in res.output, (args[0], res.output)
+
+
+def test_heal_on_a_full_disk_is_one_line_and_leaves_no_work_directory(tmp_path, calib_dir, llm):
+    from tests.helpers.cli import file_size_limit
+    with file_size_limit(64 * 1024):  # TRL's first checkpoint (the tiny model's weights) does not fit
+        res = run("--quiet", "heal", llm, "--data", calib_dir / "text.jsonl", "--out", tmp_path / "healed",
+                  "--steps", "2", "--batch-size", "2", "--save-steps", "1")
+    assert_user_error(res, "cannot write", roots=(tmp_path,))
+    assert list(tmp_path.iterdir()) == []  # neither the output nor healed.heal-work
