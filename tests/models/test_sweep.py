@@ -147,6 +147,27 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, llm, calib_dir, eval
     assert Scores.load(run / "scores.json").fingerprint() == Scores.load(reference / "scores.json").fingerprint()
 
 
+def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file):
+    """Ctrl-C mid-sweep: exit 130, one line saying the stored cells are kept (not "nothing was
+    written", as it said when cells had been stored)."""
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = run / "results.sqlite"
+    while proc.poll() is None:
+        if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= 2:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "keeps the cells it stored" in lines[0], err[-2000:]
+    assert "Traceback" not in err
+
+
 def _worker(rank: int, port: int, study: str, out: str, report: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
