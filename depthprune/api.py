@@ -156,6 +156,93 @@ def check_plan(the_plan: Plan, num_layers: int, architecture_protected: list[int
     return the_plan
 
 
+def _given_plan(layers: Sequence[int] | None, plan_or_scores: Any, num_layers: int, arch_protected: list[int],
+                flags: dict) -> Plan | None:
+    """The plan the caller gave (explicit ``layers``, a Plan or a ``.plan.json``), checked against
+    the model; None when a method is to choose one."""
+    if layers is not None:
+        return manual_plan(num_layers, layers, arch_protected, **flags)
+    if isinstance(plan_or_scores, Plan) or (isinstance(plan_or_scores, (str, os.PathLike))
+                                            and str(plan_or_scores).endswith(".plan.json")):
+        source = "the plan" if isinstance(plan_or_scores, Plan) else str(plan_or_scores)
+        loaded = plan_or_scores if isinstance(plan_or_scores, Plan) else Plan.load(plan_or_scores)
+        return check_plan(loaded, num_layers, arch_protected, source, **flags)
+    return None
+
+
+def _method_inputs(model: PathLike, plan_or_scores: Any, method: str | None, budget: Any, data: Any,
+                   num_layers: int, arch_protected: list[int], max_samples: int | None,
+                   plan_kwargs: dict) -> tuple[Scores, list | None]:
+    """For a method: its scores (empty for the score-free and measuring methods when none are
+    given) and, for ``iterative`` / ``sleb``, their calibration records; every check that needs
+    no model."""
+    if method is None or budget is None:
+        raise RankError("prune needs a plan, or a method and a budget (--method, --budget)")
+    req = RankRequest(method=method, budget=budget, **{k: v for k, v in plan_kwargs.items()
+                                                       if k in RankRequest.__dataclass_fields__})
+    check_request(req)
+    resolve_budget(budget, num_layers)
+    if plan_or_scores is None:
+        if method not in SCORE_FREE and method not in MEASURING:
+            raise RankError(f"method '{method}' needs scores: pass --scores FILE (from `depthprune score`)")
+        scores = empty_scores(num_layers, str(model), arch_protected)
+    else:
+        scores = plan_or_scores if isinstance(plan_or_scores, Scores) else Scores.load(plan_or_scores)
+        if scores.num_layers != num_layers:
+            raise RankError(f"the scores are of a model with {scores.num_layers} decoder layers but "
+                            f"{model} has {num_layers}; re-run `depthprune score` on this model")
+    if method not in MEASURING:
+        return scores, None
+    if data is None:
+        raise RankError(f"method '{method}' {MEASURING[method]} after each removal: pass --data")
+    records = load_records(_as_list(data))
+    check_request(req, sorted({r.domain for r in records}), where="data")
+    if method == "sleb":  # the objective's domains and their answers
+        from depthprune.ranking.sleb import objective_weights
+        from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
+        records = cap_per_domain(records, max_samples)
+        used = objective_weights([r.domain for r in records], req)
+        require_answers([r for r in records if r.domain in used], SLEB_NEEDS)
+    return scores, records
+
+
+def _measured_plan(net: Any, processor: Any, model: PathLike, scores: Scores, records: list, method: str,
+                   budget: Any, batch_size: int, max_samples: int | None, ablation_cache_mb: float | None,
+                   progress: bool, plan_kwargs: dict) -> Plan:
+    """The plan of a method that runs the model after each removal: ``sleb`` (answer NLL from
+    the prefix cache) or ``iterative`` (the cosines re-scored)."""
+    if method == "sleb":
+        from depthprune.ranking.sleb import Sleb
+        from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB
+        selector = Sleb(net, processor, records, batch_size, cache_mb=ablation_cache_mb or DEFAULT_CACHE_MB,
+                        progress=progress)
+        return plan(scores, method, budget, score_fn=selector, **plan_kwargs)
+    settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)
+
+    def rescore(removed: list[int]) -> Scores:
+        with layers_removed(net, removed):
+            return score_model(net, processor, records, settings, str(model), progress=progress)
+    if not scores.sample_ids:  # no scores given: step 0 scores the full model
+        scores = rescore([])
+    return plan(scores, method, budget, score_fn=rescore, **plan_kwargs)
+
+
+def _save_pruned_checkpoint(net: Any, processor: Any, model: PathLike, the_plan: Plan, num_layers: int,
+                            out: PathLike, extra: dict, overwrite: bool) -> tuple[Path, dict]:
+    """Prune ``net`` in place and save the stock checkpoint with its ``pruning.json``."""
+    from depthprune.models.gguf import gguf_source
+    params_before = count_parameters(net)
+    prune_layers(net, the_plan.remove)
+    speedup = expected_speedup(num_layers, len(the_plan.remove), params_before, count_parameters(net))
+    info = pruning_info(str(model), num_layers, the_plan.remove, the_plan.method, the_plan.request.get("budget"),
+                        extra=dict(extra, expected_speedup=speedup))
+    files_from: PathLike = model
+    if gguf_source(net) is not None:  # e.g. {"gguf_file": ".../x.Q4_1.gguf", "quantization": "Q4_1", ...}
+        info["gguf_source"] = gguf_source(net)
+        files_from = gguf_source(net)["converted_dir"]  # its tokenizer files, copied byte-for-byte
+    return save_pruned(net, processor, out, info, source_model=files_from, overwrite=overwrite), info
+
+
 def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out: PathLike, *,
           layers: Sequence[int] | None = None, method: str | None = None, budget: int | float | str | None = None,
           data: PathLike | Sequence[PathLike] | None = None, overwrite: bool = False,
@@ -174,7 +261,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     A ``.gguf`` ``out`` (for a GGUF ``model``) writes a GGUF file that keeps the source's
     quantized bytes, with the record in ``NAME.pruning.json`` beside it
     (:mod:`depthprune.models.gguf_out`); the weights are then never dequantised (except for
-    ``iterative``, which runs the model).
+    ``iterative`` and ``sleb``, which run the model).
 
     Everything that can be checked without the weights is checked first: the output (never
     the source, inside it or around it), dtype/device, the config, the plan or the scores and
@@ -196,46 +283,12 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
         warnings.simplefilter("ignore")  # load_model warns about untested architectures once
         arch_protected = adapter_for(config).protected(config)
     flags = {k: plan_kwargs[k] for k in ("allow_deepstack", "protect_first", "protect_last") if k in plan_kwargs}
-    the_plan: Plan | None = None
-    scores: Scores | None = None
-    records = None
-    if layers is not None:
-        the_plan = manual_plan(num_layers, layers, arch_protected, **flags)
-    elif isinstance(plan_or_scores, Plan) or (isinstance(plan_or_scores, (str, os.PathLike))
-                                              and str(plan_or_scores).endswith(".plan.json")):
-        source = "the plan" if isinstance(plan_or_scores, Plan) else str(plan_or_scores)
-        loaded = plan_or_scores if isinstance(plan_or_scores, Plan) else Plan.load(plan_or_scores)
-        the_plan = check_plan(loaded, num_layers, arch_protected, source, **flags)
-    else:
-        if method is None or budget is None:
-            raise RankError("prune needs a plan, or a method and a budget (--method, --budget)")
-        req = RankRequest(method=method, budget=budget, **{k: v for k, v in plan_kwargs.items()
-                                                           if k in RankRequest.__dataclass_fields__})
-        check_request(req)
-        resolve_budget(budget, num_layers)
-        if plan_or_scores is None:
-            if method not in SCORE_FREE and method not in MEASURING:
-                raise RankError(f"method '{method}' needs scores: pass --scores FILE "
-                                "(from `depthprune score`)")
-            scores = empty_scores(num_layers, str(model), arch_protected)
-        else:
-            scores = plan_or_scores if isinstance(plan_or_scores, Scores) else Scores.load(plan_or_scores)
-            if scores.num_layers != num_layers:
-                raise RankError(f"the scores are of a model with {scores.num_layers} decoder layers but "
-                                f"{model} has {num_layers}; re-run `depthprune score` on this model")
-        if method in MEASURING:
-            if data is None:
-                raise RankError(f"method '{method}' {MEASURING[method]} after each removal: pass --data")
-            records = load_records(_as_list(data))
-            check_request(req, sorted({r.domain for r in records}), where="data")
-            if method == "sleb":  # before the model loads: the objective's domains and their answers
-                from depthprune.ranking.sleb import objective_weights
-                from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
-                records = cap_per_domain(records, max_samples)
-                used = objective_weights([r.domain for r in records], req)
-                require_answers([r for r in records if r.domain in used], SLEB_NEEDS)
-        else:
-            the_plan = plan(scores, method, budget, **plan_kwargs)  # no model needed: fail early
+    the_plan = _given_plan(layers, plan_or_scores, num_layers, arch_protected, flags)
+    if the_plan is None:
+        scores, records = _method_inputs(model, plan_or_scores, method, budget, data, num_layers, arch_protected,
+                                         max_samples, plan_kwargs)
+        if records is None:  # a method on the scores alone: no model needed, fail early
+            the_plan = plan(scores, method, budget, **plan_kwargs)
     net = processor = None
 
     def load() -> tuple[Any, Any]:
@@ -245,26 +298,12 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
             raise ModelError(f"{model}: the loaded model has {len(find_decoder_layers(loaded)[1])} decoder "
                              f"layers, its config says {num_layers}")
         return loaded, proc
-    if the_plan is None and method == "sleb":
-        from depthprune.ranking.sleb import Sleb
-        from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB
+    if the_plan is None:  # iterative / sleb: the model measures after each removal
         net, processor = load()
-        selector = Sleb(net, processor, records, batch_size, cache_mb=ablation_cache_mb or DEFAULT_CACHE_MB,
-                        progress=progress)
-        the_plan = plan(scores, method, budget, score_fn=selector, **plan_kwargs)
-    if the_plan is None:  # iterative: re-scores the model after each removal
-        net, processor = load()
-        settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)
-
-        def rescore(removed: list[int]) -> Scores:
-            with layers_removed(net, removed):
-                return score_model(net, processor, records, settings, str(model), progress=progress)
-        if not scores.sample_ids:  # no scores given: step 0 scores the full model
-            scores = rescore([])
-        the_plan = plan(scores, method, budget, score_fn=rescore, **plan_kwargs)
+        the_plan = _measured_plan(net, processor, model, scores, records, method, budget, batch_size, max_samples,
+                                  ablation_cache_mb, progress, plan_kwargs)
     if the_plan.scores_model_id and Path(str(the_plan.scores_model_id)).name != Path(str(model)).name:
-        warnings.warn(f"scores were computed on '{the_plan.scores_model_id}', pruning '{model}'",
-                      stacklevel=2)
+        warnings.warn(f"scores were computed on '{the_plan.scores_model_id}', pruning '{model}'", stacklevel=2)
     req = the_plan.request
     extra = {"domain": req.get("domain"), "weights": req.get("weights"), "request": req,
              "protected_layers": the_plan.protected, "reasons": {str(k): v for k, v in the_plan.reasons.items()},
@@ -276,17 +315,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
         return (Path(out), info) if return_info else Path(out)
     if net is None:
         net, processor = load()
-    params_before = count_parameters(net)
-    prune_layers(net, the_plan.remove)
-    speedup = expected_speedup(num_layers, len(the_plan.remove), params_before, count_parameters(net))
-    info = pruning_info(str(model), num_layers, the_plan.remove, the_plan.method, req.get("budget"),
-                        extra=dict(extra, expected_speedup=speedup))
-    from depthprune.models.gguf import gguf_source
-    files_from: PathLike = model
-    if gguf_source(net) is not None:  # e.g. {"gguf_file": ".../x.Q4_1.gguf", "quantization": "Q4_1", ...}
-        info["gguf_source"] = gguf_source(net)
-        files_from = gguf_source(net)["converted_dir"]  # its tokenizer files, copied byte-for-byte
-    path = save_pruned(net, processor, out, info, source_model=files_from, overwrite=overwrite)
+    path, info = _save_pruned_checkpoint(net, processor, model, the_plan, num_layers, out, extra, overwrite)
     return (path, info) if return_info else path
 
 
