@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,8 +55,7 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     """
     from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
     from depthprune.models.loading import load_model, resolve_model_id
-    from depthprune.outputs import atomic_dir, check_output, inputs_of
-    from depthprune.pruning import pruning_info, save_pruned
+    from depthprune.outputs import check_output, inputs_of
 
     config = config or HealConfig()
     model_id, out = resolve_model_id(model_id), Path(out).expanduser()
@@ -71,13 +71,7 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
                "teacher": str(teacher_id) if teacher_id else None, "config": asdict(config),
                "prompt_format": prompt_format}
     request_file = work / "heal_request.json"
-    if work.is_dir() and checkpoints(work, complete=False):
-        if not resume:
-            raise HealError(f"{work}: holds checkpoints of an interrupted heal run. Pass --resume to "
-                            f"continue it, or delete {work} to start over")
-        if request_file.is_file() and json.loads(request_file.read_text()) != request:
-            raise HealError(f"{work}: its checkpoints are from a run with another model, data or "
-                            f"recipe. Repeat that run's options, or delete {work} to start over")
+    _check_resume(work, request_file, request, resume)
     info = read_pruning_info(model_id) if Path(str(model_id)).is_dir() else None
     removed = (info or {}).get("removed_layers") or None
     if config.mode in NEEDS_REMOVED and not removed:
@@ -110,18 +104,43 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
         shutil.rmtree(work, ignore_errors=True)
         raise OutputError(f"{work}: cannot write the training checkpoints ({why}); they were removed and "
                           f"nothing was written to {out}") from None
+    stats.recipe |= {"data_files": [str(p) for p in paths], "prompt_format": used_format}
     if teacher is not None:
         stats.recipe["teacher"] = str(teacher_id)
-    stats.recipe["data_files"] = [str(p) for p in paths]
-    stats.recipe["prompt_format"] = used_format
-    if info is None:
-        info = pruning_info(str(model_id), n_layers, [], method="none", budget_spec=0)
-    info = dict(info)
-    if "healing" in info:  # healing a healed checkpoint: keep the earlier entries
-        info["healing_history"] = info.get("healing_history", []) + [info["healing"]]
-    info["healing"] = {"source_model": str(model_id), **stats.to_dict()}
+    info = _with_healing(info, model_id, n_layers, stats)
     if save_dtype is not None:
         model.to(save_dtype)
+    _save_healed(model, processor, model_id, out, work, info)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _check_resume(work: Path, request_file: Path, request: dict, resume: bool) -> None:
+    """Refuse a work directory holding another run's checkpoints, or this run's without --resume."""
+    if work.is_dir() and checkpoints(work, complete=False):
+        if not resume:
+            raise HealError(f"{work}: holds checkpoints of an interrupted heal run. Pass --resume to "
+                            f"continue it, or delete {work} to start over")
+        if request_file.is_file() and json.loads(request_file.read_text()) != request:
+            raise HealError(f"{work}: its checkpoints are from a run with another model, data or "
+                            f"recipe. Repeat that run's options, or delete {work} to start over")
+
+
+def _with_healing(info: dict | None, model_id: str | Path, n_layers: int, stats: Any) -> dict:
+    """The input's ``pruning.json`` (or a no-removal record) with a ``healing`` entry; a healed
+    checkpoint healed again keeps its earlier entries in ``healing_history``."""
+    from depthprune.pruning import pruning_info
+    info = dict(info if info is not None else pruning_info(str(model_id), n_layers, [], method="none", budget_spec=0))
+    if "healing" in info:
+        info["healing_history"] = info.get("healing_history", []) + [info["healing"]]
+    info["healing"] = {"source_model": str(model_id), **stats.to_dict()}
+    return info
+
+
+def _save_healed(model: nn.Module, processor: Any, model_id: str | Path, out: Path, work: Path, info: dict) -> None:
+    """The healed stock checkpoint, atomically, with its training log and model card."""
+    from depthprune.outputs import atomic_dir
+    from depthprune.pruning import save_pruned
     with atomic_dir(out) as tmp:
         saved = save_pruned(model, processor, tmp / "checkpoint", info, source_model=model_id)
         for f in saved.iterdir():
@@ -132,8 +151,6 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
         verify_stock_keys(tmp, model)
         with (tmp / "README.md").open("a") as fh:
             fh.write(healing_card(info["healing"]))
-    shutil.rmtree(work, ignore_errors=True)
-    return out
 
 
 def _checkpoint_dtype(model_id: str | Path) -> torch.dtype | None:
