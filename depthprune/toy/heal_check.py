@@ -3,9 +3,11 @@
     python -m depthprune.toy.heal_check --seed 23 --out runs/heal-check [--model toy]
         [--budget 0.25 --budget 0.5] [--plan math --plan general] [--method ablation]
         [--recipe lora --recipe full ...] [--minutes 1 --minutes 3] [--n-train 3000]
+        [--benchmark toy|text]
 
 Runs the ordinary CLI on a benchmark seed of your choice (one the toy was not trained or tuned
-on; it was trained on seed 0): ``depthprune data synth`` (train, calib and eval splits),
+on; it was trained on seed 0): ``depthprune data synth`` (train, calib and eval splits; with
+``--benchmark text``, for a pretrained text model such as ``smollm2``, ``depthprune data text``),
 ``depthprune score``, per budget and plan domain ``depthprune prune --method METHOD --domain D``,
 then per recipe and time budget ``depthprune heal --time-budget SECONDS`` of each pruned model,
 and ``depthprune eval`` of everything (unpruned, pruned, healed) on the eval split.
@@ -82,14 +84,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-train", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16, help="heal batch size")
+    ap.add_argument("--benchmark", choices=("toy", "text"), default="toy",
+                    help="toy: data synth (n-train per split); text: data text (n-train per domain)")
+    ap.add_argument("--max-new-tokens", type=int, help="eval answer length (default 8 toy, 12 text)")
     args = ap.parse_args(argv)
     budgets, plans = args.budget or [0.25], args.plan or list(DOMAINS)
     recipes, minutes = args.recipe or list(RECIPES), args.minutes or [1.0, 3.0]
     out, data = args.out, args.out / "data"
     t = args.threads
-    if not (data / "eval.jsonl").is_file():
+    if (data / "eval.jsonl").is_file():
+        pass  # resumed: the same seed wrote these
+    elif args.benchmark == "toy":
         _cli(t, "data", "synth", "--out", str(data), "--seed", str(args.seed), "--n-train", str(args.n_train),
              "--n-calib", "256", "--n-eval", "1200")
+    else:
+        _cli(t, "data", "text", "--out", str(data), "--seed", str(args.seed), "--n-train", str(args.n_train),
+             "--n-calib", "40", "--n-eval", "100")
+    max_new_tokens = str(args.max_new_tokens or (8 if args.benchmark == "toy" else 12))
     scores = out / "scores.json"
     if not scores.is_file():
         _cli(t, "score", args.model, "--data", str(data / "calib.jsonl"), "--out", str(scores), "--dtype", "float32",
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = out / "eval" / f"{name}.json"
         if not metrics.is_file():
             _cli(t, "eval", model, "--data", str(data / "eval.jsonl"), "--out", str(metrics), "--batch-size", "32",
-                 "--max-new-tokens", "8", "--dtype", "float32")
+                 "--max-new-tokens", max_new_tokens, "--dtype", "float32")
         return predictions_path(metrics)
 
     base = _correct(evaluate(args.model, "unpruned"))

@@ -121,4 +121,4 @@ def test_instruct_model_can_be_evaluated_in_plain_format(tiny_llama, calib_dir, 
     assert chat["prompt_format"] == "chat" and plain["prompt_format"] == "plain"
     assert chat["overall"]["answer_nll"] != plain["overall"]["answer_nll"]  # the prompts really differ
     assert_user_error(run("eval", src, "--lmms-eval", "x", "--out", tmp_path / "l.json", "--prompt-format",
-                          "plain"), "--prompt-format applies to --data")
+                          "plain"), "--prompt-format and --baseline apply to --data")
