@@ -31,6 +31,11 @@ HEAL_MODES = ("lora", "full", "neighbours", "interleaved", "head-last")
 NEEDS_REMOVED = ("neighbours", "interleaved")
 #: Learning rate when ``HealConfig.learning_rate`` is None, per mode.
 DEFAULT_LR = {"lora": 1e-3, "full": 2e-4, "neighbours": 2e-4, "interleaved": 2e-4, "head-last": 2e-4}
+#: Wall-clock seconds of training when neither steps, epochs nor a time budget is given: the
+#: recipe measured on the toy (docs/results/healing.md) gives back most of the pruning loss in it.
+DEFAULT_TIME_BUDGET = 180.0
+#: Upper limit on the steps of a time-budgeted run given no ``steps`` (the clock stops it first).
+MAX_TIMED_STEPS = 1_000_000
 
 
 @dataclass
@@ -42,8 +47,9 @@ class HealConfig:
     #: cut trains, the one after it stays frozen as an anchor), "head-last" (the LM head, the
     #: final norm and the last ``last_layers`` decoder layers; Lu et al. 2024)
     mode: str = "lora"
-    #: optimizer steps (100 x 16 records heal the 25%-pruned toy, docs/results/healing.md); None: ``epochs``
-    steps: int | None = 100
+    #: optimizer steps; None: ``epochs``, or train for ``time_budget`` seconds. Neither steps,
+    #: epochs nor time_budget given: ``time_budget`` = DEFAULT_TIME_BUDGET (180 s)
+    steps: int | None = None
     #: passes over the data; when set, it replaces ``steps``
     epochs: float | None = None
     #: peak learning rate (AdamW, linear warm-up then cosine decay); None: DEFAULT_LR[mode]
@@ -72,7 +78,8 @@ class HealConfig:
     bf16: bool = False
     #: wall-clock seconds of training: the learning-rate schedule runs over this time (warm-up
     #: then cosine decay by elapsed time) and training stops when it is spent; ``steps`` (or
-    #: ``epochs``) become an upper limit. None: train ``steps`` steps
+    #: ``epochs``) become an upper limit. None: train ``steps`` (or ``epochs``); all three None:
+    #: DEFAULT_TIME_BUDGET
     time_budget: float | None = None
     #: decoder layers "head-last" trains, counted from the last one
     last_layers: int = 3
@@ -86,8 +93,8 @@ class HealConfig:
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lora_r": self.lora_r,
                     "lora_alpha": self.lora_alpha, "save_steps": self.save_steps,
                     "logging_steps": self.logging_steps, "temperature": self.temperature}
-        if self.steps is None and self.epochs is None:
-            raise HealError("give steps or epochs")
+        if self.steps is None and self.epochs is None and self.time_budget is None:
+            self.time_budget = DEFAULT_TIME_BUDGET
         for name in ("steps", "epochs"):
             if getattr(self, name) is not None:
                 positive[name] = getattr(self, name)

@@ -27,7 +27,7 @@ from torch import nn
 
 from depthprune.data.records import DataError, Record, data_fingerprint, encode
 from depthprune.evaluation.generation import answer_span
-from depthprune.healing.recipe import NEEDS_REMOVED, HealConfig, HealError, HealStats, require_answers
+from depthprune.healing.recipe import MAX_TIMED_STEPS, NEEDS_REMOVED, HealConfig, HealError, HealStats, require_answers
 from depthprune.models.architectures import find_decoder_layers, text_config
 
 # TRL 1.16 reads transformers' renamed `gradient_checkpointing` attributes; the deprecation
@@ -350,9 +350,10 @@ def _resume_point(work_dir: Path, resume: bool) -> str | None:
 
 
 def max_steps_for(config: HealConfig, num_records: int) -> int:
-    """Optimizer steps of a run: ``config.steps``, or ``config.epochs`` passes over the records."""
+    """Optimizer steps of a run: ``config.steps``, or ``config.epochs`` passes over the records, or
+    for a run with only a time budget an upper limit the clock reaches first."""
     if config.epochs is None:
-        return int(config.steps)
+        return int(config.steps) if config.steps is not None else MAX_TIMED_STEPS
     steps_per_epoch = math.ceil(num_records / (config.batch_size * config.grad_accum))
     return max(1, round(config.epochs * steps_per_epoch))
 

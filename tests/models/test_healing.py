@@ -287,6 +287,17 @@ def test_config_validation():
     assert HealConfig().lr == 1e-3 and HealConfig(mode="full").lr == 2e-4
 
 
+def test_the_default_trains_for_a_time_budget_and_a_step_count_replaces_it():
+    from depthprune.healing.recipe import DEFAULT_TIME_BUDGET, MAX_TIMED_STEPS
+    from depthprune.healing.trainer import max_steps_for
+    default = HealConfig()
+    assert default.time_budget == DEFAULT_TIME_BUDGET == 180 and default.steps is None
+    assert max_steps_for(default, 3000) == MAX_TIMED_STEPS  # the clock, not a step count, ends it
+    assert HealConfig(steps=5).time_budget is None and max_steps_for(HealConfig(steps=5), 3000) == 5
+    assert HealConfig(epochs=1.0).time_budget is None
+    assert max_steps_for(HealConfig(time_budget=10, steps=7), 3000) == 7  # steps: an upper limit
+
+
 def test_heal_refuses_existing_output_before_loading(qwen, calib_dir, tmp_path):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("keep")
