@@ -299,14 +299,19 @@ def _heal(src: str, spec: Heal | None, base: Path, labels: list[str]) -> dict[st
     if unknown:
         raise _err(src, f"heal.recipe.{unknown[0]}", f"unknown key; allowed here: {', '.join(sorted(known))}")
     try:
-        HealConfig(**spec.recipe)
+        config = HealConfig(**spec.recipe)
     except (ValueError, TypeError) as exc:
         raise _err(src, "heal.recipe", str(exc)) from None
+    recipe = dict(spec.recipe)
+    if config.time_budget is not None:
+        # a recipe without steps or epochs trains for the default time budget: say so in the
+        # study's identity, so a run directory healed under another default is not resumed
+        recipe["time_budget"] = config.time_budget
     missing = [m for m in spec.methods or [] if m not in labels]
     if missing:
         raise _err(src, "heal.methods", f"{missing[0]!r} is not one of the study's methods ({', '.join(labels)})")
     data = _paths(src, "heal.data", spec.data, base) if spec.data is not None else None
-    return {"recipe": dict(sorted(spec.recipe.items())), "budgets": list(spec.budgets), "methods": spec.methods,
+    return {"recipe": dict(sorted(recipe.items())), "budgets": list(spec.budgets), "methods": spec.methods,
             "data": data, "distill": spec.distill}
 
 

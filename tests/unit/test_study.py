@@ -115,6 +115,14 @@ def test_missing_bridges_are_named(tmp_path, calib_dir):
             load_study(path)
 
 
+def test_a_recipe_without_steps_records_the_default_time_budget_in_the_study(tmp_path, calib_dir):
+    pytest.importorskip("trl")
+    timed = load_study(write(tmp_path, calib_dir, heal={"recipe": {"mode": "lora"}, "budgets": [1]}))
+    assert timed.heal["recipe"] == {"mode": "lora", "time_budget": 180.0}
+    stepped = load_study(write(tmp_path, calib_dir, heal={"recipe": {"mode": "lora", "steps": 5}, "budgets": [1]}))
+    assert stepped.heal["recipe"] == {"mode": "lora", "steps": 5}
+
+
 def test_cli_bad_study_is_one_line_exit_2_before_loading(tmp_path, calib_dir):
     path = write(tmp_path, calib_dir, model=str(tmp_path / "no-such-model"),
                  methods=[{"method": "mixed", "weights": "math=x"}])
