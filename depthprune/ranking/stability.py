@@ -231,8 +231,10 @@ def stability_claim(stability: list[Stability], series: list[Series]) -> str:
              f"(paired 95% intervals of the top-k overlap; best domain-aware vs best other: {detail}).")
     if not sensitive:
         return "Cannot be checked as stated: no budget is ranking-sensitive. Over all budgets, " + tally
-    verdict = ("holds" if counts["more"] == len(checked) else "does not hold" if counts["more"] == 0
-               else "holds only in part")
+    # "most stable" needs a resolved win; ties everywhere neither support nor refute it
+    verdict = ("holds" if counts["more"] == len(checked)
+               else "is not supported (no difference resolved)" if counts["more"] == 0 and counts["less"] == 0
+               else "does not hold" if counts["more"] == 0 else "holds only in part")
     return f"The claim {verdict}: at the ranking-sensitive budgets " + tally
 
 
