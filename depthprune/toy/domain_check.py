@@ -68,6 +68,19 @@ def paired(pred_a: Path, pred_b: Path, domain: str) -> dict:
                   "nll_ci": [lo, hi], "nll_p": p_nll}
 
 
+#: Greedy answer length of the evaluations per benchmark (toy answers are at most 5 tokens).
+MAX_NEW_TOKENS = {"toy": 8, "text": 12}
+
+
+def benchmark_data_args(benchmark: str, data: Path, seed: int, n_train: int, n_calib: int,
+                        n_eval: int) -> list[str]:
+    """The ``depthprune data synth`` (toy) or ``data text`` arguments that write a benchmark
+    seed's splits into ``data`` (the checks of this package share them)."""
+    command = ["data", "synth"] if benchmark == "toy" else ["data", "text"]
+    return [*command, "--out", str(data), "--seed", str(seed), "--n-train", str(n_train),
+            "--n-calib", str(n_calib), "--n-eval", str(n_eval)]
+
+
 def _name(domain: str, variant: str) -> str:
     """Output name of the ``domain``-aware model of ``variant`` (METHOD@GROUP or ablation)."""
     return f"{domain}-aware-{variant.replace('@', '-')}"
@@ -134,13 +147,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = out / "data"
     if (data / "eval.jsonl").is_file():
         pass  # resumed: the same seed wrote these
-    elif args.benchmark == "toy":
-        _cli("data", "synth", "--out", str(data), "--seed", str(args.seed), "--n-train", "0",
-             "--n-calib", str(args.n_calib or N_CALIB), "--n-eval", str(args.n_eval or N_EVAL))
     else:
-        _cli("data", "text", "--out", str(data), "--seed", str(args.seed),
-             "--n-calib", str(args.n_calib or 40), "--n-eval", str(args.n_eval or 100))
-    max_new_tokens = args.max_new_tokens or (8 if args.benchmark == "toy" else 12)  # toy answers: <= 5 tokens
+        toy = args.benchmark == "toy"
+        _cli(*benchmark_data_args(args.benchmark, data, args.seed, 0, args.n_calib or (N_CALIB if toy else 40),
+                                  args.n_eval or (N_EVAL if toy else 100)))
+    max_new_tokens = args.max_new_tokens or MAX_NEW_TOKENS[args.benchmark]
     bs, f32 = str(args.batch_size), ("--dtype", "float32")
     needs_ablation = "ablation" in groups or args.ablation
     if not (out / "scores.json").is_file():

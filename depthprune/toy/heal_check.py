@@ -33,6 +33,7 @@ import numpy as np
 
 from depthprune.evaluation.generation import predictions_path
 from depthprune.reporting.statistics import mcnemar_exact
+from depthprune.toy.domain_check import MAX_NEW_TOKENS, benchmark_data_args
 
 DOMAINS = ("math", "general")
 RECIPES = {"lora": ["--mode", "lora"], "full": ["--mode", "full"], "neighbours": ["--mode", "neighbours"],
@@ -94,13 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     t = args.threads
     if (data / "eval.jsonl").is_file():
         pass  # resumed: the same seed wrote these
-    elif args.benchmark == "toy":
-        _cli(t, "data", "synth", "--out", str(data), "--seed", str(args.seed), "--n-train", str(args.n_train),
-             "--n-calib", "256", "--n-eval", "1200")
     else:
-        _cli(t, "data", "text", "--out", str(data), "--seed", str(args.seed), "--n-train", str(args.n_train),
-             "--n-calib", "40", "--n-eval", "100")
-    max_new_tokens = str(args.max_new_tokens or (8 if args.benchmark == "toy" else 12))
+        toy = args.benchmark == "toy"
+        _cli(t, *benchmark_data_args(args.benchmark, data, args.seed, args.n_train, 256 if toy else 40,
+                                     1200 if toy else 100))
+    max_new_tokens = str(args.max_new_tokens or MAX_NEW_TOKENS[args.benchmark])
     scores = out / "scores.json"
     if not scores.is_file():
         _cli(t, "score", args.model, "--data", str(data / "calib.jsonl"), "--out", str(scores), "--dtype", "float32",

@@ -126,3 +126,26 @@ def test_paired_counts_discordant_records(tmp_path):
     assert r["nll_diff"] == pytest.approx(0.625) and r["nll_a"] == pytest.approx(2.5)
     # every difference is positive, but 4 pairs cannot show it: the exact signed-rank p is 2/16
     assert r["nll_ci"][0] <= 0.625 <= r["nll_ci"][1] and r["nll_p"] == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("benchmark", ["toy", "text"])
+def test_the_checks_write_a_benchmark_seed_with_the_cli(benchmark, tmp_path):
+    from typer.testing import CliRunner
+
+    from depthprune.cli import app
+    from depthprune.toy.domain_check import benchmark_data_args
+    res = CliRunner().invoke(app, ["--quiet", *benchmark_data_args(benchmark, tmp_path / "d", 5, 2, 4, 6)])
+    assert res.exit_code == 0, res.output
+    lines = {s: len((tmp_path / "d" / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "calib", "eval")}
+    per = 1 if benchmark == "toy" else 2  # data synth counts records in all, data text per domain
+    assert lines == {"train": 2 * per, "calib": 4 * per, "eval": 6 * per}
+
+
+def test_loss_back_is_the_share_of_the_pruning_loss_won_back():
+    import numpy as np
+
+    from depthprune.toy.heal_check import loss_back
+    unpruned, pruned, healed = [1] * 8, [0] * 8, [1, 1, 1, 1, 0, 0, 0, 0]
+    back, low, high = loss_back(unpruned, pruned, healed)
+    assert back == 0.5 and 0 <= low <= 0.5 <= high <= 1
+    assert all(np.isnan(loss_back([0] * 8, [1] * 8, healed)))  # nothing lost: no share to give back
