@@ -36,6 +36,11 @@ runner = CliRunner()
 FAST = {"steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1}
 
 
+def full_with_a_checkpoint_every_step(steps: int) -> HealConfig:
+    """A full-mode recipe that saves (and logs) every step: what the resume tests interrupt."""
+    return HealConfig(mode="full", **(FAST | {"steps": steps}))
+
+
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -139,14 +144,12 @@ def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(llama, calib_dir, t
     records = load_records(calib_dir / "text.jsonl")
     work = tmp_path / "work"
     model, tok = load_model(llama)
-    heal_model(model, tok, records, HealConfig(mode="full", steps=3, batch_size=4, save_steps=1,
-                                               logging_steps=1), work_dir=work, progress=False)
+    heal_model(model, tok, records, full_with_a_checkpoint_every_step(3), work_dir=work, progress=False)
     (work / "checkpoint-3" / "trainer_state.json").unlink()  # killed while TRL was writing it
     assert [p.name for p in checkpoints(work)] == ["checkpoint-2"]
     model, tok = load_model(llama)
     with pytest.warns(UserWarning, match="checkpoint-3 is incomplete"):
-        stats = heal_model(model, tok, records, HealConfig(mode="full", steps=3, batch_size=4, save_steps=1,
-                                                           logging_steps=1), work_dir=work, resume=True,
+        stats = heal_model(model, tok, records, full_with_a_checkpoint_every_step(3), work_dir=work, resume=True,
                            progress=False)
     assert stats.steps == 3 and stats.recipe["resumed_from"] == "checkpoint-2"
 
@@ -239,12 +242,10 @@ def test_resume_continues_from_the_latest_checkpoint(llama, calib_dir, tmp_path)
     records = load_records(calib_dir / "text.jsonl")
     work = tmp_path / "work"
     model, tok = load_model(llama)
-    heal_model(model, tok, records, HealConfig(mode="full", steps=2, batch_size=4, save_steps=1,
-                                               logging_steps=1), work_dir=work, progress=False)
+    heal_model(model, tok, records, full_with_a_checkpoint_every_step(2), work_dir=work, progress=False)
     assert (work / "checkpoint-2").is_dir()
     model, tok = load_model(llama)  # "killed" after step 2: now ask for 4 steps, resuming
-    stats = heal_model(model, tok, records, HealConfig(mode="full", steps=4, batch_size=4, save_steps=1,
-                                                       logging_steps=1), work_dir=work, resume=True,
+    stats = heal_model(model, tok, records, full_with_a_checkpoint_every_step(4), work_dir=work, resume=True,
                        progress=False)
     assert stats.steps == 4 and stats.recipe["resumed_from"] == "checkpoint-2"
     assert len(stats.losses) == 4  # steps 1-2 from the checkpoint's log, 3-4 trained now
