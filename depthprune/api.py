@@ -19,6 +19,10 @@ from typing import Any
 import torch
 
 from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
+from depthprune.compensation import Compensation
+from depthprune.compensation import check_plan as check_compensable
+from depthprune.compensation.fit import compensate_model
+from depthprune.compensation.fit import prepare as prepare_compensation
 from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
 from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id, validate_device
 from depthprune.outputs import check_output, inputs_of
@@ -249,7 +253,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
           dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
           trust_remote_code: bool = False, batch_size: int = 4, max_samples: int | None = None,
           progress: bool = True, return_info: bool = False, ablation_cache_mb: float | None = None,
-          **plan_kwargs: Any) -> Path | tuple[Path, dict]:
+          compensate: Compensation | str | None = None, **plan_kwargs: Any) -> Path | tuple[Path, dict]:
     """Remove decoder layers from checkpoint ``model`` and save a stock checkpoint to ``out``.
 
     Pass explicit ``layers``, a :class:`Plan` (or a saved ``.plan.json``), or scores plus ``method`` and
@@ -263,11 +267,24 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     (:mod:`depthprune.models.gguf_out`); the weights are then never dequantised (except for
     ``iterative`` and ``sleb``, which run the model).
 
+    ``compensate``: ``"lstsq"`` or ``"refit"`` (or a :class:`~depthprune.compensation.Compensation`)
+    repairs each gap with a least-squares fit on the calibration ``data`` of the domain(s)
+    ``domain`` / ``weights`` (all domains equally by default), folded into the kept weights
+    (:mod:`depthprune.compensation`); a method then never removes layer 0. ``None`` / ``"none"``:
+    plain removal.
+
     Everything that can be checked without the weights is checked first: the output (never
     the source, inside it or around it), dtype/device, the config, the plan or the scores and
     method, the data. Only then does the model load.
     """
-    from depthprune.models.gguf_out import check_gguf_output, gguf_pruning_info, is_gguf_output, write_pruned_gguf
+    from depthprune.models.gguf_out import (
+        check_gguf_compensation,
+        check_gguf_output,
+        compensated_gguf_tensors,
+        gguf_pruning_info,
+        is_gguf_output,
+        write_pruned_gguf,
+    )
     model = resolve_model_id(model)
     if ablation_cache_mb is not None and not (method == "sleb" and ablation_cache_mb > 0):
         raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if method == "sleb" else
@@ -279,11 +296,17 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
         check_output(out, overwrite, kind="dir", inputs=reads)
     config = _check_model_cheaply(model, dtype, device, device_map, trust_remote_code)
     num_layers = text_config(config).num_hidden_layers
+    calibration = prepare_compensation(compensate, data, plan_kwargs.get("domain"), plan_kwargs.get("weights"),
+                                       max_samples)
+    if calibration is not None and gguf_in is not None:
+        check_gguf_compensation(gguf_in)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # load_model warns about untested architectures once
         arch_protected = adapter_for(config).protected(config)
     flags = {k: plan_kwargs[k] for k in ("allow_deepstack", "protect_first", "protect_last") if k in plan_kwargs}
     the_plan = _given_plan(layers, plan_or_scores, num_layers, arch_protected, flags)
+    if the_plan is None and calibration is not None:  # a gap's repair folds into the layer before it
+        plan_kwargs = dict(plan_kwargs, protect_first=max(plan_kwargs.get("protect_first") or 0, 1))
     if the_plan is None:
         scores, records = _method_inputs(model, plan_or_scores, method, budget, data, num_layers, arch_protected,
                                          max_samples, plan_kwargs)
@@ -308,10 +331,18 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     extra = {"domain": req.get("domain"), "weights": req.get("weights"), "request": req,
              "protected_layers": the_plan.protected, "reasons": {str(k): v for k, v in the_plan.reasons.items()},
              "scores_fingerprint": the_plan.scores_fingerprint}
-    if gguf_in is not None:  # the kept layers' quantized bytes, copied: no model needed
+    replaced: dict = {}
+    if calibration is not None:
+        check_compensable(the_plan.remove)
+        if net is None:
+            net, processor = load()
+        extra["compensation"] = compensate_model(net, processor, calibration, the_plan.remove, batch_size, progress)
+        if gguf_in is not None:
+            replaced = compensated_gguf_tensors(net, extra["compensation"], the_plan.remove)
+    if gguf_in is not None:  # the kept layers' quantized bytes, copied (the repaired ones written as F32)
         info = gguf_pruning_info(gguf_in, str(model), the_plan.remove, the_plan.method, req.get("budget"),
                                  extra=extra)
-        info = write_pruned_gguf(gguf_in, out, info, overwrite=overwrite, progress=progress)
+        info = write_pruned_gguf(gguf_in, out, info, overwrite=overwrite, progress=progress, replaced=replaced)
         return (Path(out), info) if return_info else Path(out)
     if net is None:
         net, processor = load()

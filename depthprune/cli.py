@@ -23,6 +23,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from depthprune import settings
+from depthprune.compensation import DEFAULT_RIDGE, Compensation
 
 
 class OneLineErrors(TyperGroup):
@@ -248,7 +249,11 @@ def prune(
     method: Method = "domain", budget: Budget = "0.25", domain: Domain = None, weights: Weights = None,
     base: Base = "mixed", token_group: TokenGroup = "all", seed: Seed = 0,
     allow_deepstack: AllowDeepstack = False, protect_first: ProtectFirst = 0, protect_last: ProtectLast = 0,
-    data: Annotated[list[Path] | None, typer.Option("--data", help="Calibration JSONL for --method iterative (re-scores after each removal) and sleb (re-measures the answer NLL; records need answers).")] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Calibration JSONL for --method iterative (re-scores after each removal) and sleb (re-measures the answer NLL; records need answers), and for --compensate.")] = None,
+    compensate: Annotated[str, typer.Option(help="Training-free repair of each gap, fitted on --data of --domain/--weights (all domains by default) and folded into the kept layer before the gap: none (plain removal), lstsq (ReplaceMe's d x d map on that layer's MLP output) or refit (that layer's down projection re-fitted by least squares). The checkpoint stays stock; a method then never removes layer 0.")] = "none",
+    compensate_ridge: Annotated[float, typer.Option(min=0, help="Ridge of the --compensate fit, relative to the mean eigenvalue of its Gram matrix; it shrinks the fit towards plain removal (0: plain least squares).")] = DEFAULT_RIDGE,
+    compensate_tokens: Annotated[str, typer.Option(help="Calibration tokens the --compensate fit uses: all (every token, answers included) or answer (the answer span; needs answers).")] = "all",
+    max_samples: Annotated[int | None, typer.Option(min=1, help="Use at most N --data records of each domain (first N in file order).")] = None,
     batch_size: BatchSize = 4,
     ablation_cache_mb: Annotated[float | None, typer.Option(help="Memory limit (MB) of sleb's layer-input cache (batch x tokens x hidden x layers values per batch, all calibration batches); past it the cache spills to a temporary directory. Default 4096.")] = None,
     dtype: Dtype = "auto", device: Device = "cpu", device_map: DeviceMap = None,
@@ -258,8 +263,9 @@ def prune(
     from depthprune import api
     source = plan if plan is not None else scores
     kwargs = _plan_kwargs(domain, weights, base, token_group, seed, allow_deepstack, protect_first, protect_last)
-    if plan is not None or layers is not None:  # only the protection flags apply to a given plan
-        kwargs = {k: kwargs[k] for k in ("allow_deepstack", "protect_first", "protect_last")}
+    if plan is not None or layers is not None:  # a given plan reads the protection flags (and a repair the domains)
+        kwargs = {k: kwargs[k] for k in ("allow_deepstack", "protect_first", "protect_last")} | (
+            {"domain": kwargs["domain"], "weights": kwargs["weights"]} if compensate != "none" else {})
     explicit = None
     if layers is not None:
         if sum(x is not None for x in (plan, scores)):
@@ -276,9 +282,18 @@ def prune(
     result, info = api.prune(model, source, out_dir, layers=explicit, method=method, budget=budget,
                              data=data or None, overwrite=overwrite, dtype=dtype, device=device,
                              device_map=device_map, trust_remote_code=trust_remote_code, batch_size=batch_size,
-                             return_info=True, ablation_cache_mb=ablation_cache_mb, **kwargs)
+                             max_samples=max_samples, return_info=True, ablation_cache_mb=ablation_cache_mb,
+                             compensate=Compensation(compensate, compensate_ridge, compensate_tokens), **kwargs)
     console.print(f"removed layers {info['removed_layers']} (0-based) with {info['method']}: "
               f"{info['original_num_layers']} -> {info['num_layers']} layers -> {result}", highlight=False)
+    if "compensation" in info:
+        from depthprune.compensation import GapFit
+        record = info["compensation"]
+        console.print(f"compensation {record['method']} on {record['calibration_records']} records "
+                      f"({', '.join(f'{d}={w:g}' for d, w in record['domain_weights'].items())}) in "
+                      f"{record['seconds']:.1f} s:", highlight=False)
+        for gap in record["gaps"]:
+            console.print("  " + GapFit(**gap).line(), highlight=False)
     from depthprune.speed import format_speedup
     console.print(format_speedup(info["expected_speedup"]), highlight=False)
     if "gguf_output" in info:

@@ -204,6 +204,17 @@ def saved_layer_indices(checkpoint_dir: Path) -> set[int]:
     return found
 
 
+def _compensation_cell(record: dict | None) -> str:
+    """The model card's compensation entry: the method and, per gap, where its repair was folded
+    and the fit's relative residual."""
+    if not record:
+        return "none (plain removal)"
+    weights = ", ".join(f"{d}={w:g}" for d, w in record["domain_weights"].items())
+    per_gap = "; ".join(f"gap {g['first']}..{g['last']} into layer {g['folded_into']} ({g['form']}, relative "
+                        f"residual {g['relative_residual']:.3f})" for g in record["gaps"])
+    return f"`{record['method']}` fitted on {record['calibration_records']} records ({weights}): {per_gap}"
+
+
 def model_card(info: dict) -> str:
     """Markdown model card stating what was removed and how (0-based layer numbers)."""
     removed = ", ".join(map(str, info["removed_layers"]))
@@ -225,6 +236,7 @@ def model_card(info: dict) -> str:
         f"| domain | {info.get('domain') or '-'} |",
         f"| weights | {json.dumps(weights) if weights else '-'} |",
         f"| scores fingerprint | {info.get('scores_fingerprint') or '-'} |",
+        f"| compensation | {_compensation_cell(info.get('compensation'))} |",
         f"| depthprune / transformers / torch | {info['versions']['depthprune']} / "
         f"{info['versions']['transformers']} / {info['versions']['torch']} |",
         "",

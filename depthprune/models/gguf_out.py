@@ -41,6 +41,9 @@ from depthprune.outputs import Inputs, OutputExistsError, atomic_files, check_ou
 #: llama.cpp and transformers, so a renumbered layer computes what it computed before.
 #: Checked on files: llama (SmolLM2, tests/helpers/tiny_gguf.py), qwen2 and qwen3 (tests/helpers/tiny_gguf.py).
 UNIFORM_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+#: Architectures whose compensated (repaired) ``ffn_down`` tensors the writer can replace: the
+#: MLP output is added to the stream as it is (no post-norm), one dense down projection per layer.
+COMPENSATED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 #: Metadata keys of the pruning record (0-based layer numbers of the source file).
 RECORD_KEYS = {
     "depthprune.version": "depthprune version that wrote the file",
@@ -196,13 +199,41 @@ def _add_record(writer: Any, source: GGUFSource, info: dict) -> None:
     writer.add_key_value("depthprune.record", json.dumps(record, sort_keys=True), T.STRING)
 
 
+def check_gguf_compensation(source: GGUFSource) -> None:
+    """Refuse, before any work, a compensated GGUF output the writer cannot express: the repaired
+    tensors are the kept layers' ``ffn_down`` weights, written as F32."""
+    if source.arch not in COMPENSATED_ARCHITECTURES:
+        raise GGUFOutputError(f"{source.path}: --compensate with a .gguf output supports {', '.join(COMPENSATED_ARCHITECTURES)}; "
+                              f"this file is '{source.arch}'. Write a checkpoint directory, or use --compensate none")
+
+
+def compensated_gguf_tensors(model: Any, record: dict, remove: Sequence[int]) -> dict[str, Any]:
+    """The repaired tensors of a compensated model, by their GGUF names in the pruned file
+    (``blk.M.ffn_down.weight``, M the new layer number), as float32 arrays in GGUF's row order
+    (the Hugging Face ``down_proj.weight`` layout)."""
+    from depthprune.models.architectures import find_decoder_layers
+    _, layers = find_decoder_layers(model)
+    keep = [i for i in range(len(layers)) if i not in set(remove)]
+    out = {}
+    for gap in record["gaps"]:
+        k = gap["folded_into"]
+        if gap["form"] == "diagonal":
+            raise GGUFOutputError("a channel-scaling repair (post-norm families) cannot be written into a GGUF yet; "
+                                  "write a checkpoint directory")
+        weight = layers[k].mlp.down_proj.weight.detach().float().cpu().numpy()
+        out[f"blk.{keep.index(k)}.ffn_down.weight"] = weight
+    return out
+
+
 def write_pruned_gguf(source: GGUFSource, out: str | os.PathLike, info: dict, overwrite: bool = False,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, replaced: dict[str, Any] | None = None) -> dict:
     """Write ``source`` without the layers ``info["removed_layers"]`` to GGUF file ``out``, and
     ``info`` (extended by a ``gguf_output`` entry: file and tensor sizes before and after, the
     per-layer keys sliced) to :func:`record_path` beside it, atomically. ``info`` is the
     ``pruning.json`` record (:func:`depthprune.pruning.pruning_info`) and must also hold
-    ``gguf_source`` (``sha256``). Returns the record written."""
+    ``gguf_source`` (``sha256``). ``replaced``: new tensors by their name in the output (float32
+    arrays of the stored tensor's shape, written as F32: a compensated prune's repaired
+    projections); every other tensor keeps its bytes. Returns the record written."""
     import gguf
 
     from depthprune.settings import progress as progress_bar
@@ -218,7 +249,16 @@ def write_pruned_gguf(source: GGUFSource, out: str | os.PathLike, info: dict, ov
             tensors.append((tensor.name, tensor))
         elif int(m.group(1)) in new_index:
             tensors.append((f"blk.{new_index[int(m.group(1))]}.{m.group(2)}", tensor))
-    kept_bytes = sum(source.layer_bytes[i] for i in keep)
+    replaced = dict(replaced or {})
+    for name, tensor in tensors:
+        if name in replaced and tuple(replaced[name].shape) != tuple(int(x) for x in reversed(tensor.shape)):
+            raise GGUFOutputError(f"{source.path}: the repaired {name} has shape {tuple(replaced[name].shape)}, "
+                                  f"the file's {tensor.name} {tuple(reversed(tensor.shape.tolist()))}")
+    unknown = sorted(set(replaced) - {name for name, _ in tensors})
+    if unknown:
+        raise GGUFOutputError(f"{source.path}: no tensor {unknown[0]} in the pruned file to replace")
+    kept_bytes = sum(source.layer_bytes[i] for i in keep) + sum(  # a repaired tensor is F32 now
+        replaced[name].nbytes - int(tensor.n_bytes) for name, tensor in tensors if name in replaced)
     with atomic_files([record_path(out), out], overwrite) as (tmp_record, tmp_gguf):
         writer = gguf.GGUFWriter(str(tmp_gguf), source.arch, endianess=reader.endianess)
         try:
@@ -228,6 +268,10 @@ def write_pruned_gguf(source: GGUFSource, out: str | os.PathLike, info: dict, ov
             sliced = _copy_fields(source, writer, keep)
             _add_record(writer, source, info)
             for name, tensor in tensors:  # shapes and types exactly as stored: the bytes are not touched
+                if name in replaced:
+                    array = replaced[name]
+                    writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes, gguf.GGMLQuantizationType.F32)
+                    continue
                 writer.add_tensor_info(name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
                                        tensor.tensor_type)
             writer.write_header_to_file()
@@ -235,9 +279,10 @@ def write_pruned_gguf(source: GGUFSource, out: str | os.PathLike, info: dict, ov
             writer.write_ti_data_to_file()
             bar = progress_bar(total=source.other_bytes + kept_bytes, desc="writing GGUF", unit="B",
                                unit_scale=True, disable=not progress)
-            for _, tensor in tensors:
-                writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
-                bar.update(int(tensor.n_bytes))
+            for name, tensor in tensors:
+                data = replaced[name] if name in replaced else tensor.data
+                writer.write_tensor_data(data, tensor_endianess=reader.endianess)
+                bar.update(int(data.nbytes))
             bar.close()
         except OSError as err:  # numpy's tofile names no file: name the GGUF, not the record
             raise OSError(err.errno, err.strerror or str(err), str(tmp_gguf)) from None
@@ -245,6 +290,7 @@ def write_pruned_gguf(source: GGUFSource, out: str | os.PathLike, info: dict, ov
             writer.close()
         record = dict(info, gguf_output={
             "file": out.name, "format": "gguf", "quantization_kept": True,
+            "written_as_f32": sorted(replaced),
             "file_bytes": {"before": source.path.stat().st_size, "after": tmp_gguf.stat().st_size},
             "tensor_bytes": {"before": {"layers": source.block_bytes, "other": source.other_bytes},
                              "after": {"layers": kept_bytes, "other": source.other_bytes}},

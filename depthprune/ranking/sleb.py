@@ -39,12 +39,19 @@ def objective_weights(domains: Sequence[str], req: RankRequest) -> dict[str, flo
     """Domain -> weight of the SLEB objective: ``{req.domain: 1}``, else ``req.weights``
     normalised to sum 1 with zero weights dropped (equal over ``domains`` if None). Raises
     RankError naming a domain that is not in ``domains``."""
+    return domain_weights(domains, req.domain, req.weights)
+
+
+def domain_weights(domains: Sequence[str], domain: str | None, weights: dict[str, float] | None) -> dict[str, float]:
+    """Domain -> weight of a calibration objective (SLEB's, compensation's): ``{domain: 1}``, else
+    ``weights`` normalised to sum 1 with zero weights dropped (equal over ``domains`` if None).
+    Raises RankError naming a domain that is not in ``domains``."""
     present = sorted(set(domains))
-    if req.domain is not None:
-        if req.domain not in present:
-            raise RankError(f"domain '{req.domain}' is not in the calibration data; present: {', '.join(present)}")
-        return {req.domain: 1.0}
-    weights = req.weights if req.weights is not None else {d: 1.0 for d in present}
+    if domain is not None:
+        if domain not in present:
+            raise RankError(f"domain '{domain}' is not in the calibration data; present: {', '.join(present)}")
+        return {domain: 1.0}
+    weights = weights if weights is not None else {d: 1.0 for d in present}
     unknown = sorted(set(weights) - set(present))
     if unknown:
         raise RankError(f"weights name domains {unknown} that are not in the calibration data; present: "

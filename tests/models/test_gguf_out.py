@@ -71,6 +71,31 @@ def _tensors(path):
     return {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
 
 
+@pytest.mark.parametrize("arch", UNIFORM_ARCHITECTURES)
+def test_a_compensated_gguf_loads_with_the_logits_of_the_compensated_safetensors_output(workdir, arch, calib_dir):
+    src = workdir / f"{arch}.gguf"
+    data = calib_dir / "text.jsonl"
+    out, info = api.prune(src, None, workdir / f"{arch}-repaired.gguf", layers=REMOVE, data=data, compensate="refit",
+                          progress=False, return_info=True)
+    directory = api.prune(src, None, workdir / f"{arch}-repaired", layers=REMOVE, data=data, compensate="refit",
+                          progress=False)
+    repaired = _gguf_logits(out)
+    torch.testing.assert_close(repaired, _dir_logits(directory), rtol=1e-3, atol=1e-3)
+    plain = api.prune(src, None, workdir / f"{arch}-plain-for-repair.gguf", layers=REMOVE, progress=False)
+    assert not torch.allclose(repaired, _gguf_logits(plain), atol=1e-3)  # the repair is in the file
+    # the repaired projections (folded into layers 0 and 2, now 0 and 1) are F32; every other tensor keeps its bytes
+    written = info["gguf_output"]["written_as_f32"]
+    assert written == ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]
+    after, before = _tensors(out), _tensors(plain)
+    assert set(after) == set(before)
+    for name in after:
+        if name in written:
+            assert after[name].tensor_type == gguf.GGMLQuantizationType.F32
+            assert list(after[name].shape) == list(before[name].shape)
+        else:
+            assert np.array_equal(after[name].data.view(np.uint8), before[name].data.view(np.uint8)), name
+
+
 def test_kept_tensors_are_byte_identical_under_their_new_numbers(workdir):
     src = workdir / "llama.gguf"
     out = api.prune(src, None, workdir / "bytes.gguf", layers=REMOVE, progress=False)
