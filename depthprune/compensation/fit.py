@@ -353,10 +353,11 @@ def solve(s: _Sums, prior: torch.Tensor, ridge: float, notes: list[str]) -> tupl
 
 def fit_and_fold(model: nn.Module, processor: Any, records: Sequence[Record], remove: Sequence[int],
                  weights: dict[str, float], spec: Compensation, batch_size: int = 4,
-                 progress: bool = True) -> list[GapFit]:
+                 progress: bool = True, originals: dict | None = None) -> list[GapFit]:
     """Fit each gap's repair of ``remove`` on ``records`` (domains weighted by ``weights``) and fold it
     into ``model``'s kept weights, in place; the layers themselves are not removed (prune them
-    afterwards). Returns one :class:`GapFit` per gap, in layer order."""
+    afterwards). Returns one :class:`GapFit` per gap, in layer order. ``originals`` (a dict)
+    receives every changed tensor with its original value (:func:`compensated` restores them)."""
     remove = sorted(set(remove))
     check_plan(remove)
     _, layers = find_decoder_layers(model)
@@ -364,7 +365,7 @@ def fit_and_fold(model: nn.Module, processor: Any, records: Sequence[Record], re
     if not used:
         raise DataError(f"--compensate: no calibration record of the domain(s) {', '.join(sorted(weights))}")
     chunks = list(batches(used, batch_size))
-    originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    originals = {} if originals is None else originals
     fits = []
     bar = progress_bar(total=len(gaps(remove)) * len(chunks), desc="compensating", unit="batch", disable=not progress)
     for first, last in gaps(remove):
@@ -386,6 +387,21 @@ def fit_and_fold(model: nn.Module, processor: Any, records: Sequence[Record], re
         fits.append(GapFit(first, last, first - 1, fold.form, residual, ridge_used, combined.n, notes))
     bar.close()
     return fits
+
+
+@contextlib.contextmanager
+def compensated(model: nn.Module, processor: Any, records: Sequence[Record], remove: Sequence[int],
+                weights: dict[str, float], spec: Compensation, batch_size: int = 4,
+                progress: bool = True) -> Iterator[list[GapFit]]:
+    """:func:`fit_and_fold` for the duration of the block (yields the fits); on exit every changed
+    tensor gets its original value back, so one model serves many repaired cells of a sweep."""
+    originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    try:
+        yield fit_and_fold(model, processor, records, remove, weights, spec, batch_size, progress, originals)
+    finally:
+        with torch.no_grad():
+            for p, original in originals.values():
+                p.copy_(original)
 
 
 def compensate_model(model: nn.Module, processor: Any, calibration: "Calibration", remove: Sequence[int],

@@ -36,6 +36,7 @@ from depthprune.reporting.tables import (
     pval,
     retention_table,
     stability_table,
+    treatment,
 )
 from depthprune.scoring.scores import Scores, ScoresError
 from depthprune.study.rundir import RunDir
@@ -114,8 +115,8 @@ def _ablation(scores: Scores, notes: list[str]) -> dict[str, list[float]] | None
 # ----------------------------------------------------------------------------- helpers
 def _healing_table(rows: list[ResultRow]) -> tuple[list[str], list[list[str]]]:
     plain = {(r.label, r.budget, r.eval_set, r.domain): r for r in rows if r.heal is None}
-    head = ["method", "budget", "eval set / domain", "accuracy unhealed → healed", "NLL unhealed → healed",
-            "only unhealed / only healed correct", "p (McNemar)"]
+    head = ["method", "budget", "after pruning", "eval set / domain", "accuracy plain → after", "NLL plain → after",
+            "only plain / only after correct", "p (McNemar)"]
     body = []
     for r in rows:
         if r.heal is None or (r.label, r.budget, r.eval_set, r.domain) not in plain:
@@ -129,7 +130,7 @@ def _healing_table(rows: list[ResultRow]) -> tuple[list[str], list[list[str]]]:
             counts, pv = f"{a_only} / {b_only}", pval(p)
         else:
             counts, pv = "–", "–"
-        body.append([r.label, budget_label(r.budget, r.budget_fraction), f"{r.eval_set} / {r.domain}",
+        body.append([r.label, budget_label(r.budget, r.budget_fraction), treatment(r.heal), f"{r.eval_set} / {r.domain}",
                      f"{pct(u.accuracy)} → {pct(r.accuracy)}", f"{num(u.nll)} → {num(r.nll)}", counts, pv])
     return head, body
 
@@ -302,10 +303,10 @@ def _healing(doc: _Doc, rows: list[ResultRow]) -> None:
     head, body = _healing_table(rows)
     if not body:
         return
-    doc.h(2, "Healing")
-    doc.p("Each healed cell against the same plan unhealed, on the same samples.", cls="muted")
+    doc.h(2, "Healing and compensation")
+    doc.p("Each healed or compensated cell against the same plan removed plainly, on the same samples.", cls="muted")
     if len(body) > 12:
-        doc.raw_details(f"{len(body)} healed cells", head, body)
+        doc.raw_details(f"{len(body)} healed or compensated cells", head, body)
     else:
         doc.table(head, body)
 
@@ -344,8 +345,8 @@ def _all_results(doc: _Doc, rows: list[ResultRow]) -> None:
     def ci(r: ResultRow) -> str:
         return f" [{pct(r.ci_low)}, {pct(r.ci_high)}]" if r.ci_low is not None else ""
 
-    head = ["method", "budget", "heal", "eval set", "domain", "n", "accuracy [95% CI]", "NLL", "removed", "s"]
-    body = [[r.label, budget_label(r.budget, r.budget_fraction), "no" if r.heal is None else "yes", r.eval_set,
+    head = ["method", "budget", "after pruning", "eval set", "domain", "n", "accuracy [95% CI]", "NLL", "removed", "s"]
+    body = [[r.label, budget_label(r.budget, r.budget_fraction), treatment(r.heal), r.eval_set,
              r.domain, str(r.n), pct(r.accuracy) + ci(r), num(r.nll), ",".join(map(str, r.removed)) or "–",
              f"{r.seconds:.1f}"] for r in rows]
     doc.h(2, "All results")

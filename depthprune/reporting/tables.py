@@ -27,6 +27,20 @@ def pval(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def treatment(heal: dict | str | None) -> str:
+    """What was done after pruning, from a row's ``heal`` (a dict or its JSON): ``none``, the
+    healing mode (``lora``), the repair (``refit``), or both (``refit + lora``)."""
+    import json
+    if isinstance(heal, str):
+        heal = json.loads(heal)
+    if not heal:
+        return "none"
+    parts = [heal["compensate"]["method"]] if "compensate" in heal else []
+    if set(heal) - {"compensate"}:
+        parts.append(str(heal.get("mode", "lora")))
+    return " + ".join(parts)
+
+
 def budget_label(b: int, fraction: float) -> str:
     return f"{b} ({100 * fraction:.0f}%)"
 
@@ -132,15 +146,16 @@ def retention_table(rows: list) -> tuple[list[str], list[list[str]], list[str]]:
         if ids:
             key = (r.budget, r.budget_fraction, r.label, json.dumps(r.heal, sort_keys=True), r.eval_set)
             cells[key][r.domain] = retention([ref[i] for i in ids], [mine[i] for i in ids])
-    head = ["budget", "method", "healed", "eval set"] + [f"{d} kept [95% CI]" for d in domains] + ["hidden collapse"]
+    head = ["budget", "method", "after pruning", "eval set"] + [f"{d} kept [95% CI]" for d in domains] + ["hidden collapse"]
     body, flagged = [], []
     for (budget, fraction, label, heal, eval_set), kept in sorted(cells.items()):
         collapsed = hidden_collapse({d: v[0] for d, v in kept.items()})
         cols = [f"{pct(kept[d][0], 0)} [{pct(kept[d][1], 0)}, {pct(kept[d][2], 0)}]" if d in kept else "–" for d in domains]
-        body.append([budget_label(budget, fraction), label, "no" if heal == "null" else "yes", eval_set, *cols,
+        body.append([budget_label(budget, fraction), label, treatment(heal), eval_set, *cols,
                      ", ".join(collapsed) or ""])
         if collapsed:
-            flagged.append(f"{label} at {budget_label(budget, fraction)}{' (healed)' if heal != 'null' else ''} on "
+            flagged.append(f"{label} at {budget_label(budget, fraction)}"
+                           f"{f' ({treatment(heal)})' if heal != 'null' else ''} on "
                            f"{eval_set}: {', '.join(collapsed)} keeps "
                            + ", ".join(f"{pct(kept[d][0], 0)}" for d in collapsed) + " of its accuracy while "
                            + ", ".join(f"{d} keeps {pct(v[0], 0)}" for d, v in sorted(kept.items()) if d not in collapsed))

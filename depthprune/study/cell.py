@@ -61,17 +61,41 @@ BASELINE = MethodVariant("none", {}, "unpruned")
 
 
 def expand_cells(study: Study, num_layers: int) -> list[Cell]:
-    """Every cell of the study: methods x budgets (unhealed), plus healed cells at the heal
-    budgets (for the heal methods, default all), plus the unpruned baseline (budget 0)."""
+    """Every cell of the study: methods x budgets (plain removal), plus healed cells at the heal
+    budgets (for the heal methods, default all), plus repaired cells at the compensate budgets
+    (for its methods, default all; repaired and healed where both apply), plus the unpruned
+    baseline (budget 0). A repaired cell's ``heal`` holds ``{"compensate": ...}`` (and the
+    recipe when it is healed too): what was done after pruning, so it never joins the plain
+    cells of a regime comparison."""
     cells = [Cell(BASELINE, 0, None)] if study.baseline else []
     for budget in resolve_budgets(study, num_layers):
         cells += [Cell(v, budget, None) for v in study.methods]
-    if study.heal is not None:
-        recipe = study.heal["recipe"]
-        names = study.heal["methods"]
-        for budget in resolve_budgets(study, num_layers, study.heal["budgets"], "heal.budgets"):
-            cells += [Cell(v, budget, recipe) for v in study.methods if names is None or v.label in names]
+    healed = _treated(study, num_layers, study.heal, "heal")
+    cells += [Cell(v, budget, study.heal["recipe"]) for v, budget in healed]
+    if study.compensate is not None:
+        for v, budget in _treated(study, num_layers, study.compensate, "compensate"):
+            repair = {"compensate": compensation_entry(study.compensate, v)}
+            cells.append(Cell(v, budget, repair))
+            if (v, budget) in healed:
+                cells.append(Cell(v, budget, {**repair, **study.heal["recipe"]}))
     return cells
+
+
+def _treated(study: Study, num_layers: int, section: dict | None, key: str) -> list[tuple[MethodVariant, int]]:
+    """(variant, budget) pairs a heal or compensate section applies to."""
+    if section is None:
+        return []
+    names = section["methods"]
+    return [(v, budget) for budget in resolve_budgets(study, num_layers, section["budgets"], f"{key}.budgets")
+            for v in study.methods if names is None or v.label in names]
+
+
+def compensation_entry(section: dict, variant: MethodVariant) -> dict[str, Any]:
+    """The repair of one variant's cells: the spec and the calibration domains' weights (the
+    variant's own domain or weights, else every calibration domain equally)."""
+    from depthprune.ranking.sleb import domain_weights
+    weights = domain_weights(section["domains"], variant.options.get("domain"), variant.options.get("weights"))
+    return {**section["spec"], "weights": weights}
 
 
 #: (sample id, domain, correct 1/0/None, NLL or None) for one eval sample.
@@ -145,15 +169,15 @@ def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet
 
 def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: dict[str, Any],
               records: Sequence[Record], distill: bool, progress: bool,
-              log_file: str | Path | None = None) -> nn.Module:
+              log_file: str | Path | None = None, teacher: nn.Module | None = None) -> nn.Module:
     """A pruned, healed deep copy of ``model`` (the original is untouched); the training log
-    goes to ``log_file`` (JSON lines)."""
+    goes to ``log_file`` (JSON lines). ``teacher`` (default ``model``) distils when ``distill``."""
     from depthprune.healing.recipe import HealConfig
     from depthprune.healing.trainer import heal_model
     student = prune_layers(copy.deepcopy(model), remove)
     if log_file is not None:
         Path(log_file).unlink(missing_ok=True)  # a cell interrupted earlier starts its log again
-    heal_model(student, processor, records, HealConfig(**recipe), teacher=model if distill else None,
+    heal_model(student, processor, records, HealConfig(**recipe), teacher=(teacher or model) if distill else None,
                removed_layers=list(remove), progress=progress, log_file=log_file)
     return student
 

@@ -22,6 +22,7 @@ Example (paths are relative to the study file)::
       - block-influence
     budgets: [0.05, 0.1, 0.25, 0.5]
     heal: {recipe: {mode: lora, steps: 200}, budgets: [0.25], methods: [domain:math]}
+    compensate: {method: refit, budgets: [0.25]}     # training-free repair (and before healing)
     metrics: {accuracy: true, max_new_tokens: 16}
 """
 
@@ -37,7 +38,7 @@ from typing import Any
 from depthprune.ranking.methods import METHODS, READS, unread_options
 from depthprune.ranking.plan import RankRequest, parse_weights
 from depthprune.ranking.protection import Protection
-from depthprune.study.schema import Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
+from depthprune.study.schema import Compensate, Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
 
 #: Keys of RankRequest set by the study itself, not per method.
 _STUDY_LEVEL = ("method", "budget", "allow_deepstack", "protect_first", "protect_last")
@@ -93,6 +94,7 @@ class Study:
     ablation: bool = False                    # also measure single-layer ablation (score --ablation)
     protect: Protection = field(default_factory=Protection)
     heal: dict[str, Any] | None = None        # {"recipe": {...}, "budgets": [...], "methods": [...]|None, "data": [...]|None, "distill": bool}
+    compensate: dict[str, Any] | None = None  # {"spec": {method, ridge, tokens}, "budgets": [...], "methods": [...]|None, "domains": [...]}
     accuracy: bool = True
     max_new_tokens: int = 16
     baseline: bool = True
@@ -315,6 +317,16 @@ def _heal(src: str, spec: Heal | None, base: Path, labels: list[str]) -> dict[st
             "data": data, "distill": spec.distill}
 
 
+def _compensate(src: str, spec: Compensate | None, labels: list[str], domains: set[str]) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    missing = [m for m in spec.methods or [] if m not in labels]
+    if missing:
+        raise _err(src, "compensate.methods", f"{missing[0]!r} is not one of the study's methods ({', '.join(labels)})")
+    return {"spec": {"method": spec.method, "ridge": spec.ridge, "tokens": spec.tokens},
+            "budgets": list(spec.budgets), "methods": spec.methods, "domains": sorted(domains)}
+
+
 def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
     """Validate a study given as a dict (paths relative to ``base``): its shape with
     :class:`~depthprune.study.schema.StudyFile`, then files, domains, methods and the healing
@@ -345,6 +357,7 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
         ablation=shape.calibration.ablation,
         protect=Protection(shape.protect.allow_deepstack, shape.protect.first, shape.protect.last),
         heal=_heal(src, shape.heal, base, [m.label for m in methods]),
+        compensate=_compensate(src, shape.compensate, [m.label for m in methods], {r.domain for r in calib_records}),
         accuracy=metrics.accuracy, max_new_tokens=metrics.max_new_tokens, baseline=shape.baseline,
         source=src, raw=raw)
 
@@ -437,4 +450,7 @@ def study_dict(study: Study, base: Path | None = None) -> dict[str, Any]:
     }
     if study.heal is not None:
         out["heal"] = {k: v for k, v in study.heal.items() if v is not None}
+    if study.compensate is not None:
+        out["compensate"] = {**study.compensate["spec"], "budgets": study.compensate["budgets"]} | (
+            {"methods": study.compensate["methods"]} if study.compensate["methods"] else {})
     return json.loads(json.dumps(out))

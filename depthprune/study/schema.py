@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
+from depthprune.compensation.spec import DEFAULT_RIDGE
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -140,6 +141,30 @@ class Heal(_Strict):
         return [value] if not isinstance(value, list) else value
 
 
+class Compensate(_Strict):
+    """``compensate:`` training-free repair of every gap (:mod:`depthprune.compensation`) at some
+    budgets, calibrated on each plan's own domain(s) (all calibration domains for a
+    domain-agnostic method); with a ``heal`` section, healed cells are also repaired first."""
+
+    method: Literal["lstsq", "refit"] = "refit"
+    ridge: Annotated[float, Field(ge=0, allow_inf_nan=False)] = DEFAULT_RIDGE
+    tokens: Literal["all", "answer"] = "all"
+    budgets: Annotated[list[Budget], Field(min_length=1)]
+    methods: list[NonEmptyStr] | None = None
+
+    _lists = field_validator("methods", mode="before")(_listify)
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budgets(cls, value: Any) -> Any:
+        return [value] if not isinstance(value, list) else value
+
+    @field_validator("ridge", mode="before")
+    @classmethod
+    def _ridge(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class StudyFile(_Strict):
     """A whole study file. Method entries (a name, or a mapping with ``method`` and options) are
     checked against the method registry by :func:`depthprune.study.config.parse_study`."""
@@ -156,6 +181,7 @@ class StudyFile(_Strict):
     budgets: Annotated[list[Budget], Field(min_length=1)]
     protect: Protect = Field(default_factory=Protect)
     heal: Heal | None = None
+    compensate: Compensate | None = None
     metrics: Metrics = Field(default_factory=Metrics)
     baseline: StrictBool = True
 
@@ -200,7 +226,8 @@ def _key(loc: tuple) -> str:
     return out
 
 
-_SECTIONS = {"calibration": Calibration, "protect": Protect, "metrics": Metrics, "heal": Heal}
+_SECTIONS = {"calibration": Calibration, "protect": Protect, "metrics": Metrics, "heal": Heal,
+             "compensate": Compensate}
 
 
 def _allowed(loc: tuple) -> list[str]:

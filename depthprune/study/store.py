@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS results (
   budget          INTEGER NOT NULL,  -- layers removed
   budget_fraction REAL NOT NULL,     -- budget / decoder layers of the unpruned model
   removed         TEXT NOT NULL,     -- JSON list of removed layers, 0-based, original numbering
-  heal            TEXT NOT NULL,     -- JSON healing recipe, or 'null' for none
+  heal            TEXT NOT NULL,     -- JSON of what was done after pruning: the healing recipe and/or
+                                     -- {"compensate": {...}} (a training-free repair); 'null' for none
   eval_set        TEXT NOT NULL,     -- eval file stem or lmms-eval task name
   domain          TEXT NOT NULL,
   n               INTEGER NOT NULL,  -- samples of this domain in this eval set

@@ -10,6 +10,8 @@ distinct plans are dealt round-robin to the processes (:mod:`depthprune.study.di
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -280,12 +282,32 @@ def _evaluate_plan(net: Any, processor: Any, study: Study, inputs: _Inputs, run:
     on a copy (its training log in ``run``'s logs)."""
     from depthprune.study.cell import evaluate_sets, heal_copy, pruned_in_memory
     args = (inputs.eval_sets, study.batch_size, study.max_new_tokens, study.accuracy, progress)
-    if heal is None:
-        with pruned_in_memory(net, remove):
-            return evaluate_sets(net, processor, *args)
-    student = heal_copy(net, processor, remove, heal, inputs.heal_records, study.heal["distill"], progress,
-                        log_file=run.heal_log(remove, heal))
+    recipe = dict(heal or {})
+    repair = recipe.pop("compensate", None)
+    start = None  # the model healing starts from: a repaired copy, when the cell is repaired
+    with contextlib.ExitStack() as stack:
+        if repair is not None:  # folded into the kept layers in place, restored on exit
+            stack.enter_context(_repaired(net, processor, study, inputs, remove, repair, progress))
+        if not recipe:
+            with pruned_in_memory(net, remove):
+                return evaluate_sets(net, processor, *args)
+        if repair is not None:
+            start = copy.deepcopy(net)
+    student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, study.heal["distill"], progress,
+                        log_file=run.heal_log(remove, heal), teacher=net)
     return evaluate_sets(student, processor, *args)
+
+
+def _repaired(net: Any, processor: Any, study: Study, inputs: _Inputs, remove: list[int], repair: dict,
+              progress: bool) -> Any:
+    """A context in which ``net``'s kept layers carry the compensation of ``remove`` (fitted on the
+    study's calibration records, each domain capped like scoring)."""
+    from depthprune.compensation import Compensation
+    from depthprune.compensation.fit import compensated
+    from depthprune.scoring.forward import cap_per_domain
+    spec = Compensation(repair["method"], repair["ridge"], repair["tokens"])
+    return compensated(net, processor, cap_per_domain(inputs.calib, study.calib_max_samples), remove,
+                       repair["weights"], spec, study.batch_size, progress)
 
 
 def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False,

@@ -210,3 +210,33 @@ def test_heal_cells_are_stored_beside_unhealed(tmp_path, llm, calib_dir, eval_fi
     assert healed and {r.domain for r in healed} == {"math", "general"}
     unhealed = next(r for r in rows if r.heal is None and r.budget == 2)
     assert healed[0].heal["mode"] == "lora" and healed[0].removed == unhealed.removed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None,
+                    reason="the heal extra (trl) is not installed")
+def test_compensated_cells_beside_plain_and_healed_ones_and_the_model_restored(tmp_path, llm, calib_dir, eval_file):
+    """A `compensate:` section adds repaired cells (repaired and healed where a heal section
+    applies too), each calibrated on its plan's domain; the plain cells are those of the same
+    study without the section (the in-place repair is undone after every repaired cell)."""
+    methods = [{"method": "domain", "domain": ["math", "general"]}, "last"]
+    heal = {"recipe": {"mode": "lora", "steps": 2, "batch_size": 2}, "budgets": [2], "methods": ["domain:math"]}
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[2], methods=methods, heal=heal,
+                      compensate={"method": "refit", "budgets": [2]})
+    run_study(path, tmp_path / "run", quiet=True)
+    rows = read_results(tmp_path / "run" / "results.sqlite")
+    repaired = {(r.label, "mode" in r.heal) for r in rows if r.heal and "compensate" in r.heal}
+    assert repaired == {("domain:math", False), ("domain:general", False), ("last", False), ("domain:math", True)}
+    weights = {r.label: r.heal["compensate"]["weights"] for r in rows if r.heal and "compensate" in r.heal}
+    assert weights == {"domain:math": {"math": 1.0}, "domain:general": {"general": 1.0},
+                       "last": {"general": 0.5, "math": 0.5}}
+    plain = {(r.label, r.eval_set, r.domain): r for r in rows if r.heal is None and r.budget == 2}
+    fixed = next(r for r in rows if r.label == "last" and r.heal and "compensate" in r.heal)
+    assert fixed.removed == plain[("last", fixed.eval_set, fixed.domain)].removed
+    assert fixed.samples != plain[("last", fixed.eval_set, fixed.domain)].samples  # the repair changed outputs
+
+    (tmp_path / "alone").mkdir()
+    alone = study_file(tmp_path / "alone", llm, calib_dir, eval_file, budgets=[2], methods=methods)
+    run_study(alone, tmp_path / "alone-run", quiet=True)
+    again = {(r.label, r.eval_set, r.domain): r.samples for r in read_results(tmp_path / "alone-run" / "results.sqlite")
+             if r.budget == 2}
+    assert again == {k: r.samples for k, r in plain.items()}
