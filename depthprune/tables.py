@@ -100,7 +100,7 @@ def headline_table(h: Headline) -> Any:
     """The headline as a rich table."""
     from rich.table import Table
     table = Table(title=f"toy Qwen3-VL, {h.budget} of {h.num_layers} layers removed ({h.budget / h.num_layers:.0%}), "
-                        "unhealed: math-aware vs general-aware")
+                        "unhealed (+ refit: compensated, training-free): math-aware vs general-aware")
     for col in ("ranking", "domain", "n", "unpruned", "math-aware", "general-aware", "only math-aware right",
                 "only general-aware right", "McNemar p (exact)"):
         table.add_column(col, justify="left" if col in ("ranking", "domain") else "right")
