@@ -56,6 +56,49 @@ def _fail(source: str, what: str, fix: str) -> DataError:
     return DataError(f"{source}: {what}. {fix}")
 
 
+def _image_value(obj: dict) -> Any:
+    """A record's top-level image reference(s): ``image``, else ``images``."""
+    return obj.get("image", obj.get("images"))
+
+
+def _part_image(part: dict) -> Any:
+    """The image reference of a ``{"type": "image", ...}`` message part."""
+    return part.get("image") or part.get("path") or part.get("url")
+
+
+def referenced_images(path: str | Path) -> list[Path]:
+    """The image files the records of the JSONL file ``path`` name (top-level and in messages),
+    as paths relative to the file's folder like :func:`parse_record` resolves them, without
+    decoding any image. Cheap and tolerant (for the output guard, before the data is
+    validated): unreadable, malformed or oddly shaped lines and missing images are skipped (the
+    loader reports them)."""
+    path = Path(path)
+    refs: list[str] = []
+    try:
+        raw_lines = path.read_bytes().splitlines()
+    except OSError:
+        return []
+    for raw in raw_lines:
+        if b"image" not in raw:
+            continue
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(obj, dict):
+            continue
+        value = _image_value(obj)
+        refs += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+        messages = obj.get("messages")
+        for turn in messages if isinstance(messages, list) else []:
+            content = turn.get("content") if isinstance(turn, dict) else None
+            for part in content if isinstance(content, list) else []:
+                if isinstance(part, dict) and part.get("type") == "image" and isinstance(_part_image(part), str):
+                    refs.append(_part_image(part))
+    found = dict.fromkeys(Path(r) if Path(r).is_absolute() else path.parent / r for r in refs if r)
+    return [p for p in found if p.is_file()]  # a missing one destroys nothing: the loader names it
+
+
 def _as_image_list(value: Any, source: str) -> list[str]:
     if value is None:
         return []
@@ -97,7 +140,7 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
             if kind == "text":
                 parts.append({"type": "text", "text": str(part.get("text", ""))})
             elif kind == "image":
-                ref = part.get("image") or part.get("path") or part.get("url")
+                ref = _part_image(part)
                 if ref is not None:
                     paths.append(str(ref))
                 parts.append({"type": "image"})
@@ -124,8 +167,7 @@ def parse_record(obj: Any, base: Path, source: str) -> Record:
         raise _fail(source, "missing or empty 'domain'",
                     "Give every record a domain label, e.g. \"domain\": \"math\"")
     rid = obj.get("id", source)
-    image_value = obj.get("image", obj.get("images"))
-    images = _as_image_list(image_value, source)
+    images = _as_image_list(_image_value(obj), source)
     messages = None
     question = obj.get("question")
     answer = obj.get("answer")

@@ -101,13 +101,15 @@ class Study:
     file: str | None = None                    # the study file's absolute path (None: built in memory)
 
     def reads(self, owned: list[Path] | tuple = ()) -> Any:
-        """What the study reads (:class:`depthprune.outputs.Inputs`): the model, every data file,
-        the study file; ``owned``: folders inside the run directory that belong to it."""
+        """What the study reads (:class:`depthprune.outputs.Inputs`): the model, every data file
+        (with its images), the lmms-eval task folders, the study file; ``owned``: folders inside
+        the run directory that belong to it."""
         from depthprune.models.loading import resolve_model_id
         from depthprune.outputs import inputs_of
         data = list(self.calibration) + [p for e in self.eval_sets for p in e.paths]
         data += list((self.heal or {}).get("data") or [])
-        return inputs_of(model=resolve_model_id(self.model), data=data, study=self.file, owned=owned)
+        return inputs_of(model=resolve_model_id(self.model), data=data, study=self.file, owned=owned,
+                         folders=[e.include_path for e in self.eval_sets])
 
     def identity(self, legacy: bool = False) -> dict[str, Any]:
         """What must not change when a run directory is resumed (it changes every number). Data
