@@ -30,6 +30,8 @@ from typing import Any
 
 from PIL import Image
 
+from depthprune.messages import show
+
 
 class DataError(ValueError):
     """A calibration or evaluation file is malformed; the message names file and line."""
@@ -106,7 +108,7 @@ def _as_image_list(value: Any, source: str) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise _fail(source, f"'image' must be a path, a list of paths or null, got {value!r}",
+    raise _fail(source, f"'image' must be a path, a list of paths or null, got {show(value)}",
                 "Write e.g. \"image\": \"imgs/1.png\"")
 
 
@@ -122,10 +124,10 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
     paths: list[str] = []
     for turn in raw:
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise _fail(source, f"each message needs 'role' and 'content', got {turn!r}",
+            raise _fail(source, f"each message needs 'role' and 'content', got {show(turn)}",
                         "See the data format in docs/data.md")
         if turn["role"] not in ("system", "user", "assistant"):
-            raise _fail(source, f"message role {turn['role']!r} is not system, user or assistant",
+            raise _fail(source, f"message role {show(turn['role'])} is not system, user or assistant",
                         "Use one of those roles")
         content = turn["content"]
         if isinstance(content, str):
@@ -145,7 +147,7 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
                     paths.append(str(ref))
                 parts.append({"type": "image"})
             else:
-                raise _fail(source, f"unsupported message part {part!r}",
+                raise _fail(source, f"unsupported message part {show(part)}",
                             "Use {\"type\": \"text\", \"text\": ...} or {\"type\": \"image\", \"image\": PATH}")
         messages.append({"role": turn["role"], "content": parts})
     answer = None
@@ -179,7 +181,7 @@ def parse_record(obj: Any, base: Path, source: str) -> Record:
         raise _fail(source, "missing or empty 'question' (and no 'messages')",
                     "Give a \"question\" string or a \"messages\" list")
     if answer is not None and not isinstance(answer, (str, int, float)):
-        raise _fail(source, f"'answer' must be a string or a number, got {answer!r}",
+        raise _fail(source, f"'answer' must be a string or a number, got {show(answer)}",
                     "Write e.g. \"answer\": \"42\"")
     resolved = []
     for ref in images:
