@@ -126,10 +126,10 @@ def inputs_of(*, model: str | os.PathLike | None = None, data: Sequence[str | os
               files: Sequence[str | os.PathLike | None] = (), folders: Sequence[str | os.PathLike | None] = (),
               study: str | os.PathLike | None = None, owned: Sequence[str | os.PathLike] = ()) -> Inputs:
     """The :class:`Inputs` of a run: a local ``model`` (a directory or file that exists; pass
-    the resolved name: a hub id reads nothing local), ``data`` (a JSONL file brings the images
-    its records name; a directory counts as a whole), other ``files`` read (None skipped; a
-    scores ``.json`` brings its ``.safetensors``), ``folders`` read as a whole (None skipped),
-    a ``study`` file."""
+    the resolved name: a hub id reads nothing local), ``data`` files (each brings the images its
+    records name), other ``files`` read (None skipped; a scores ``.json`` brings its
+    ``.safetensors``), ``folders`` read as a whole (None skipped: an lmms-eval task folder), a
+    ``study`` file."""
     paths: list[Path] = []
     if model is not None and Path(model).expanduser().exists():
         paths.append(Path(model).expanduser())
@@ -143,6 +143,8 @@ def inputs_of(*, model: str | os.PathLike | None = None, data: Sequence[str | os
     paths += [Path(f).expanduser() for f in folders if f is not None]
     for f in data:
         path = Path(f).expanduser()
+        if path.is_dir():
+            continue  # not a data file: the loader refuses it, naming it
         paths.append(path)
         if path.is_file():
             from depthprune.data.records import referenced_images

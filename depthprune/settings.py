@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from typing import Any
 
 ENV_QUIET, ENV_THREADS, ENV_DEBUG = "DEPTHPRUNE_QUIET", "DEPTHPRUNE_THREADS", "DEPTHPRUNE_DEBUG"
@@ -138,7 +139,8 @@ class LogProgress:
 
     GAP = 5.0
     NESTED = 30.0
-    _open: list["LogProgress"] = []
+    #: the steps open now (weakly held: a step abandoned by an exception does not stay "open")
+    _open: "weakref.WeakSet[LogProgress]" = weakref.WeakSet()
 
     def __init__(self, iterable: Any = None, desc: str | None = None, total: float | None = None,
                  unit: str = "it", initial: float = 0, unit_scale: bool = False, file: Any = None,
@@ -154,7 +156,7 @@ class LogProgress:
         self.nested = bool(LogProgress._open)
         self.started = self.last = time.monotonic()
         self.tenths = self._tenths()
-        LogProgress._open.append(self)
+        LogProgress._open.add(self)
         if not self.nested:
             done = f", {self._number(initial)} already done" if initial else ""
             self._write(f"{self.desc}: started, {self._amount(total) if total is not None else 'total unknown'}"
@@ -209,8 +211,7 @@ class LogProgress:
         if self.closed:
             return
         self.closed = True
-        if self in LogProgress._open:
-            LogProgress._open.remove(self)
+        LogProgress._open.discard(self)
         elapsed = time.monotonic() - self.started
         if silent or (self.nested and elapsed < self.NESTED):
             return
@@ -232,7 +233,7 @@ class LogProgress:
         return f"{x:g}" if isinstance(x, float) else str(x)
 
     def _amount(self, n: float, total: float | None = None) -> str:
-        unit = self.unit + ("s" if self.unit.isalpha() and len(self.unit) > 1 and not self.unit.endswith("s") else "")
+        unit = self.unit + ("s" if self.unit.isalpha() and len(self.unit) > 2 and not self.unit.endswith("s") else "")
         count = self._number(n) + (f"/{self._number(total)}" if total is not None else "")
         return f"{count}{'' if self.unit_scale else ' '}{unit}"
 
