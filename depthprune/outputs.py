@@ -141,8 +141,7 @@ def inputs_of(*, model: str | os.PathLike | None = None, data: Sequence[str | os
             if str(f).endswith(".json") and Path(f).with_suffix(".safetensors").exists():
                 paths.append(Path(f).expanduser().with_suffix(".safetensors"))
     paths += [Path(f).expanduser() for f in folders if f is not None]
-    for f in data:
-        path = Path(f).expanduser()
+    for path in dict.fromkeys(Path(f).expanduser() for f in data):  # a file given twice is read once
         if path.is_dir():
             continue  # not a data file: the loader refuses it, naming it
         paths.append(path)
@@ -157,17 +156,18 @@ def _absolute(path: str | os.PathLike) -> Path:
 
 
 def _resolver() -> Any:
-    """``_absolute`` for many paths, most of them files in a few folders (a data set's images):
-    each folder is resolved once; a file that is itself a link is resolved in full."""
-    folders: dict[Path, Path] = {}
+    """``_absolute`` as a string, for many paths, most of them files in a few folders (a data
+    set's images): each folder is resolved once; a file that is itself a link in full."""
+    folders: dict[str, str] = {}
 
-    def resolve(path: Path) -> Path:
-        path = Path(os.path.abspath(path.expanduser()))
-        if path.is_symlink() or path.parent == path:
-            return path.resolve()
-        if path.parent not in folders:
-            folders[path.parent] = path.parent.resolve()
-        return folders[path.parent] / path.name
+    def resolve(path: Path) -> str:
+        text = os.path.abspath(os.path.expanduser(path))
+        folder, name = os.path.split(text)
+        if not name or os.path.islink(text):
+            return os.path.realpath(text)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        return os.path.join(folders[folder], name)
     return resolve
 
 
@@ -177,14 +177,16 @@ def refuse_overlap(out: Path, inputs: Inputs | Sequence[str | os.PathLike], opti
     if not isinstance(inputs, Inputs):
         inputs = Inputs(tuple(Path(p) for p in inputs))
     target = _absolute(out)
-    owned = [_absolute(o) for o in inputs.owned]
+    around = {str(p) for p in target.parents}  # an input there holds the output
+    within = str(target).rstrip(os.sep) + os.sep  # an input under this prefix is held by the output
+    owned = [str(_absolute(o)).rstrip(os.sep) + os.sep for o in inputs.owned]
     resolve = _resolver()
     for src in inputs.paths:
         source = resolve(src)
-        if any(source == o or o in source.parents for o in owned):
+        if any((source + os.sep).startswith(o) for o in owned):
             continue
-        if target == source or source in target.parents or target in source.parents:
-            how = ("is" if target == source else "is inside" if source in target.parents else "contains")
+        if source == str(target) or source in around or source.startswith(within):
+            how = "is" if source == str(target) else "is inside" if source in around else "contains"
             raise OutputError(f"{option} {out}: {how} the input {src}; writing there could destroy it "
                               f"(--overwrite does not change this). Choose a {option} outside it")
 
