@@ -66,7 +66,7 @@ err = Console(stderr=True, soft_wrap=True, markup=False)
 @app.callback()
 def _global_options(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=settings.ENV_QUIET,
-                                        help="No progress: no bars on a terminal, no progress lines in a log.")] = False,
+                                        help="No progress (no bars, no log lines).")] = False,
     threads: Annotated[int | None, typer.Option(min=1, envvar=settings.ENV_THREADS,
                                                 help="CPU threads for torch (torch.set_num_threads). Use 1 (or "
                                                      "cores / processes) when other processes share the cores.")] = None,

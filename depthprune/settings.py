@@ -150,7 +150,8 @@ class LogProgress:
                 total = len(iterable)
             except TypeError:
                 total = None
-        self.iterable, self.desc, self.total, self.unit, self.unit_scale = iterable, desc or "progress", total, unit, unit_scale
+        self.iterable, self.desc, self.total = iterable, desc or "progress", total
+        self.unit, self.unit_scale = unit, unit_scale
         self.n = self.initial = initial
         self.file, self.postfix, self.disable, self.closed = file, "", False, False
         self.nested = bool(LogProgress._open)

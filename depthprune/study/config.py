@@ -243,7 +243,7 @@ def _methods(src: str, raw: list, domains: set[str]) -> list[MethodVariant]:
             raise _err(src, f"{key}.{unknown[0]}", f"unknown key; allowed here: {', '.join(sorted(['method', *allowed]))}")
         ignored = unread_options(name, {k: v for k, v in entry.items() if k != "method"})
         if ignored:
-            raise _err(src, f"{key}.{ignored[0]}", f"method {show(name)} does not read {ignored[0]!r}; drop it (it reads: "
+            raise _err(src, f"{key}.{ignored[0]}", f"method {name!r} does not read {ignored[0]!r}; drop it (it reads: "
                                                    f"{', '.join(READS[name]) or 'no method options'})")
         axes: list[list[tuple[str, Any]]] = []
         for opt in sorted(k for k in entry if k != "method"):

@@ -65,7 +65,8 @@ def test_log_lines_are_bounded_whatever_the_number_of_updates(capsys, monkeypatc
     bar.set_postfix(acc="50%")
     bar.close()
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "eval: started, 10000 samples" and lines[-1].startswith("eval: finished, 10000/10000 samples in ")
+    assert lines[0] == "eval: started, 10000 samples"
+    assert lines[-1].startswith("eval: finished, 10000/10000 samples in ")
     assert lines[-1].endswith(", acc=50%") and len(lines) == 11, lines  # start, nine tenths, end
     settings._settings["quiet"] = True
     progress(total=3, desc="eval").update(3)
