@@ -67,7 +67,7 @@ err = Console(stderr=True, soft_wrap=True, markup=False)
 @app.callback()
 def _global_options(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=settings.ENV_QUIET,
-                                        help="No progress bars (for logs).")] = False,
+                                        help="No progress (no bars, no log lines).")] = False,
     threads: Annotated[int | None, typer.Option(min=1, envvar=settings.ENV_THREADS,
                                                 help="CPU threads for torch (torch.set_num_threads). Use 1 (or "
                                                      "cores / processes) when other processes share the cores.")] = None,
@@ -93,7 +93,9 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """A message on one line of bounded length (:func:`depthprune.messages.one_line`)."""
+    from depthprune.messages import one_line
+    return one_line(text)
 
 
 def error_message(exc: BaseException) -> tuple[str, int]:
@@ -141,7 +143,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(exc, SystemExit):
                 raise
             settings.close_progress_bars()
-            message, status = error_message(exc)
+            try:
+                message, status = error_message(exc)
+            except BaseException:  # noqa: BLE001 - even formatting failed (out of memory?): still one line
+                message = f"{type(exc).__name__} (its message could not be shown; rerun with --debug)"
+                status = 2 if isinstance(exc, (ValueError, OSError, MemoryError)) else 1
             if settings.debug():
                 traceback.print_exception(exc, file=sys.stderr)
             sys.stdout.flush()

@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _TMP, _OLD = ".tmp-", ".old-"
 _EXISTS = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
@@ -107,66 +108,86 @@ def io_failure(err: BaseException) -> str | None:
 class Inputs:
     """What a run reads, for the one rule every output follows (:func:`check_output`).
 
-    An output may not be, be inside, or contain any of ``paths`` (files and directories read:
-    the model, data files, a scores pair, a plan, a study file). A *directory* output may not be,
-    be inside, or contain any of ``folders`` either (the folders holding data or study files,
-    with their images), unless the folder lies inside one of ``owned`` (what the output itself
-    holds, e.g. the demo's data inside its run directory)."""
+    An output may not be, be inside, or contain any of ``paths``: the files and folders the run
+    reads (the model directory or file, each data file and every image its records name, a
+    folder read as a whole, a scores pair, a plan, a study file, a teacher), --overwrite or not.
+    Anything else is allowed: a new run directory beside the study file or inside the project
+    folder that holds the data destroys nothing. ``owned``: folders that belong to the output
+    itself (the demo's data inside its run directory); inputs inside them are not counted."""
 
     paths: tuple[Path, ...] = ()
-    folders: tuple[Path, ...] = ()
     owned: tuple[Path, ...] = ()
 
     def __add__(self, other: "Inputs") -> "Inputs":
-        return Inputs(self.paths + other.paths, self.folders + other.folders, self.owned + other.owned)
+        return Inputs(self.paths + other.paths, self.owned + other.owned)
 
 
 def inputs_of(*, model: str | os.PathLike | None = None, data: Sequence[str | os.PathLike] = (),
-              files: Sequence[str | os.PathLike | None] = (), study: str | os.PathLike | None = None,
-              owned: Sequence[str | os.PathLike] = ()) -> Inputs:
+              files: Sequence[str | os.PathLike | None] = (), folders: Sequence[str | os.PathLike | None] = (),
+              study: str | os.PathLike | None = None, owned: Sequence[str | os.PathLike] = ()) -> Inputs:
     """The :class:`Inputs` of a run: a local ``model`` (a directory or file that exists; pass
-    the resolved name: a hub id reads nothing local), ``data`` files (and their folders), other
-    ``files`` read (None skipped; a scores ``.json`` brings its ``.safetensors``), a ``study``
-    file (and its folder)."""
+    the resolved name: a hub id reads nothing local), ``data`` files (each brings the images its
+    records name), other ``files`` read (None skipped; a scores ``.json`` brings its
+    ``.safetensors``), ``folders`` read as a whole (None skipped: an lmms-eval task folder), a
+    ``study`` file."""
     paths: list[Path] = []
-    folders: list[Path] = []
     if model is not None and Path(model).expanduser().exists():
         paths.append(Path(model).expanduser())
+    if study is not None:
+        paths.append(Path(study).expanduser())
     for f in files:
         if f is not None:
             paths.append(Path(f).expanduser())
             if str(f).endswith(".json") and Path(f).with_suffix(".safetensors").exists():
                 paths.append(Path(f).expanduser().with_suffix(".safetensors"))
-    for f in list(data) + ([study] if study is not None else []):
-        if Path(f).expanduser().is_dir():
+    paths += [Path(f).expanduser() for f in folders if f is not None]
+    for path in dict.fromkeys(Path(f).expanduser() for f in data):  # a file given twice is read once
+        if path.is_dir():
             continue  # not a data file: the loader refuses it, naming it
-        paths.append(Path(f).expanduser())
-        folders.append(Path(f).expanduser().parent)
-    return Inputs(tuple(paths), tuple(folders), tuple(Path(o).expanduser() for o in owned))
+        paths.append(path)
+        if path.is_file():
+            from depthprune.data.records import referenced_images
+            paths += referenced_images(path)
+    return Inputs(tuple(dict.fromkeys(paths)), tuple(Path(o).expanduser() for o in owned))
 
 
 def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(Path(path).expanduser())).resolve()
 
 
-def refuse_overlap(out: Path, inputs: Inputs | Sequence[str | os.PathLike], option: str = "--out",
-                   kind: str = "dir") -> None:
-    """Refuse ``out`` if it is, is inside, or contains an input (for a directory output: also an
-    input's folder), even with --overwrite: replacing it would destroy the input."""
+def _resolver() -> Any:
+    """``_absolute`` as a string, for many paths, most of them files in a few folders (a data
+    set's images): each folder is resolved once; a file that is itself a link in full."""
+    folders: dict[str, str] = {}
+
+    def resolve(path: Path) -> str:
+        text = os.path.abspath(os.path.expanduser(path))
+        folder, name = os.path.split(text)
+        if not name or os.path.islink(text):
+            return os.path.realpath(text)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        return os.path.join(folders[folder], name)
+    return resolve
+
+
+def refuse_overlap(out: Path, inputs: Inputs | Sequence[str | os.PathLike], option: str = "--out") -> None:
+    """Refuse ``out`` if it is, is inside, or contains an input (:class:`Inputs`), even with
+    --overwrite: replacing it would destroy the input."""
     if not isinstance(inputs, Inputs):
         inputs = Inputs(tuple(Path(p) for p in inputs))
     target = _absolute(out)
-    owned = [_absolute(o) for o in inputs.owned]
-    checks = [(p, "the input") for p in inputs.paths]
-    if kind == "dir":
-        checks += [(f, "the folder of the input") for f in inputs.folders]
-    for src, what in checks:
-        source = _absolute(src)
-        if any(source == o or o in source.parents for o in owned):
+    around = {str(p) for p in target.parents}  # an input there holds the output
+    within = str(target).rstrip(os.sep) + os.sep  # an input under this prefix is held by the output
+    owned = [str(_absolute(o)).rstrip(os.sep) + os.sep for o in inputs.owned]
+    resolve = _resolver()
+    for src in inputs.paths:
+        source = resolve(src)
+        if any((source + os.sep).startswith(o) for o in owned):
             continue
-        if target == source or source in target.parents or target in source.parents:
-            how = ("is" if target == source else "is inside" if source in target.parents else "contains")
-            raise OutputError(f"{option} {out}: {how} {what} {src}; writing there could destroy it "
+        if source == str(target) or source in around or source.startswith(within):
+            how = "is" if source == str(target) else "is inside" if source in around else "contains"
+            raise OutputError(f"{option} {out}: {how} the input {src}; writing there could destroy it "
                               f"(--overwrite does not change this). Choose a {option} outside it")
 
 
@@ -198,7 +219,7 @@ def check_output(out: str | os.PathLike, overwrite: bool, kind: str = "dir",
     Raises OutputError naming ``option`` and the path, with the fix.
     """
     out = Path(out).expanduser()
-    refuse_overlap(out, inputs, option, kind)  # first: --overwrite must not even be suggested for an input
+    refuse_overlap(out, inputs, option)  # first: --overwrite must not even be suggested for an input
     if kind == "dir":
         if out.exists() and not out.is_dir():
             raise OutputError(f"{option} {out}: exists and is not a directory. Choose another {option}")

@@ -30,6 +30,8 @@ from typing import Any
 
 from PIL import Image
 
+from depthprune.messages import show
+
 
 class DataError(ValueError):
     """A calibration or evaluation file is malformed; the message names file and line."""
@@ -56,6 +58,49 @@ def _fail(source: str, what: str, fix: str) -> DataError:
     return DataError(f"{source}: {what}. {fix}")
 
 
+def _image_value(obj: dict) -> Any:
+    """A record's top-level image reference(s): ``image``, else ``images``."""
+    return obj.get("image", obj.get("images"))
+
+
+def _part_image(part: dict) -> Any:
+    """The image reference of a ``{"type": "image", ...}`` message part."""
+    return part.get("image") or part.get("path") or part.get("url")
+
+
+def referenced_images(path: str | Path) -> list[Path]:
+    """The image files the records of the JSONL file ``path`` name (top-level and in messages),
+    as paths relative to the file's folder like :func:`parse_record` resolves them, without
+    decoding any image. Cheap and tolerant (for the output guard, before the data is
+    validated): unreadable, malformed or oddly shaped lines and missing images are skipped (the
+    loader reports them)."""
+    path = Path(path)
+    refs: list[str] = []
+    try:
+        raw_lines = path.read_bytes().splitlines()
+    except OSError:
+        return []
+    for raw in raw_lines:
+        if b"image" not in raw:
+            continue
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(obj, dict):
+            continue
+        value = _image_value(obj)
+        refs += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+        messages = obj.get("messages")
+        for turn in messages if isinstance(messages, list) else []:
+            content = turn.get("content") if isinstance(turn, dict) else None
+            for part in content if isinstance(content, list) else []:
+                if isinstance(part, dict) and part.get("type") == "image" and isinstance(_part_image(part), str):
+                    refs.append(_part_image(part))
+    found = dict.fromkeys(Path(r) if Path(r).is_absolute() else path.parent / r for r in refs if r)
+    return [p for p in found if p.is_file()]  # a missing one destroys nothing: the loader names it
+
+
 def _as_image_list(value: Any, source: str) -> list[str]:
     if value is None:
         return []
@@ -63,7 +108,7 @@ def _as_image_list(value: Any, source: str) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise _fail(source, f"'image' must be a path, a list of paths or null, got {value!r}",
+    raise _fail(source, f"'image' must be a path, a list of paths or null, got {show(value)}",
                 "Write e.g. \"image\": \"imgs/1.png\"")
 
 
@@ -79,10 +124,10 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
     paths: list[str] = []
     for turn in raw:
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise _fail(source, f"each message needs 'role' and 'content', got {turn!r}",
+            raise _fail(source, f"each message needs 'role' and 'content', got {show(turn)}",
                         "See the data format in docs/data.md")
         if turn["role"] not in ("system", "user", "assistant"):
-            raise _fail(source, f"message role {turn['role']!r} is not system, user or assistant",
+            raise _fail(source, f"message role {show(turn['role'])} is not system, user or assistant",
                         "Use one of those roles")
         content = turn["content"]
         if isinstance(content, str):
@@ -97,12 +142,12 @@ def _parse_messages(raw: Any, base: Path, source: str) -> tuple[tuple[dict, ...]
             if kind == "text":
                 parts.append({"type": "text", "text": str(part.get("text", ""))})
             elif kind == "image":
-                ref = part.get("image") or part.get("path") or part.get("url")
+                ref = _part_image(part)
                 if ref is not None:
                     paths.append(str(ref))
                 parts.append({"type": "image"})
             else:
-                raise _fail(source, f"unsupported message part {part!r}",
+                raise _fail(source, f"unsupported message part {show(part)}",
                             "Use {\"type\": \"text\", \"text\": ...} or {\"type\": \"image\", \"image\": PATH}")
         messages.append({"role": turn["role"], "content": parts})
     answer = None
@@ -124,8 +169,7 @@ def parse_record(obj: Any, base: Path, source: str) -> Record:
         raise _fail(source, "missing or empty 'domain'",
                     "Give every record a domain label, e.g. \"domain\": \"math\"")
     rid = obj.get("id", source)
-    image_value = obj.get("image", obj.get("images"))
-    images = _as_image_list(image_value, source)
+    images = _as_image_list(_image_value(obj), source)
     messages = None
     question = obj.get("question")
     answer = obj.get("answer")
@@ -137,7 +181,7 @@ def parse_record(obj: Any, base: Path, source: str) -> Record:
         raise _fail(source, "missing or empty 'question' (and no 'messages')",
                     "Give a \"question\" string or a \"messages\" list")
     if answer is not None and not isinstance(answer, (str, int, float)):
-        raise _fail(source, f"'answer' must be a string or a number, got {answer!r}",
+        raise _fail(source, f"'answer' must be a string or a number, got {show(answer)}",
                     "Write e.g. \"answer\": \"42\"")
     resolved = []
     for ref in images:

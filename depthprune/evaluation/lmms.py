@@ -505,7 +505,7 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
     model_id = resolve_model_id(model_id)
     out = Path(out)
     for path in (out, predictions_path(out)):  # cheap checks before anything loads
-        check_output(path, overwrite, kind="file", inputs=inputs_of(model=model_id))
+        check_output(path, overwrite, kind="file", inputs=inputs_of(model=model_id, folders=[include_path]))
     tasks = [t.strip() for t in tasks if t.strip()]
     if not tasks:
         raise LmmsError("--lmms-eval: give task names, e.g. --lmms-eval mmstar,ai2d")

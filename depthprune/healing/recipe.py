@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from depthprune.data.records import DataError, Record
+from depthprune.messages import show
 
 
 class HealError(ValueError):
@@ -89,7 +90,7 @@ class HealConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in HEAL_MODES:
-            raise HealError(f"unknown heal mode '{self.mode}'; choose one of {', '.join(HEAL_MODES)}")
+            raise HealError(f"unknown heal mode {show(self.mode)}; choose one of {', '.join(HEAL_MODES)}")
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lora_r": self.lora_r,
                     "lora_alpha": self.lora_alpha, "save_steps": self.save_steps,
                     "logging_steps": self.logging_steps, "temperature": self.temperature}

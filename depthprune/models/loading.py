@@ -177,7 +177,7 @@ def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "
     """
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from depthprune.settings import apply_threads, quiet
+    from depthprune.settings import apply_threads, progress_mode
     apply_threads()
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
@@ -195,7 +195,7 @@ def load_model(model_id: str | os.PathLike, dtype: str = "auto", device: str = "
     if local and not any((Path(model_id).expanduser() / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelError(f"{model_id}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}). Copy them from "
                          "the original checkpoint into this directory")
-    if quiet():
+    if progress_mode() != "bars":  # --quiet, or a log: its bar would flood it
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depthprune.messages import one_line, show
 from depthprune.ranking.methods import METHODS, READS, unread_options
 from depthprune.ranking.plan import RankRequest, parse_weights
 from depthprune.ranking.protection import Protection
@@ -103,13 +104,15 @@ class Study:
     file: str | None = None                    # the study file's absolute path (None: built in memory)
 
     def reads(self, owned: list[Path] | tuple = ()) -> Any:
-        """What the study reads (:class:`depthprune.outputs.Inputs`): the model, every data file,
-        the study file; ``owned``: folders inside the run directory that belong to it."""
+        """What the study reads (:class:`depthprune.outputs.Inputs`): the model, every data file
+        (with its images), the lmms-eval task folders, the study file; ``owned``: folders inside
+        the run directory that belong to it."""
         from depthprune.models.loading import resolve_model_id
         from depthprune.outputs import inputs_of
         data = list(self.calibration) + [p for e in self.eval_sets for p in e.paths]
         data += list((self.heal or {}).get("data") or [])
-        return inputs_of(model=resolve_model_id(self.model), data=data, study=self.file, owned=owned)
+        return inputs_of(model=resolve_model_id(self.model), data=data, study=self.file, owned=owned,
+                         folders=[e.include_path for e in self.eval_sets])
 
     def identity(self, legacy: bool = False) -> dict[str, Any]:
         """What must not change when a run directory is resumed (it changes every number). Data
@@ -214,15 +217,15 @@ def _option(src: str, key: str, opt: str, value: Any, domains: set[str]) -> Any:
         return weights
     if opt == "domain":
         if not isinstance(value, str) or not value.strip():
-            raise _err(src, key, f"expected a non-empty string, got {value!r}")
+            raise _err(src, key, f"expected a non-empty string, got {show(value)}")
         if value not in domains:
-            raise _err(src, key, f"domain {value!r} is not in the calibration data "
+            raise _err(src, key, f"domain {show(value)} is not in the calibration data "
                                  f"(domains: {', '.join(sorted(domains))})")
         return value
     if opt == "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise _err(src, key, f"expected an integer >= 0, got {value!r}")
+        raise _err(src, key, f"expected an integer >= 0, got {show(value)}")
     if value is not None and not isinstance(value, (str, int, float, bool)):
-        raise _err(src, key, f"expected a scalar value (or a list of them), got {value!r}")
+        raise _err(src, key, f"expected a scalar value (or a list of them), got {show(value)}")
     return value
 
 
@@ -235,8 +238,8 @@ def _methods(src: str, raw: list, domains: set[str]) -> list[MethodVariant]:
         if not isinstance(entry, dict) or "method" not in entry:
             raise _err(src, key, "expected a method name or a mapping with a 'method' key")
         name = entry["method"]
-        if name not in METHODS:
-            raise _err(src, f"{key}.method", f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+        if not isinstance(name, str) or name not in METHODS:
+            raise _err(src, f"{key}.method", f"unknown method {show(name)}; choose one of {', '.join(METHODS)}")
         unknown = sorted(set(entry) - {"method", *allowed})
         if unknown:
             raise _err(src, f"{key}.{unknown[0]}", f"unknown key; allowed here: {', '.join(sorted(['method', *allowed]))}")
@@ -284,7 +287,7 @@ def _eval_sets(src: str, specs: list[JsonlEval | LmmsEval], base: Path) -> list[
                 es.include_path = str(include.resolve())
         es.accuracy, es.max_new_tokens = spec.accuracy, spec.max_new_tokens
         if any(s.name == es.name for s in sets):
-            raise _err(src, f"{key}.name", f"eval set name {es.name!r} is used twice; give each a distinct name")
+            raise _err(src, f"{key}.name", f"eval set name {show(es.name)} is used twice; give each a distinct name")
         sets.append(es)
     return sets
 
@@ -311,7 +314,7 @@ def _heal(src: str, spec: Heal | None, base: Path, labels: list[str]) -> dict[st
         recipe["time_budget"] = config.time_budget
     missing = [m for m in spec.methods or [] if m not in labels]
     if missing:
-        raise _err(src, "heal.methods", f"{missing[0]!r} is not one of the study's methods ({', '.join(labels)})")
+        raise _err(src, "heal.methods", f"{show(missing[0])} is not one of the study's methods ({', '.join(labels)})")
     data = _paths(src, "heal.data", spec.data, base) if spec.data is not None else None
     return {"recipe": dict(sorted(recipe.items())), "budgets": list(spec.budgets), "methods": spec.methods,
             "data": data, "distill": spec.distill}
@@ -362,15 +365,52 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
         source=src, raw=raw)
 
 
-#: A study file is a page of YAML: larger files, and more aliases than a hand-written file needs
-#: (a "billion laughs" alias bomb expands without bound), are refused before they are read.
-MAX_STUDY_BYTES, MAX_ALIASES = 1 << 20, 100
+#: A study file is a page of YAML: larger files, more aliases than a hand-written file needs, and
+#: aliases that expand to more than MAX_ALIAS_EXPANSION values beyond those written (a "billion
+#: laughs" alias bomb: nested anchors, each repeating the one before) are refused before any
+#: Python value is built.
+MAX_STUDY_BYTES, MAX_ALIASES, MAX_ALIAS_EXPANSION = 1 << 20, 100, 10_000
+
+
+def _expanded_size(root: Any) -> tuple[int, int] | None:
+    """(values written, values with every alias written out) of a composed YAML node graph,
+    counted on the graph (each node once: time and memory grow with the file, not with the
+    expansion); None if an alias refers to a node that contains it (an endless value)."""
+    import yaml
+
+    def children(node: Any) -> list:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return []
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # started, not finished: the ancestors of the node in work
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children(node))
+            continue
+        if id(node) in sizes:
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for child in children(node):
+            if id(child) in open_nodes:
+                return None
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return len(sizes), sizes[id(root)]
 
 
 def read_yaml(path: Path, what: str = "study file") -> Any:
     """Parse a YAML file strictly: UTF-8 text of at most 1 MiB, no key given twice in a mapping
-    (YAML would keep the last silently), at most :data:`MAX_ALIASES` aliases. StudyError names
-    the file, the line and the fix."""
+    (YAML would keep the last silently), at most :data:`MAX_ALIASES` aliases, expanding to at
+    most :data:`MAX_ALIAS_EXPANSION` values more than the file writes out. StudyError names the
+    file, the line and the fix."""
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
@@ -388,7 +428,7 @@ def read_yaml(path: Path, what: str = "study file") -> Any:
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, (str, int, float, bool)) and key in seen:
-                    raise StudyError(f"{path}: line {key_node.start_mark.line + 1}: key {str(key)[:80]!r} is given "
+                    raise StudyError(f"{path}: line {key_node.start_mark.line + 1}: key {show(key)} is given "
                                      "twice in one mapping; keep one")
                 seen.add(key)
             return super().construct_mapping(node, deep)
@@ -402,10 +442,30 @@ def read_yaml(path: Path, what: str = "study file") -> Any:
     except UnicodeDecodeError as exc:
         raise StudyError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
                          f"save the {what} as UTF-8") from None
+    loader = StrictLoader(text)  # noqa: S506 - a SafeLoader subclass
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node)
+        if size is None:
+            raise StudyError(f"{path}: a YAML alias (*name) refers to the value that contains it (an endless "
+                             "value); write the values out")
+        written, expanded = size
+        if expanded - written > MAX_ALIAS_EXPANSION:
+            raise StudyError(f"{path}: its YAML aliases (*name) expand to {expanded:,} values, {written:,} written "
+                             f"out (at most {MAX_ALIAS_EXPANSION:,} more allowed); write the values out")
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise StudyError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    except RecursionError:
+        raise StudyError(f"{path}: YAML nested too deeply to be a {what}; flatten it") from None
+    except StudyError:
+        raise
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise StudyError(f"{path}: not valid YAML ({one_line(str(exc), 200)})") from None
+    finally:
+        loader.dispose()
 
 
 def load_study(path: str | Path) -> Study:

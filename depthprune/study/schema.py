@@ -26,6 +26,8 @@ from pydantic import (
     field_validator,
 )
 
+from depthprune.messages import show as _show  # never an unbounded echo (an alias bomb, a huge list)
+
 
 class StudyError(ValueError):
     """The study file is malformed; the message names the file and the key."""
@@ -204,13 +206,6 @@ class StudyFile(_Strict):
 
 
 REQUIRED = ("model", "calibration", "eval", "methods", "budgets")
-#: What a message may echo of a user's value: never an unbounded one (an alias bomb, a huge list).
-SHOW_LIMIT = 80
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= SHOW_LIMIT else text[:SHOW_LIMIT] + "..."
 
 
 def _key(loc: tuple) -> str:

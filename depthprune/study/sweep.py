@@ -315,9 +315,9 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     """Run (or resume) every cell of ``study`` into the run directory ``out``.
 
     ``study`` is a :class:`Study` or a YAML path (validated before any model loads). ``out``
-    may not be, be inside or contain anything the study reads or the folders of its data and
-    study files (:func:`depthprune.outputs.check_output`), except ``owned`` folders inside it
-    (the demo's own data). Returns a :class:`SweepResult`; results are in ``out/results.sqlite``
+    may not be, be inside or contain anything the study reads (the model, the data files and
+    their images, the study file: :func:`depthprune.outputs.check_output`), except ``owned``
+    folders inside it (the demo's own data). Returns a :class:`SweepResult`; results are in ``out/results.sqlite``
     (see :mod:`depthprune.study.store`).
     """
     from depthprune.models.loading import load_model, resolve_model_id

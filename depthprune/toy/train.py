@@ -33,6 +33,7 @@ from depthprune.data import synth
 from depthprune.data.records import Record, encode, load_records
 from depthprune.evaluation.generation import generate_outputs
 from depthprune.outputs import atomic_dir
+from depthprune.settings import progress as progress_bar
 from depthprune.toy import MODEL_DIR, N_CALIB, N_EVAL, TRAIN_SEED
 from depthprune.toy.build import HIDDEN, NUM_LAYERS, build_model, build_processor
 
@@ -78,7 +79,7 @@ def evaluate(model, processor, records: Sequence[Record], batch_size: int = 50,
     must answer in exactly the trained format."""
     model.eval()
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for i in tqdm(range(0, len(records), batch_size), desc="eval", disable=not progress, leave=False):
+    for i in progress_bar(range(0, len(records), batch_size), desc="eval", disable=not progress, leave=False):
         batch = records[i:i + batch_size]
         texts = generate_outputs(model, processor, batch, max_new_tokens)
         for rec, text in zip(batch, texts):
@@ -147,7 +148,7 @@ def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
         order: list[int] = []
         curve, window, probes, done = [], [], [], 0
         model.train()
-        bar = tqdm(range(steps), desc="train")
+        bar = progress_bar(range(steps), desc="train")
         for step in bar:
             if len(order) < batch_size:  # a fresh shuffled epoch
                 epoch = list(range(len(train_recs)))

@@ -4,7 +4,9 @@ fine, the command does the right thing (a moved run directory resumes)."""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import shutil
 import sqlite3
 import stat
@@ -63,6 +65,31 @@ def test_study_files_that_yaml_would_accept_silently_or_explode_on(tmp_path, tex
     (study.write_bytes if isinstance(text, bytes) else study.write_text)(text)
     assert_user_error(run("sweep", study, "--out", tmp_path / "run"), needle, roots=(tmp_path,))
     assert not (tmp_path / "run").exists()
+
+
+def _address_space(limit: int):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def test_a_yaml_alias_bomb_is_one_line_under_a_memory_limit(tmp_path, calib_dir):
+    """A method option whose value is an alias bomb (72 aliases, under the alias limit, that expand
+    to a billion strings) was repr'd into its error message: out of memory, then a traceback or
+    the misleading "lower --batch-size". It is one line naming the file and its aliases, exit 2,
+    in a process limited to 4 GiB of address space."""
+    inner = "&a0 [" + ", ".join(["lol"] * 10) + "]"
+    for i in range(1, 9):
+        inner = f"&a{i} [{inner}, " + ", ".join([f"*a{i - 1}"] * 9) + "]"
+    data = json.dumps(str(calib_dir / "text.jsonl"))
+    study = tmp_path / "my project" / "study.yaml"
+    study.parent.mkdir()
+    study.write_text(f"model: toy\ncalibration: {{data: {data}}}\neval: [{{data: {data}}}]\n"
+                     f"methods: [{{method: domain, domain: {inner}}}]\nbudgets: [1]\n")
+    res = cli_subprocess("sweep", study, "--out", tmp_path / "run", preexec=_address_space(4 << 30),
+                         env={"OPENBLAS_NUM_THREADS": "1"}, timeout=300)
+    assert_user_error(res, "study.yaml: its YAML aliases (*name) expand to", "write the values out", roots=(tmp_path,))
+    assert len(res.stderr) < 1000 and not (tmp_path / "run").exists()
 
 
 def test_options_a_method_does_not_read_are_refused(tmp_path, calib_dir, llm):

@@ -56,7 +56,7 @@ def study_file(tmp_path, model, calib_dir, eval_file, **over) -> Path:
                          "spaced", "iterative"],
              "budgets": [1, 2, 3, 4], "metrics": {"max_new_tokens": 4}}
     study.update(over)
-    path = tmp_path / "study" / "study.yaml"  # a run directory may not be inside the study's folder
+    path = tmp_path / "study" / "study.yaml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(study))
     return path

@@ -19,7 +19,7 @@ def write(tmp_path, calib_dir, **over):
              "methods": [{"method": "domain", "domain": ["math", "general"]}, "last"],
              "budgets": [1, 0.5]}
     study.update(over)
-    path = tmp_path / "study" / "study.yaml"  # a run directory may not be inside the study's folder
+    path = tmp_path / "study" / "study.yaml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(study))
     return path
@@ -137,6 +137,33 @@ def test_cli_bad_study_is_one_line_exit_2_before_loading(tmp_path, calib_dir):
     res = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "budgets[0]" in res.output, res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_messages_echo_a_huge_value_bounded(calib_dir):
+    """A value that is huge when written out (here a million strings, as YAML aliases build it: a
+    few lists referring to each other) is shown in a few dozen characters, not repr'd whole."""
+    from depthprune.study.config import parse_study
+    huge: list = ["lol"] * 10
+    for _ in range(5):
+        huge = [huge] * 10
+    raw = {"model": "toy", "calibration": {"data": str(calib_dir / "calib.jsonl")},
+           "eval": [{"data": str(calib_dir / "calib.jsonl")}], "budgets": [1]}
+    for methods, key in [([{"method": "domain", "domain": [huge]}], "methods[0].domain[0]: expected a non-empty"),
+                         ([{"method": huge}], "methods[0].method: unknown method [[["),
+                         ([{"method": "random", "seed": [huge]}], "methods[0].seed[0]: expected an integer")]:
+        with pytest.raises(StudyError) as err:
+            parse_study(raw | {"methods": methods}, calib_dir, "s.yaml")
+        assert key in str(err.value) and len(str(err.value)) < 400, str(err.value)[:400]
+    with pytest.raises(StudyError) as err:
+        parse_study(raw | {"methods": ["last"], "budgets": [huge]}, calib_dir, "s.yaml")
+    assert "budgets[0]" in str(err.value) and len(str(err.value)) < 400
+
+
+def test_error_lines_are_bounded_whatever_the_message():
+    from depthprune.cli import error_message
+    message, status = error_message(ValueError("what went wrong " + "x " * 10**6 + "the fix"))
+    assert status == 2 and len(message) < 2100 and "\n" not in message
+    assert message.startswith("what went wrong") and message.endswith("the fix")
 
 
 def test_demo_study_quick_caps_calibration_and_full_does_not(tmp_path, calib_dir):
