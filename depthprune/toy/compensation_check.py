@@ -54,7 +54,7 @@ def _plans(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         for method in args.method:
             for domain in (DOMAINS if method in DOMAIN_AWARE else ("",)):
                 tag = f"{domain}-aware" if domain else "agnostic"
-                out.append((f"{method}-{tag}-{budget:g}", method, domain))
+                out.append((f"{method}-{tag}-{budget}", method, domain))
     return out
 
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="new directory (or an interrupted run's, resumed)")
     ap.add_argument("--model", default=str(MODEL_DIR))
     ap.add_argument("--benchmark", choices=("toy", "text"), default="toy")
-    ap.add_argument("--budget", action="append", type=float, help="fractions of layers (default 0.25)")
+    ap.add_argument("--budget", action="append", help="layer counts or fractions of layers (default 0.25)")
     ap.add_argument("--method", action="append", help="ranking methods (default sleb and block-influence)")
     ap.add_argument("--compensate", action="append", help="repairs (default refit, then lstsq on both domains)")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each command")
     ap.add_argument("--jobs", type=int, default=2, help="evaluations run at once")
     args = ap.parse_args(argv)
-    args.budget = args.budget or [0.25]
+    args.budget = args.budget or ["0.25"]
     args.method = args.method or ["sleb", "block-influence"]
     args.compensate = args.compensate or ["refit", "lstsq"]
     out: Path = args.out
@@ -138,8 +138,10 @@ def table(out: Path, infos: dict[str, dict]) -> dict:
     """Every compensated model against its plain prune, per domain; writes ``table.md``."""
     from depthprune.evaluation.generation import predictions_path
     correct = {name: _correct(predictions_path(out / f"{name}.json")) for name in ["unpruned", *infos]}
+    nll = {name: _mean_nll(predictions_path(out / f"{name}.json")) for name in ["unpruned", *infos]}
     rows, lines = {}, ["| model | removed | fit s | domain | unpruned | plain | compensated | loss back (95% CI) "
-                       "| McNemar p vs plain |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                       "| McNemar p vs plain | answer NLL unpruned / plain / compensated |",
+                       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, info in infos.items():
         if "+" not in name:
             continue
@@ -152,13 +154,30 @@ def table(out: Path, infos: dict[str, dict]) -> dict:
             only_c, only_p, p_value = mcnemar_exact(c, p)
             acc = {k: sum(v) / len(v) for k, v in (("unpruned", u), ("plain", p), ("compensated", c))}
             rows[name][d] = {**acc, "loss_back": back, "ci": [low, high], "only_compensated": only_c,
-                             "only_plain": only_p, "p": p_value, "n": len(ids)}
+                             "only_plain": only_p, "p": p_value, "n": len(ids),
+                             "nll": {m: nll[m][d] for m in ("unpruned", plain, name)}}
             r = rows[name][d]
             lines.append(f"| {name} | {','.join(map(str, info['removed_layers']))} | "
                          f"{info['compensation']['seconds']:.0f} | {d} | {r['unpruned']:.3f} | {r['plain']:.3f} | "
-                         f"{r['compensated']:.3f} | {back:+.0%} ({low:+.0%}, {high:+.0%}) | {r['p']:.2g} |")
+                         f"{r['compensated']:.3f} | {_pct(back)} ({_pct(low)}, {_pct(high)}) | {r['p']:.2g} | "
+                         f"{nll['unpruned'][d]:.3f} / {nll[plain][d]:.3f} / {nll[name][d]:.3f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     return {"rows": rows, "removed": {n: i["removed_layers"] for n, i in infos.items()}}
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{x:+.0%}"  # NaN: nothing was lost (or the interval is unbounded)
+
+
+def _mean_nll(predictions: Path) -> dict[str, float]:
+    """Mean answer NLL (nats/token) per domain from an eval's predictions file."""
+    values: dict[str, list[float]] = {}
+    for line in predictions.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row.get("nll") is not None:
+                values.setdefault(row["domain"], []).append(float(row["nll"]))
+    return {d: sum(v) / len(v) for d, v in values.items()}
 
 
 if __name__ == "__main__":
