@@ -108,12 +108,14 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     ``max_{j <= i} min(1, (m - j + 1) * p_(j))``; reject at level alpha where adjusted < alpha.
     Controls the family-wise error rate without independence assumptions. (Equal to statsmodels'
     ``multipletests(method="holm")``, which runs ``gc.collect()`` on every call: 0.1 s each here.)
+    A NaN p-value (no test) stays NaN and is not a member of the family: it neither counts in m nor
+    moves the others (it used to sort anywhere and set every later adjusted value to 1).
     """
-    m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i])
-    adjusted = [0.0] * m
+    adjusted = [float("nan")] * len(pvalues)
+    tested = [i for i, p in enumerate(pvalues) if p == p]
+    m = len(tested)
     running = 0.0
-    for rank, i in enumerate(order):
+    for rank, i in enumerate(sorted(tested, key=lambda i: pvalues[i])):
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted

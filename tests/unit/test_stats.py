@@ -43,6 +43,10 @@ def test_mcnemar_counts_only_discordant_pairs():
 
 def test_holm_hand_values():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # a NaN p-value (no test) is no member of the family: it used to set every later adjusted p to 1
+    for p in ([0.01, float("nan"), 0.02], [float("nan"), 0.01, 0.02], [0.01, 0.02, float("nan")]):
+        adjusted = holm(p)
+        assert [a for a in adjusted if a == a] == pytest.approx([0.02, 0.02]) and sum(a != a for a in adjusted) == 1
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
     assert holm([0.04]) == pytest.approx([0.04])
     assert holm([]) == []
