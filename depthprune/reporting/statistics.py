@@ -11,6 +11,7 @@ Paired tests (the same samples under every model):
 
 Intervals: :func:`bootstrap_mean_ci` (percentile bootstrap of a mean), :func:`mean_ci` (t interval),
 :func:`spread_ci` (simultaneous bootstrap interval of the spread max - min of k paired means).
+:func:`ratio_ci` (Fieller interval of a ratio of paired means).
 Agreement between rankings: :func:`kendall_tau`, :func:`top_k_overlap`.
 """
 
@@ -163,6 +164,30 @@ def spread_ci(values: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
     return spread, max(0.0, spread - c), spread + c
 
 
+def ratio_ci(num: Sequence[float], den: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(ratio, low, high)``: mean(num) / mean(den) of paired per-sample values and its Fieller interval.
+
+    The interval is every rho for which the paired t-test of ``num - rho * den`` does not reject
+    (Fieller 1954, with the sample covariance of the pairs): the roots of a quadratic. It is bounded
+    only when mean(den) itself differs from 0 at ``level``; otherwise the ratio is not determined by
+    the data and the interval is ``(-inf, inf)``. Unlike a percentile bootstrap of the ratio, no
+    resample is dropped for a denominator <= 0 (which undercovers when the denominator is small).
+    NaN everywhere when mean(den) <= 0 or fewer than two pairs."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"ratio_ci needs paired values; got {a.size} and {b.size}")
+    if a.size < 2 or b.mean() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    n, ma, mb = a.size, a.mean(), b.mean()
+    cov = np.cov(a, b, ddof=1)
+    q = float(sps.t.ppf(0.5 + level / 2, n - 1)) ** 2 / n
+    qa, qb, qc = mb * mb - q * cov[1, 1], -2 * (ma * mb - q * cov[0, 1]), ma * ma - q * cov[0, 0]
+    if qa <= 0:
+        return float(ma / mb), float("-inf"), float("inf")
+    half = math.sqrt(max(qb * qb - 4 * qa * qc, 0.0))
+    return float(ma / mb), float((-qb - half) / (2 * qa)), float((-qb + half) / (2 * qa))
+
+
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b between paired values (ties handled; ``scipy.stats.kendalltau``):
     1 = same order, -1 = reversed. NaN if either side is all ties or has fewer than 2 values."""
@@ -226,5 +251,5 @@ def hidden_collapse(kept: dict[str, float]) -> list[str]:
 
 
 __all__ = ["binomial_two_sided", "bootstrap_mean_ci", "cochran_q", "friedman", "holm", "kendall_tau",
-           "hidden_collapse", "mcnemar_exact", "mean_ci", "mean_greater", "retention", "spread_ci", "top_k_overlap",
+           "hidden_collapse", "mcnemar_exact", "mean_ci", "mean_greater", "ratio_ci", "retention", "spread_ci", "top_k_overlap",
            "wilcoxon_paired"]

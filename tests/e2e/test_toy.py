@@ -149,3 +149,23 @@ def test_loss_back_is_the_share_of_the_pruning_loss_won_back():
     back, low, high = loss_back(unpruned, pruned, healed)
     assert back == 0.5 and 0 <= low <= 0.5 <= high <= 1
     assert all(np.isnan(loss_back([0] * 8, [1] * 8, healed)))  # nothing lost: no share to give back
+
+
+def test_loss_back_interval_covers_small_losses():
+    """The percentile bootstrap dropped every resample whose loss was <= 0 and covered the true share
+    in 87% of these datasets (262 of 300) (n = 100, 6 points lost, half given back); the Fieller interval keeps its
+    95%, and is unbounded when the loss itself is within noise (it was finite)."""
+    import numpy as np
+
+    from depthprune.toy.heal_check import loss_back
+    rng, covered, reps = np.random.default_rng(0), 0, 300
+    for _ in range(reps):
+        u = (rng.random(100) < 0.6).astype(int)
+        p = np.where((u == 1) & (rng.random(100) < 0.1), 0, u)
+        h = np.where((u == 1) & (p == 0) & (rng.random(100) < 0.5), 1, p)
+        _, low, high = loss_back(u, p, h)
+        covered += bool(low <= 0.5 <= high)  # nothing lost (NaN) counts as not covered
+    assert covered / reps >= 0.93
+    back, low, high = loss_back([1, 0] * 20, [1, 0] * 19 + [0, 0], [1, 0] * 20)  # lost 1 of 40: not resolved
+    assert back == 1.0 and (low, high) == (-np.inf, np.inf)
+

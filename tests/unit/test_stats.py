@@ -18,6 +18,7 @@ from depthprune.reporting.statistics import (
     mcnemar_exact,
     mean_ci,
     mean_greater,
+    ratio_ci,
     spread_ci,
     top_k_overlap,
     wilcoxon_paired,
@@ -148,3 +149,20 @@ def test_spread_ci_covers_the_true_spread_without_upward_bias():
         _, low, high = spread_ci(y, n_resamples=300, seed=rep)
         covered += low <= truth <= high
     assert equal >= 55 and covered >= 54  # nominal 95%: the interval of equal methods reaches 0
+
+
+def test_ratio_ci_is_fieller():
+    """Every rho inside is one the paired t-test of num - rho * den does not reject, and the end points
+    sit exactly on the t quantile; unbounded when the denominator's mean is not resolved."""
+    gen = np.random.default_rng(3)
+    den = 1.0 + gen.normal(size=50)
+    num = 0.4 * den + 0.3 * gen.normal(size=50)
+    ratio, low, high = ratio_ci(num, den)
+    assert ratio == pytest.approx(num.mean() / den.mean()) and low < ratio < high
+    crit = sps.t.ppf(0.975, 49)
+    for rho in (low, high):
+        d = num - rho * den
+        assert abs(d.mean()) / (d.std(ddof=1) / math.sqrt(50)) == pytest.approx(crit)
+    assert ratio_ci(num, den - den.mean() + 0.05)[1:] == (-math.inf, math.inf)
+    assert all(math.isnan(x) for x in ratio_ci(num, -np.abs(den)))
+
