@@ -169,3 +169,22 @@ def test_loss_back_interval_covers_small_losses():
     back, low, high = loss_back([1, 0] * 20, [1, 0] * 19 + [0, 0], [1, 0] * 20)  # lost 1 of 40: not resolved
     assert back == 1.0 and (low, high) == (-np.inf, np.inf)
 
+
+
+def test_domain_check_names_its_nll_test(tmp_path, capsys):
+    """The NLL p-value is the Wilcoxon signed-rank test's; the table called it "bootstrap p"."""
+    from depthprune.toy.domain_check import main
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "eval.jsonl").write_text("")
+    (tmp_path / "scores.json").write_text("{}")
+    (tmp_path / "base.json").write_text(json.dumps({"domains": {d: {"accuracy": 0.5} for d in ("math", "general")}}))
+    for name, removed, nll in (("math-aware-domain-all", [3], 1.0), ("general-aware-domain-all", [4], 2.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pruning.json").write_text(json.dumps({"removed_layers": removed}))
+        (tmp_path / f"{name}.json").write_text("{}")
+        (tmp_path / f"{name}.predictions.jsonl").write_text("".join(
+            json.dumps({"id": f"{d}{i}", "domain": d, "correct": i % 2 == 0, "nll": nll + i / 10}) + "\n"
+            for d in ("math", "general") for i in range(6)))
+    main(["--seed", "1", "--out", str(tmp_path), "--resume", "--variant", "domain@all"])  # everything exists: no CLI run
+    out = capsys.readouterr().out
+    assert "Wilcoxon p" in out and "bootstrap p" not in out
