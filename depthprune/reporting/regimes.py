@@ -256,8 +256,8 @@ def _budget(rows: list[ResultRow], resamples: int, seed: int) -> BudgetStats:
         p_rankings = (cochran_q(matrix) if metric == "accuracy" else friedman(matrix))[1]
         spread, low, high = spread_ci(matrix, n_resamples=resamples, seed=seed)
         s_ci = (low, high)
-    elif len(rankings) == 1:  # every ranking removes the same layers: no spread at all
-        spread, s_ci = 0.0, (0.0, 0.0)
+    elif len(rankings) == 1 and len(rankings[0].labels) > 1:  # every ranking removes the same layers: no spread
+        spread, s_ci = 0.0, (0.0, 0.0)  # (one ranking method alone has no spread to speak of: None)
     return BudgetStats(
         budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric, n_paired=len(ids),
         accuracy={r.label: r.accuracy for r in rows},

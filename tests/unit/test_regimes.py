@@ -104,6 +104,17 @@ def test_identical_plans_count_once():
     assert bs.p_rankings == pytest.approx(cochran_q(np.stack([np.array(a), np.array(b)], 1))[1])
 
 
+def test_one_ranking_method_has_no_spread():
+    """A spread needs two rankings: one score-based method alone read "spread 0.0 (CI 0.0 to 0.0)"."""
+    rows = [_row("domain:math", "domain", 2, _first(70)), _row("spaced", "spaced", 2, _first(60)),
+            _row("last", "last", 2, _first(10))]
+    (series,) = analyze(rows)
+    assert series.budgets[0].spread is None and series.budgets[0].spread_ci is None
+    assert "spread" not in series.verdict
+    same = analyze(rows + [_row("mixed", "mixed", 2, _first(70), removed=rows[0].removed)])[0].budgets[0]
+    assert same.spread == 0.0 and same.spread_ci == (0.0, 0.0)  # two rankings, one plan: a real zero
+
+
 def test_exact_ties_are_listed_not_broken():
     a = _first(70)
     b = a[::-1]  # as many correct, on other samples, same NLL
