@@ -269,7 +269,8 @@ def outcome(scenario: Scenario, rows: list[ResultRow], resamples: int = 1000) ->
 def run(scenario: Scenario, n: int, studies: int, seed: int = 0, sigma: float = SIGMA,
         resamples: int = 1000, show: bool = True) -> dict[str, float]:
     """Simulate ``studies`` studies; returns the rate (0-1) of each :func:`outcome` and its count."""
-    stream = [seed, n, ("null", "ranking", "structure").index(scenario.kind), ("accuracy", "nll").index(scenario.metric)]
+    stream = [seed, n, ("null", "ranking", "structure").index(scenario.kind),
+              ("accuracy", "nll").index(scenario.metric)]
     if scenario.overlap != "independent":  # (the independent model keeps the stream it always had)
         stream.append(1 + list(OVERLAPS).index(scenario.overlap))
     rng = np.random.default_rng(stream)
@@ -321,12 +322,14 @@ def rows_for(null: int, power: int, nll_null: int, nll_power: int) -> list[Row]:
     out += [Row(Scenario("ranking", overlap=o), 600, power, ">= 80%") for o in ("independent", *OVERLAPS)]
     out += [Row(Scenario("structure", budget=16, overlap=o), 600, power, ">= 80%") for o in ("independent", *OVERLAPS)]
     out += [Row(Scenario("null", metric="nll", overlap=o), 600, nll_null, "<= 5%") for o in ("independent", "demo")]
-    out += [Row(Scenario("ranking", effect=0.15, metric="nll", overlap=o), 600, nll_power) for o in ("independent", "demo")]
+    out += [Row(Scenario("ranking", effect=0.15, metric="nll", overlap=o), 600, nll_power)
+            for o in ("independent", "demo")]
     return out
 
 
 #: ``--small`` (CI): few studies, chosen to run in about a minute, each row with the bound it can promise.
-SMALL = [Row(Scenario("null", overlap="demo"), 100, 50, "<= 5%"), Row(Scenario("null", overlap="heavy"), 100, 50, "<= 5%"),
+SMALL = [Row(Scenario("null", overlap="demo"), 100, 50, "<= 5%"),
+         Row(Scenario("null", overlap="heavy"), 100, 50, "<= 5%"),
          Row(Scenario("ranking", overlap="independent"), 600, 15, ">= 80%"),
          Row(Scenario("ranking", overlap="demo"), 600, 15, ">= 80%"),
          Row(Scenario("structure", budget=16, overlap="demo"), 600, 15, ">= 80%")]

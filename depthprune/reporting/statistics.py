@@ -260,7 +260,7 @@ def spread_test(values: np.ndarray, n_resamples: int = 1000, level: float = 0.95
     tie = 1e-6 * max(1.0, float(np.abs(x).max()))  # float32 products: equal spreads stay equal
     p = (1 + int((errors >= spread - tie).sum())) / (n_resamples + 1)
     # c: the floor(level (B + 1)) + 1-th smallest error, so that low > 0 exactly when p < 1 - level
-    c = float(errors[min(n_resamples, math.floor(level * (n_resamples + 1)) + 1) - 1])
+    c = round(float(errors[min(n_resamples, math.floor(level * (n_resamples + 1)) + 1) - 1]), 7)  # float32 noise
     low = spread - c if spread - c > tie else 0.0
     return spread, low, spread + c, float(p)
 
@@ -383,5 +383,5 @@ def hidden_collapse(kept: dict[str, float]) -> list[str]:
 
 
 __all__ = ["binomial_two_sided", "bootstrap_mean_ci", "cochran_q", "friedman", "holm", "kendall_tau",
-           "hidden_collapse", "mcnemar_exact", "mean_ci", "sign_flip_greater", "smallest_pair_p", "ratio_ci", "retention", "spread_ci", "spread_test", "top_k_overlap",
-           "wilcoxon_paired"]
+           "hidden_collapse", "mcnemar_exact", "mean_ci", "ratio_ci", "retention", "sign_flip_greater",
+           "smallest_pair_p", "spread_ci", "spread_test", "top_k_overlap", "wilcoxon_paired"]

@@ -185,6 +185,6 @@ def test_domain_check_names_its_nll_test(tmp_path, capsys):
         (tmp_path / f"{name}.predictions.jsonl").write_text("".join(
             json.dumps({"id": f"{d}{i}", "domain": d, "correct": i % 2 == 0, "nll": nll + i / 10}) + "\n"
             for d in ("math", "general") for i in range(6)))
-    main(["--seed", "1", "--out", str(tmp_path), "--resume", "--variant", "domain@all"])  # everything exists: no CLI run
+    main(["--seed", "1", "--out", str(tmp_path), "--resume", "--variant", "domain@all"])  # all there: no CLI run
     out = capsys.readouterr().out
     assert "Wilcoxon p" in out and "bootstrap p" not in out

@@ -114,7 +114,8 @@ def test_rankings_differ_holds_its_size_when_plans_answer_alike():
              ("mixed", "mixed"), ("block-influence", "block-influence"), ("iterative", "iterative"), ("sleb", "sleb")]
     for _ in range(reps):
         shared, group = gen.normal(size=(200, 1)), gen.normal(size=(200, 2))
-        z = 0.5 * shared + np.sqrt(0.75) * (np.sqrt(0.99) * np.repeat(group, 5, 1) + np.sqrt(0.01) * gen.normal(size=(200, 10)))
+        alike = np.sqrt(0.99) * np.repeat(group, 5, 1) + np.sqrt(0.01) * gen.normal(size=(200, 10))
+        z = 0.5 * shared + np.sqrt(0.75) * alike
         rows = [_row(lab, m, 3, list((z[:, j] > 0).astype(int))) for j, (lab, m) in enumerate(names)]
         labelled += analyze(rows)[0].budgets[0].regime == RANKING
     assert labelled / reps <= 0.09
