@@ -80,7 +80,7 @@ def _sign_flip_exact_lattice(a: np.ndarray) -> np.ndarray:
     return dist
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=2)
 def _signs(n: int, resamples: int, seed: int) -> np.ndarray:
     """``resamples`` x ``n`` fair random signs, one fixed set per (n, resamples, seed): a test that uses
     the same signs for every input is monotone in each difference and reproducible."""
@@ -212,19 +212,31 @@ def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = 2000, level: f
     return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-@lru_cache(maxsize=4)
-def _resample_means_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """``[n_resamples, n]``: how often each of n records is drawn in each bootstrap resample, / n (a
-    resample's means are this @ values). One fixed matrix per (n, resamples, seed): every budget of a
-    report with the same records is resampled alike, and it is drawn once."""
-    rng, chunk, parts = _rng(seed), max(1, 2_000_000 // n), []  # bounded memory per step
+def _weight_chunks(n: int, n_resamples: int, seed: int):  # noqa: ANN202 - a generator of arrays
+    """Bootstrap resamples of n records, chunk by chunk (bounded memory): ``[b, n]`` arrays of how
+    often each record is drawn in each resample, / n (a resample's means are this @ values)."""
+    rng, chunk = _rng(seed), max(1, 2_000_000 // n)
     for start in range(0, n_resamples, chunk):
         b = min(chunk, n_resamples - start)
         draws = (rng.integers(0, n, (b, n)) + n * np.arange(b)[:, None]).ravel()
-        parts.append(np.bincount(draws, minlength=b * n).reshape(b, n).astype(np.float32) / n)
-    out = np.concatenate(parts)
+        yield np.bincount(draws, minlength=b * n).reshape(b, n).astype(np.float32) / np.float32(n)
+
+
+@lru_cache(maxsize=2)
+def _weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """All of :func:`_weight_chunks` at once, kept: every budget of a report with the same records is
+    resampled alike, and drawn once."""
+    out = np.concatenate(list(_weight_chunks(n, n_resamples, seed)))
     out.setflags(write=False)
     return out
+
+
+def _resampled_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """``[n_resamples, k]``: the column means of ``x`` in each bootstrap resample of its rows."""
+    n, x32 = x.shape[0], x.astype(np.float32)
+    if n * n_resamples <= 16_000_000:  # up to 64 MB: keep the weights for the next budget
+        return _weights(n, n_resamples, seed) @ x32
+    return np.concatenate([w @ x32 for w in _weight_chunks(n, n_resamples, seed)])
 
 
 def spread_test(values: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
@@ -255,7 +267,7 @@ def spread_test(values: np.ndarray, n_resamples: int = 1000, level: float = 0.95
         return 0.0, 0.0, 0.0, 1.0
     means = x.mean(0)
     spread = float(means.max() - means.min())
-    dev = _resample_means_weights(x.shape[0], n_resamples, seed) @ x.astype(np.float32) - means.astype(np.float32)
+    dev = _resampled_means(x, n_resamples, seed) - means.astype(np.float32)
     errors = np.sort((dev.max(1) - dev.min(1)).astype(np.float64))  # max over pairs of |dev_j - dev_l|
     tie = 1e-6 * max(1.0, float(np.abs(x).max()))  # float32 products: equal spreads stay equal
     p = (1 + int((errors >= spread - tie).sum())) / (n_resamples + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -205,6 +206,29 @@ def test_simulated_studies_have_the_shape_of_a_sweep():
         one[(r.budget, r.domain)].add(tuple(r.removed))
         assert len(r.removed) == r.budget and min(r.removed) >= 3 and len(r.samples) == 20
     assert all(len(plans) == len(METHODS) for plans in one.values())  # no two methods share a plan
+
+
+def test_overlapping_plans_answer_as_the_layers_they_share():
+    """The realistic simulator: plans nest across budgets, identical removed sets answer identically,
+    plans sharing more layers disagree less (the latent correlation c0 + lam * shared), and every
+    plan's accuracy is the planted one."""
+    from depthprune.reporting.simulate import OVERLAPS, base_accuracy
+    rows = simulate_study(Scenario(overlap="demo"), 3000, np.random.default_rng(2))
+    math = [r for r in rows if r.domain == "math" and family(r.method) == RANKINGS]
+    by_label = {(r.label, r.budget): set(r.removed) for r in math}
+    assert all(by_label[(lab, 4)] <= by_label[(lab, 9)] for lab, b in by_label if b == 4)  # rankings nest
+    sets: dict[tuple, list] = {}
+    for r in math:
+        sets.setdefault((r.budget, tuple(r.removed)), []).append([s[1] for s in r.samples])
+    assert any(len(v) > 1 for v in sets.values()) and all(all(x == v[0] for x in v) for v in sets.values())
+    shared, disagree = [], []
+    for (b, a), (b2, c) in combinations(sets, 2):
+        if b == b2 == 9:
+            shared.append(len(set(a) & set(c)) / b)
+            disagree.append(np.mean(np.array(sets[(b, a)][0]) != np.array(sets[(b2, c)][0])))
+    assert np.corrcoef(shared, disagree)[0, 1] < -0.5 and OVERLAPS["demo"].lam > 0
+    for r in math:
+        assert abs(r.accuracy - base_accuracy(r.budget)) < 0.06
 
 
 @pytest.mark.parametrize("scenario", [Scenario("null"), Scenario("ranking"), Scenario("structure", budget=16),
