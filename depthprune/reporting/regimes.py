@@ -382,8 +382,7 @@ def analyze(rows: list[ResultRow], resamples: int = 1000, seed: int = 0) -> list
     unpruned model (budget 0: the baseline, not a competitor). At least ``resamples`` bootstrap
     resamples of the records give each budget's rankings-differ p-value and spread interval
     (:func:`resamples_for` raises the number with the size of the report's Holm family). Series are
-    ordered by eval set, domain, then
-    unhealed before healed.
+    ordered by eval set, domain, then unhealed before healed.
     """
     groups: dict[tuple, dict[int, list[ResultRow]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
