@@ -1,26 +1,30 @@
 """Simulated studies with known truth, analysed by exactly the code the report runs.
 
-    python -m depthprune.reporting.simulate            # the size/power table (docs: regimes.md), ~1 h on one busy core
-    python -m depthprune.reporting.simulate --small    # a quick look (CI), 1-2 min
+    python -m depthprune.reporting.simulate            # the size/power table (docs: regimes.md), ~17 min of one core
+    python -m depthprune.reporting.simulate --small    # CI: about a minute; exit 1 outside its bounds
 
 A simulated study is what a sweep of a 36-layer model (Qwen3-VL-4B's depth; layers 0-2 protected)
 would store: 18 methods (13 score-based rankings, 3 structure-aware, 2 references, the demo's
 variants), 8 budgets from 6% to 50%, two domains ("math", "general") of ``n`` eval samples each,
-unhealed, as the :class:`~depthprune.study.store.ResultRow` objects the store returns. Each method
-removes its own layers (no two plans alike), and is analysed by :func:`depthprune.reporting.regimes.analyze`.
+unhealed, as the :class:`~depthprune.study.store.ResultRow` objects the store returns, analysed by
+:func:`depthprune.reporting.regimes.analyze`. Accuracy: ``base_accuracy(k)`` (70% at the lowest
+budget down to 30% at the highest), plus ``effect`` where a scenario plants one.
 
-Truth: sample i of a domain has a difficulty d_i ~ N(0, sigma^2) shared by every method and budget
-(what makes paired tests strong), and method m at budget k gets it right with probability
-sigmoid(theta_mk + d_i), theta chosen so that the population accuracy is exactly the planted one:
-``base_accuracy(k)`` (70% at the lowest budget down to 30% at the highest), plus ``effect`` where a
-scenario plants one. ``sigma = 1.5`` makes two equal methods disagree on 0.71 of the samples an
-independent pair would (at 60% accuracy), as distinct plans of the quick demo do (0.65-0.76).
-Per-sample NLL: 2 - 2 * accuracy + a shared sample effect + method noise (both N(0, 0.5^2)), minus
-``effect`` nats where an effect is planted (the NLL scenarios: accuracy not measured).
+Two models of plans and answers (``Scenario.overlap``):
+
+* ``independent``: each method removes its own random layers (no two plans alike); sample i has a
+  difficulty d_i ~ N(0, sigma^2) shared by every method and budget, and method m at budget k gets it
+  right with probability sigmoid(theta_mk + d_i), independently of the other methods given d_i.
+  ``sigma = 1.5`` makes two equal methods disagree on 0.71 of the samples an independent pair would
+  (at 60% accuracy). NLL: 2 - 2 * accuracy + a shared sample effect + method noise (both N(0, 0.5^2)).
+* a key of :data:`OVERLAPS` (``demo``, ``heavy``, ``steep``): plans share layers as rankings of one
+  model do, identical sets answer identically and plans sharing more layers agree more
+  (:class:`Overlap`); ``demo`` is calibrated to ``depthprune demo --quick`` (docs: regimes.md).
 
 Scenarios: ``null`` (every method equal everywhere), ``ranking`` (one score-based ranking,
 domain:math, ``effect`` better at one budget of the math series), ``structure`` (every
-structure-aware method ``effect`` better than every ranking and reference there). Measured: the
+structure-aware method ``effect`` better than every ranking and reference there); with
+``metric="nll"`` the effect is in nats of answer NLL and accuracy is not measured. Measured: the
 fraction of studies with any label other than converged (``null``), and the fraction whose planted
 budget gets the planted label (the others).
 """
