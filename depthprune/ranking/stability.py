@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from depthprune.ranking.families import target_domain
+from depthprune.ranking.families import RANKINGS, family, target_domain
 from depthprune.ranking.methods import SCORE_FREE, rank
 from depthprune.ranking.plan import Plan, RankError, RankRequest
 from depthprune.reporting.regimes import RANKING, Series
@@ -185,11 +185,14 @@ def _better(a: Stability, b: Stability, level: float) -> tuple[float, float, flo
 def compare_at_budget(items: list[Stability]) -> tuple[str, Stability | None, Stability | None]:
     """Are domain-aware rankings the most stable among ``items`` (one budget, paired resamples)?
 
-    Returns ``(outcome, best domain-aware, best other)``, outcome one of "more" (some domain-aware
+    Only score-based rankings take part (structure-aware methods such as ``spaced`` or
+    ``angular-block`` are stability-tabled but are not rankings the claim is about). Returns
+    ``(outcome, best domain-aware, best other)``, outcome one of "more" (some domain-aware
     ranking has a higher mean top-k overlap than every other ranking: each paired 95% interval
     above 0, Bonferroni over the domain-aware rankings), "less" (some other ranking beats every
     domain-aware one, likewise), "indistinguishable", or "n/a" (one side missing).
     """
+    items = [s for s in items if family(s.method) == RANKINGS]  # the claim is about rankings: not spaced, ...
     mine = [s for s in items if s.target is not None]
     others = [s for s in items if s.target is None]
     key = lambda s: s.overlap[0]  # noqa: E731 - for naming the best of each side only

@@ -8,25 +8,30 @@ treat one model as two. An arm is named by all the labels that share it ("a = b"
 
 For every series (eval set x domain x healing recipe) and budget, on the samples every method has:
 
-* **rankings differ** — an omnibus test across the distinct score-based plans: Cochran's Q on
-  paired per-sample correctness (the Friedman rank test on per-sample answer NLL when accuracy was
-  not measured). Pairwise exact McNemar (Wilcoxon signed-rank on NLL) tests, Holm-corrected over
-  the pairs of that budget, say which plans differ;
+* **rankings differ** — an omnibus test of "every distinct score-based plan has the same accuracy
+  (mean answer NLL when accuracy was not measured)": the spread among the plans (best minus worst)
+  against its bootstrap law over **records** (:func:`depthprune.reporting.statistics.spread_test`).
+  Resampling whole records carries whatever ties the plans within a record — plans that share most of
+  their removed layers answer alike — so the test holds its size however the plans overlap (Cochran's
+  Q and Friedman, used before, assume the plans exchangeable within a record and over-reject when
+  they overlap: docs/regimes.md). The same bootstrap gives the spread's simultaneous 95% interval, so
+  "no difference" has a size. Pairwise exact McNemar (Wilcoxon signed-rank on NLL) tests,
+  Holm-corrected over the pairs of that budget, say which plans differ;
 * **structure dominates** — the structure-aware plans, averaged per sample, beat *every*
-  score-based plan: the largest over rankings of the one-sided paired t-test p-value of the
-  per-sample difference (an intersection-union test: beating the best ranking means beating each
+  score-based plan: the largest over rankings of the one-sided sign-flip p-value of the per-sample
+  difference (:func:`depthprune.reporting.statistics.sign_flip_greater`: exact on accuracy at any n,
+  monotone in the evidence; an intersection-union test: beating the best ranking means beating each
   one, so no correction over the rankings is needed). If the family's mean beats the best ranking,
   so does its best member: this is a test of "the best structure-aware method beats the best
-  ranking" that does not rest on one variant's luck (docs: regimes.md argues the choice);
-* the **spread** among the score-based plans (best minus worst accuracy, or mean NLL) with a
-  simultaneous 95% bootstrap interval (:func:`depthprune.reporting.statistics.spread_ci`), so "no difference"
-  has a size.
+  ranking" that does not rest on one variant's luck (docs: regimes.md argues the choice).
 
 **The rule** (:data:`RULE`): the two p-values of every budget of every series in the report form
 ONE family, Holm-corrected at :data:`ALPHA`; a budget is *structure-dominated* when its structure
 test rejects, else *ranking-sensitive* when its omnibus test rejects, else *converged*. So the
 chance that a study in which all methods are equal gets any label other than converged is at
-most ALPHA, however many budgets and series it has (measured: :mod:`depthprune.reporting.simulate`).
+most ALPHA, however many budgets and series it has and however its plans overlap (measured, with
+plans that share layers: :mod:`depthprune.reporting.simulate`). The bootstrap has enough resamples
+that its smallest p-value is a fifth of the strictest Holm threshold (:func:`resamples_for`).
 References never enter a test. Ties in the leader are listed, never broken silently; the label
 does not depend on who leads.
 
@@ -38,6 +43,7 @@ says whether the data show exactly that, and otherwise what they show.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -47,12 +53,11 @@ import numpy as np
 from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, STRUCTURE_METHODS, family, target_domain
 from depthprune.reporting.statistics import (
     binomial_two_sided,
-    cochran_q,
-    friedman,
     holm,
     mean_ci,
-    mean_greater,
-    spread_ci,
+    sign_flip_greater,
+    smallest_pair_p,
+    spread_test,
     wilcoxon_paired,
 )
 from depthprune.study.store import ResultRow
@@ -64,13 +69,14 @@ RULE = (f"Families: score-based rankings (domain, mixed, contrast, ablation, blo
         f"any other score-reading method), structure-aware ({', '.join(STRUCTURE_METHODS)}), references "
         f"(random, last: shown, never tested). Variants that remove the same layers are one plan. A budget is "
         f"structure-dominated when the structure-aware plans, averaged per sample, beat every score-based plan "
-        f"beyond noise (one-sided paired t-test against each; on answer NLL when accuracy was not measured), so "
-        f"their best method beats the best ranking; otherwise ranking-sensitive when the score-based plans "
-        f"differ among themselves (Cochran's Q on paired correctness, Friedman on NLL); otherwise converged, "
-        f"with the spread among the rankings and its simultaneous 95% bootstrap interval. Both p-values of "
-        f"every budget of every series are Holm-corrected as one family at alpha = {ALPHA}, so a study where "
-        f"all methods are equal gets a label other than converged with probability at most {ALPHA}. "
-        f"Consecutive budgets with the same label form a regime.")
+        f"beyond noise (one-sided sign-flip test of the paired differences against each, exact on accuracy; on "
+        f"answer NLL when accuracy was not measured), so their best method beats the best ranking; otherwise "
+        f"ranking-sensitive when the score-based plans differ among themselves (their spread, best minus worst, "
+        f"against its bootstrap over records, which keeps plans that share layers as alike as they are); "
+        f"otherwise converged, with that spread and its simultaneous 95% interval. Both p-values of every budget "
+        f"of every series are Holm-corrected as one family at alpha = {ALPHA}, so a study where all methods are "
+        f"equal gets a label other than converged with probability at most {ALPHA}. Consecutive budgets with "
+        f"the same label form a regime.")
 
 
 @dataclass
@@ -182,6 +188,7 @@ class Series:
     matches_paper: bool = False
     verdict: str = ""
     tests: int = 0                                   # size of the Holm family (the whole report)
+    resamples: int = 0                               # bootstrap resamples of the records per budget
 
     @property
     def healed(self) -> bool:
@@ -198,8 +205,12 @@ def _arms(rows: list[ResultRow], ids: list[str], which: int, higher: bool) -> li
     per-sample results are one plan (different results, e.g. from non-deterministic healing, stay apart)."""
     groups: dict[tuple, list[ResultRow]] = {}
     for r in sorted(rows, key=lambda r: r.label):
-        per = {s[0]: s[which] for s in r.samples}
-        values = np.array([float(per[i]) for i in ids])
+        column = [s[which] for s in r.samples]
+        if len(column) == len(ids) and all(s[0] == i for s, i in zip(r.samples, ids)):  # the usual case
+            values = np.array(column, dtype=np.float64)
+        else:
+            per = {s[0]: s[which] for s in r.samples}
+            values = np.array([float(per[i]) for i in ids])
         groups.setdefault((tuple(r.removed), values.tobytes()), []).append((r, values))
     arms = []
     for members in groups.values():
@@ -227,19 +238,22 @@ def _pairs(arms: list[Arm], metric: str) -> list[Pair]:
     return out
 
 
-def _structure_p(structure: list[Arm], rankings: list[Arm], higher: bool) -> float | None:
+def _structure_p(structure: list[Arm], rankings: list[Arm], higher: bool, seed: int = 0) -> float | None:
     """p-value of "the structure-aware plans, on average per sample, beat every ranking plan": the
-    largest over rankings r of the one-sided paired t-test p of mean_s(s_i) - r_i (an
-    intersection-union test: beating the best ranking means beating each). None without both families."""
+    largest over rankings r of the one-sided sign-flip p of mean_s(s_i) - r_i (an intersection-union
+    test: beating the best ranking means beating each; exact on accuracy, monotone in the evidence:
+    :func:`~depthprune.reporting.statistics.sign_flip_greater`). None without both families."""
     if not structure or not rankings:
         return None
     family_mean = np.mean([s.values for s in structure], 0)
     sign = 1.0 if higher else -1.0  # NLL: lower is better
-    return max(mean_greater(sign * (family_mean - r.values)) for r in rankings)
+    diffs = np.stack([sign * (family_mean - r.values) for r in rankings], 1)
+    return float(np.max(sign_flip_greater(diffs, seed=seed)))
 
 
-def _budget(rows: list[ResultRow], resamples: int, seed: int) -> BudgetStats:
-    """The unadjusted statistics of one budget of one series (the label is set by :func:`analyze`)."""
+def _budget(rows: list[ResultRow], seed: int) -> BudgetStats:
+    """The plans and the structure test of one budget of one series (the omnibus test and the spread
+    come from :func:`_spread`, the label from :func:`analyze`)."""
     metric = "accuracy" if all(r.accuracy is not None for r in rows) else "nll"
     which = 1 if metric == "accuracy" else 2
     tested = [r for r in rows if family(r.method) != REFERENCES] or rows
@@ -250,22 +264,34 @@ def _budget(rows: list[ResultRow], resamples: int, seed: int) -> BudgetStats:
     by_family = {f: _arms([r for r in usable if family(r.method) == f], ids, which, higher)
                  for f in (RANKINGS, STRUCTURE_AWARE, REFERENCES)}
     rankings = by_family[RANKINGS]
-    p_rankings = spread = s_ci = None
-    if len(rankings) > 1 and ids:
-        matrix = np.stack([a.values for a in rankings], 1)
-        p_rankings = (cochran_q(matrix) if metric == "accuracy" else friedman(matrix))[1]
-        spread, low, high = spread_ci(matrix, n_resamples=resamples, seed=seed)
-        s_ci = (low, high)
-    elif len(rankings) == 1:  # every ranking removes the same layers: no spread at all
-        spread, s_ci = 0.0, (0.0, 0.0)
     return BudgetStats(
         budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric, n_paired=len(ids),
         accuracy={r.label: r.accuracy for r in rows},
         acc_ci={r.label: (r.ci_low, r.ci_high) if r.ci_low is not None else None for r in rows},
         nll={r.label: r.nll for r in rows}, methods={r.label: r.method for r in rows},
         rankings=rankings, structure=by_family[STRUCTURE_AWARE], references=by_family[REFERENCES],
-        p_rankings=p_rankings, p_structure=_structure_p(by_family[STRUCTURE_AWARE], rankings, higher) if ids else None,
-        spread=spread, spread_ci=s_ci, pairs=[])
+        p_rankings=None,
+        p_structure=_structure_p(by_family[STRUCTURE_AWARE], rankings, higher, seed) if ids else None,
+        spread=None, spread_ci=None, pairs=[])
+
+
+def _omnibus_testable(b: BudgetStats) -> bool:
+    return len(b.rankings) > 1 and b.n_paired > 0
+
+
+def _spread(b: BudgetStats, resamples: int, seed: int) -> None:
+    """The rankings-differ test and the spread with its interval, from one bootstrap over records
+    (:func:`~depthprune.reporting.statistics.spread_test`): valid however the plans are correlated."""
+    if _omnibus_testable(b):
+        matrix = np.stack([a.values for a in b.rankings], 1)
+        spread, low, high, p = spread_test(matrix, n_resamples=resamples, seed=seed)
+        # a few records fool any bootstrap (3 NLL differences of one sign: p = 1/(resamples + 1)); the
+        # omnibus never claims more than the strongest single pair's exact test (the larger of two
+        # p-values is valid when either is, and at n = 600 the floor is far below the bootstrap's p)
+        b.spread, b.spread_ci = spread, (low, high)
+        b.p_rankings = max(p, smallest_pair_p(matrix, binary=b.metric == "accuracy"))
+    elif len(b.rankings) == 1 and len(b.rankings[0].labels) > 1:  # every ranking removes the same layers
+        b.spread, b.spread_ci = 0.0, (0.0, 0.0)  # (one ranking method alone has no spread to speak of: None)
 
 
 def arm_ci(b: BudgetStats, arm: Arm) -> tuple[float, float] | None:
@@ -338,13 +364,25 @@ def _runs(budgets: list[BudgetStats]) -> list[tuple[str, float, float]]:
     return [tuple(r) for r in runs]
 
 
+#: The bootstrap's p-values go down to 1 / (resamples + 1): with m tests in the Holm family the
+#: smallest threshold is ALPHA / m, so the resamples are at least RESOLUTION * m / ALPHA.
+RESOLUTION = 5
+
+
+def resamples_for(tests: int, at_least: int = 1000) -> int:
+    """Bootstrap resamples for a Holm family of ``tests`` p-values: ``at_least``, and enough that the
+    smallest p the bootstrap can give is 1/RESOLUTION of the strictest Holm threshold."""
+    return max(at_least, math.ceil(RESOLUTION * tests / ALPHA))
+
+
 def analyze(rows: list[ResultRow], resamples: int = 1000, seed: int = 0) -> list[Series]:
     """Regime analysis of every series in ``rows`` (see the module docstring for the rule).
 
     Budgets where fewer than two methods were evaluated are skipped, and so are rows of the
-    unpruned model (budget 0: the baseline, not a competitor). ``resamples`` bootstrap resamples
-    of the samples give each spread's interval. Series are ordered by eval set, domain, then
-    unhealed before healed.
+    unpruned model (budget 0: the baseline, not a competitor). At least ``resamples`` bootstrap
+    resamples of the records give each budget's rankings-differ p-value and spread interval
+    (:func:`resamples_for` raises the number with the size of the report's Holm family). Series are
+    ordered by eval set, domain, then unhealed before healed.
     """
     groups: dict[tuple, dict[int, list[ResultRow]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -352,14 +390,20 @@ def analyze(rows: list[ResultRow], resamples: int = 1000, seed: int = 0) -> list
             groups[(r.eval_set, r.domain, json.dumps(r.heal, sort_keys=True))][r.budget].append(r)
     out = []
     for (eval_set, domain, heal), by_budget in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] != "null", g[0][2])):
-        stats = [_budget(rs, resamples, seed) for _, rs in sorted(by_budget.items()) if len({r.label for r in rs}) > 1]
+        stats = [_budget(rs, seed) for _, rs in sorted(by_budget.items()) if len({r.label for r in rs}) > 1]
         n = max((r.n for rs in by_budget.values() for r in rs), default=0)
         out.append(Series(eval_set, domain, heal, n, stats))
+    budgets = [b for s in out for b in s.budgets]
+    family_size = sum(_omnibus_testable(b) for b in budgets) + sum(b.p_structure is not None for b in budgets)
+    resamples = resamples_for(family_size, resamples)
+    for b in budgets:
+        _spread(b, resamples, seed)
     tests = [(b, kind) for s in out for b in s.budgets for kind in ("rankings", "structure")
              if getattr(b, f"p_{kind}") is not None]
     for (b, kind), p in zip(tests, holm([getattr(b, f"p_{kind}") for b, kind in tests])):
         setattr(b, f"p_{kind}_adj", p)
     for s in out:
+        s.resamples = resamples
         for b in s.budgets:
             b.regime = STRUCTURE if b.p_structure_adj < ALPHA else RANKING if b.p_rankings_adj < ALPHA else CONVERGED
             if b.regime == RANKING:  # the omnibus test rejected: which pairs differ (Holm within the budget)
@@ -393,6 +437,7 @@ def regimes_json(series: list[Series]) -> dict:
                                           (REFERENCES, b.references))},
                 "ranking_pairs_resolved": [_resolved(p, b.higher_is_better) for p in b.resolved]}
     return _finite({"alpha": ALPHA, "rule": RULE, "tests": series[0].tests if series else 0,
+            "resamples": series[0].resamples if series else 0,
             "series": [{"eval_set": s.eval_set, "domain": s.domain, "healed": s.healed, "heal": json.loads(s.heal),
                         "n": s.n, "regimes": [list(r) for r in s.runs], "matches_paper": s.matches_paper,
                         "verdict": s.verdict, "budgets": [budget(b) for b in s.budgets]} for s in series]})

@@ -229,6 +229,20 @@ def _option(src: str, key: str, opt: str, value: Any, domains: set[str]) -> Any:
     return value
 
 
+def _check_variant(src: str, key: str, name: str, options: dict[str, Any], domains: set[str]) -> None:
+    """Every check of a rank request that needs neither scores nor a model (the one ``rank`` runs:
+    e.g. an unknown ``base``, or ``iterative`` on ``base: ablation``), so such a variant stops the
+    study before anything loads instead of being skipped, cell by cell, after the scoring pass."""
+    from depthprune.ranking.methods import check_request
+    from depthprune.ranking.plan import RankError
+    try:
+        check_request(RankRequest(method=name, budget=1, **options), sorted(domains), where="calibration data")
+    except RankError as exc:
+        where = next((f"{key}.{opt}" for opt in ("base", "token_group", "domain") if opt in options
+                      and opt.replace("_", " ") in str(exc)), key)
+        raise _err(src, where, str(exc)) from None
+
+
 def _methods(src: str, raw: list, domains: set[str]) -> list[MethodVariant]:
     allowed = method_option_keys()
     variants: dict[str, MethodVariant] = {}
@@ -258,6 +272,7 @@ def _methods(src: str, raw: list, domains: set[str]) -> list[MethodVariant]:
             options = dict(combo)  # options given explicitly stay in the label, defaults too
             if name == "domain" and "domain" not in options:
                 raise _err(src, f"{key}.domain", "method 'domain' needs a domain, e.g. domain: [math, general]")
+            _check_variant(src, key, name, options, domains)
             label = variant_label(name, options)
             variants.setdefault(label, MethodVariant(name, options, label))
     return list(variants.values())

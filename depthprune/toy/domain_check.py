@@ -15,7 +15,8 @@ domain's calib answer NLL least); ``sleb`` (SLEB on the domain's calib answer NL
 re-measured after every removal). For each variant it compares the math-aware model (A)
 with the general-aware one (B) on each domain: accuracy with an exact McNemar test on
 per-sample correctness (two-sided binomial test on the discordant pairs), and mean answer
-NLL (nats/token) with a paired bootstrap (difference A - B, 95% interval, two-sided p).
+NLL (nats/token): the difference A - B with a paired bootstrap 95% interval and the two-sided
+Wilcoxon signed-rank p (the table's "Wilcoxon p").
 ``results.json`` in ``--out`` holds every figure. Everything runs in float32.
 
 ``--ablation`` also prints the single-layer ablation damage: the increase of the mean
@@ -199,8 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print(f"\nseed {args.seed} ({args.benchmark}), budget {args.budget}; unpruned: "
           + ", ".join(f"{d} {results['base'][d]['accuracy']:.3f}" for d in DOMAINS))
-    print("variant       eval on  math-aware  general-aware  only-M  only-G  McNemar p   NLL M - G (95% CI)     "
-          "bootstrap p  removed (M | G)")
+    print("variant       eval on  math-aware  general-aware  only-M  only-G  McNemar p   NLL M - G (95% CI)      "
+          "Wilcoxon p  removed (M | G)")
     for group in groups:
         for d in DOMAINS:
             r = results[group][d]

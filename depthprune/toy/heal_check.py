@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from depthprune.evaluation.generation import predictions_path
-from depthprune.reporting.statistics import mcnemar_exact
+from depthprune.reporting.statistics import mcnemar_exact, ratio_ci
 from depthprune.toy.domain_check import MAX_NEW_TOKENS, benchmark_data_args
 
 DOMAINS = ("math", "general")
@@ -57,19 +57,25 @@ def _correct(predictions: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def loss_back(unpruned: list[int], pruned: list[int], healed: list[int], n_boot: int = 2000,
-              seed: int = 0) -> tuple[float, float, float]:
-    """Share of the pruning loss given back, (healed - pruned) / (unpruned - pruned), and its
-    95% percentile interval from a paired bootstrap of the samples (NaN when nothing was lost)."""
+def loss_back(unpruned: list[int], pruned: list[int], healed: list[int]) -> tuple[float, float, float]:
+    """Share of the pruning loss given back, (healed - pruned) / (unpruned - pruned), and its 95%
+    Fieller interval over the paired samples (:func:`~depthprune.reporting.statistics.ratio_ci`;
+    ``(-inf, inf)`` when the loss itself is within noise; NaN when nothing was lost). The percentile
+    bootstrap it replaces dropped the resamples whose loss was <= 0 and undercovered small losses."""
     u, p, h = (np.asarray(x, dtype=float) for x in (unpruned, pruned, healed))
-    lost = u.mean() - p.mean()
-    if lost <= 0:
-        return float("nan"), float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(u), (n_boot, len(u)))
-    den = u[idx].mean(1) - p[idx].mean(1)
-    ratios = np.where(den > 0, (h[idx].mean(1) - p[idx].mean(1)) / np.where(den > 0, den, 1), np.nan)
-    low, high = np.nanquantile(ratios, [0.025, 0.975])
-    return float((h.mean() - p.mean()) / lost), float(low), float(high)
+    return ratio_ci(h - p, u - p)
+
+
+def _finite(obj):  # noqa: ANN001, ANN202 - strict JSON: an undefined or unbounded share is null
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
+
+
+def _share(x: float) -> str:
+    return "–" if x != x else ("unbounded" if np.isinf(x) else f"{x:.0%}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,17 +149,18 @@ def main(argv: list[str] | None = None) -> None:
                         results.append({"budget": budget, "plan": plan, "removed": removed, "recipe": recipe,
                                         "minutes": m, "steps": entry["steps"], "domain": d, "n": len(ids),
                                         "unpruned": float(np.mean(u)), "pruned": float(np.mean(p)),
-                                        "healed": float(np.mean(h)), "loss_back": back, "loss_back_ci": [low, high],
+                                        "healed": float(np.mean(h)), "loss_back": back,
+                                        "loss_back_ci": [low, high],
                                         "p_vs_pruned": p_pruned, "p_vs_lora": p_lora})
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = ["| budget | plan | recipe | min | steps | domain | unpruned | pruned | healed | loss back [95% CI] "
              "| p vs pruned | p vs LoRA |", "|" + "---|" * 12]
     for r in results:
         lo, hi = r["loss_back_ci"]
         lines.append(f"| {r['budget']:.0%} | {r['plan']}-aware | {r['recipe']} | {r['minutes']:g} | {r['steps']} | "
                      f"{r['domain']} | {r['unpruned']:.1%} | {r['pruned']:.1%} | {r['healed']:.1%} | "
-                     f"{r['loss_back']:.0%} [{lo:.0%}, {hi:.0%}] | {r['p_vs_pruned']:.2g} | "
+                     f"{_share(r['loss_back'])} [{_share(lo)}, {_share(hi)}] | {r['p_vs_pruned']:.2g} | "
                      f"{'' if r['p_vs_lora'] is None else format(r['p_vs_lora'], '.2g')} |")
+    (out / "results.json").write_text(json.dumps(_finite(results), indent=1, allow_nan=False))  # NaN/inf: null
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

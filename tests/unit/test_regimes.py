@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, family, target_domain
 from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, analyze, regimes_json
 from depthprune.reporting.simulate import BUDGETS, METHODS, Scenario, outcome, simulate_study
-from depthprune.reporting.statistics import cochran_q
+from depthprune.reporting.statistics import spread_test
 from depthprune.study.store import ResultRow
 
 N = 120
@@ -68,7 +69,8 @@ def test_three_regimes_found_in_the_papers_order():
     assert low.leader.labels == ["domain:math"] and "domain-aware for math" in series.verdict
     assert [(p.a, p.b) for p in low.resolved] == [("domain:math", "block-influence"), ("domain:math", "mixed")]
     x = np.stack([a.values for a in low.rankings], 1)
-    assert low.p_rankings == pytest.approx(cochran_q(x)[1]) and low.spread == pytest.approx(40 / N)
+    assert low.p_rankings == spread_test(x, n_resamples=series.resamples)[3] and low.spread == pytest.approx(40 / N)
+    assert series.resamples == 1200 and low.p_rankings == 1 / 1201  # no resample as wide: the smallest p
     assert sorted(series.budgets[2].tied) == ["block-influence", "domain:math", "mixed"]  # identical results
     high = series.budgets[-1]
     assert high.leader.name == "spaced" and high.margin == pytest.approx((70 + 66) / 2 / N - 22 / N)
@@ -91,6 +93,35 @@ def test_structure_slightly_ahead_is_not_structure_dominated():
     assert series.budgets[0].regime == CONVERGED and series.budgets[0].p_structure > 0.05
 
 
+def test_structure_test_is_monotone_at_small_n():
+    """Issue 26: at n = 5 the t-test gave p = 0.5^5 to five equal wins of the structure-aware plans but
+    about 4e-4 to the weaker [1, 1, 1, 1, 0.5], which alone made that budget structure-dominated."""
+    rows = []
+    for budget, uniform in ((6, [1, 1, 1, 1, 1]), (7, [1, 1, 1, 1, 0])):
+        rows += [_row("domain:math", "domain", budget, [0] * 5), _row("mixed", "mixed", budget, [0] * 5),
+                 _row("spaced", "spaced", budget, [1] * 5), _row("uniform", "uniform", budget, uniform)]
+    strong, weak = analyze(rows)[0].budgets
+    assert strong.p_structure == pytest.approx(1 / 32) and weak.p_structure >= strong.p_structure
+    assert strong.regime == weak.regime == CONVERGED
+
+
+def test_rankings_differ_holds_its_size_when_plans_answer_alike():
+    """Issue 26: plans that share most of their layers answer alike, so they are not exchangeable within
+    a record. Here two groups of five near-identical plans, all of equal accuracy: Cochran's Q labelled
+    46 of these 300 budgets ranking-sensitive (15%, the old code); the bootstrap over records 17 (5.7%)."""
+    gen, labelled, reps = np.random.default_rng(0), 0, 300
+    names = [("domain:math", "domain"), ("domain:general", "domain"), ("contrast:math", "contrast"),
+             ("contrast:general", "contrast"), ("ablation:math", "ablation"), ("ablation:general", "ablation"),
+             ("mixed", "mixed"), ("block-influence", "block-influence"), ("iterative", "iterative"), ("sleb", "sleb")]
+    for _ in range(reps):
+        shared, group = gen.normal(size=(200, 1)), gen.normal(size=(200, 2))
+        alike = np.sqrt(0.99) * np.repeat(group, 5, 1) + np.sqrt(0.01) * gen.normal(size=(200, 10))
+        z = 0.5 * shared + np.sqrt(0.75) * alike
+        rows = [_row(lab, m, 3, list((z[:, j] > 0).astype(int))) for j, (lab, m) in enumerate(names)]
+        labelled += analyze(rows)[0].budgets[0].regime == RANKING
+    assert labelled / reps <= 0.09
+
+
 def test_identical_plans_count_once():
     """Variants with the same removed layers are one model: they neither inflate the omnibus test nor
     tie with themselves; their labels are listed together."""
@@ -101,7 +132,18 @@ def test_identical_plans_count_once():
     bs = series.budgets[0]
     assert [arm.labels for arm in bs.rankings] == [["ablation:math", "contrast:math", "domain:math"], ["mixed"]]
     assert bs.leader.name == "ablation:math = contrast:math = domain:math"
-    assert bs.p_rankings == pytest.approx(cochran_q(np.stack([np.array(a), np.array(b)], 1))[1])
+    assert bs.p_rankings == spread_test(np.stack([np.array(a), np.array(b)], 1), n_resamples=1000)[3]
+
+
+def test_one_ranking_method_has_no_spread():
+    """A spread needs two rankings: one score-based method alone read "spread 0.0 (CI 0.0 to 0.0)"."""
+    rows = [_row("domain:math", "domain", 2, _first(70)), _row("spaced", "spaced", 2, _first(60)),
+            _row("last", "last", 2, _first(10))]
+    (series,) = analyze(rows)
+    assert series.budgets[0].spread is None and series.budgets[0].spread_ci is None
+    assert "spread" not in series.verdict
+    same = analyze(rows + [_row("mixed", "mixed", 2, _first(70), removed=rows[0].removed)])[0].budgets[0]
+    assert same.spread == 0.0 and same.spread_ci == (0.0, 0.0)  # two rankings, one plan: a real zero
 
 
 def test_exact_ties_are_listed_not_broken():
@@ -166,7 +208,32 @@ def test_simulated_studies_have_the_shape_of_a_sweep():
     assert all(len(plans) == len(METHODS) for plans in one.values())  # no two methods share a plan
 
 
-@pytest.mark.parametrize("scenario", [Scenario("null"), Scenario("ranking"), Scenario("structure", budget=16)])
+def test_overlapping_plans_answer_as_the_layers_they_share():
+    """The realistic simulator: plans nest across budgets, identical removed sets answer identically,
+    plans sharing more layers disagree less (the latent correlation c0 + lam * shared), and every
+    plan's accuracy is the planted one."""
+    from depthprune.reporting.simulate import OVERLAPS, base_accuracy
+    rows = simulate_study(Scenario(overlap="demo"), 3000, np.random.default_rng(2))
+    math = [r for r in rows if r.domain == "math" and family(r.method) == RANKINGS]
+    by_label = {(r.label, r.budget): set(r.removed) for r in math}
+    assert all(by_label[(lab, 4)] <= by_label[(lab, 9)] for lab, b in by_label if b == 4)  # rankings nest
+    sets: dict[tuple, list] = {}
+    for r in math:
+        sets.setdefault((r.budget, tuple(r.removed)), []).append([s[1] for s in r.samples])
+    assert any(len(v) > 1 for v in sets.values()) and all(all(x == v[0] for x in v) for v in sets.values())
+    shared, disagree = [], []
+    for (b, a), (b2, c) in combinations(sets, 2):
+        if b == b2 == 9:
+            shared.append(len(set(a) & set(c)) / b)
+            disagree.append(np.mean(np.array(sets[(b, a)][0]) != np.array(sets[(b2, c)][0])))
+    assert np.corrcoef(shared, disagree)[0, 1] < -0.5 and OVERLAPS["demo"].lam > 0
+    for r in math:
+        assert abs(r.accuracy - base_accuracy(r.budget)) < 0.06
+
+
+@pytest.mark.parametrize("scenario", [Scenario("null"), Scenario("ranking"), Scenario("structure", budget=16),
+                                      Scenario("null", overlap="demo"), Scenario("ranking", overlap="demo"),
+                                      Scenario("structure", budget=16, overlap="heavy")])
 def test_simulated_truth_is_recovered(scenario):
     """A few studies per scenario at n = 600 (the size/power table, with hundreds of studies, comes
     from `python -m depthprune.reporting.simulate`): the global null stays converged, planted effects are found."""
@@ -176,3 +243,21 @@ def test_simulated_truth_is_recovered(scenario):
         assert not any(r["any_label"] for r in results)
     else:
         assert sum(r["hit"] for r in results) >= 2 and not any(r["elsewhere"] for r in results)
+
+
+@pytest.mark.parametrize("labels, fails", [(True, True), (False, False)])
+def test_small_simulation_checks_its_own_output(monkeypatch, capsys, labels, fails):
+    """CI runs `simulate --small`; it could only fail on a crash. Now a rule that labels every null
+    study (and finds no planted effect) exits 1, naming the rows; a rule that is right exits 0."""
+    from depthprune.reporting import simulate
+    monkeypatch.setattr(simulate, "simulate_study", lambda *a, **k: [])
+    monkeypatch.setattr(simulate, "outcome", lambda scenario, rows, resamples=1000: {
+        "any_label": labels, "hit": not labels, "elsewhere": False})
+    if fails:
+        with pytest.raises(SystemExit) as exit_:
+            simulate.main(["--small"])
+        assert exit_.value.code == 1 and "null: all methods equal, demo, n=100: 50 of 50" in capsys.readouterr().err
+    else:
+        simulate.main(["--small"])
+        assert "| null: all methods equal | demo | accuracy | 100 | 50 |" in capsys.readouterr().out
+

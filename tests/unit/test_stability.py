@@ -9,6 +9,7 @@ import torch
 from depthprune.ranking.methods import rank
 from depthprune.ranking.plan import RankRequest
 from depthprune.ranking.stability import (
+    Stability,
     compare_at_budget,
     ranking_column,
     ranking_stability,
@@ -132,3 +133,18 @@ def test_contrast_and_based_methods_count_as_domain_aware():
                                        ("ablation:general", "ablation", {"domain": "general"}, 2),
                                        ("spaced", "spaced", {"base": "mixed"}, 2)], n_resamples=3)
     assert [s.target for s in items] == ["math", "math", "general", None]
+
+
+def test_the_claim_compares_score_based_rankings_only():
+    """"Domain-aware rankings are the most stable" is about rankings: a structure-aware plan (spaced,
+    angular-block) on either side used to decide it ("less" here, and "more" from spaced on a domain base)."""
+    def item(label: str, method: str, options: dict, overlaps: list[float]) -> Stability:
+        return Stability(label, method, options, 2, [3, 4], None, 0, overlaps=overlaps * 10)
+    dom = item("domain:math", "domain", {"domain": "math"}, [1.0, 1.0, 0.5])
+    mixed = item("mixed", "mixed", {}, [0.5, 0.5, 0.5])
+    block = item("angular-block", "angular-block", {}, [1.0, 1.0, 1.0])
+    assert compare_at_budget([dom, mixed, block])[0] == "more"
+    spaced = item("spaced:domain", "spaced", {"base": "domain", "domain": "math"}, [1.0, 1.0, 1.0])
+    worse = item("contrast:math", "contrast", {"domain": "math"}, [0.5, 0.5, 0.5])
+    assert compare_at_budget([worse, mixed, spaced])[0] == "indistinguishable"
+

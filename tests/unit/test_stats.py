@@ -17,8 +17,11 @@ from depthprune.reporting.statistics import (
     kendall_tau,
     mcnemar_exact,
     mean_ci,
-    mean_greater,
+    ratio_ci,
+    sign_flip_greater,
+    smallest_pair_p,
     spread_ci,
+    spread_test,
     top_k_overlap,
     wilcoxon_paired,
 )
@@ -43,6 +46,10 @@ def test_mcnemar_counts_only_discordant_pairs():
 
 def test_holm_hand_values():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # a NaN p-value (no test) is no member of the family: it used to set every later adjusted p to 1
+    for p in ([0.01, float("nan"), 0.02], [float("nan"), 0.01, 0.02], [0.01, 0.02, float("nan")]):
+        adjusted = holm(p)
+        assert [a for a in adjusted if a == a] == pytest.approx([0.02, 0.02]) and sum(a != a for a in adjusted) == 1
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
     assert holm([0.04]) == pytest.approx([0.04])
     assert holm([]) == []
@@ -115,11 +122,36 @@ def test_nll_tests_are_rank_tests_that_respect_small_samples():
     assert friedman(np.ones((5, 3))) == (0.0, 1.0)
 
 
-def test_mean_greater():
-    d = [0.3, -0.1, 0.5, 0.2, 0.4, 0.1]
-    assert mean_greater(d) == pytest.approx(sps.ttest_1samp(d, 0, alternative="greater").pvalue)
-    assert mean_greater([1.0, 1.0, 1.0]) == 0.125 and mean_greater([0.0] * 5) == 1.0 and mean_greater([2.0]) == 1.0
+def test_sign_flip_greater_is_exact_and_monotone():
+    """Issue 26: the t-test fallback gave 0.5^5 = 0.031 for five equal positive differences and about
+    4e-4 for the weaker [1, 1, 1, 1, 0.5]; the sign-flip p never falls when the evidence weakens."""
+    assert sign_flip_greater([1.0] * 5) == pytest.approx(1 / 32)
+    assert sign_flip_greater([1, 1, 1, 1, 0.5]) == pytest.approx(1 / 32)
+    assert sign_flip_greater([1 / 3] * 4 + [0.3]) == pytest.approx(1 / 32)  # continuous, n <= 16: all 2^n signs
+    assert sign_flip_greater([0.0] * 5) == 1.0 and sign_flip_greater([]) == 1.0
+    # brute force over all 2^n signs = the lattice convolution (accuracy differences, any n)
+    gen = np.random.default_rng(0)
+    for _ in range(20):
+        d = gen.integers(-3, 4, 14) / 3
+        signs = 1 - 2 * ((np.arange(2 ** 14)[:, None] >> np.arange(14)) & 1)
+        brute = np.mean(signs @ np.abs(d) >= d.sum() - 1e-9)
+        assert sign_flip_greater(d) == pytest.approx(brute)
+    big = gen.integers(-1, 2, 600) / 1.0 + (gen.random(600) < 0.05)  # large n, still exact
+    z = big.sum() / np.sqrt((big ** 2).sum())
+    assert sign_flip_greater(big) == pytest.approx(sps.norm.sf(z), rel=0.15)
+    # monotone: raising any difference never raises p (continuous large n: one fixed set of signs)
+    for d in (gen.integers(-2, 3, 40) / 2, gen.normal(0.2, 1, 40), gen.integers(-3, 4, 300) / 3):
+        p = sign_flip_greater(d)
+        for i in gen.choice(len(d), 10, replace=False):
+            up = d.copy()
+            up[i] += 0.5 if _on_lattice(d) else 0.37
+            assert sign_flip_greater(up) <= p + 1e-12
+    cols = gen.normal(0.1, 1, (50, 3))
+    assert list(sign_flip_greater(cols)) == [sign_flip_greater(cols[:, j]) for j in range(3)]
 
+
+def _on_lattice(d: np.ndarray) -> bool:
+    return bool(np.allclose(d * 6, np.round(d * 6)))
 
 def test_mean_ci():
     mean, low, high = mean_ci([1.0, 2.0, 3.0])
@@ -144,3 +176,47 @@ def test_spread_ci_covers_the_true_spread_without_upward_bias():
         _, low, high = spread_ci(y, n_resamples=300, seed=rep)
         covered += low <= truth <= high
     assert equal >= 55 and covered >= 54  # nominal 95%: the interval of equal methods reaches 0
+
+
+def test_ratio_ci_is_fieller():
+    """Every rho inside is one the paired t-test of num - rho * den does not reject, and the end points
+    sit exactly on the t quantile; unbounded when the denominator's mean is not resolved."""
+    gen = np.random.default_rng(3)
+    den = 1.0 + gen.normal(size=50)
+    num = 0.4 * den + 0.3 * gen.normal(size=50)
+    ratio, low, high = ratio_ci(num, den)
+    assert ratio == pytest.approx(num.mean() / den.mean()) and low < ratio < high
+    crit = sps.t.ppf(0.975, 49)
+    for rho in (low, high):
+        d = num - rho * den
+        assert abs(d.mean()) / (d.std(ddof=1) / math.sqrt(50)) == pytest.approx(crit)
+    assert ratio_ci(num, den - den.mean() + 0.05)[1:] == (-math.inf, math.inf)
+    assert all(math.isnan(x) for x in ratio_ci(num, -np.abs(den)))
+
+
+def test_spread_test_is_the_spread_interval_as_a_test():
+    """One bootstrap over records gives both: p < 0.05 exactly when the interval excludes 0; the
+    smallest p is 1 / (resamples + 1)."""
+    gen = np.random.default_rng(4)
+    agree = 0
+    for rep in range(40):
+        shared = gen.normal(size=(200, 1))
+        lift = np.array([0.0, 0.0, 0.0, 0.3 * (rep % 3)])
+        x = (gen.random((200, 4)) < 1 / (1 + np.exp(-shared - lift))).astype(float)
+        spread, low, high, p = spread_test(x, n_resamples=500, seed=rep)
+        assert (spread, low, high) == spread_ci(x, n_resamples=500, seed=rep)
+        agree += (p < 0.05) == (low > 0)
+    assert agree == 40
+    far = np.column_stack([np.ones(100), np.zeros(100)])
+    assert spread_test(far, n_resamples=999)[3] == 1 / 1000 and spread_test(np.ones((9, 3)))[3] == 1.0
+
+
+def test_smallest_pair_p_is_the_smallest_exact_pairwise_p():
+    gen = np.random.default_rng(5)
+    x = (gen.random((60, 4)) < [0.3, 0.5, 0.5, 0.7]).astype(float)
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    assert smallest_pair_p(x, binary=True) == pytest.approx(min(mcnemar_exact(x[:, i], x[:, j])[2] for i, j in pairs))
+    y = gen.normal(size=(25, 4)) + [0, 0.2, 0.4, 0.9]
+    assert smallest_pair_p(y, binary=False) == pytest.approx(min(wilcoxon_paired(y[:, i], y[:, j]) for i, j in pairs))
+    assert smallest_pair_p(np.ones((5, 3)), binary=True) == 1.0 == smallest_pair_p(np.ones((5, 3)), binary=False)
+

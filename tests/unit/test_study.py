@@ -63,6 +63,13 @@ def test_expansion_labels_and_cells(tmp_path, calib_dir):
     ({"heal": {"budgets": [2.5]}}, "heal.budgets[0]"),
     ({"calibration": {"data": "x.jsonl", "max_samples": 0}}, "calibration.max_samples"),
     ({"protect": {"frist": 1}}, "protect.frist: unknown key; allowed here: allow_deepstack, first, last"),
+    # refused before the model loads (issue 26: these ran scoring and the ablation pass, then skipped the cells)
+    ({"methods": [{"method": "iterative", "base": "ablation", "domain": "math"}]},
+     "methods[0].base: iterative cannot use base 'ablation'"),
+    ({"methods": ["last", {"method": "iterative", "base": "nonsense"}]}, "methods[1].base: unknown base 'nonsense'"),
+    ({"methods": [{"method": "spaced", "base": "domain"}]}, "methods[0]: method 'spaced' needs --domain"),
+    ({"methods": [{"method": "domain", "domain": "math", "token_group": "pixels"}]},
+     "methods[0].token_group: unknown token group 'pixels'"),
 ])
 def test_errors_name_the_key(tmp_path, calib_dir, over, needle):
     path = write(tmp_path, calib_dir, **over)
