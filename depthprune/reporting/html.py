@@ -36,11 +36,10 @@ from depthprune.reporting.tables import (
     pval,
     retention_table,
     stability_table,
-    treatment,
 )
 from depthprune.scoring.scores import Scores, ScoresError
 from depthprune.study.rundir import RunDir
-from depthprune.study.store import ResultRow, get_meta, open_store_readonly, read_results
+from depthprune.study.store import ResultRow, get_meta, open_store_readonly, read_results, treatment
 
 STORE_NAME, SCORES_NAME = RunDir.STORE, RunDir.SCORES
 REGIMES_NAME = RunDir.REGIMES

@@ -60,7 +60,7 @@ from depthprune.reporting.statistics import (
     spread_test,
     wilcoxon_paired,
 )
-from depthprune.study.store import ResultRow
+from depthprune.study.store import ResultRow, treatment
 
 ALPHA = 0.05
 RANKING, CONVERGED, STRUCTURE = "ranking-sensitive", "converged", "structure-dominated"
@@ -196,7 +196,7 @@ class Series:
 
     @property
     def name(self) -> str:
-        return f"{self.eval_set} / {self.domain}{' (healed)' if self.healed else ''}"
+        return f"{self.eval_set} / {self.domain}{f' ({treatment(self.heal)})' if self.healed else ''}"
 
 
 # ----------------------------------------------------------------------------- one budget

@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from depthprune.ranking.stability import Stability
 from depthprune.reporting.regimes import ALPHA, Arm, BudgetStats, Series, arm_ci, size
+from depthprune.study.store import treatment
 
 ERROR_CONTROL = (f"Error control: the rankings-differ and structure-dominates p-values of every budget of every "
                  f"series form one Holm family (alpha = {ALPHA}); pairs of rankings are tested only where the "
@@ -25,20 +26,6 @@ def pval(p: float | None) -> str:
     if p is None:
         return "–"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def treatment(heal: dict | str | None) -> str:
-    """What was done after pruning, from a row's ``heal`` (a dict or its JSON): ``none``, the
-    healing mode (``lora``), the repair (``refit``), or both (``refit + lora``)."""
-    import json
-    if isinstance(heal, str):
-        heal = json.loads(heal)
-    if not heal:
-        return "none"
-    parts = [heal["compensate"]["method"]] if "compensate" in heal else []
-    if set(heal) - {"compensate"}:
-        parts.append(str(heal.get("mode", "lora")))
-    return " + ".join(parts)
 
 
 def budget_label(b: int, fraction: float) -> str:

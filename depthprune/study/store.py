@@ -91,6 +91,19 @@ class ResultRow:
         return cls(**data)
 
 
+def treatment(heal: dict | str | None) -> str:
+    """What was done after pruning, from a row's ``heal`` (a dict or its JSON): ``none``, the
+    healing mode (``lora``), the repair (``refit``), or both (``refit + lora``)."""
+    if isinstance(heal, str):
+        heal = json.loads(heal)
+    if not heal:
+        return "none"
+    parts = [heal["compensate"]["method"]] if "compensate" in heal else []
+    if set(heal) - {"compensate"}:
+        parts.append(str(heal.get("mode", "lora")))
+    return " + ".join(parts)
+
+
 def cell_key(method: str, options: dict[str, Any], budget: int, heal: dict[str, Any] | None) -> str:
     """Stable key of a cell: the same method, options, budget and recipe give the same key."""
     return json.dumps({"method": method, "options": options, "budget": budget, "heal": heal},

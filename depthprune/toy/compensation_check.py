@@ -14,7 +14,7 @@ everything on the eval split. Domain-aware methods (``sleb``, ``ablation``, ``do
 math-aware and a general-aware plan; the others one plan, compensated on both domains.
 
 For every compensated model and domain it reports the accuracy, the share of the pruning loss
-given back ((compensated - plain) / (unpruned - plain)) with a 95% paired bootstrap interval,
+given back ((compensated - plain) / (unpruned - plain)) with its 95% Fieller interval,
 the exact McNemar test against plain removal, and the fit's time (from ``pruning.json``).
 ``results.json`` holds every figure, ``table.md`` the table.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from depthprune.reporting.statistics import mcnemar_exact
 from depthprune.toy.domain_check import MAX_NEW_TOKENS, benchmark_data_args
-from depthprune.toy.heal_check import _correct, loss_back
+from depthprune.toy.heal_check import _correct, _finite, _share, loss_back
 
 DOMAINS = ("math", "general")
 #: Methods whose plan is chosen for one domain (the others are domain-agnostic).
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     infos = _prune_all(args, data, out)
     _evaluate(args, data, out, {"unpruned": args.model, **{n: str(out / n) for n in infos}})
     results = table(out, infos)
-    (out / "results.json").write_text(json.dumps({"seed": args.seed, "model": args.model, **results}, indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps(_finite({"seed": args.seed, "model": args.model, **results}),
+                                                 indent=1, allow_nan=False) + "\n")
     print((out / "table.md").read_text())
 
 
@@ -159,14 +160,10 @@ def table(out: Path, infos: dict[str, dict]) -> dict:
             r = rows[name][d]
             lines.append(f"| {name} | {','.join(map(str, info['removed_layers']))} | "
                          f"{info['compensation']['seconds']:.0f} | {d} | {r['unpruned']:.3f} | {r['plain']:.3f} | "
-                         f"{r['compensated']:.3f} | {_pct(back)} ({_pct(low)}, {_pct(high)}) | {r['p']:.2g} | "
+                         f"{r['compensated']:.3f} | {_share(back)} ({_share(low)}, {_share(high)}) | {r['p']:.2g} | "
                          f"{nll['unpruned'][d]:.3f} / {nll[plain][d]:.3f} / {nll[name][d]:.3f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     return {"rows": rows, "removed": {n: i["removed_layers"] for n, i in infos.items()}}
-
-
-def _pct(x: float) -> str:
-    return "–" if x != x else f"{x:+.0%}"  # NaN: nothing was lost (or the interval is unbounded)
 
 
 def _mean_nll(predictions: Path) -> dict[str, float]:

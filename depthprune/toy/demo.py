@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depthprune.reporting.tables import treatment
 from depthprune.study.rundir import RunDir
+from depthprune.study.store import treatment
 from depthprune.study.sweep import SweepResult
 
 FULL_BUDGETS = [0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5]
