@@ -267,7 +267,8 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     the source, inside it or around it), dtype/device, the config, the plan or the scores and
     method, the data. Only then does the model load.
     """
-    from depthprune.models.gguf_out import check_gguf_output, gguf_pruning_info, is_gguf_output, write_pruned_gguf
+    from depthprune.models.gguf_out import (check_gguf_output, check_layer_pattern, gguf_pruning_info,
+                                            is_gguf_output, write_pruned_gguf)
     model = resolve_model_id(model)
     if ablation_cache_mb is not None and not (method == "sleb" and ablation_cache_mb > 0):
         raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if method == "sleb" else
@@ -309,6 +310,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
              "protected_layers": the_plan.protected, "reasons": {str(k): v for k, v in the_plan.reasons.items()},
              "scores_fingerprint": the_plan.scores_fingerprint}
     if gguf_in is not None:  # the kept layers' quantized bytes, copied: no model needed
+        check_layer_pattern(gguf_in, the_plan.remove)  # Gemma 3: only cuts that keep its layer pattern
         info = gguf_pruning_info(gguf_in, str(model), the_plan.remove, the_plan.method, req.get("budget"),
                                  extra=extra)
         info = write_pruned_gguf(gguf_in, out, info, overwrite=overwrite, progress=progress)
