@@ -156,10 +156,16 @@ class LlamaCpp:
     def timed_greedy(self, tokens: Sequence[int], new_tokens: int, stop: Sequence[int] = ()) -> dict:
         """Greedy decoding with llama.cpp's own timings: ``prefill_ms`` (the prompt's decode
         calls), ``decode_ms`` (the one-token decode calls, ``new_tokens - 1`` of them when no
-        stop token comes) and the tokens. Argmax is taken in numpy, outside the timed calls."""
+        stop token comes; both wall clock) and the tokens. Argmax is taken in numpy, outside
+        llama.cpp's timed calls. Also this process's CPU seconds over the prefill and over the
+        decoding loop (``prefill_cpu_s``, ``decode_cpu_s``, argmax included): on a shared
+        machine, time spent waiting for a core counts in the wall clock, not here."""
+        import time
         C = self._C
         C.llama_reset_timings(self._context.ctx)
+        cpu0 = time.process_time()
         self._prefill(tokens)
+        cpu1 = time.process_time()
         out: list[int] = []
         pos = len(tokens)
         while True:
@@ -171,9 +177,11 @@ class LlamaCpp:
                 raise ValueError(f"{len(tokens)} + {new_tokens} tokens do not fit n_ctx={self.n_ctx}")
             self._decode([token], pos)
             pos += 1
+        cpu2 = time.process_time()
         t = C.llama_get_timings(self._context.ctx)
         return {"tokens": out, "prefill_ms": t.t_p_eval_ms, "prompt_tokens": t.n_p_eval,
-                "decode_ms": t.t_eval_ms, "decode_tokens": t.n_eval}
+                "decode_ms": t.t_eval_ms, "decode_tokens": t.n_eval,
+                "prefill_cpu_s": cpu1 - cpu0, "decode_cpu_s": cpu2 - cpu1}
 
 
 def next_token_logits(path: str | os.PathLike, prompts: Sequence[Sequence[int]], threads: int = 1,
