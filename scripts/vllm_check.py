@@ -148,6 +148,8 @@ def run_vllm(out: Path) -> None:
         (out / f"vllm-{name}.log").write_text(done.stdout + done.stderr)
         if one.is_file():
             results[name] = json.loads(one.read_text())
+            if "error" in results[name]:  # vLLM logs the root cause (often in a subprocess) before it raises
+                results[name]["error_lines"] = _error_lines(done.stdout + done.stderr)
         else:  # the process died before it could record anything
             results[name] = {"error": f"vLLM process exited {done.returncode}", "seconds": round(time.time() - started, 1),
                              "traceback_tail": (done.stdout + done.stderr)[-3000:]}
@@ -157,6 +159,17 @@ def run_vllm(out: Path) -> None:
     import vllm  # (only for its version)
     results["vllm_version"] = vllm.__version__
     (out / "vllm.json").write_text(json.dumps(results, indent=1))
+
+
+def _error_lines(log: str, limit: int = 6) -> list[str]:
+    """The distinct ``SomethingError: ...`` lines of a log, last ones first-to-last, without vLLM's prefix."""
+    import re
+    found: list[str] = []
+    for line in log.splitlines():
+        m = re.search(r"\b(\w*(Error|Exception)): .*", line)
+        if m and m.group(0) not in found:
+            found.append(m.group(0)[:300])
+    return found[-limit:]
 
 
 def run_vllm_one(out: Path, name: str) -> None:
@@ -227,7 +240,8 @@ def compare(out: Path) -> int:
                      f"{len(equal)} | {sum(equal)}/{len(equal)}{kinds} | {r['seconds']} |")
     failures = {n: r for n, r in got.items() if isinstance(r, dict) and "error" in r}
     for name, r in failures.items():
-        lines += ["", f"{name} failed in vLLM; the last lines:", "", "```", r["traceback_tail"].strip()[-1500:], "```"]
+        lines += ["", f"{name} failed in vLLM. Error lines of its log:", "", "```", *r.get("error_lines", []), "```",
+                  "", "The end of the traceback:", "", "```", r["traceback_tail"].strip()[-1200:], "```"]
     report = "\n".join(lines) + "\n"
     (out / "report.md").write_text(report)
     print(report)

@@ -127,7 +127,8 @@ class GGUFSource:
 
 def open_gguf(path: str | os.PathLike) -> GGUFSource:
     """Open GGUF file ``path`` for pruning and check it can be pruned into a GGUF: an
-    architecture of :data:`UNIFORM_ARCHITECTURES`, a ``{arch}.block_count``, and layer tensors
+    architecture of :data:`UNIFORM_ARCHITECTURES` or :data:`POSITIONAL_ARCHITECTURES` (whose
+    plans :func:`check_layer_pattern` checks), a ``{arch}.block_count``, and layer tensors
     ``blk.N.*`` for exactly N = 0..block_count-1. Raises GGUFOutputError naming the file."""
     import gguf
     path = Path(path).expanduser()
