@@ -1,6 +1,23 @@
-"""Real speed-up of depth pruning: the unpruned model and pruned copies, side by side.
+"""Real speed-up of depth pruning: the unpruned model and pruned copies, side by side, in the
+runtime chosen by ``--runtime``:
 
-Model: random-init ``Qwen3VLForConditionalGeneration`` whose text decoder has the shapes of
+* ``transformers`` (default): the model below, through ``model.generate``;
+* ``llamacpp``: a GGUF file (default the ``smollm2`` GGUF, SmolLM2-135M-Instruct Q4_1) and its
+  pruned copies (``prune MODEL.gguf --out X.gguf``, depthprune's ``uniform`` plan for each
+  ``--cuts`` count) in llama.cpp (ik-llama-cpp-python, the ``runtime`` extra): prefill and
+  decode tokens/s from llama.cpp's own timings (prefill in 16-token chunks, see
+  depthprune.runtimes.llamacpp), one prompt of random token ids, interleaved repeats;
+* ``vllm``: SmolLM2 (dequantised) and its pruned checkpoints (``prune smollm2 --out DIR``) in
+  vLLM (CPU unless CUDA is there), run by ``benchmarks/vllm_speed_worker.py`` with the Python of
+  vLLM's own environment (``--vllm-python``, ``$VLLM_PYTHON``, or this one if it imports vllm):
+  ``--batch`` prompts (default 64) of random token ids, prefill-only and full generates.
+
+Each prints, per variant, prefill and decode tokens/s, their ratio to the unpruned model and
+the two ceilings: the decoder-only ideal L/(L-k) and the whole-model parameter ratio (the
+embedding and LM head are not pruned). Without llama.cpp or vLLM those runtimes print why and
+skip (exit 0).
+
+Model (``--runtime transformers``): random-init ``Qwen3VLForConditionalGeneration`` whose text decoder has the shapes of
 Qwen3-VL-2B (28 layers, hidden 2048, intermediate 6144, 16 heads / 8 KV heads, head_dim 128,
 vocab 151936, tied embeddings; tiny vision tower, text-only prompts). Pruned copies remove
 10%, 25% and 50% of the decoder layers with depthprune's own code path
@@ -27,6 +44,8 @@ printed beside the ideal.
     python benchmarks/bench_speed.py --small         # seconds-long smoke run
     python benchmarks/bench_speed.py --device cuda   # auto when CUDA is available (bfloat16)
     python benchmarks/bench_speed.py --vllm          # also vLLM on CUDA (UNTESTED: no GPU here)
+    python benchmarks/bench_speed.py --runtime llamacpp --threads 1            # SmolLM2 GGUF, 27 and 23 of 30 layers
+    python benchmarks/bench_speed.py --runtime vllm --vllm-python .venv-vllm/bin/python --threads 1
 """
 
 from __future__ import annotations
@@ -42,17 +61,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 TARGET = 0.90  # decode speed-up >= TARGET x ideal
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runtime", choices=("transformers", "llamacpp", "vllm"), default="transformers",
+                    help="where to time the variants (default transformers)")
+    ap.add_argument("--gguf", default=None, help="llamacpp: the GGUF file (default: smollm2)")
+    ap.add_argument("--cuts", default="3,7", help="llamacpp/vllm: layers removed per pruned variant")
+    ap.add_argument("--prefill-chunk", type=int, default=16,
+                    help="llamacpp: prompt tokens per llama_decode call (16: see depthprune.runtimes.llamacpp)")
+    ap.add_argument("--vllm-python", default=None, help="vllm: the Python of vLLM's environment")
     ap.add_argument("--small", action="store_true", help="tiny shapes, for a smoke run")
     ap.add_argument("--fractions", default="0.1,0.25,0.5", help="pruning budgets (fractions of the decoder layers)")
     ap.add_argument("--tokens", type=int, default=None, help="prompt length (default 128 on CPU, 1024 on CUDA)")
     ap.add_argument("--new-tokens", type=int, default=None, help="generated tokens (default 16 on CPU, 128 on CUDA)")
-    ap.add_argument("--batch", type=int, default=1, help="prompts per generate call")
+    ap.add_argument("--batch", type=int, default=None, help="prompts per generate call (default 1; vllm 64)")
     ap.add_argument("--repeats", type=int, default=3, help="timed generate calls per variant (interleaved)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads and OMP_NUM_THREADS (default 1: the cores are shared)")
@@ -273,8 +300,184 @@ def try_vllm(variants: list, args: argparse.Namespace, tokens: int, new_tokens: 
                       new_tokens)
 
 
+def _runtime_settings(args: argparse.Namespace) -> tuple[int, int, int, int]:
+    """(batch, prompt tokens, new tokens, repeats) of the llamacpp / vllm runtimes."""
+    if args.small:
+        return args.batch or (4 if args.runtime == "vllm" else 1), args.tokens or 32, args.new_tokens or 16, 1
+    return (args.batch or (64 if args.runtime == "vllm" else 1), args.tokens or 128, args.new_tokens or 128,
+            args.repeats)
+
+
+def _cut_plans(num_layers: int, cuts: str) -> list[list[int]]:
+    """depthprune's ``uniform`` plan for each count in ``cuts``."""
+    from depthprune import api
+    scores = api.empty_scores(num_layers, "bench", [])
+    return [api.plan(scores, "uniform", int(k)).remove for k in cuts.split(",")]
+
+
+def _ratio_rows(base: dict, variants: list[dict], n_layers: int) -> list[dict]:
+    """Per variant: speed-ups over the unpruned one and the two ceilings."""
+    rows = []
+    for v in variants:
+        k = len(v["removed"])
+        row = dict(v, layers=n_layers - k, ideal=round(n_layers / (n_layers - k), 4),
+                   prefill_speedup=round(v["prefill_tok_s"] / base["prefill_tok_s"], 4),
+                   decode_speedup=round(v["decode_tok_s"] / base["decode_tok_s"], 4))
+        if "decode_cpu_tok_s" in v:  # llama.cpp: also from process CPU time
+            row["prefill_cpu_speedup"] = round(v["prefill_cpu_tok_s"] / base["prefill_cpu_tok_s"], 4)
+            row["decode_cpu_speedup"] = round(v["decode_cpu_tok_s"] / base["decode_cpu_tok_s"], 4)
+        rows.append(row)
+    return rows
+
+
+def _print_runtime_table(title: str, rows: list[dict]) -> None:
+    print(title)
+    print(f"{'variant':<12}{'layers':>7}{'prefill tok/s':>14}{'speed-up':>9}{'decode tok/s':>13}{'speed-up':>9}"
+          f"{'ideal L/(L-k)':>14}{'param ratio':>12}{'decode/ideal':>13}{'decode/params':>14}")
+    for r in rows:
+        print(f"{r['variant']:<12}{r['layers']:>7}{r['prefill_tok_s']:>14.1f}{r['prefill_speedup']:>9.3f}"
+              f"{r['decode_tok_s']:>13.1f}{r['decode_speedup']:>9.3f}{r['ideal']:>14.3f}{r['param_ratio']:>12.3f}"
+              f"{r['decode_speedup'] / r['ideal']:>13.3f}{r['decode_speedup'] / r['param_ratio']:>14.3f}")
+    if "decode_cpu_speedup" in rows[0]:
+        print("from process CPU time (robust to waiting for a core on a shared machine):")
+        for r in rows:
+            print(f"{r['variant']:<12}{r['layers']:>7}{r['prefill_cpu_tok_s']:>14.1f}{r['prefill_cpu_speedup']:>9.3f}"
+                  f"{r['decode_cpu_tok_s']:>13.1f}{r['decode_cpu_speedup']:>9.3f}{r['ideal']:>14.3f}"
+                  f"{r['param_ratio']:>12.3f}{r['decode_cpu_speedup'] / r['ideal']:>13.3f}"
+                  f"{r['decode_cpu_speedup'] / r['param_ratio']:>14.3f}")
+    print("speed-up = pruned / unpruned tokens/s (medians of interleaved repeats); ideal = decoder-only "
+          "L/(L-k); param ratio = whole-model parameters unpruned / pruned (embedding and head stay)")
+
+
+def llamacpp_main(args: argparse.Namespace) -> None:
+    """``--runtime llamacpp``: the GGUF and its pruned copies in llama.cpp, side by side."""
+    from depthprune.runtimes.llamacpp import LlamaCpp, unavailable
+    reason = unavailable()
+    src = None
+    if reason is None:
+        from depthprune.models.architectures import ModelError
+        from depthprune.models.gguf import smollm2_path
+        try:
+            src = Path(args.gguf) if args.gguf else smollm2_path()
+        except ModelError as err:
+            reason = str(err)
+    if reason:
+        print(f"llama.cpp: skipped: {reason}")
+        print(json.dumps({"runtime": "llamacpp", "skipped": reason}))
+        return
+    from depthprune import api
+    from depthprune.models.gguf_out import open_gguf
+    batch, tokens, new_tokens, repeats = _runtime_settings(args)
+    if batch != 1:
+        raise SystemExit("--runtime llamacpp times one prompt at a time (--batch 1)")
+    n_layers = open_gguf(src).num_layers
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = [{"variant": "unpruned", "removed": [], "path": src, "param_ratio": 1.0}]
+        for remove in _cut_plans(n_layers, args.cuts):
+            out, info = api.prune(src, None, Path(tmp) / f"k{len(remove)}.gguf", layers=remove, progress=False,
+                                  return_info=True)
+            variants.append({"variant": f"k={len(remove)}", "removed": remove, "path": out,
+                             "param_ratio": info["expected_speedup"]["parameter_ratio"]})
+        llms = {v["variant"]: LlamaCpp(v["path"], n_ctx=tokens + new_tokens + 8, threads=args.threads,
+                                       prefill_chunk=args.prefill_chunk) for v in variants}
+        import random
+        rng = random.Random(0)
+        prompt = [rng.randrange(100, llms["unpruned"].n_vocab) for _ in range(tokens)]
+        runs: dict[str, list[dict]] = {name: [] for name in llms}
+        for round_ in range(repeats + 1):  # round 0 warms up
+            for name, llm in llms.items():
+                r = llm.timed_greedy(prompt, new_tokens)
+                if round_:
+                    runs[name].append(r)
+        layers = {name: llm.n_layer for name, llm in llms.items()}
+        for llm in llms.values():
+            llm.close()
+    for v in variants:
+        rs = runs[v["variant"]]
+        v["prefill_tok_s"] = statistics.median(r["prompt_tokens"] / r["prefill_ms"] * 1000 for r in rs)
+        v["decode_tok_s"] = statistics.median(r["decode_tokens"] / r["decode_ms"] * 1000 for r in rs)
+        v["prefill_cpu_tok_s"] = statistics.median(r["prompt_tokens"] / r["prefill_cpu_s"] for r in rs)
+        v["decode_cpu_tok_s"] = statistics.median(r["decode_tokens"] / r["decode_cpu_s"] for r in rs)
+        v["llamacpp_layers"] = layers[v["variant"]]
+        v["path"] = str(v["path"]) if v["variant"] == "unpruned" else v["path"].name
+        assert v["llamacpp_layers"] == n_layers - len(v["removed"]), v
+    rows = _ratio_rows(variants[0], variants, n_layers)
+    _print_runtime_table(
+        f"llama.cpp (ik-llama-cpp-python), {src.name}, {n_layers} layers; 1 prompt of {tokens} random tokens "
+        f"(prefill in {args.prefill_chunk}-token chunks), {new_tokens} greedy tokens; threads {args.threads}; "
+        f"repeats {repeats} (interleaved, after a warm-up); tokens/s from llama.cpp's timings", rows)
+    print(json.dumps({"runtime": "llamacpp", "model": src.name, "threads": args.threads, "tokens": tokens,
+                      "new_tokens": new_tokens, "repeats": repeats, "prefill_chunk": args.prefill_chunk,
+                      "num_layers": n_layers, "rows": rows}))
+
+
+def vllm_main(args: argparse.Namespace) -> None:
+    """``--runtime vllm``: SmolLM2 and its pruned checkpoints in vLLM, side by side (worker:
+    benchmarks/vllm_speed_worker.py, in vLLM's Python)."""
+    import importlib.util
+    python = args.vllm_python or os.environ.get("VLLM_PYTHON") or (
+        sys.executable if importlib.util.find_spec("vllm") else None)
+    reason = None
+    if python is None:
+        reason = ("vLLM is not installed here; pass --vllm-python (or set VLLM_PYTHON) to the Python of its "
+                  "environment (bash scripts/vllm_check.sh builds one in .venv-vllm)")
+    elif not Path(python).exists() and python != sys.executable:
+        reason = f"--vllm-python {python}: no such file"
+    if reason is None:
+        from depthprune.models.architectures import ModelError
+        from depthprune.models.gguf import converted_checkpoint, smollm2_path
+        try:
+            base = converted_checkpoint(smollm2_path())
+        except ModelError as err:
+            reason = str(err)
+    if reason:
+        print(f"vLLM: skipped: {reason}")
+        print(json.dumps({"runtime": "vllm", "skipped": reason}))
+        return
+    from depthprune import api
+    batch, tokens, new_tokens, repeats = _runtime_settings(args)
+    config = json.loads((base / "config.json").read_text())
+    n_layers = config["num_hidden_layers"]
+    dtype = args.dtype or "bfloat16"
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = [{"variant": "unpruned", "removed": [], "param_ratio": 1.0}]
+        paths = {"unpruned": str(base)}
+        for remove in _cut_plans(n_layers, args.cuts):
+            out, info = api.prune("smollm2", None, Path(tmp) / f"k{len(remove)}", layers=remove, progress=False,
+                                  return_info=True)
+            name = f"k={len(remove)}"
+            variants.append({"variant": name, "removed": remove,
+                             "param_ratio": info["expected_speedup"]["parameter_ratio"]})
+            paths[name] = str(out)
+        spec = {"variants": paths, "dtype": dtype, "batch": batch, "tokens": tokens, "new_tokens": new_tokens,
+                "repeats": repeats, "vocab": config["vocab_size"], "seed": 0}
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), VLLM_CPU_KVCACHE_SPACE=os.environ.get(
+            "VLLM_CPU_KVCACHE_SPACE", "1"), TOKENIZERS_PARALLELISM="false")
+        worker = Path(__file__).resolve().parent / "vllm_speed_worker.py"
+        done = subprocess.run([python, str(worker), json.dumps(spec)], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise SystemExit(f"vLLM worker failed (exit {done.returncode}):\n{tail}")
+        timings = json.loads(done.stdout.strip().splitlines()[-1])
+    for v in variants:
+        v.update({k: timings[v["variant"]][k] for k in ("prefill_tok_s", "decode_tok_s")})
+    rows = _ratio_rows(variants[0], variants, n_layers)
+    _print_runtime_table(
+        f"vLLM ({python}), SmolLM2-135M-Instruct (dequantised), {n_layers} layers, {dtype}; {batch} prompts x "
+        f"{tokens} random tokens, {new_tokens} new tokens; OMP_NUM_THREADS={args.threads}; repeats {repeats} "
+        "(interleaved, after a warm-up)", rows)
+    print(json.dumps({"runtime": "vllm", "dtype": dtype, "threads": args.threads, "batch": batch, "tokens": tokens,
+                      "new_tokens": new_tokens, "repeats": repeats, "num_layers": n_layers, "rows": rows,
+                      "runs": {n: t["runs"] for n, t in timings.items()}}))
+
+
 def main() -> None:
     args = ARGS
+    if args.runtime == "llamacpp":
+        return llamacpp_main(args)
+    if args.runtime == "vllm":
+        return vllm_main(args)
+    args.batch = args.batch or 1
     if args.memory_child is not None:
         return memory_child(args)
     device, dtype, tokens, new_tokens = settings(args)

@@ -280,6 +280,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     from depthprune.models.gguf_out import (
         check_gguf_compensation,
         check_gguf_output,
+        check_layer_pattern,
         compensated_gguf_tensors,
         gguf_pruning_info,
         is_gguf_output,
@@ -331,6 +332,8 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     extra = {"domain": req.get("domain"), "weights": req.get("weights"), "request": req,
              "protected_layers": the_plan.protected, "reasons": {str(k): v for k, v in the_plan.reasons.items()},
              "scores_fingerprint": the_plan.scores_fingerprint}
+    if gguf_in is not None:
+        check_layer_pattern(gguf_in, the_plan.remove)  # Gemma 3: only cuts that keep its layer pattern
     replaced: dict = {}
     if calibration is not None:
         check_compensable(the_plan.remove)

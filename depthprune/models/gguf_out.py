@@ -18,10 +18,15 @@ with the sizes before and after. Both are written atomically (:func:`depthprune.
 the ``.gguf`` is published last). The gguf package's reader and writer do the file format (its
 ``gguf_new_metadata.py`` script copies a file the same way).
 
-Only architectures whose layers are all alike are pruned this way (:data:`UNIFORM_ARCHITECTURES`):
-where a runtime derives a layer's kind from its index (Gemma 2/3 put a global-attention layer
-every few layers, Llama 4 skips RoPE on every fourth), renumbering would change what a kept
-layer does, and the GGUF metadata has no per-layer list to slice.
+Architectures whose layers are all alike are pruned this way with any plan
+(:data:`UNIFORM_ARCHITECTURES`). Where llama.cpp and transformers derive a layer's kind from
+its index (Gemma 3: every sixth layer full attention, the rest sliding-window, with their own
+RoPE bases), renumbering could change what a kept layer does, and the GGUF metadata has no
+per-layer list to slice: :func:`check_layer_pattern` allows exactly the cuts after which every
+kept layer has, at its new index, the kind it had (whole periods such as layers 6..11 of 18,
+the last layers, ...) and refuses any other in one line naming the nearest cuts that keep the
+pattern (:data:`POSITIONAL_ARCHITECTURES`). Other architectures (Gemma 2, Llama 4, ...) are
+refused: not tested here.
 """
 
 from __future__ import annotations
@@ -44,6 +49,34 @@ UNIFORM_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 #: Architectures whose compensated (repaired) ``ffn_down`` tensors the writer can replace: the
 #: MLP output is added to the stream as it is (no post-norm), one dense down projection per layer.
 COMPENSATED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class LayerPattern:
+    """Layer kinds that a runtime derives from the layer's index: layer ``i`` is ``odd_kind`` when
+    ``(i + 1) % period == 0``, else ``kind``, in llama.cpp and in transformers' config defaults."""
+
+    period: int
+    kind: str
+    odd_kind: str
+    #: layer counts at which llama.cpp sets other hyperparameters by model size, which a pruned
+    #: file would lose: {count: why}
+    size_bound: dict
+
+    def kinds(self, n: int) -> list[str]:
+        return [self.odd_kind if (i + 1) % self.period == 0 else self.kind for i in range(n)]
+
+
+#: GGUF architectures whose layer kinds follow their position, and the pattern (checked on
+#: llama.cpp's source and transformers' configs; tested on tests/helpers/tiny_gguf.py's gemma3):
+#: Gemma 3 (``hparams.n_swa_pattern = 6``: layer i slides unless (i + 1) % 6 == 0, with RoPE
+#: base 10000 on sliding layers; transformers' ``sliding_window_pattern`` 6 the same).
+POSITIONAL_ARCHITECTURES = {
+    "gemma3": LayerPattern(6, "sliding-window", "full attention", {
+        62: "llama.cpp recognises a 62-layer gemma3 file as Gemma 3 27B, whose attention scale is "
+            "1/sqrt(hidden/heads) instead of 1/sqrt(head_dim); the pruned file would be run with the "
+            "other scale"}),
+}
 #: Metadata keys of the pruning record (0-based layer numbers of the source file).
 RECORD_KEYS = {
     "depthprune.version": "depthprune version that wrote the file",
@@ -97,7 +130,8 @@ class GGUFSource:
 
 def open_gguf(path: str | os.PathLike) -> GGUFSource:
     """Open GGUF file ``path`` for pruning and check it can be pruned into a GGUF: an
-    architecture of :data:`UNIFORM_ARCHITECTURES`, a ``{arch}.block_count``, and layer tensors
+    architecture of :data:`UNIFORM_ARCHITECTURES` or :data:`POSITIONAL_ARCHITECTURES` (whose
+    plans :func:`check_layer_pattern` checks), a ``{arch}.block_count``, and layer tensors
     ``blk.N.*`` for exactly N = 0..block_count-1. Raises GGUFOutputError naming the file."""
     import gguf
     path = Path(path).expanduser()
@@ -108,10 +142,11 @@ def open_gguf(path: str | os.PathLike) -> GGUFSource:
         raise GGUFOutputError(f"{path}: not a readable GGUF file ({err}). Pass an intact .gguf file") from None
     field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     arch = field.contents() if field is not None else None
-    if arch not in UNIFORM_ARCHITECTURES:
+    if arch not in UNIFORM_ARCHITECTURES and arch not in POSITIONAL_ARCHITECTURES:
         raise GGUFOutputError(
             f"{path}: GGUF output supports the architectures {', '.join(UNIFORM_ARCHITECTURES)}, whose layers "
-            f"are all alike; this file is '{arch}', where renumbering layers may change what they do. "
+            f"are all alike, and {', '.join(POSITIONAL_ARCHITECTURES)} (cuts that keep its layer pattern); "
+            f"this file is '{arch}', where renumbering layers may change what they do. "
             "Pass an output directory as --out to get a safetensors checkpoint instead")
     count = reader.get_field(gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch))
     if count is None:
@@ -135,6 +170,72 @@ def open_gguf(path: str | os.PathLike) -> GGUFSource:
         raise GGUFOutputError(f"{path}: layer {layer_bytes.index(0)} of {n} has no blk.* tensors; "
                               "the file is inconsistent")
     return GGUFSource(path, reader, arch, n, layer_bytes, other_bytes, layer_elements, other_elements)
+
+
+def check_layer_pattern(source: GGUFSource, remove: Sequence[int]) -> None:
+    """Refuse removing ``remove`` from ``source`` when its architecture derives layer kinds from
+    position (:data:`POSITIONAL_ARCHITECTURES`) and a kept layer would land on an index of another
+    kind, or when llama.cpp would read the pruned layer count as another model size. The one-line
+    GGUFOutputError names the nearest cuts of the same size that keep the pattern. Other
+    architectures: nothing to check."""
+    pattern = POSITIONAL_ARCHITECTURES.get(source.arch)
+    if pattern is None:
+        return
+    n, removed = source.num_layers, sorted(set(remove))
+    if n in pattern.size_bound and removed:
+        raise GGUFOutputError(f"{source.path}: a pruned {n}-layer {source.arch} GGUF cannot be written: "
+                              f"{pattern.size_bound[n]}. Pass an output directory as --out to get a "
+                              "safetensors checkpoint instead")
+    kinds = pattern.kinds(n)
+    keep = [i for i in range(n) if i not in set(removed)]
+    moved = [(old, new) for new, old in enumerate(keep) if kinds[old] != kinds[new]]
+    if not moved:
+        return
+    old, new = moved[0]
+    cuts = "; ".join("--layers " + ",".join(map(str, c)) for c in nearest_pattern_cuts(kinds, removed))
+    raise GGUFOutputError(
+        f"{source.path}: {source.arch} derives each layer's kind from its position (layer i is "
+        f"{pattern.odd_kind} when (i+1) % {pattern.period} == 0, else {pattern.kind}, in llama.cpp and "
+        f"transformers), so removing layers {removed} would make {len(moved)} kept layer(s) change kind "
+        f"(layer {old}, {kinds[old]}, would become layer {new}, {kinds[new]}). Nearest cuts of "
+        f"{len(removed)} layers that keep the pattern: {cuts}; or pass an output directory as --out "
+        "(a safetensors checkpoint lists each layer's kind)")
+
+
+def nearest_pattern_cuts(kinds: Sequence[str], remove: Sequence[int], limit: int = 3) -> list[list[int]]:
+    """The cuts of ``len(remove)`` layers after which every kept layer keeps its kind at its new
+    index (``kinds[old] == kinds[new]``), nearest to ``remove`` first: fewest layers differing
+    from it, then the smallest total shift of the sorted layer numbers. At most ``limit``."""
+    n, removed = len(kinds), set(remove)
+    m = n - len(removed)
+    inf = n + 1
+    # best[i][j]: fewest layers of `remove` kept, choosing among layers i.. with j kept so far
+    best = [[inf] * (m + 1) for _ in range(n + 1)]
+    best[n][m] = 0
+    for i in range(n - 1, -1, -1):
+        for j in range(m, -1, -1):
+            options = [best[i + 1][j]] if (i - j) < len(removed) else []  # remove layer i
+            if j < m and kinds[i] == kinds[j]:  # keep layer i as new layer j
+                options.append(best[i + 1][j + 1] + (i in removed))
+            best[i][j] = min(options, default=inf)
+    found: list[list[int]] = []
+
+    def walk(i: int, j: int, cut: list[int]) -> None:
+        if len(found) >= 64:
+            return
+        if i == n:
+            found.append(list(cut))
+            return
+        goal = best[i][j]
+        if j < m and kinds[i] == kinds[j] and best[i + 1][j + 1] + (i in removed) == goal:
+            walk(i + 1, j + 1, cut)
+        if (i - j) < len(removed) and best[i + 1][j] == goal:
+            walk(i + 1, j, cut + [i])
+    if best[0][0] < inf:
+        walk(0, 0, [])
+    ref = sorted(removed)
+    found.sort(key=lambda c: sum(abs(a - b) for a, b in zip(c, ref)))
+    return found[:limit]
 
 
 def check_gguf_output(model: str | os.PathLike, out: str | os.PathLike, overwrite: bool,

@@ -38,3 +38,21 @@ def test_bench_scoring_small():
 def test_bench_speed_small():
     figures = json.loads(run("bench_speed.py", "--no-memory", "--repeats", "1").strip().splitlines()[-1])
     assert [r["layers"] for r in figures["rows"]] == [8, 7, 6, 4]
+
+
+@pytest.mark.slow
+def test_bench_speed_llamacpp_small():
+    """--runtime llamacpp on the SmolLM2 GGUF: the pruned copies run with their layer counts (or
+    the run says why llama.cpp or SmolLM2 is missing)."""
+    figures = json.loads(run("bench_speed.py", "--runtime", "llamacpp").strip().splitlines()[-1])
+    if "skipped" in figures:
+        pytest.skip(figures["skipped"])
+    assert [r["llamacpp_layers"] for r in figures["rows"]] == [30, 27, 23]
+    assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for r in figures["rows"])
+
+
+@pytest.mark.slow
+def test_bench_speed_vllm_without_vllm_says_why():
+    out = run("bench_speed.py", "--runtime", "vllm", "--vllm-python", "/nonexistent/python")
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["runtime"] == "vllm" and "no such file" in figures["skipped"]

@@ -1,8 +1,9 @@
-"""Write a tiny random-init Llama, Qwen2 or Qwen3 as a quantized GGUF file with the gguf
+"""Write a tiny random-init Llama, Qwen2, Qwen3 or Gemma 3 as a quantized GGUF file with the gguf
 package's own writer, laid out as llama.cpp's converter lays one out (tensor names
-``token_embd``, ``blk.N.*``, ``output``; Qwen2's q/k/v biases, Qwen3's q/k norms; a byte-level
-BPE tokenizer in ``tokenizer.ggml.*``), so the tests of GGUF in and GGUF out run on files that
-transformers loads through its real GGUF path.
+``token_embd``, ``blk.N.*``, ``output``; Qwen2's q/k/v biases, Qwen3's q/k norms; Gemma 3's
+q/k norms, post-attention and post-feed-forward norms, tied embeddings, a sliding window; a
+byte-level BPE tokenizer in ``tokenizer.ggml.*``), so the tests of GGUF in and GGUF out run on
+files that transformers loads through its real GGUF path, and llama.cpp loads too.
 
 Block tensors mix the quantization types transformers can dequantize (Q4_0, Q4_1, Q5_0,
 Q8_0, F16; norms F32), so "copied with its quantization type" is checked on more than one.
@@ -17,7 +18,13 @@ import numpy as np
 HIDDEN, FFN, LAYERS = 64, 128, 6
 #: (attention heads, key/value heads, head dim) per architecture; transformers reads no head
 #: dim from a Qwen3 GGUF and takes Qwen3Config's default, 128
-HEADS = {"llama": (4, 2, 16), "qwen2": (4, 2, 16), "qwen3": (2, 1, 128)}
+HEADS = {"llama": (4, 2, 16), "qwen2": (4, 2, 16), "qwen3": (2, 1, 128),
+         # Gemma 3: head dim 256, so transformers' default query_pre_attn_scalar (256, not read from
+         # a GGUF) is llama.cpp's 1/sqrt(head_dim)
+         "gemma3": (2, 1, 256)}
+#: Gemma 3's sliding window (tokens): short, so sliding and full layers differ on short prompts
+GEMMA3_WINDOW = 8
+GEMMA3_LAYERS = 18
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 #: words given whole-word BPE merges, so prompts tokenise into a handful of tokens
@@ -50,13 +57,18 @@ def _byte_level_vocab() -> tuple[list[str], list[str]]:
 
 
 def write_tiny_gguf(path: Path, arch: str = "llama", seed: int = 0, chat_template: bool = True,
-                    tied: bool = False) -> Path:
-    """Write a tiny GGUF of ``arch`` (llama, qwen2, qwen3) to ``path`` (random weights from
+                    tied: bool = False, layers: int | None = None) -> Path:
+    """Write a tiny GGUF of ``arch`` (llama, qwen2, qwen3, gemma3) to ``path`` (random weights from
     ``seed``; ``chat_template``: store a ChatML template, as instruct models do; without it the
-    file is a "base model"; ``tied``: no ``output.weight``). Returns ``path``."""
+    file is a "base model"; ``tied``: no ``output.weight``, always so for gemma3; ``layers``:
+    default :data:`LAYERS`, :data:`GEMMA3_LAYERS` for gemma3, three periods of its pattern).
+    Returns ``path``."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
+    gemma = arch == "gemma3"
+    n_layers = layers or (GEMMA3_LAYERS if gemma else LAYERS)
+    tied = tied or gemma
     rng = np.random.default_rng(seed)
     tokens, merges = _byte_level_vocab()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -65,18 +77,25 @@ def write_tiny_gguf(path: Path, arch: str = "llama", seed: int = 0, chat_templat
     heads, kv_heads, head_dim = HEADS[arch]
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(f"tiny-{arch}")
-    writer.add_block_count(LAYERS)
+    writer.add_block_count(n_layers)
     writer.add_context_length(256)
     writer.add_embedding_length(HIDDEN)
     writer.add_feed_forward_length(FFN)
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(10000.0)
+    if not gemma:
+        writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(head_dim)
+    if gemma:
+        writer.add_sliding_window(GEMMA3_WINDOW)
+        writer.add_rope_freq_base(1e6)  # the full-attention layers' base; sliding ones use 1e4
+    if head_dim * heads != HIDDEN:  # llama.cpp reads the head dim from here (transformers, for Qwen3, does not)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_vocab_size(vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1)
-    writer.add_key_value(PER_LAYER_KEY.format(arch=arch), list(range(LAYERS)), gguf.GGUFValueType.ARRAY,
+    writer.add_key_value(PER_LAYER_KEY.format(arch=arch), list(range(n_layers)), gguf.GGUFValueType.ARRAY,
                          sub_type=gguf.GGUFValueType.UINT32)
     writer.add_tokenizer_model("gpt2")
     if arch != "llama":
@@ -102,7 +121,10 @@ def write_tiny_gguf(path: Path, arch: str = "llama", seed: int = 0, chat_templat
 
     add("token_embd.weight", (vocab, HIDDEN), Q.Q8_0, 0.5)
     kinds = (Q.Q4_1, Q.Q4_0, Q.Q5_0, Q.Q8_0, Q.F16)
-    for i in range(LAYERS):
+    def norm(name: str, size: int) -> None:  # (Gemma stores 1 + w, which llama.cpp multiplies by)
+        writer.add_tensor(name, (1 + 0.1 * rng.standard_normal(size)).astype(np.float32))
+
+    for i in range(n_layers):
         kind = kinds[i % len(kinds)]
         writer.add_tensor(f"blk.{i}.attn_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
         add(f"blk.{i}.attn_q.weight", (heads * head_dim, HIDDEN), kind)
@@ -112,7 +134,7 @@ def write_tiny_gguf(path: Path, arch: str = "llama", seed: int = 0, chat_templat
         if arch == "qwen2":
             for name, rows in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
                 add(f"blk.{i}.attn_{name}.bias", (rows * head_dim,), Q.F32)
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3"):
             for name in ("q", "k"):
                 writer.add_tensor(f"blk.{i}.attn_{name}_norm.weight",
                                   (1 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32))
@@ -120,6 +142,9 @@ def write_tiny_gguf(path: Path, arch: str = "llama", seed: int = 0, chat_templat
         add(f"blk.{i}.ffn_gate.weight", (FFN, HIDDEN), kind)
         add(f"blk.{i}.ffn_up.weight", (FFN, HIDDEN), Q.Q4_1)
         add(f"blk.{i}.ffn_down.weight", (HIDDEN, FFN), kind)
+        if gemma:
+            norm(f"blk.{i}.post_attention_norm.weight", HIDDEN)
+            norm(f"blk.{i}.post_ffw_norm.weight", HIDDEN)
     writer.add_tensor("output_norm.weight", np.ones(HIDDEN, dtype=np.float32))
     if not tied:
         add("output.weight", (vocab, HIDDEN), Q.Q8_0, 0.5)

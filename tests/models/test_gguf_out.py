@@ -221,19 +221,3 @@ def test_full_disk_leaves_nothing(workdir, tmp_path):
         res = run("prune", src, "--layers", "1", "--out", tmp_path / "full.gguf")
     assert_user_error(res, "full.gguf", roots=(tmp_path,))
     assert not list(tmp_path.iterdir()) and not leftovers(tmp_path)
-
-
-def test_architectures_whose_layer_kind_follows_its_index_are_refused(tmp_path):
-    """Gemma 3 derives sliding vs global attention from the layer index: refused, with the fix."""
-    path = tmp_path / "gemma3.gguf"
-    writer = gguf.GGUFWriter(str(path), "gemma3")
-    writer.add_block_count(4)
-    for i in range(4):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(32, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    assert_user_error(run("prune", path, "--layers", "1", "--out", tmp_path / "g.gguf"), "'gemma3'",
-                      "output directory", roots=(tmp_path,))
-    assert not (tmp_path / "g.gguf").exists()
