@@ -189,3 +189,20 @@ def test_gemma3_refused_cut_runs_differently_in_llamacpp(gemma3_files):
     print(f"refused cut in llama.cpp: max |logit diff| {np.abs(got - want).max():.3f} (rounding {noise:.3f}), "
           f"argmax agreement {(got.argmax(1) == want.argmax(1)).sum()}/{len(prompts)}")
     assert np.abs(got - want).max() > 5 * noise
+
+
+@pytest.mark.parametrize("arch", UNIFORM_ARCHITECTURES)
+def test_a_compensated_tiny_gguf_agrees_with_transformers_in_llamacpp(tiny_files, arch, calib_dir, tmp_path):
+    """A compensated prune (`--compensate refit`: the repaired ffn_down tensors written as F32,
+    every other tensor's bytes kept) loads in llama.cpp and agrees with transformers' reading of
+    the same file as the plain pruned file does."""
+    src, plain = tiny_files[arch]
+    repaired = api.prune(src, None, tmp_path / f"{arch}-repaired.gguf", layers=REMOVE, data=calib_dir / "text.jsonl",
+                         compensate="refit", progress=False)
+    ours, _ = tokenize_both(repaired, _tiny_prompts())
+    base = compare_with_transformers(plain, ours)
+    after = compare_with_transformers(repaired, ours)
+    assert after.llamacpp_layers == LAYERS - len(REMOVE)
+    assert after.disagreements_are_near_ties()
+    assert after.max_abs_diff <= 1.5 * base.max_abs_diff + 0.05
+    assert not np.allclose(after.llamacpp, base.llamacpp, atol=1e-3)  # llama.cpp runs the repaired weights
