@@ -449,16 +449,17 @@ def vllm_main(args: argparse.Namespace) -> None:
             variants.append({"variant": name, "removed": remove,
                              "param_ratio": info["expected_speedup"]["parameter_ratio"]})
             paths[name] = str(out)
+        result = Path(tmp) / "timings.json"
         spec = {"variants": paths, "dtype": dtype, "batch": batch, "tokens": tokens, "new_tokens": new_tokens,
-                "repeats": repeats, "vocab": config["vocab_size"], "seed": 0}
+                "repeats": repeats, "vocab": config["vocab_size"], "seed": 0, "out": str(result)}
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), VLLM_CPU_KVCACHE_SPACE=os.environ.get(
             "VLLM_CPU_KVCACHE_SPACE", "1"), TOKENIZERS_PARALLELISM="false")
         worker = Path(__file__).resolve().parent / "vllm_speed_worker.py"
-        done = subprocess.run([python, str(worker), json.dumps(spec)], capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            raise SystemExit(f"vLLM worker failed (exit {done.returncode}):\n{tail}")
-        timings = json.loads(done.stdout.strip().splitlines()[-1])
+        # vLLM's own log (stdout and stderr) goes to this run's stderr; the timings come in `result`
+        done = subprocess.run([python, str(worker), json.dumps(spec)], stdout=sys.stderr, env=env)
+        if done.returncode != 0 or not result.is_file():
+            raise SystemExit(f"vLLM worker failed (exit {done.returncode}); its log is above")
+        timings = json.loads(result.read_text())["variants"]
     for v in variants:
         v.update({k: timings[v["variant"]][k] for k in ("prefill_tok_s", "decode_tok_s")})
     rows = _ratio_rows(variants[0], variants, n_layers)

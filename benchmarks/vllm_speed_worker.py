@@ -1,6 +1,7 @@
 """vLLM's side of ``bench_speed.py --runtime vllm``, run with the Python of vLLM's environment
 (vLLM pins its own torch, so it lives apart from depthprune's). Imports nothing from
-depthprune. Reads a JSON spec from argv[1], prints one JSON line of timings.
+depthprune. Reads a JSON spec from argv[1] and writes the timings as JSON to the spec's
+``out`` file after every timed round (vLLM logs to stdout, so stdout is not used for results).
 
 Spec: {"variants": {name: checkpoint dir}, "dtype", "batch", "tokens", "new_tokens", "repeats",
 "vocab", "seed"}. Every variant is loaded once (one engine each), then the variants are timed
@@ -40,14 +41,21 @@ def main() -> None:
                 llm.generate(prompts, params, use_tqdm=False)
                 if round_:
                     times[name][key].append(time.perf_counter() - t0)
-    out = {}
+        if round_:
+            write(spec, times, round_)
+        print(f"vllm worker: round {round_} done", file=sys.stderr, flush=True)
+
+
+def write(spec: dict, times: dict, rounds: int) -> None:
+    out = {"rounds": rounds, "variants": {}}
     for name, t in times.items():
         prefill = statistics.median(t["prefill"])
         decode = statistics.median(t["full"]) - prefill
-        out[name] = {"prefill_s": prefill, "prefill_tok_s": spec["batch"] * spec["tokens"] / prefill,
-                     "decode_s": decode, "decode_tok_s": spec["batch"] * spec["new_tokens"] / decode,
-                     "runs": t}
-    print(json.dumps(out))
+        out["variants"][name] = {"prefill_s": prefill, "prefill_tok_s": spec["batch"] * spec["tokens"] / prefill,
+                                 "decode_s": decode, "decode_tok_s": spec["batch"] * spec["new_tokens"] / decode,
+                                 "runs": t}
+    with open(spec["out"], "w") as fh:
+        json.dump(out, fh)
 
 
 if __name__ == "__main__":  # vLLM's engine processes re-import the main module (spawn)
