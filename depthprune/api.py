@@ -477,6 +477,6 @@ def text_data(out: PathLike, *, seed: int = 0, n_calib: int = 40, n_eval: int = 
 def lmms_task(data: PathLike | Sequence[PathLike], out: PathLike, *, name: str = "depthprune_local",
               max_new_tokens: int = 16, overwrite: bool = False) -> list[str]:
     """`depthprune data lmms-task`: answered JSONL records as a local lmms-eval task directory;
-    returns the task names, the group first (:func:`depthprune.evaluation.lmms.write_task`)."""
-    from depthprune.evaluation.lmms import write_task
+    returns the task names, the group first (:func:`depthprune.evaluation.lmms_task.write_task`)."""
+    from depthprune.evaluation.lmms_task import write_task
     return write_task(data, out, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)
