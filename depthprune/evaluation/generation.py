@@ -26,16 +26,15 @@ from depthprune.data.records import (
     DataError,
     Record,
     batches,
-    check_prompt_format,
     data_fingerprint,
     encode,
     load_records,
     render_prompt,
-    set_prompt_format,
 )
 from depthprune.evaluation.answers import extract_answer, score_answer
-from depthprune.models.architectures import ModelError, input_device
-from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id
+from depthprune.models.architectures import input_device
+from depthprune.models.loading import check_model, load_spec, resolve_model_id
+from depthprune.options import ModelSpec
 from depthprune.settings import progress as progress_bar
 
 
@@ -273,15 +272,13 @@ def retention_of(predictions: Sequence[Prediction], base: dict[str, int]) -> dic
             "hidden_collapse": hidden_collapse({d: v[0] for d, v in kept.items()})}
 
 
-def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | Sequence[str | os.PathLike],
-                  out: str | os.PathLike, batch_size: int = 8, max_new_tokens: int = 16,
-                  dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
-                  trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True,
-                  prompt_format: str = "auto", baseline: str | os.PathLike | None = None) -> dict:
-    """Load checkpoint ``model_id``, evaluate it on the JSONL file(s) ``data_paths`` and write the
+def evaluate_path(model: ModelSpec, data_paths: str | os.PathLike | Sequence[str | os.PathLike],
+                  out: str | os.PathLike, batch_size: int = 8, max_new_tokens: int = 16, *,
+                  overwrite: bool = False, progress: bool = True, baseline: str | os.PathLike | None = None) -> dict:
+    """Load the checkpoint of ``model`` (its :class:`~depthprune.options.ModelSpec`), evaluate it on the JSONL file(s) ``data_paths`` and write the
     metrics JSON ``out`` and the per-sample :func:`predictions_path` JSONL beside it.
 
-    ``prompt_format``: auto, chat or plain (:func:`depthprune.data.set_prompt_format`); the
+    The model's ``prompt_format``: auto, chat or plain (:func:`depthprune.data.set_prompt_format`); the
     format used is recorded as ``prompt_format`` in the metrics. ``baseline``: the metrics file
     of the unpruned source evaluated on the same data; the metrics then hold ``retention`` (per
     domain, accuracy kept = this / baseline with a 95% bootstrap interval) and
@@ -291,9 +288,9 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
     ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,
     ModelError for a bad device or checkpoint; all of these before the model loads.
     """
-    from depthprune.models.loading import validate_device
     from depthprune.outputs import atomic_files, check_output, inputs_of
-    model_id = resolve_model_id(model_id)
+    spec = ModelSpec.of(model)
+    model_id = resolve_model_id(spec.id)
     out = Path(out).expanduser()
     paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
     inputs = inputs_of(model=model_id, data=paths, files=[baseline, predictions_path(baseline) if baseline else None])
@@ -306,14 +303,8 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
                          f"got {batch_size} and {max_new_tokens}")
     records = load_records(paths, require_answer=True)
     base = load_baseline(baseline, records) if baseline is not None else None
-    check_prompt_format(prompt_format, model_id)
-    if dtype not in DTYPES:
-        raise ModelError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
-    validate_device(device, device_map)
-    load_config(model_id, trust_remote_code)
-    model, processor = load_model(model_id, dtype=dtype, device=device, device_map=device_map,
-                                  trust_remote_code=trust_remote_code)
-    used_format = set_prompt_format(processor, prompt_format, model_id)
+    check_model(spec)
+    model, processor, used_format = load_spec(spec)
     result = evaluate(model, processor, records, batch_size, max_new_tokens, progress)
     import transformers
     metrics = {

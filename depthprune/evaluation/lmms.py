@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune import __version__
+from depthprune.options import LmmsTasks, ModelSpec
 from depthprune.outputs import check_output, inputs_of
 
 #: model_type -> lmms-eval model name (a registered lmms-eval model, or ours below)
@@ -404,11 +405,11 @@ def sweep_samples(model: Any, processor: Any, tasks: Sequence[str], *, include_p
     return [(p.id, p.domain, int(p.correct), None) for p in predictions]
 
 
-def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLike, *,
-        include_path: str | os.PathLike | None = None, limit: int | None = None, batch_size: int = 1,
-        max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
-        lmms_model: str | None = None, model_args: str | None = None, overwrite: bool = False) -> dict:
-    """Evaluate checkpoint ``model_id`` on lmms-eval ``tasks`` and write ``out`` (metrics JSON)
+def run(model: ModelSpec, lmms: LmmsTasks, out: str | os.PathLike, *, batch_size: int = 1,
+        max_new_tokens: int | None = None, overwrite: bool = False) -> dict:
+    """Evaluate the checkpoint of ``model`` (its ``device_map``, else its ``device``; its dtype)
+    on the lmms-eval tasks ``lmms`` (names, task folder, limit, lmms-eval model and its
+    ``model_args``) and write ``out`` (metrics JSON)
     and its predictions JSONL beside it, as :func:`depthprune.evaluation.generation.evaluate_path` does.
 
     ``max_new_tokens`` overrides every task's generation length (the ``*_reasoning`` tasks
@@ -419,11 +420,13 @@ def run(model_id: str | os.PathLike, tasks: Sequence[str], out: str | os.PathLik
     from depthprune.evaluation.generation import EvalResult, prediction_lines, predictions_path
     from depthprune.models.loading import resolve_model_id
     from depthprune.outputs import atomic_files, check_output, inputs_of
-    model_id = resolve_model_id(model_id)
+    model_id = resolve_model_id(model.id)
+    include_path, limit, lmms_model, model_args = lmms.include_path, lmms.limit, lmms.model, lmms.model_args
+    dtype, device = model.dtype, model.device_map or model.device
     out = Path(out)
     for path in (out, predictions_path(out)):  # cheap checks before anything loads
         check_output(path, overwrite, kind="file", inputs=inputs_of(model=model_id, folders=[include_path]))
-    tasks = [t.strip() for t in tasks if t.strip()]
+    tasks = [t.strip() for t in lmms.tasks or () if t.strip()]
     if not tasks:
         raise LmmsError("--lmms-eval: give task names, e.g. --lmms-eval mmstar,ai2d")
     if include_path is not None and not Path(include_path).is_dir():

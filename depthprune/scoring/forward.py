@@ -28,26 +28,10 @@ from torch import nn
 
 from depthprune import __version__
 from depthprune.data.records import Record, batches, data_fingerprint, encode
+from depthprune.options import ScoreSettings
 from depthprune.models.architectures import architecture_protected, find_decoder_layers, input_device
 from depthprune.scoring.scores import GROUPS, STATS, Scores
 from depthprune.settings import progress as progress_bar
-
-
-@dataclass
-class ScoreSettings:
-    """Knobs of a scoring pass. ``max_samples`` caps each domain (first N in file order)."""
-
-    batch_size: int = 4
-    max_samples: int | None = None
-    max_span: int | None = None  # default: ceil(num_layers / 2), enough for a 50% block
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"--max-samples must be >= 1, got {self.max_samples}")
-        if self.max_span is not None and self.max_span < 1:
-            raise ValueError(f"--max-span must be >= 1, got {self.max_span}")
 
 
 def cap_per_domain(records: Sequence[Record], max_samples: int | None) -> list[Record]:

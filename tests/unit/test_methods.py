@@ -15,7 +15,7 @@ from depthprune.ranking.methods import METHODS, best_spaced, iterative_selection
 from depthprune.ranking.plan import Plan, RankError, RankRequest, parse_weights, resolve_budget
 from depthprune.ranking.protection import Protection
 from depthprune.scoring.scores import GROUPS, STATS, Scores, angular_distance
-from depthprune.tables import plan_table
+from depthprune.cli_output import plan_table
 
 L, SPAN = 8, 4
 ALL, LAST = GROUPS.index("all"), GROUPS.index("last")
