@@ -89,6 +89,7 @@ class Study:
     device: str = "cpu"
     device_map: str | None = None
     trust_remote_code: bool = False
+    prompt_format: str = "auto"               # how prompts are written (ModelSpec.prompt_format)
     batch_size: int = 8
     calib_max_samples: int | None = None
     max_span: int | None = None
@@ -128,6 +129,8 @@ class Study:
                "calib_max_samples": self.calib_max_samples, "max_span": self.max_span,
                "ablation": self.ablation, "batch_size": self.batch_size, "protect": self.protect.as_study(),
                "eval": evals, "max_new_tokens": self.max_new_tokens}
+        if self.prompt_format != "auto":  # absent when auto: stores written before it existed still resume
+            out["prompt_format"] = self.prompt_format
         return out if legacy else {"version": 2, **out}
 
 
@@ -370,7 +373,7 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
     return Study(
         model=_model(src, shape.model, base), calibration=calib_paths, eval_sets=eval_sets, methods=methods,
         budgets=list(shape.budgets), dtype=shape.dtype, device=shape.device, device_map=shape.device_map,
-        trust_remote_code=shape.trust_remote_code, batch_size=shape.batch_size,
+        trust_remote_code=shape.trust_remote_code, prompt_format=shape.prompt_format, batch_size=shape.batch_size,
         calib_max_samples=shape.calibration.max_samples, max_span=shape.calibration.max_span,
         ablation=shape.calibration.ablation,
         protect=Protection(shape.protect.allow_deepstack, shape.protect.first, shape.protect.last),
@@ -508,8 +511,8 @@ def study_dict(study: Study, base: Path | None = None) -> dict[str, Any]:
     rel = [relative_to(p, base) for p in study.calibration]
     out: dict[str, Any] = {
         "model": study.model, "dtype": study.dtype, "device": study.device, "device_map": study.device_map,
-        "trust_remote_code": study.trust_remote_code, "batch_size": study.batch_size,
-        "calibration": {"data": rel, "max_samples": study.calib_max_samples,
+        "trust_remote_code": study.trust_remote_code, "prompt_format": study.prompt_format,
+        "batch_size": study.batch_size, "calibration": {"data": rel, "max_samples": study.calib_max_samples,
                         "max_span": study.max_span, "ablation": study.ablation},
         "eval": [({"kind": "jsonl", "name": e.name, "data": [relative_to(p, base) for p in e.paths],
                    "max_samples": e.max_samples}

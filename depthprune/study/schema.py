@@ -176,6 +176,7 @@ class StudyFile(_Strict):
     device: NonEmptyStr = "cpu"
     device_map: NonEmptyStr | None = None
     trust_remote_code: StrictBool = False
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"  # ModelSpec's (test_options checks they agree)
     batch_size: PositiveInt = 8
     calibration: Calibration
     eval: Annotated[list[EvalSet], Field(min_length=1)]

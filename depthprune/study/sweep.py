@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune import __version__
+from depthprune.data.records import set_prompt_format
 from depthprune.outputs import check_output, write_text_atomic
 from depthprune.settings import progress as progress_bar
 from depthprune.study.cell import Cell, expand_cells
@@ -340,6 +341,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     conn = _open_store(run, study, ctx)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
                                 device_map=study.device_map, trust_remote_code=study.trust_remote_code)
+    set_prompt_format(processor, study.prompt_format, study.model)
     scores, settings = _scores(study, run, net, processor, inputs.calib, ctx, progress)
 
     skipped: list[str] = []
