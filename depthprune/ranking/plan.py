@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from depthprune.options import RankRequest  # noqa: F401 - defined once, with the options (re-exported)
 from depthprune.scoring.scores import is_int
 
 
@@ -22,22 +23,6 @@ class RankError(ValueError):
 
 #: Per-layer redundancies that `spaced` and `iterative` can space out or re-score.
 BASES = ("domain", "mixed", "block-influence", "ablation")
-
-
-@dataclass
-class RankRequest:
-    """What the user asked for. ``budget``: int = layer count, float in (0, 1) = fraction."""
-
-    method: str
-    budget: int | float | str
-    domain: str | None = None                 # for `domain` (and base="domain")
-    weights: dict[str, float] | None = None   # for `mixed` (and base="mixed"); None = equal
-    base: str = "mixed"                       # for `spaced`/`iterative`: one of BASES
-    token_group: str = "all"                  # all | text | image | last
-    seed: int = 0                             # for `random`
-    allow_deepstack: bool = False
-    protect_first: int = 0
-    protect_last: int = 0
 
 
 @dataclass
