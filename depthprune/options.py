@@ -15,6 +15,7 @@ Light to import (no torch): the CLI's ``--help`` reads these fields.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from collections.abc import Sequence
@@ -25,6 +26,34 @@ from typing import Any
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 #: ``--prompt-format`` values (:func:`depthprune.data.records.set_prompt_format` decides ``auto``).
 PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+class RankError(ValueError):
+    """A ranking request cannot be met; the message says why and how to fix it."""
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """Parse ``"math=0.5,general=0.5"`` into ``{"math": 0.5, "general": 0.5}`` (unnormalised)."""
+    example = "write them as domain=weight pairs, e.g. --weights math=0.5,general=0.5"
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not name or not value:
+            raise RankError(f"weights {text!r}: '{part}' is not domain=weight; {example}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise RankError(f"weights {text!r}: weight '{value}' of {name} is not a number; {example}") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise RankError(f"weights {text!r}: weight of {name} must be a finite number >= 0")
+        if name in out:
+            raise RankError(f"weights {text!r}: domain {name} is given twice")
+        out[name] = weight
+    if not out:
+        raise RankError(f"weights {text!r} is empty; {example}")
+    return out
 
 
 def option(default: Any = None, help: str = "", **cli: Any) -> Any:
@@ -90,7 +119,6 @@ class RankRequest:
     @classmethod
     def from_cli(cls, values: dict[str, Any]) -> "RankRequest":
         """The request of a command line: ``--weights`` text parsed (``math=0.5,general=0.5``)."""
-        from depthprune.ranking.plan import parse_weights
         weights = values.get("weights")
         return cls(**dict(values, weights=parse_weights(weights) if weights else None))
 

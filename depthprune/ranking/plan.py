@@ -13,12 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from depthprune.options import RankRequest  # noqa: F401 - defined once, with the options (re-exported)
+from depthprune.options import RankError, RankRequest, parse_weights  # noqa: F401 - defined once, with the options
 from depthprune.scoring.scores import is_int
-
-
-class RankError(ValueError):
-    """A ranking request cannot be met; the message says why and how to fix it."""
 
 
 #: Per-layer redundancies that `spaced` and `iterative` can space out or re-score.
@@ -214,27 +210,3 @@ def check_budget_spec(budget: int | float | str) -> None:
     """Check a budget's form before the layer count is known (before any model loads):
     a positive whole count or a fraction in (0, 1). Raises RankError like :func:`resolve_budget`."""
     resolve_budget(budget, None)
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """Parse ``"math=0.5,general=0.5"`` into ``{"math": 0.5, "general": 0.5}`` (unnormalised)."""
-    example = "write them as domain=weight pairs, e.g. --weights math=0.5,general=0.5"
-    out: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        name, sep, value = (s.strip() for s in part.partition("="))
-        if not sep or not name or not value:
-            raise RankError(f"weights {text!r}: '{part}' is not domain=weight; {example}")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise RankError(f"weights {text!r}: weight '{value}' of {name} is not a number; {example}") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise RankError(f"weights {text!r}: weight of {name} must be a finite number >= 0")
-        if name in out:
-            raise RankError(f"weights {text!r}: domain {name} is given twice")
-        out[name] = weight
-    if not out:
-        raise RankError(f"weights {text!r} is empty; {example}")
-    return out
