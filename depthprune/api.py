@@ -431,11 +431,11 @@ def sweep(study: PathLike, out: PathLike, *, quiet: bool = False) -> Any:
 
 
 def report(run_dir: PathLike, out: PathLike | None = None, *, resamples: int = 50, seed: int = 0,
-           overwrite: bool = False) -> Path:
+           progress: bool = True, overwrite: bool = False) -> Path:
     """`depthprune report`: the regime report of a run directory (HTML, Markdown, regimes.json);
     returns the HTML path (:func:`depthprune.reporting.html.write_report`)."""
     from depthprune.reporting.html import write_report
-    return write_report(run_dir, out, resamples=resamples, seed=seed, progress=not quiet(), overwrite=overwrite)
+    return write_report(run_dir, out, resamples=resamples, seed=seed, progress=progress, overwrite=overwrite)
 
 
 def demo(out: PathLike = "runs/demo", *, quick: bool = False, quiet: bool = False, batch_size: int = 32,

@@ -351,13 +351,24 @@ def solve(s: _Sums, prior: torch.Tensor, ridge: float, notes: list[str]) -> tupl
     return prior, float("nan")
 
 
-def fit_and_fold(model: nn.Module, processor: Any, records: Sequence[Record], remove: Sequence[int],
-                 weights: dict[str, float], spec: Compensation, batch_size: int = 4,
-                 progress: bool = True, originals: dict | None = None) -> list[GapFit]:
-    """Fit each gap's repair of ``remove`` on ``records`` (domains weighted by ``weights``) and fold it
-    into ``model``'s kept weights, in place; the layers themselves are not removed (prune them
-    afterwards). Returns one :class:`GapFit` per gap, in layer order. ``originals`` (a dict)
-    receives every changed tensor with its original value (:func:`compensated` restores them)."""
+@dataclass
+class Calibration:
+    """What a compensated prune fits on: the spec, the records (each domain capped) and the
+    domain weights (summing to 1)."""
+
+    spec: Compensation
+    records: list[Record]
+    weights: dict[str, float]
+
+
+def fit_and_fold(model: nn.Module, processor: Any, calibration: Calibration, remove: Sequence[int],
+                 batch_size: int = 4, progress: bool = True, originals: dict | None = None) -> list[GapFit]:
+    """Fit each gap's repair of ``remove`` on the ``calibration`` records (domains weighted by its
+    weights, its spec's method, ridge and tokens) and fold it into ``model``'s kept weights, in
+    place; the layers themselves are not removed (prune them afterwards). Returns one
+    :class:`GapFit` per gap, in layer order. ``originals`` (a dict) receives every changed tensor
+    with its original value (:func:`compensated` restores them)."""
+    records, weights, spec = calibration.records, calibration.weights, calibration.spec
     remove = sorted(set(remove))
     check_plan(remove)
     _, layers = find_decoder_layers(model)
@@ -397,7 +408,8 @@ def compensated(model: nn.Module, processor: Any, records: Sequence[Record], rem
     tensor gets its original value back, so one model serves many repaired cells of a sweep."""
     originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     try:
-        yield fit_and_fold(model, processor, records, remove, weights, spec, batch_size, progress, originals)
+        yield fit_and_fold(model, processor, Calibration(spec, list(records), weights), remove, batch_size, progress,
+                           originals)
     finally:
         with torch.no_grad():
             for p, original in originals.values():
@@ -410,8 +422,7 @@ def compensate_model(model: nn.Module, processor: Any, calibration: "Calibration
     ``compensation`` record of ``pruning.json`` (the spec, domain weights, seconds, one entry
     per gap)."""
     started = time.perf_counter()
-    fits = fit_and_fold(model, processor, calibration.records, remove, calibration.weights, calibration.spec,
-                        batch_size, progress)
+    fits = fit_and_fold(model, processor, calibration, remove, batch_size, progress)
     spec = calibration.spec
     return {"method": spec.method, "ridge": spec.ridge, "tokens": spec.tokens, "domain_weights": calibration.weights,
             "calibration_records": sum(r.domain in calibration.weights for r in calibration.records),
@@ -419,16 +430,6 @@ def compensate_model(model: nn.Module, processor: Any, calibration: "Calibration
 
 
 # --------------------------------------------------------------------------- for `prune`
-@dataclass
-class Calibration:
-    """What a compensated prune fits on: the spec, the records (each domain capped) and the
-    domain weights (summing to 1)."""
-
-    spec: Compensation
-    records: list[Record]
-    weights: dict[str, float]
-
-
 def prepare(compensate: "Compensation | str | None", data: Any, domain: str | None,
             weights: dict[str, float] | None, max_samples: int | None = None) -> Calibration | None:
     """Check a compensated prune's inputs before any model loads (None for plain removal):

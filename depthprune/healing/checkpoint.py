@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from depthprune.data.records import check_prompt_format, data_fingerprint, load_records, set_prompt_format
-from depthprune.healing.recipe import NEEDS_REMOVED, HealConfig, HealError, require_answers
+from depthprune.healing.recipe import NEEDS_REMOVED, HealConfig, HealError, TrainingFiles, require_answers
 from depthprune.healing.trainer import LOG_NAME, checkpoints, heal_model
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.models.loading import load_model, resolve_model_id
@@ -41,7 +41,7 @@ def read_pruning_info(model_dir: str | Path) -> dict | None:
         raise HealError(f"{path}: not valid JSON ({err.msg}). Restore it from the prune run") from None
 
 
-def heal(model: ModelSpec, data: str | Path | Sequence[str | Path], out: str | Path,
+def heal(model: ModelSpec | str | Path, data: str | Path | Sequence[str | Path], out: str | Path,
          config: HealConfig | None = None, *, teacher: str | Path | None = None, resume: bool = False,
          overwrite: bool = False, work_dir: str | Path | None = None) -> Path:
     """Load the checkpoint of ``model`` (its :class:`~depthprune.options.ModelSpec`), heal it on the JSONL file(s) ``data`` (:func:`heal_model`)
@@ -55,7 +55,7 @@ def heal(model: ModelSpec, data: str | Path | Sequence[str | Path], out: str | P
     ``teacher``: the unpruned checkpoint to distil from, loaded like ``model``. Returns
     ``out``. Every cheap check runs before a model is loaded.
     """
-    config = config or HealConfig()
+    config, model = config or HealConfig(), ModelSpec.of(model)
     teacher_id, prompt_format = teacher, model.prompt_format
     dtype, device, trust_remote_code = model.dtype, model.device, model.trust_remote_code
     model_id = model.id
@@ -96,7 +96,7 @@ def heal(model: ModelSpec, data: str | Path | Sequence[str | Path], out: str | P
         (work / LOG_NAME).unlink(missing_ok=True)
     try:
         stats = heal_model(net, processor, records, config, teacher=teacher_net, removed_layers=removed,
-                           work_dir=work, resume=resume, progress=not quiet())
+                           files=TrainingFiles(work, resume), progress=not quiet())
     except Exception as err:  # noqa: BLE001 - only a failed write (a full disk while TRL saves) is handled here
         why = io_failure(err) or (describe_oserror(err) if isinstance(err, OSError) and err.errno in WRITE_ERRNOS
                                   else None)

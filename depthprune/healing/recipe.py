@@ -16,6 +16,7 @@ student)`` on the answer tokens, with softmax temperature ``T`` (Hinton et al.).
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -128,6 +129,17 @@ class HealConfig:
     def lr(self) -> float:
         """The learning rate in use (``learning_rate`` or the mode's default)."""
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.mode]
+
+
+@dataclass(frozen=True)
+class TrainingFiles:
+    """Where a heal keeps its training state: TRL checkpoints in ``work_dir`` (a temporary
+    directory if None), continued from the latest complete one with ``resume``; every TRL log
+    entry appended to ``log_file`` as a JSON line (default ``work_dir/healing_log.jsonl``)."""
+
+    work_dir: str | os.PathLike | None = None
+    resume: bool = False
+    log_file: str | os.PathLike | None = None
 
 
 @dataclass

@@ -294,8 +294,8 @@ def _evaluate_plan(net: Any, processor: Any, study: Study, inputs: _Inputs, run:
                 return evaluate_sets(net, processor, *args)
         if repair is not None:
             start = copy.deepcopy(net)
-    student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, study.heal["distill"], progress,
-                        log_file=run.heal_log(remove, heal), teacher=net)
+    student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, progress,
+                        log_file=run.heal_log(remove, heal), teacher=net if study.heal["distill"] else None)
     return evaluate_sets(student, processor, *args)
 
 

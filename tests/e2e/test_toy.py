@@ -92,8 +92,8 @@ def test_accuracy_targets(toy, eval_records):
 
 
 def test_training_is_deterministic_by_seed(tmp_path):
-    from depthprune.toy.train import train
-    runs = [train(tmp_path / name, steps=3, n_train=48, batch_size=4, n_eval=20) for name in ("a", "b")]
+    from depthprune.toy.train import ToyRecipe, train
+    runs = [train(tmp_path / name, ToyRecipe(steps=3, n_train=48, batch_size=4, n_eval=20)) for name in ("a", "b")]
     weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("a", "b")]
     assert weights[0] == weights[1]
     assert [c["loss"] for c in runs[0]["loss_curve"]] == [c["loss"] for c in runs[1]["loss_curve"]]

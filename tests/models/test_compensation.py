@@ -15,7 +15,7 @@ from torch import nn
 
 from depthprune import api
 from depthprune.compensation import DEFAULT_RIDGE, Compensation, CompensationError, gaps
-from depthprune.compensation.fit import Fold, fit_and_fold
+from depthprune.compensation.fit import Calibration, Fold, fit_and_fold
 from depthprune.data.records import encode
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.models.loading import load_model
@@ -96,7 +96,7 @@ def test_a_folded_map_equals_the_map_applied_through_a_hook(tiny):
 def test_a_fitted_repair_reloads_exactly_with_plain_removals_tensors(tiny, tmp_path):
     family, src, model, processor, records = tiny
     net = copy.deepcopy(model)
-    fits = fit_and_fold(net, processor, records, REMOVE, WEIGHTS, Compensation("refit"), batch_size=4)
+    fits = fit_and_fold(net, processor, Calibration(Compensation("refit"), records, WEIGHTS), REMOVE, batch_size=4)
     assert [(f.first, f.last, f.folded_into) for f in fits] == [(3, 4, 2)]
     assert 0 <= fits[0].relative_residual <= 1 + 1e-9  # shrunk towards plain removal: never worse on calibration
     assert all(torch.isfinite(p).all() for p in net.parameters())

@@ -20,10 +20,6 @@ from depthprune.healing.recipe import HealConfig
 from depthprune.options import CalibrationRun, ModelSpec, PlanSource, RankRequest, ScoreSettings, option
 
 MAX_PARAMETERS = 8
-#: Public functions still over the limit, with their count today: they may only get shorter
-#: (the toy's training script, and the healing / compensation internals the study engine calls).
-STILL_LONGER = {"depthprune.toy.train.train": 13, "depthprune.healing.trainer.heal_model": 10,
-                "depthprune.study.cell.heal_copy": 9, "depthprune.compensation.fit.fit_and_fold": 9}
 
 
 def _public_functions():
@@ -47,8 +43,7 @@ def _public_functions():
 
 def test_no_public_function_takes_more_than_eight_parameters():
     lengths = dict(_public_functions())
-    too_long = {name: len(params) for name, params in lengths.items()
-                if len(params) > STILL_LONGER.get(name, MAX_PARAMETERS)}
+    too_long = {name: len(params) for name, params in lengths.items() if len(params) > MAX_PARAMETERS}
     assert not too_long, f"use an option object (depthprune/options.py) instead of loose options: {too_long}"
     assert lengths["depthprune.api.prune"] and len(lengths["depthprune.cli.heal"]) <= MAX_PARAMETERS
 
