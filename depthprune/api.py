@@ -42,10 +42,11 @@ from depthprune.models.loading import check_model, load_spec, resolve_model_id
 from depthprune.options import CalibrationRun, LmmsTasks, ModelSpec, RankRequest, ScoreSettings
 from depthprune.outputs import check_output, inputs_of
 from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
-from depthprune.ranking.methods import SCORE_FREE, check_request, domains_used
+from depthprune.ranking.methods import METHODS, check_request, domains_used, rescoring
 from depthprune.ranking.methods import rank as rank_scores
 from depthprune.ranking.plan import Plan, RankError, check_layer_list, resolve_budget
 from depthprune.ranking.protection import Protection
+from depthprune.ranking.registry import MODEL
 from depthprune.ranking.sleb import Sleb, objective_weights
 from depthprune.ranking.stability import ranking_stability
 from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
@@ -56,9 +57,6 @@ from depthprune.settings import quiet
 from depthprune.speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike
-#: Methods that measure the model while they rank (they need --data), and what they do.
-MEASURING = {"iterative": "re-scores the model's cosine similarities",
-             "sleb": "re-measures the calibration answer NLL"}
 
 
 def _as_list(paths: PathLike | Sequence[PathLike]) -> list[PathLike]:
@@ -120,18 +118,18 @@ def empty_scores(num_layers: int, model_id: str, architecture_protected: list[in
 
 
 def plan(scores: Scores | PathLike, request: RankRequest | str, budget: int | float | str | None = None, *,
-         score_fn: Any = None) -> Plan:
+         measured: Any = None) -> Plan:
     """Choose the layers to remove as ``request`` says (a :class:`~depthprune.options.RankRequest`,
     or a method name with ``budget``: int = layers, float in (0, 1) = fraction of decoder
-    layers). Returns a :class:`Plan`; never runs the model (except through ``score_fn`` for
-    ``iterative`` and ``sleb``)."""
+    layers). Returns a :class:`Plan`; never runs the model (except through ``measured``, the
+    model hook of ``iterative`` or ``sleb``: :func:`depthprune.ranking.methods.rank`)."""
     if not isinstance(scores, Scores):
         scores = Scores.load(scores)
     if not isinstance(request, RankRequest):
         request = RankRequest(method=request, budget=budget)
     elif budget is not None:
         request = dataclasses.replace(request, budget=budget)
-    return rank_scores(scores, request, score_fn=score_fn)
+    return rank_scores(scores, request, measured=measured)
 
 
 def manual_plan(num_layers: int, layers: Sequence[int], architecture_protected: list[int],
@@ -186,9 +184,10 @@ def _method_inputs(model: PathLike, source: Any, req: RankRequest | None, calibr
         raise RankError("prune needs a plan, or a method and a budget (--method, --budget)")
     method = req.method
     check_request(req)
+    spec = METHODS[method]
     resolve_budget(req.budget, num_layers)
     if source is None:
-        if method not in SCORE_FREE and method not in MEASURING:
+        if spec.reads_scores:
             raise RankError(f"method '{method}' needs scores: pass --scores FILE (from `depthprune score`)")
         scores = empty_scores(num_layers, str(model), arch_protected)
     else:
@@ -196,10 +195,10 @@ def _method_inputs(model: PathLike, source: Any, req: RankRequest | None, calibr
         if scores.num_layers != num_layers:
             raise RankError(f"the scores are of a model with {scores.num_layers} decoder layers but "
                             f"{model} has {num_layers}; re-run `depthprune score` on this model")
-    if method not in MEASURING:
+    if spec.needs != MODEL:
         return scores, None
     if calibration.data is None:
-        raise RankError(f"method '{method}' {MEASURING[method]} after each removal: pass --data")
+        raise RankError(f"method '{method}' {spec.measures} after each removal: pass --data")
     records = load_records(_as_list(calibration.data))
     check_request(req, sorted({r.domain for r in records}), where="data")
     if method == "sleb":  # the objective's domains and their answers
@@ -217,7 +216,7 @@ def _measured_plan(net: Any, processor: Any, scores: Scores, records: list, req:
     if req.method == "sleb":
         selector = Sleb(net, processor, records, calibration.batch_size,
                         cache_mb=calibration.cache_mb or DEFAULT_CACHE_MB, progress=progress)
-        return plan(scores, req, score_fn=selector)
+        return plan(scores, req, measured=selector)
     settings = ScoreSettings(batch_size=calibration.batch_size, max_samples=calibration.max_samples)
 
     def rescore(removed: list[int]) -> Scores:
@@ -225,7 +224,7 @@ def _measured_plan(net: Any, processor: Any, scores: Scores, records: list, req:
             return score_model(net, processor, records, settings, scores.model_id, progress=progress)
     if not scores.sample_ids:  # no scores given: step 0 scores the full model
         scores = rescore([])
-    return plan(scores, req, score_fn=rescore)
+    return plan(scores, req, measured=rescoring(rescore))
 
 
 def _save_pruned_checkpoint(net: Any, processor: Any, model: PathLike, the_plan: Plan, num_layers: int,

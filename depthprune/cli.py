@@ -19,7 +19,7 @@ import typer
 
 from depthprune import settings
 from depthprune.cli_errors import OneLineErrors, console, err, handle_errors, show_warning
-from depthprune.cli_options import Uses, takes
+from depthprune.cli_options import GeneratedHelp, Uses, takes
 from depthprune.cli_output import (
     correlation_table,
     damage_table,
@@ -96,7 +96,7 @@ def score(
     console.print(out_msg, highlight=False)
 
 
-@app.command()
+@app.command(cls=GeneratedHelp)
 @handle_errors
 @takes(request=RankRequest)
 def rank(
@@ -118,7 +118,7 @@ def rank(
         console.print(f"plan -> {save_plan}", highlight=False)
 
 
-@app.command()
+@app.command(cls=GeneratedHelp)
 @handle_errors
 @takes(model=Uses(ModelSpec, exclude=("prompt_format",), argument=("id", MODEL_HELP), flags={"id": "model"}),
        source=PlanSource, request=RankRequest, calibration=CalibrationRun, compensate=Compensation)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import types
 import typing
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable
 
 import typer
+from typer.core import TyperCommand
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,24 @@ class Uses:
     flags: dict[str, str] = field(default_factory=dict)
     #: a field read as the command's positional argument (e.g. the model id): (field, help)
     argument: tuple[str, str] | None = None
+
+
+#: option name -> ``"module:function"`` writing its help when ``--help`` is shown (a field's ``help_from``)
+LATE_HELP: dict[str, str] = {}
+
+
+class GeneratedHelp(TyperCommand):
+    """A command whose option help may be written when ``--help`` is shown (:data:`LATE_HELP`),
+    e.g. ``--method``'s list of the registered methods: the registry imports torch, too heavy for
+    the CLI's start-up, and a method registered after the CLI was imported is listed too."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            source = LATE_HELP.get(param.name or "")
+            if source:
+                module, _, name = source.partition(":")
+                param.help = getattr(importlib.import_module(module), name)()
+        super().format_help(ctx, formatter)
 
 
 def cli_fields(cls: type, exclude: tuple[str, ...] = ()) -> list[dataclasses.Field]:
@@ -66,6 +86,8 @@ def parameter(cls: type, f: dataclasses.Field, use: Uses) -> inspect.Parameter:
     flag = use.flags.get(f.name) or meta.get("flag")
     decls = (f"--{flag}",) if flag else ()
     info = typer.Option(*decls, help=use.help.get(f.name, meta.get("help", "")), **bounds)
+    if "help_from" in meta:
+        LATE_HELP[_param_name(use, f)] = meta["help_from"]
     default = use.defaults.get(f.name, f.default)
     return inspect.Parameter(_param_name(use, f), inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=Annotated[_cli_type(cls, f), info])

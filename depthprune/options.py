@@ -88,18 +88,13 @@ class ModelSpec:
         return model if isinstance(model, ModelSpec) else cls(id=model)
 
 
-METHOD_HELP = ("Ranking method: domain, mixed, block-influence, angular-block, last, uniform, random, spaced, "
-               "contrast, ablation (needs `score --ablation`); with the model and --data (prune only): iterative "
-               "(iterative cosine re-scoring), sleb (SLEB: removes the layer that raises the calibration answer "
-               "NLL of --domain, or the --weights mixture, least, re-measured after every removal).")
-
-
 @dataclass
 class RankRequest:
     """What to rank. ``budget``: int = layer count, float in (0, 1) = fraction (a string of
     either on the command line, read by :func:`depthprune.ranking.plan.resolve_budget`)."""
 
-    method: str = option("domain", METHOD_HELP)
+    # its --help line lists the registered methods (depthprune.ranking.registry.method_help)
+    method: str = option("domain", "Ranking method.", help_from="depthprune.ranking.registry:method_help")
     budget: int | float | str = option("0.25", "Layers to remove: an integer count, or a fraction in (0, 1) of "
                                        "the decoder layers (rounded, at least 1).", cli_type=str)
     domain: str | None = option(None, "Domain label for --method domain / contrast (or --base domain); for "

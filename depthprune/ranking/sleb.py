@@ -74,8 +74,9 @@ class Step:
 
 
 class Sleb:
-    """SLEB on one model and calibration set; call it as ``rank``'s ``score_fn`` for method
-    ``sleb``: ``sleb(k, candidates, req) -> Selection``.
+    """SLEB on one model and calibration set: ``sleb``'s model hook, passed to ``rank`` as
+    ``measured=`` and called like any method, ``sleb(scores, k, candidates, req) -> Selection``
+    (the scores are not read: it measures the model).
 
     ``cache_mb`` limits the prefix caches of all batches together (they live through the
     whole search); past it they spill to disk. ``stats`` collects the cache's figures.
@@ -89,7 +90,7 @@ class Sleb:
         self._orders: dict[tuple, list[Step]] = {}
 
     @torch.inference_mode()
-    def __call__(self, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    def __call__(self, scores: Any, k: int, candidates: list[int], req: RankRequest) -> Selection:
         """The k layers SLEB removes first from ``candidates`` (0-based), with a reason each."""
         from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
         weights = objective_weights([r.domain for r in self.records], req)

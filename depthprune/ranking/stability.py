@@ -32,15 +32,13 @@ import numpy as np
 import torch
 
 from depthprune.ranking.families import RANKINGS, family, target_domain
-from depthprune.ranking.methods import SCORE_FREE, rank
+from depthprune.ranking.methods import METHODS, rank
 from depthprune.ranking.plan import Plan, RankError, RankRequest
 from depthprune.reporting.regimes import RANKING, Series
 from depthprune.reporting.statistics import bootstrap_mean_ci, kendall_tau, top_k_overlap
 from depthprune.scoring.scores import Scores
 from depthprune.settings import progress as progress_bar
 
-#: methods that re-score the model after every removal: a scores file alone cannot re-rank them
-MODEL_METHODS = ("iterative", "sleb")
 LEVEL = 0.95
 
 
@@ -134,15 +132,15 @@ def ranking_stability(scores: Scores, rankings: list[tuple[str, str, dict, int]]
                       domains: list[str] | None = None) -> list[Stability]:
     """Bootstrap stability of each ``(label, method, options, budget)`` ranking, in input order.
 
-    ``domains``: whose calibration samples are resampled (None: every domain). Score-free methods
-    (last, uniform, random) and methods that need the model (:data:`MODEL_METHODS`) are left out;
+    ``domains``: whose calibration samples are resampled (None: every domain). Methods whose spec
+    does not read scores (score-free ones, and those that measure the model) are left out;
     a ranking that cannot be ranked from ``scores`` at all is left out with its reason appended
     to ``skipped``.
     """
     out: list[Stability] = []
     full: dict[int, Plan] = {}
     for lab, m, opts, b in rankings:
-        if m in SCORE_FREE or m in MODEL_METHODS:
+        if m in METHODS and not METHODS[m].reads_scores:
             continue
         try:
             with warnings.catch_warnings():
@@ -241,5 +239,5 @@ def stability_claim(stability: list[Stability], series: list[Series]) -> str:
     return f"The claim {verdict}: at the ranking-sensitive budgets " + tally
 
 
-__all__ = ["MODEL_METHODS", "Stability", "compare_at_budget", "ranking_column", "ranking_stability",
+__all__ = ["Stability", "compare_at_budget", "ranking_column", "ranking_stability",
            "resample_index", "stability_claim"]

@@ -24,7 +24,7 @@ import torch
 from depthprune.outputs import atomic_files, check_output, inputs_of
 from depthprune.ranking.protection import Protection
 from depthprune.ranking.stability import Stability, ranking_stability, stability_claim
-from depthprune.reporting.regimes import RANKING, RULE, Series, analyze, regimes_json
+from depthprune.reporting.regimes import RANKING, Series, analyze, regimes_json, rule
 from depthprune.reporting.statistics import kendall_tau, mcnemar_exact
 from depthprune.reporting.tables import (
     ERROR_CONTROL,
@@ -387,8 +387,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         f"regime\": {claim}"] + ([f"Hidden collapse in {len(collapses)} cells (a domain under 80% of its accuracy "
                                   f"while another keeps 90%), e.g. " + "; ".join(collapses[:3]) + "."]
                                  if collapses else []) + notes)
-    doc.html.append(f'<p class="rule"><b>Regime rule.</b> {html.escape(RULE)}</p>')
-    doc.md.append(f"> **Regime rule.** {RULE}\n")
+    doc.html.append(f'<p class="rule"><b>Regime rule.</b> {html.escape(rule())}</p>')
+    doc.md.append(f"> **Regime rule.** {rule()}\n")
     _regimes(doc, rows, series, plots)
     _retention(doc, rows)
     _healing(doc, rows)

@@ -25,7 +25,7 @@ For every series (eval set x domain x healing recipe) and budget, on the samples
   so does its best member: this is a test of "the best structure-aware method beats the best
   ranking" that does not rest on one variant's luck (docs: regimes.md argues the choice).
 
-**The rule** (:data:`RULE`): the two p-values of every budget of every series in the report form
+**The rule** (:func:`rule`): the two p-values of every budget of every series in the report form
 ONE family, Holm-corrected at :data:`ALPHA`; a budget is *structure-dominated* when its structure
 test rejects, else *ranking-sensitive* when its omnibus test rejects, else *converged*. So the
 chance that a study in which all methods are equal gets any label other than converged is at
@@ -50,7 +50,7 @@ from itertools import combinations
 
 import numpy as np
 
-from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, STRUCTURE_METHODS, family, target_domain
+from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, family, members, target_domain
 from depthprune.reporting.statistics import (
     binomial_two_sided,
     holm,
@@ -65,10 +65,15 @@ from depthprune.study.store import ResultRow, treatment
 ALPHA = 0.05
 RANKING, CONVERGED, STRUCTURE = "ranking-sensitive", "converged", "structure-dominated"
 PAPER_ORDER = (RANKING, CONVERGED, STRUCTURE)
-RULE = (f"Families: score-based rankings (domain, mixed, contrast, ablation, block-influence, iterative and "
-        f"any other score-reading method), structure-aware ({', '.join(STRUCTURE_METHODS)}), references "
-        f"(random, last: shown, never tested). Variants that remove the same layers are one plan. A budget is "
-        f"structure-dominated when the structure-aware plans, averaged per sample, beat every score-based plan "
+
+
+def rule() -> str:
+    """The regime rule in words, each family with its registered methods (the report's header)."""
+    return (
+        f"Families: score-based rankings ({', '.join(members(RANKINGS))} and any other score-reading method), "
+        f"structure-aware ({', '.join(members(STRUCTURE_AWARE))}), references "
+        f"({', '.join(members(REFERENCES))}: shown, never tested). Variants that remove the same layers are one "
+        f"plan. A budget is structure-dominated when the structure-aware plans, averaged per sample, beat every score-based plan "
         f"beyond noise (one-sided sign-flip test of the paired differences against each, exact on accuracy; on "
         f"answer NLL when accuracy was not measured), so their best method beats the best ranking; otherwise "
         f"ranking-sensitive when the score-based plans differ among themselves (their spread, best minus worst, "
@@ -436,7 +441,7 @@ def regimes_json(series: list[Series]) -> dict:
                           for f, arms in ((RANKINGS, b.rankings), (STRUCTURE_AWARE, b.structure),
                                           (REFERENCES, b.references))},
                 "ranking_pairs_resolved": [_resolved(p, b.higher_is_better) for p in b.resolved]}
-    return _finite({"alpha": ALPHA, "rule": RULE, "tests": series[0].tests if series else 0,
+    return _finite({"alpha": ALPHA, "rule": rule(), "tests": series[0].tests if series else 0,
             "resamples": series[0].resamples if series else 0,
             "series": [{"eval_set": s.eval_set, "domain": s.domain, "healed": s.healed, "heal": json.loads(s.heal),
                         "n": s.n, "regimes": [list(r) for r in s.runs], "matches_paper": s.matches_paper,
@@ -453,5 +458,5 @@ def _finite(obj):  # noqa: ANN001, ANN202 - JSON has no NaN: an undefined number
     return float(obj) if isinstance(obj, np.floating) else obj
 
 
-__all__ = ["ALPHA", "CONVERGED", "PAPER_ORDER", "RANKING", "RULE", "STRUCTURE", "Arm", "BudgetStats", "Pair",
+__all__ = ["ALPHA", "CONVERGED", "PAPER_ORDER", "RANKING", "STRUCTURE", "rule", "Arm", "BudgetStats", "Pair",
            "Series", "analyze", "arm_ci", "regimes_json", "size"]

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune.messages import one_line, show
-from depthprune.ranking.methods import METHODS, READS, unread_options
+from depthprune.ranking.methods import METHODS, unread_options
 from depthprune.ranking.plan import RankRequest, parse_weights
 from depthprune.ranking.protection import Protection
 from depthprune.study.schema import Compensate, Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
@@ -263,7 +263,7 @@ def _methods(src: str, raw: list, domains: set[str]) -> list[MethodVariant]:
         ignored = unread_options(name, {k: v for k, v in entry.items() if k != "method"})
         if ignored:
             raise _err(src, f"{key}.{ignored[0]}", f"method {name!r} does not read {ignored[0]!r}; drop it (it reads: "
-                                                   f"{', '.join(READS[name]) or 'no method options'})")
+                                                   f"{', '.join(METHODS[name].reads) or 'no method options'})")
         axes: list[list[tuple[str, Any]]] = []
         for opt in sorted(k for k in entry if k != "method"):
             values = _as_list(entry[opt])

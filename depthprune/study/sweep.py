@@ -116,12 +116,12 @@ def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ct
     return scores, settings
 
 
-def _plans(study: Study, cells: list[Cell], scores: Any, score_fns: dict[str, Any], skipped: list[str],
+def _plans(study: Study, cells: list[Cell], scores: Any, hooks: dict[str, Any], skipped: list[str],
            stored: dict[str, list[int]]) -> dict[str, list[int]]:
     """Removed layers per cell key (the same on every process: pure functions of the scores,
     `iterative`'s re-scoring is collective and `sleb`'s answer comes from rank 0).
-    ``score_fns``: method -> the ``score_fn`` :func:`~depthprune.methods.rank` needs for
-    it (`iterative`, `sleb`). A method that cannot meet a budget skips that
+    ``hooks``: method -> its model hook, :func:`~depthprune.ranking.methods.rank`'s ``measured``
+    (`iterative`, `sleb`). A method that cannot meet a budget skips that
     cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
     in the store keep their stored plan (the scores are the same, checked on resume), so a
     resumed `iterative` study does not re-score."""
@@ -138,7 +138,7 @@ def _plans(study: Study, cells: list[Cell], scores: Any, score_fns: dict[str, An
         req = RankRequest(method=cell.variant.method, budget=cell.budget, **study.protect.request_kwargs(),
                           **cell.variant.options)
         try:
-            plan = rank(scores, req, score_fn=score_fns.get(cell.variant.method))
+            plan = rank(scores, req, measured=hooks.get(cell.variant.method))
         except RankError as exc:  # e.g. `spaced` cannot remove half the layers without neighbours
             skipped.append(f"{cell.variant.label} at {cell.budget} layers: {exc}")
             continue
@@ -240,7 +240,7 @@ def _open_store(run: RunDir, study: Study, ctx: Any) -> Any:
 
 
 def _rescorer(net: Any, processor: Any, calib: list, settings: Any, model_id: str, ctx: Any) -> Any:
-    """`iterative`'s score function: the scores with some layers removed. Its bases read single
+    """`iterative`'s re-scoring: the scores with some layers removed. Its bases read single
     layers only (span 1), so re-scoring records no blocks. Collective under torchrun, memoised
     across budgets."""
     from depthprune.pruning import layers_removed
@@ -258,16 +258,16 @@ def _rescorer(net: Any, processor: Any, calib: list, settings: Any, model_id: st
 
 
 def _sleb_selector(net: Any, processor: Any, calib: list, study: Study, ctx: Any, progress: bool) -> Any:
-    """`sleb`'s selection function: rank 0 measures (prefix-cached answer NLL), every process
+    """`sleb`'s model hook: rank 0 measures (prefix-cached answer NLL), every process
     gets its answer."""
     from depthprune.ranking.plan import RankError
     from depthprune.ranking.sleb import Sleb
     from depthprune.scoring.forward import cap_per_domain
     sleb = Sleb(net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size, progress=progress)
 
-    def select(k: int, candidates: list[int], req: Any) -> Any:
+    def select(scores: Any, k: int, candidates: list[int], req: Any) -> Any:
         try:
-            answer = sleb(k, candidates, req) if ctx.main else None
+            answer = sleb(scores, k, candidates, req) if ctx.main else None
         except RankError as exc:
             answer = exc
         answer = ctx.broadcast(answer)
@@ -322,6 +322,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     (see :mod:`depthprune.study.store`).
     """
     from depthprune.models.loading import load_model, resolve_model_id
+    from depthprune.ranking.methods import rescoring
     from depthprune.study.cell import cell_rows
     from depthprune.study.distributed import setup
     from depthprune.study.store import (
@@ -348,7 +349,8 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     stored = ctx.broadcast({r.cell: r.removed for r in read_results(conn)} if ctx.main else None)
     rescore = _rescorer(net, processor, inputs.calib, settings, str(study.model), ctx)
     sleb_select = _sleb_selector(net, processor, inputs.calib, study, ctx, progress)
-    removed = _plans(study, inputs.cells, scores, {"iterative": rescore, "sleb": sleb_select}, skipped, stored)
+    removed = _plans(study, inputs.cells, scores, {"iterative": rescoring(rescore), "sleb": sleb_select}, skipped,
+                     stored)
     cells = [c for c in inputs.cells if c.key in removed]
     if ctx.main:
         identity = get_meta(conn).get("study_identity") or study.identity()  # a legacy store keeps its form

@@ -11,7 +11,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from depthprune.ranking.methods import METHODS, best_spaced, iterative_selection, rank
+from depthprune.ranking.methods import METHODS, best_spaced, iterative_selection, rank, rescoring
 from depthprune.ranking.plan import Plan, RankError, RankRequest, parse_weights, resolve_budget
 from depthprune.ranking.protection import Protection
 from depthprune.scoring.scores import GROUPS, STATS, Scores, angular_distance
@@ -233,7 +233,7 @@ def test_iterative_selection_rescores_after_each_removal():
     sel = iterative_selection(score_fn, L, 2, list(range(L)), req)
     assert sel.remove == [3, 6] and calls == [[], [3]]  # a static top-2 would take 3 and 4
     calls.clear()
-    plan = rank(score_fn([]), req, score_fn=score_fn)
+    plan = rank(score_fn([]), req, measured=rescoring(score_fn))
     assert plan.remove == [3, 6] and calls == [[], [3]]  # rank reuses the given scores for step 0
     with pytest.raises(RankError, match="depthprune prune MODEL --data"):
         rank(score_fn([]), req)
