@@ -92,6 +92,9 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
         from depthprune.scoring.ablation_cache import measure_ablation
         measure_ablation(scores, net, processor, cap_per_domain(records, max_samples), batch_size, progress,
                          ablation_cache_mb)
+        from depthprune.evaluation.generation import unpruned_accuracy  # for `prune --method ablation`'s floor check
+        scores.settings["unpruned_accuracy"] = {d: list(v) for d, v in unpruned_accuracy(
+            net, processor, records, sorted({r.domain for r in records}), batch_size).items()}
     if out is not None:
         scores.save(out, overwrite=overwrite)
     return scores
@@ -210,14 +213,28 @@ def _method_inputs(model: PathLike, plan_or_scores: Any, method: str | None, bud
     return scores, records
 
 
+def _warn_floor_from_scores(scores: Scores, method: str, domain: str | None) -> None:
+    """`ablation --domain D`: the unpruned model's accuracy on D's calibration records, measured by
+    `score --ablation`, near the floor means the ablation NLL ranking for D is not validated."""
+    measured = scores.settings.get("unpruned_accuracy")
+    value = measured.get(domain) if isinstance(measured, dict) else None
+    if method == "ablation" and isinstance(value, list) and len(value) == 2 and all(isinstance(x, int) for x in value):
+        from depthprune.evaluation.generation import warn_near_floor
+        warn_near_floor({domain: (value[0], value[1])}, f"--method ablation --domain {domain}")
+
+
 def _measured_plan(net: Any, processor: Any, model: PathLike, scores: Scores, records: list, method: str,
                    budget: Any, batch_size: int, max_samples: int | None, ablation_cache_mb: float | None,
                    progress: bool, plan_kwargs: dict) -> Plan:
     """The plan of a method that runs the model after each removal: ``sleb`` (answer NLL from
     the prefix cache) or ``iterative`` (the cosines re-scored)."""
     if method == "sleb":
+        from depthprune.evaluation.generation import unpruned_accuracy, warn_near_floor
         from depthprune.ranking.sleb import Sleb
         from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB
+        if plan_kwargs.get("domain"):  # a domain the model cannot answer: its NLL objective is gamed
+            warn_near_floor(unpruned_accuracy(net, processor, records, [plan_kwargs["domain"]], batch_size),
+                            f"--method sleb --domain {plan_kwargs['domain']}")
         selector = Sleb(net, processor, records, batch_size, cache_mb=ablation_cache_mb or DEFAULT_CACHE_MB,
                         progress=progress)
         return plan(scores, method, budget, score_fn=selector, **plan_kwargs)
@@ -313,6 +330,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
                                          max_samples, plan_kwargs)
         if records is None:  # a method on the scores alone: no model needed, fail early
             the_plan = plan(scores, method, budget, **plan_kwargs)
+            _warn_floor_from_scores(scores, method, plan_kwargs.get("domain"))
     net = processor = None
 
     def load() -> tuple[Any, Any]:
