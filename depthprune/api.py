@@ -24,7 +24,7 @@ from depthprune.compensation import check_plan as check_compensable
 from depthprune.compensation.fit import compensate_model
 from depthprune.compensation.fit import prepare as prepare_compensation
 from depthprune.data.records import load_records
-from depthprune.evaluation.generation import evaluate_path
+from depthprune.evaluation.generation import evaluate_path, unpruned_accuracy, warn_near_floor
 from depthprune.healing.checkpoint import heal as heal_checkpoint
 from depthprune.healing.recipe import HealConfig
 from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
@@ -104,6 +104,9 @@ def score(model: ModelSpec | PathLike, data: PathLike | Sequence[PathLike], out:
     if ablation:
         measure_ablation(scores, net, processor, cap_per_domain(records, settings.max_samples), settings.batch_size,
                          progress, ablation_cache_mb)
+        # for `prune --method ablation`'s floor check
+        scores.settings["unpruned_accuracy"] = {d: list(v) for d, v in unpruned_accuracy(
+            net, processor, records, sorted({r.domain for r in records}), settings.batch_size).items()}
     if out is not None:
         scores.save(out, overwrite=overwrite)
     return scores
@@ -208,12 +211,24 @@ def _method_inputs(model: PathLike, source: Any, req: RankRequest | None, calibr
     return scores, records
 
 
+def _warn_floor_from_scores(scores: Scores, method: str, domain: str | None) -> None:
+    """`ablation --domain D`: the unpruned model's accuracy on D's calibration records, measured by
+    `score --ablation`, near the floor means the ablation NLL ranking for D is not validated."""
+    measured = scores.settings.get("unpruned_accuracy")
+    value = measured.get(domain) if isinstance(measured, dict) else None
+    if method == "ablation" and isinstance(value, list) and len(value) == 2 and all(isinstance(x, int) for x in value):
+        warn_near_floor({domain: (value[0], value[1])}, f"--method ablation --domain {domain}")
+
+
 def _measured_plan(net: Any, processor: Any, scores: Scores, records: list, req: RankRequest,
                    calibration: CalibrationRun) -> Plan:
     """The plan of a method that runs the model after each removal: ``sleb`` (answer NLL from
     the prefix cache) or ``iterative`` (the cosines re-scored)."""
     progress = not quiet()
     if req.method == "sleb":
+        if req.domain:  # a domain the model cannot answer: its NLL objective is gamed
+            warn_near_floor(unpruned_accuracy(net, processor, records, [req.domain], calibration.batch_size),
+                            f"--method sleb --domain {req.domain}")
         selector = Sleb(net, processor, records, calibration.batch_size,
                         cache_mb=calibration.cache_mb or DEFAULT_CACHE_MB, progress=progress)
         return plan(scores, req, measured=selector)
@@ -299,6 +314,7 @@ def prune(model: ModelSpec | PathLike, source: Plan | Scores | PathLike | Sequen
         scores, records = _method_inputs(model, source, request, calibration, num_layers, arch_protected)
         if records is None:  # a method on the scores alone: no model needed, fail early
             the_plan = plan(scores, request)
+            _warn_floor_from_scores(scores, request.method, request.domain)
     net = processor = None
 
     def load() -> tuple[Any, Any]:

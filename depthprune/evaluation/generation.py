@@ -226,6 +226,35 @@ def evaluate(model: nn.Module, processor: Any, records: Sequence[Record], batch_
     return EvalResult(predictions, time.perf_counter() - started)
 
 
+#: answered records per domain :func:`unpruned_accuracy` generates for (a floor check, not an evaluation)
+FLOOR_RECORDS = 32
+
+
+def unpruned_accuracy(model: nn.Module, processor: Any, records: Sequence[Record], domains: Sequence[str],
+                      batch_size: int = 8) -> dict[str, tuple[int, int]]:
+    """``domain -> (correct, n)`` of greedy answers on the first :data:`FLOOR_RECORDS` answered
+    records of each of ``domains`` (a domain without answered records is left out)."""
+    picked = [r for d in domains for r in [r for r in records if r.domain == d and r.answer][:FLOOR_RECORDS]]
+    if not picked:
+        return {}
+    longest = max(len(str(r.answer)) for r in picked)
+    result = evaluate(model, processor, picked, batch_size, max_new_tokens=min(32, 4 + longest), progress=False)
+    out: dict[str, tuple[int, int]] = {}
+    for p in result.predictions:
+        right, n = out.get(p.domain, (0, 0))
+        out[p.domain] = (right + int(p.correct), n + 1)
+    return out
+
+
+def warn_near_floor(accuracy: dict[str, tuple[int, int]], where: str) -> list[str]:
+    """One ``warnings.warn`` line per domain of ``accuracy`` near the floor; returns those domains."""
+    from depthprune.reporting.statistics import floor_warning, near_floor
+    low = near_floor(accuracy)
+    for d in low:
+        warnings.warn(floor_warning(where, d, *accuracy[d]), stacklevel=2)
+    return low
+
+
 def prediction_lines(predictions: Sequence[Prediction]) -> list[str]:
     """One JSON line per prediction (NaN NLLs as null), the predictions file's format."""
     return [json.dumps(dict(asdict(p), nll=finite_or_none(p.nll)), ensure_ascii=False) for p in predictions]
@@ -258,8 +287,9 @@ def load_baseline(metrics_file: str | os.PathLike, records: Sequence[Record]) ->
 
 
 def retention_of(predictions: Sequence[Prediction], base: dict[str, int]) -> dict:
-    """``{"retention": {domain: {"kept", "ci95"}}, "hidden_collapse": [domains]}`` of these
-    predictions against the baseline's per-sample correctness."""
+    """``{"retention": {domain: {"kept", "ci95"}}, "hidden_collapse": [domains], "floor_domains":
+    [domains]}`` of these predictions against the baseline's per-sample correctness; a domain the
+    baseline gets under 10% right is warned about (:func:`warn_near_floor`)."""
     from depthprune.reporting.statistics import hidden_collapse, retention
     by_domain: dict[str, tuple[list[int], list[int]]] = {}
     for p in predictions:
@@ -267,7 +297,8 @@ def retention_of(predictions: Sequence[Prediction], base: dict[str, int]) -> dic
         b.append(base[p.id])
         m.append(int(p.correct))
     kept = {d: retention(b, m) for d, (b, m) in sorted(by_domain.items())}
-    return {"retention": {d: {"kept": finite_or_none(k), "ci95": [finite_or_none(lo), finite_or_none(hi)]}
+    floor = warn_near_floor({d: (sum(b), len(b)) for d, (b, _) in by_domain.items()}, "--baseline")
+    return {"floor_domains": floor, "retention": {d: {"kept": finite_or_none(k), "ci95": [finite_or_none(lo), finite_or_none(hi)]}
                           for d, (k, lo, hi) in kept.items()},
             "hidden_collapse": hidden_collapse({d: v[0] for d, v in kept.items()})}
 

@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from depthprune.reporting.tables import (
     ERROR_CONTROL,
     best_table,
     budget_label,
+    floor_lines,
     num,
     pairs_lines,
     pct,
@@ -381,6 +383,9 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     doc = _Doc(out.name)
     _header(doc, rows, meta, num_layers, protected)
     collapses = retention_table(rows)[2]
+    for line in floor_lines(rows):  # said on the command line too, one warning line each
+        warnings.warn(line, stacklevel=2)
+        notes.insert(0, line[0].upper() + line[1:] + ".")
     doc.h(2, "Findings")
     doc.bullets([f"{s.name}: {s.verdict}" for s in series if s.budgets] + [
         f"Ranking stability — the paper's claim \"domain-aware rankings are the most stable in the ranking-sensitive "

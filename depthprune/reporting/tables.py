@@ -110,7 +110,20 @@ def stability_table(stability: list[Stability]) -> tuple[list[str], list[list[st
     return head, body
 
 
-__all__ = ["ERROR_CONTROL", "best_table", "budget_label", "num", "pairs_lines", "pct", "pval", "stability_table"]
+__all__ = ["ERROR_CONTROL", "best_table", "floor_lines", "budget_label", "num", "pairs_lines", "pct", "pval", "stability_table"]
+
+
+def floor_lines(rows: list) -> list[str]:
+    """One line per eval set and domain the unpruned model answers under 10% right
+    (:func:`~depthprune.reporting.statistics.floor_warning`): comparisons there mean nothing."""
+    from depthprune.reporting.statistics import floor_warning, near_floor
+    lines = []
+    for r in rows:
+        if r.budget == 0 and r.heal is None and r.accuracy is not None:
+            answered = [s[1] for s in r.samples if s[1] is not None]
+            right = {r.domain: (int(sum(answered)), len(answered))}
+            lines += [floor_warning(f"eval set {r.eval_set}", d, *right[d]) for d in near_floor(right)]
+    return lines
 
 
 def retention_table(rows: list) -> tuple[list[str], list[list[str]], list[str]]:

@@ -56,3 +56,16 @@ def test_bench_speed_vllm_without_vllm_says_why():
     out = run("bench_speed.py", "--runtime", "vllm", "--vllm-python", "/nonexistent/python")
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["runtime"] == "vllm" and "no such file" in figures["skipped"]
+
+
+@pytest.mark.slow
+def test_bench_pipelines_small(tmp_path):
+    """Every pipeline runs on the toy at 25% and depthprune's pipeline is compared per domain."""
+    out = run("bench_pipelines.py", "--out", str(tmp_path / "runs"), "--jobs", "2")
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert sorted(v["domain"] for v in figures["versus"]) == ["general", "math"]
+    assert all(0 <= v["p"] <= 1 and v["best_published"] for v in figures["versus"])
+    table = (tmp_path / "runs" / "table.md").read_text()
+    for name in ("ShortGPT", "SLEB", "PruneMe + heal", "ReplaceMe", "INTERLACE-style", "last-n", "random",
+                 "depthprune (math)", "depthprune (general)"):
+        assert f"| {name} |" in table
