@@ -97,8 +97,8 @@ os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)  # before torch starts its thr
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import qwen3_vl_shapes as shapes  # noqa: E402 - the benchmarks' shared stand-in model
-import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+import torch  # noqa: E402
+from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 

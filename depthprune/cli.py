@@ -35,7 +35,6 @@ from depthprune.compensation import Compensation
 from depthprune.healing.recipe import HealConfig
 from depthprune.options import CalibrationRun, LmmsTasks, ModelSpec, PlanSource, RankRequest, ScoreSettings
 
-
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Domain-aware depth pruning of Hugging Face VLMs and LLMs. "
                        "Decoder layers are numbered 0-based everywhere.")

@@ -8,8 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # annotations only: the tables are built from plain results (and --help stays light)
-    from depthprune.ranking.plan import Plan
     from depthprune.evaluation.generation import EvalResult
+    from depthprune.ranking.plan import Plan
     from depthprune.toy.demo import Headline
 
 

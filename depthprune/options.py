@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: ``--dtype`` values: the checkpoint's own, or one torch dtype for every weight.

@@ -419,7 +419,7 @@ def run(model: ModelSpec, lmms: LmmsTasks, out: str | os.PathLike, *, batch_size
     """
     from depthprune.evaluation.generation import EvalResult, prediction_lines, predictions_path
     from depthprune.models.loading import resolve_model_id
-    from depthprune.outputs import atomic_files, check_output, inputs_of
+    from depthprune.outputs import atomic_files
     model_id = resolve_model_id(model.id)
     include_path, limit, lmms_model, model_args = lmms.include_path, lmms.limit, lmms.model, lmms.model_args
     dtype, device = model.dtype, model.device_map or model.device

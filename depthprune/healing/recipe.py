@@ -19,7 +19,6 @@ import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI reads HealConfig's fields for --help: no PIL (data.records) at import

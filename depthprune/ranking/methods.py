@@ -210,14 +210,14 @@ def _angular_block(scores: Scores, k: int, candidates: list[int], req: RankReque
                         f"{scores.max_span}; re-run `depthprune score` with --max-span {k} or more")
     d = scores.mean("angle", "last", None, k)
     allowed = set(candidates)
-    starts = [l for l in range(scores.num_layers - k + 1) if all(l + j in allowed for j in range(k))]
+    starts = [s for s in range(scores.num_layers - k + 1) if all(s + j in allowed for j in range(k))]
     if not starts:
         raise RankError(f"no run of {k} consecutive removable layers exists (removable: {candidates}); "
                         "lower the budget or protect fewer layers")
-    best = min(starts, key=lambda l: (float(d[l]), l))
+    best = min(starts, key=lambda s: (float(d[s]), s))
     chosen = list(range(best, best + k))
     reason = f"block {best}..{best + k - 1}: angular distance {d[best]:.4f}, smallest of {len(starts)} blocks"
-    column = _per_layer({l: float(d[l]) for l in range(len(d))}, scores.num_layers)
+    column = _per_layer({s: float(d[s]) for s in range(len(d))}, scores.num_layers)
     return Selection(chosen, {i: reason for i in chosen}, {f"angle[span {k}]": column})
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from depthprune.options import RankError, RankRequest, parse_weights  # noqa: F401 - defined once, with the options
 from depthprune.scoring.scores import is_int
 
-
 #: Per-layer redundancies that `spaced` and `iterative` can space out or re-score.
 BASES = ("domain", "mixed", "block-influence", "ablation")
 

@@ -218,12 +218,12 @@ def _arms(rows: list[ResultRow], ids: list[str], which: int, higher: bool) -> li
             values = np.array([float(per[i]) for i in ids])
         groups.setdefault((tuple(r.removed), values.tobytes()), []).append((r, values))
     arms = []
-    for members in groups.values():
-        values = members[0][1]
-        arms.append(Arm([r.label for r, _ in members], [r.method for r, _ in members],
-                        [target_domain(r.method, r.options) for r, _ in members], family(members[0][0].method),
-                        list(members[0][0].removed), float(values.mean()) if len(values) else float("nan"),
-                        members[0][0].nll, values))
+    for group in groups.values():
+        values = group[0][1]
+        arms.append(Arm([r.label for r, _ in group], [r.method for r, _ in group],
+                        [target_domain(r.method, r.options) for r, _ in group], family(group[0][0].method),
+                        list(group[0][0].removed), float(values.mean()) if len(values) else float("nan"),
+                        group[0][0].nll, values))
     def key(a: Arm) -> tuple:
         nll = a.nll if a.nll is not None else np.inf
         return (-a.value, nll, a.name) if higher else (a.value, a.name)

@@ -19,7 +19,6 @@ import inspect
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,8 +27,8 @@ from torch import nn
 
 from depthprune import __version__
 from depthprune.data.records import Record, batches, data_fingerprint, encode
-from depthprune.options import ScoreSettings
 from depthprune.models.architectures import architecture_protected, find_decoder_layers, input_device
+from depthprune.options import ScoreSettings
 from depthprune.scoring.scores import GROUPS, STATS, Scores
 from depthprune.settings import progress as progress_bar
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from depthprune.compensation.spec import DEFAULT_RIDGE
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from depthprune.compensation.spec import DEFAULT_RIDGE
 from depthprune.messages import show as _show  # never an unbounded echo (an alias bomb, a huge list)
 
 

@@ -19,8 +19,8 @@ from depthprune.compensation.fit import Calibration, Fold, fit_and_fold
 from depthprune.data.records import encode
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.models.loading import load_model
-from depthprune.pruning import layers_removed, prune_layers, save_pruned
 from depthprune.options import CalibrationRun, RankRequest
+from depthprune.pruning import layers_removed, prune_layers, save_pruned
 from tests.helpers.cli import assert_user_error, run
 from tests.helpers.tiny_configs import FAMILIES
 from tests.helpers.tiny_models import load_tiny_family

@@ -13,6 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from depthprune.cli_output import format_metrics_table
 from depthprune.data.records import DataError, encode, load_records, render_prompt
 from depthprune.evaluation import generation as evaluation
 from depthprune.evaluation.answers import extract_answer, last_number, normalize_text, parse_number, score_answer
@@ -26,7 +27,6 @@ from depthprune.evaluation.generation import (
     wilson_interval,
 )
 from depthprune.models.loading import load_model
-from depthprune.cli_output import format_metrics_table
 from depthprune.options import ModelSpec
 from tests.helpers.tiny_configs import FAMILIES, VLM_FAMILIES
 from tests.helpers.tiny_models import save_tiny

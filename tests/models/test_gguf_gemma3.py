@@ -13,8 +13,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from depthprune import api
-from depthprune.models.gguf_out import (POSITIONAL_ARCHITECTURES, check_layer_pattern, nearest_pattern_cuts,
-                                        open_gguf, write_pruned_gguf)
+from depthprune.models.gguf_out import (
+    POSITIONAL_ARCHITECTURES,
+    check_layer_pattern,
+    nearest_pattern_cuts,
+    open_gguf,
+    write_pruned_gguf,
+)
 from tests.helpers.cli import assert_user_error, run, tree_hash
 from tests.helpers.tiny_gguf import GEMMA3_LAYERS, write_tiny_gguf
 

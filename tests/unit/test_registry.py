@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from depthprune.cli import app
 from depthprune.ranking.families import STRUCTURE_AWARE, family, target_domain
-from depthprune.ranking.methods import METHODS, register, rank
+from depthprune.ranking.methods import METHODS, rank, register
 from depthprune.ranking.plan import RankError, RankRequest, Selection
 from depthprune.ranking.registry import REGISTRY, MethodSpec, method_help, methods_table
 from depthprune.ranking.stability import ranking_stability
