@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune.messages import one_line, show
+from depthprune.outputs import file_sha256
 from depthprune.ranking.methods import METHODS, unread_options
 from depthprune.ranking.plan import RankRequest, parse_weights
 from depthprune.ranking.protection import Protection
@@ -123,8 +124,9 @@ class Study:
         evals = [dataclasses.asdict(e) for e in self.eval_sets]
         calibration: list[str] = self.calibration
         if not legacy:
-            calibration = [file_sha256(p) for p in self.calibration]
-            evals = [e | {"paths": [file_sha256(p) for p in e["paths"]]} for e in evals]
+            # 16 hex characters: the run identity keeps the short form it always had (runs resume)
+            calibration = [file_sha256(p)[:16] for p in self.calibration]
+            evals = [e | {"paths": [file_sha256(p)[:16] for p in e["paths"]]} for e in evals]
         out = {"model": self.model, "dtype": self.dtype, "calibration": calibration,
                "calib_max_samples": self.calib_max_samples, "max_span": self.max_span,
                "ablation": self.ablation, "batch_size": self.batch_size, "protect": self.protect.as_study(),
@@ -132,16 +134,6 @@ class Study:
         if self.prompt_format != "auto":  # absent when auto: stores written before it existed still resume
             out["prompt_format"] = self.prompt_format
         return out if legacy else {"version": 2, **out}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex, first 16 characters)."""
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------- validation
