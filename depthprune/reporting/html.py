@@ -40,6 +40,7 @@ from depthprune.reporting.tables import (
     stability_table,
 )
 from depthprune.scoring.scores import Scores, ScoresError
+from depthprune.study.metrics import METRICS
 from depthprune.study.rundir import RunDir
 from depthprune.study.store import ResultRow, get_meta, open_store_readonly, read_results, treatment
 
@@ -265,10 +266,11 @@ def _header(doc: _Doc, rows: list[ResultRow], meta: dict, num_layers: int, prote
 
 def _regimes(doc: _Doc, rows: list[ResultRow], series: list[Series], plots: Any) -> None:
     """The figures by budget and the table of verdicts per series."""
-    for metric, title in (("accuracy", "Accuracy vs budget"), ("nll", "Answer NLL vs budget")):
-        if any(getattr(r, metric) is not None for r in rows):
-            doc.h(2, title)
-            doc.image(plots.metric_vs_budget(rows, series, metric), f"{title.lower()}, by method family and domain")
+    for metric in METRICS.values():
+        if any(metric.of(r) is not None for r in rows):
+            doc.h(2, metric.title)
+            doc.image(plots.metric_vs_budget(rows, series, metric.name),
+                      f"{metric.title.lower()}, by method family and domain")
             doc.p("One panel per family; the best methods of each family in colour, the others grey; the best "
                   "score-based ranking at each budget dashed black in the other panels; shading: the regime.",
                   cls="muted")

@@ -60,6 +60,7 @@ from depthprune.reporting.statistics import (
     spread_test,
     wilcoxon_paired,
 )
+from depthprune.study.metrics import METRICS, Metric, compared_on
 from depthprune.study.store import ResultRow, treatment
 
 ALPHA = 0.05
@@ -121,7 +122,7 @@ class BudgetStats:
 
     budget: int
     fraction: float
-    metric: str                                     # "accuracy" or "nll"
+    metric: str                                     # a name of depthprune.study.metrics.METRICS
     n_paired: int                                   # samples every method has
     accuracy: dict[str, float | None]               # per label, as stored
     acc_ci: dict[str, tuple[float, float] | None]   # the stored 95% Wilson interval
@@ -140,8 +141,13 @@ class BudgetStats:
     regime: str = CONVERGED
 
     @property
+    def spec(self) -> Metric:
+        """The metric compared here (:mod:`depthprune.study.metrics`)."""
+        return METRICS[self.metric]
+
+    @property
     def higher_is_better(self) -> bool:
-        return self.metric == "accuracy"
+        return self.spec.higher_is_better
 
     @property
     def leader(self) -> Arm | None:
@@ -171,7 +177,7 @@ class BudgetStats:
         if not self.structure or not self.rankings:
             return None
         d = float(np.mean([a.value for a in self.structure])) - self.rankings[0].value
-        return d if self.higher_is_better else -d
+        return self.spec.gain(d)
 
     @property
     def resolved(self) -> list[Pair]:
@@ -205,9 +211,10 @@ class Series:
 
 
 # ----------------------------------------------------------------------------- one budget
-def _arms(rows: list[ResultRow], ids: list[str], which: int, higher: bool) -> list[Arm]:
+def _arms(rows: list[ResultRow], ids: list[str], metric: Metric) -> list[Arm]:
     """Distinct plans among ``rows`` (one family), best first; identical removed sets with identical
     per-sample results are one plan (different results, e.g. from non-deterministic healing, stay apart)."""
+    which = metric.sample_index
     groups: dict[tuple, list[ResultRow]] = {}
     for r in sorted(rows, key=lambda r: r.label):
         column = [s[which] for s in r.samples]
@@ -226,14 +233,15 @@ def _arms(rows: list[ResultRow], ids: list[str], which: int, higher: bool) -> li
                         group[0][0].nll, values))
     def key(a: Arm) -> tuple:
         nll = a.nll if a.nll is not None else np.inf
-        return (-a.value, nll, a.name) if higher else (a.value, a.name)
+        # 0/1 outcomes tie often: the stored answer NLL breaks the tie
+        return (metric.sort_key(a.value), nll if metric.binary else 0.0, a.name)
     return sorted(arms, key=key)
 
 
-def _pairs(arms: list[Arm], metric: str) -> list[Pair]:
+def _pairs(arms: list[Arm], metric: Metric) -> list[Pair]:
     out = []
     for a, b in combinations(arms, 2):
-        if metric == "accuracy":
+        if metric.binary:
             a_only, b_only = int(((a.values == 1) & (b.values == 0)).sum()), int(((a.values == 0) & (b.values == 1)).sum())
             out.append(Pair(a.name, b.name, a.value - b.value, a_only, b_only, binomial_two_sided(a_only, a_only + b_only)))
         else:
@@ -259,24 +267,23 @@ def _structure_p(structure: list[Arm], rankings: list[Arm], higher: bool, seed: 
 def _budget(rows: list[ResultRow], seed: int) -> BudgetStats:
     """The plans and the structure test of one budget of one series (the omnibus test and the spread
     come from :func:`_spread`, the label from :func:`analyze`)."""
-    metric = "accuracy" if all(r.accuracy is not None for r in rows) else "nll"
-    which = 1 if metric == "accuracy" else 2
+    metric = compared_on(rows)
+    which = metric.sample_index
     tested = [r for r in rows if family(r.method) != REFERENCES] or rows
     have = {r.label: {s[0] for s in r.samples if s[which] is not None} for r in rows}
     ids = sorted(set.intersection(*(have[r.label] for r in tested)))
     usable = [r for r in rows if have[r.label].issuperset(ids)]  # a reference short of samples is left out
-    higher = metric == "accuracy"
-    by_family = {f: _arms([r for r in usable if family(r.method) == f], ids, which, higher)
+    by_family = {f: _arms([r for r in usable if family(r.method) == f], ids, metric)
                  for f in (RANKINGS, STRUCTURE_AWARE, REFERENCES)}
     rankings = by_family[RANKINGS]
     return BudgetStats(
-        budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric, n_paired=len(ids),
+        budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric.name, n_paired=len(ids),
         accuracy={r.label: r.accuracy for r in rows},
         acc_ci={r.label: (r.ci_low, r.ci_high) if r.ci_low is not None else None for r in rows},
         nll={r.label: r.nll for r in rows}, methods={r.label: r.method for r in rows},
         rankings=rankings, structure=by_family[STRUCTURE_AWARE], references=by_family[REFERENCES],
         p_rankings=None,
-        p_structure=_structure_p(by_family[STRUCTURE_AWARE], rankings, higher, seed) if ids else None,
+        p_structure=_structure_p(by_family[STRUCTURE_AWARE], rankings, metric.higher_is_better, seed) if ids else None,
         spread=None, spread_ci=None, pairs=[])
 
 
@@ -294,7 +301,7 @@ def _spread(b: BudgetStats, resamples: int, seed: int) -> None:
         # omnibus never claims more than the strongest single pair's exact test (the larger of two
         # p-values is valid when either is, and at n = 600 the floor is far below the bootstrap's p)
         b.spread, b.spread_ci = spread, (low, high)
-        b.p_rankings = max(p, smallest_pair_p(matrix, binary=b.metric == "accuracy"))
+        b.p_rankings = max(p, smallest_pair_p(matrix, binary=b.spec.binary))
     elif len(b.rankings) == 1 and len(b.rankings[0].labels) > 1:  # every ranking removes the same layers
         b.spread, b.spread_ci = 0.0, (0.0, 0.0)  # (one ranking method alone has no spread to speak of: None)
 
@@ -302,7 +309,7 @@ def _spread(b: BudgetStats, resamples: int, seed: int) -> None:
 def arm_ci(b: BudgetStats, arm: Arm) -> tuple[float, float] | None:
     """95% interval of a plan's value at ``b``: the stored Wilson interval of its accuracy, or a t
     interval of its mean answer NLL over the paired samples."""
-    if b.metric == "accuracy":
+    if b.spec.binary:
         return b.acc_ci.get(arm.labels[0])
     return mean_ci(arm.values)[1:] if len(arm.values) else None
 
@@ -318,9 +325,7 @@ def _span(first: float, last: float) -> str:
 
 def size(b: BudgetStats, x: float | None) -> str:
     """A value of ``b``'s metric in words: accuracy points or nats."""
-    if x is None:
-        return "–"
-    return f"{100 * x:.1f} points" if b.metric == "accuracy" else f"{x:.3f} nats"
+    return b.spec.in_words(x)
 
 
 def _who(arm: Arm, domain: str) -> str:
@@ -412,7 +417,7 @@ def analyze(rows: list[ResultRow], resamples: int = 1000, seed: int = 0) -> list
         for b in s.budgets:
             b.regime = STRUCTURE if b.p_structure_adj < ALPHA else RANKING if b.p_rankings_adj < ALPHA else CONVERGED
             if b.regime == RANKING:  # the omnibus test rejected: which pairs differ (Holm within the budget)
-                b.pairs = _pairs(b.rankings, b.metric)
+                b.pairs = _pairs(b.rankings, b.spec)
         s.tests, s.runs = len(tests), _runs(s.budgets)
         s.matches_paper, s.verdict = _verdict(s)
     return out

@@ -33,15 +33,15 @@ def budget_label(b: int, fraction: float) -> str:
 
 
 def _value(b: BudgetStats, arm: Arm) -> str:
-    return pct(arm.value) if b.metric == "accuracy" else f"NLL {num(arm.value)}"
+    return b.spec.text(arm.value)
 
 
 def _bare(b: BudgetStats, x: float) -> str:
-    return f"{100 * x:.1f}" if b.metric == "accuracy" else f"{x:.3f}"
+    return b.spec.number(x)
 
 
 def _unit(b: BudgetStats) -> str:
-    return "points" if b.metric == "accuracy" else "nats"
+    return b.spec.unit
 
 
 def _p_pair(raw: float | None, adjusted: float) -> str:
@@ -58,8 +58,8 @@ def best_table(series: Series) -> tuple[list[str], list[list[str]]]:
     for b in series.budgets:
         best = b.rankings[0] if b.rankings else None
         ci = arm_ci(b, best) if best is not None else None
-        fmt = pct if b.metric == "accuracy" else num
-        lead = "–" if best is None else f"{best.name}: {_value(b, best)}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+        lead = "–" if best is None else f"{best.name}: {_value(b, best)}" + (
+            f" [{b.spec.text(ci[0], named=False)}, {b.spec.text(ci[1], named=False)}]" if ci else "")
         tied = [lab for lab in b.tied if best is None or lab not in best.labels]
         lead += f" (tied: {', '.join(tied)})" if tied and b.leader is best else ""
         spread = "–" if b.spread is None else (f"{len(b.rankings)} plans: {_bare(b, b.spread)} [{_bare(b, b.spread_ci[0])}"
@@ -77,7 +77,7 @@ def pairs_lines(series: Series) -> list[str]:
     out = []
     for b in series.budgets:
         if b.resolved:
-            higher = b.metric == "accuracy"
+            higher = b.higher_is_better
             parts = [f"{p.a if (p.diff > 0) == higher else p.b} > {p.b if (p.diff > 0) == higher else p.a} "
                      f"by {size(b, abs(p.diff))} (p {pval(p.p_holm)})" for p in b.resolved]
             out.append(f"{series.name}, {budget_label(b.budget, b.fraction)}: " + "; ".join(parts))
