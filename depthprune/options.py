@@ -93,8 +93,8 @@ class RankRequest:
     """What to rank. ``budget``: int = layer count, float in (0, 1) = fraction (a string of
     either on the command line, read by :func:`depthprune.ranking.plan.resolve_budget`)."""
 
-    # its --help line lists the registered methods (depthprune.ranking.registry.method_help)
-    method: str = option("domain", "Ranking method.", help_from="depthprune.ranking.registry:method_help")
+    # its --help line lists the registered methods, written when --help is shown (the registry imports torch)
+    method: str = option("domain", "Ranking method.", help_from="depthprune.ranking.methods:method_help")
     budget: int | float | str = option("0.25", "Layers to remove: an integer count, or a fraction in (0, 1) of "
                                        "the decoder layers (rounded, at least 1).", cli_type=str)
     domain: str | None = option(None, "Domain label for --method domain / contrast (or --base domain); for "

@@ -17,7 +17,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from depthprune.ranking.registry import FAMILIES, RANKINGS, REFERENCES, STRUCTURE_AWARE, family, members, spec_of
+from depthprune.ranking.methods import METHODS
+from depthprune.ranking.registry import FAMILIES, RANKINGS, REFERENCES, STRUCTURE_AWARE
+
+
+def family(method: str) -> str:
+    """The family of method ``method`` (its spec's); a name no spec has (``manual``, ``none``)
+    counts as a score-based ranking."""
+    spec = METHODS.get(method)
+    return spec.family if spec is not None else RANKINGS
+
+
+def members(family_name: str) -> list[str]:
+    """The registered methods of one family, in registration order."""
+    return [name for name, spec in METHODS.items() if spec.family == family_name]
 
 
 def target_domain(method: str, options: dict[str, Any]) -> str | None:
@@ -25,7 +38,7 @@ def target_domain(method: str, options: dict[str, Any]) -> str | None:
     method that does not read ``domain``, or reads it only for a domain base (``spaced``,
     ``iterative``) whose base is pooled."""
     domain = options.get("domain")
-    spec = spec_of(method)
+    spec = METHODS.get(method)
     if domain is None or spec is None or "domain" not in spec.reads:
         return None
     if "base" in spec.reads and options.get("base", "mixed") not in ("domain", "ablation"):

@@ -65,6 +65,21 @@ METHODS = REGISTRY
 COMMON = ("method", "budget", "allow_deepstack", "protect_first", "protect_last")
 
 
+def method_help() -> str:
+    """``--method``'s help: every registered method, those that measure the model last."""
+    specs = list(METHODS.values())
+    text = "Ranking method: " + ", ".join(s.help_name() for s in specs if s.needs != MODEL)
+    measuring = [s.help_name() for s in specs if s.needs == MODEL]
+    return text + (f"; with the model and --data (prune only): {', '.join(measuring)}." if measuring else ".")
+
+
+def methods_table() -> str:
+    """The methods table of docs/methods.md (``python -m depthprune.ranking.methods`` prints it;
+    tests/unit/test_registry.py checks the page holds it)."""
+    head = "| name | removes | published source | needs |\n| --- | --- | --- | --- |\n"
+    return head + "\n".join(s.table_row() for s in METHODS.values()) + "\n"
+
+
 def unread_options(method: str, options: dict) -> list[str]:
     """The options in ``options`` (besides method, budget and protection) that ``method`` does not read."""
     reads = METHODS[method].reads if method in METHODS else ()
@@ -520,3 +535,8 @@ def rank(scores: Scores, req: RankRequest, measured: MethodFn | None = None) -> 
     return Plan(method=req.method, num_layers=n, budget=k, remove=remove, protected=protected,
                 reasons={i: sel.reasons.get(i, "") for i in remove}, columns=sel.columns,
                 request=asdict(req), scores_fingerprint=scores.fingerprint(), scores_model_id=scores.model_id)
+
+
+if __name__ == "__main__":  # the methods table of docs/methods.md, from the registry this run filled
+    from depthprune.ranking.methods import methods_table as table
+    print(table(), end="")

@@ -3,15 +3,14 @@ its family, what it needs (nothing, scores, ablation scores, or the model and ca
 data), the request options it reads, the row of the docs table (what it removes, its published
 source) and its ``--method`` help note — beside the function that selects the layers.
 
-A method registers itself with :func:`depthprune.ranking.methods.register`; everything that
-lists or sorts methods (``--method`` help, ``check_request``, study files, bootstrap stability,
-the report's families, docs/methods.md's table) reads the spec. Light to import (no torch):
-:func:`methods` loads the built-in methods (:mod:`depthprune.ranking.methods`) on first use.
+Methods register themselves where they are written (the built-in ones in the methods module,
+with its ``register`` decorator); everything that lists or sorts methods (``--method`` help, the
+request check, study files, bootstrap stability, the report's families, docs/methods.md's table)
+reads the spec. This module is the vocabulary alone: no torch, and it imports no method.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -66,6 +65,10 @@ class MethodSpec:
         reported for it: the stability column)."""
         return self.needs in (SCORES, ABLATION)
 
+    def help_name(self) -> str:
+        """Its entry in ``--method``'s help: the name, with its note."""
+        return self.name + (f" ({self.cli_note})" if self.cli_note else "")
+
     def table_row(self) -> str:
         """Its row of the methods table (docs/methods.md)."""
         return (f"| `{self.name}` | {self.removes} | {self.source} | "
@@ -80,47 +83,3 @@ def add(spec: MethodSpec) -> MethodSpec:
     """Register ``spec`` under its name (a later registration of the same name replaces it)."""
     REGISTRY[spec.name] = spec
     return spec
-
-
-def methods() -> dict[str, MethodSpec]:
-    """Every registered method, the built-in ones loaded on first use."""
-    importlib.import_module("depthprune.ranking.methods")
-    return REGISTRY
-
-
-def spec_of(name: str) -> MethodSpec | None:
-    """The spec of method ``name``, or None (e.g. ``manual``: a plan given as a layer list)."""
-    return methods().get(name)
-
-
-def method_help() -> str:
-    """``--method``'s help: every registered method, those that measure the model last."""
-    def named(spec: MethodSpec) -> str:
-        return spec.name + (f" ({spec.cli_note})" if spec.cli_note else "")
-    specs = list(methods().values())
-    text = "Ranking method: " + ", ".join(named(s) for s in specs if s.needs != MODEL)
-    measuring = [named(s) for s in specs if s.needs == MODEL]
-    return text + (f"; with the model and --data (prune only): {', '.join(measuring)}." if measuring else ".")
-
-
-def methods_table() -> str:
-    """The methods table of docs/methods.md (a test checks the page holds it)."""
-    head = "| name | removes | published source | needs |\n| --- | --- | --- | --- |\n"
-    return head + "\n".join(s.table_row() for s in methods().values()) + "\n"
-
-
-def family(method: str) -> str:
-    """The family of method ``method``; a name no spec has (``manual``, ``none``) counts as a
-    score-based ranking."""
-    spec = spec_of(method)
-    return spec.family if spec is not None else RANKINGS
-
-
-def members(family_name: str) -> list[str]:
-    """The registered methods of one family, in registration order."""
-    return [name for name, spec in methods().items() if spec.family == family_name]
-
-
-if __name__ == "__main__":  # prints the methods table of docs/methods.md (from the imported module's registry)
-    from depthprune.ranking.registry import methods_table as table
-    print(table(), end="")

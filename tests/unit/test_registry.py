@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from depthprune.cli import app
 from depthprune.ranking.families import STRUCTURE_AWARE, family, target_domain
-from depthprune.ranking.methods import METHODS, rank, register
+from depthprune.ranking.methods import METHODS, method_help, methods_table, rank, register
 from depthprune.ranking.plan import RankError, RankRequest, Selection
-from depthprune.ranking.registry import REGISTRY, MethodSpec, method_help, methods_table
+from depthprune.ranking.registry import REGISTRY, MethodSpec
 from depthprune.ranking.stability import ranking_stability
 from depthprune.reporting.regimes import rule
 from tests.helpers.scores import scores_with
@@ -42,7 +42,7 @@ def _plain(text: str) -> str:
 
 
 def test_the_docs_table_is_the_registry():
-    assert methods_table() in DOCS.read_text(), "regenerate it: python -m depthprune.ranking.registry"
+    assert methods_table() in DOCS.read_text(), "regenerate it: python -m depthprune.ranking.methods"
 
 
 def test_a_method_registered_in_one_place_ranks_and_is_listed_everywhere(every_other):
