@@ -54,7 +54,7 @@ from threading import Lock
 
 from scipy.stats import binomtest
 
-from depthprune.reporting.statistics import mcnemar_exact, retention
+from depthprune.statistics import mcnemar_exact, retention
 from depthprune.toy.compensation_check import _mean_nll
 from depthprune.toy.heal_check import _correct
 

@@ -32,6 +32,11 @@ class RankError(ValueError):
     """A ranking request cannot be met; the message says why and how to fix it."""
 
 
+def is_int(v: object) -> bool:
+    """True for an int that is not a bool (JSON and YAML booleans are ints in Python)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def parse_weights(text: str) -> dict[str, float]:
     """Parse ``"math=0.5,general=0.5"`` into ``{"math": 0.5, "general": 0.5}`` (unnormalised)."""
     example = "write them as domain=weight pairs, e.g. --weights math=0.5,general=0.5"
@@ -190,6 +195,30 @@ class PlanSource:
             raise ValueError(f"--plan {self.plan}: plan files end in .plan.json (written by "
                              "`depthprune rank --save-plan`)")
         return self.plan if self.plan is not None else self.scores
+
+
+def check_layer_list(layers: object, num_layers: int, what: str, allow_empty: bool = False,
+                     allow_all: bool = False) -> list[int]:
+    """Validate a list of 0-based layers: integers (not strings or booleans), distinct, within
+    0..num_layers-1, at least one (unless ``allow_empty``) and not all (unless ``allow_all``).
+    Returns them sorted.
+    Raises RankError starting with ``what`` (the option or file and key)."""
+    if not isinstance(layers, (list, tuple)):
+        raise RankError(f"{what} must be a list of 0-based layer numbers, got {layers!r}")
+    wrong = [x for x in layers if not is_int(x)]
+    if wrong:
+        raise RankError(f"{what}: {wrong[:3]} are not layer numbers; give 0-based integers, e.g. [5, 9]")
+    dupes = sorted({x for x in layers if list(layers).count(x) > 1})
+    if dupes:
+        raise RankError(f"{what}: layer(s) {dupes} given more than once; list each layer once")
+    bad = sorted(x for x in layers if not 0 <= x < num_layers)
+    if bad:
+        raise RankError(f"{what}: layer(s) {bad} do not exist; the model has layers 0..{num_layers - 1} (0-based)")
+    if not layers and not allow_empty:
+        raise RankError(f"{what}: no layers given; name at least one 0-based layer")
+    if not allow_all and len(layers) >= num_layers:
+        raise RankError(f"{what}: cannot remove all {num_layers} decoder layers; keep at least one")
+    return sorted(layers)
 
 
 @dataclass(frozen=True)

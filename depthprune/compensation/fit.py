@@ -436,9 +436,7 @@ def prepare(compensate: "Compensation | str | None", data: Any, domain: str | No
     the spec, calibration ``data`` (JSONL paths), the domain(s) to fit on (``domain`` or
     ``weights``; every domain of the data equally when neither is given) and, for
     ``tokens=answer``, the answers."""
-    from depthprune.data.records import load_records
-    from depthprune.ranking.sleb import domain_weights
-    from depthprune.scoring.forward import cap_per_domain
+    from depthprune.data.records import cap_per_domain, domain_weights, load_records
     spec = Compensation.of(compensate)
     if not spec.active:
         return None

@@ -248,7 +248,7 @@ def unpruned_accuracy(model: nn.Module, processor: Any, records: Sequence[Record
 
 def warn_near_floor(accuracy: dict[str, tuple[int, int]], where: str) -> list[str]:
     """One ``warnings.warn`` line per domain of ``accuracy`` near the floor; returns those domains."""
-    from depthprune.reporting.statistics import floor_warning, near_floor
+    from depthprune.statistics import floor_warning, near_floor
     low = near_floor(accuracy)
     for d in low:
         warnings.warn(floor_warning(where, d, *accuracy[d]), stacklevel=2)
@@ -290,7 +290,7 @@ def retention_of(predictions: Sequence[Prediction], base: dict[str, int]) -> dic
     """``{"retention": {domain: {"kept", "ci95"}}, "hidden_collapse": [domains], "floor_domains":
     [domains]}`` of these predictions against the baseline's per-sample correctness; a domain the
     baseline gets under 10% right is warned about (:func:`warn_near_floor`)."""
-    from depthprune.reporting.statistics import hidden_collapse, retention
+    from depthprune.statistics import hidden_collapse, retention
     by_domain: dict[str, tuple[list[int], list[int]]] = {}
     for p in predictions:
         b, m = by_domain.setdefault(p.domain, ([], []))
@@ -313,7 +313,7 @@ def evaluate_path(model: ModelSpec, data_paths: str | os.PathLike | Sequence[str
     format used is recorded as ``prompt_format`` in the metrics. ``baseline``: the metrics file
     of the unpruned source evaluated on the same data; the metrics then hold ``retention`` (per
     domain, accuracy kept = this / baseline with a 95% bootstrap interval) and
-    ``hidden_collapse`` (:func:`depthprune.reporting.statistics.hidden_collapse`).
+    ``hidden_collapse`` (:func:`depthprune.statistics.hidden_collapse`).
 
     Returns the metrics dict that was written. Raises OutputError if an output exists and
     ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,

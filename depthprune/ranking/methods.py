@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from depthprune.options import is_int
 from depthprune.ranking.plan import BASES, Plan, RankError, RankRequest, Selection, check_budget_spec, resolve_budget
 from depthprune.ranking.protection import Protection
 from depthprune.ranking.registry import (
@@ -31,7 +32,8 @@ from depthprune.ranking.registry import (
     MethodSpec,
     add,
 )
-from depthprune.scoring.scores import GROUPS, Scores, ScoresError, is_int
+from depthprune.scoring.scores import GROUPS, Scores, ScoresError
+from depthprune.scoring.signals import CONTRAST_BETA
 
 
 def domains_used(req: RankRequest, domains: list[str]) -> list[str]:
@@ -307,8 +309,6 @@ def _ablation(scores: Scores, k: int, candidates: list[int], req: RankRequest) -
     return Selection(chosen, reasons, columns)
 
 
-#: weight of the contrast term of `contrast` (see its docstring and docs/results/domain-checks.md)
-CONTRAST_BETA = 0.5
 
 
 @register("contrast", reads=("domain", "token_group"),

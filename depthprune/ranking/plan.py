@@ -13,8 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from depthprune.options import RankError, RankRequest, parse_weights  # noqa: F401 - defined once, with the options
-from depthprune.scoring.scores import is_int
+# defined once, with the options (and the --layers check beside PlanSource)
+from depthprune.options import RankError, RankRequest, check_layer_list, is_int, parse_weights  # noqa: F401
 
 #: Per-layer redundancies that `spaced` and `iterative` can space out or re-score.
 BASES = ("domain", "mixed", "block-influence", "ablation")
@@ -135,30 +135,6 @@ _PLAN_SCHEMA = {
     "scores_model_id": (_opt_str, "a string or null"),
     "keep": (lambda v: isinstance(v, list), "a list of 0-based layer numbers"),
 }
-
-
-def check_layer_list(layers: object, num_layers: int, what: str, allow_empty: bool = False,
-                     allow_all: bool = False) -> list[int]:
-    """Validate a list of 0-based layers: integers (not strings or booleans), distinct, within
-    0..num_layers-1, at least one (unless ``allow_empty``) and not all (unless ``allow_all``).
-    Returns them sorted.
-    Raises RankError starting with ``what`` (the option or file and key)."""
-    if not isinstance(layers, (list, tuple)):
-        raise RankError(f"{what} must be a list of 0-based layer numbers, got {layers!r}")
-    wrong = [x for x in layers if not is_int(x)]
-    if wrong:
-        raise RankError(f"{what}: {wrong[:3]} are not layer numbers; give 0-based integers, e.g. [5, 9]")
-    dupes = sorted({x for x in layers if list(layers).count(x) > 1})
-    if dupes:
-        raise RankError(f"{what}: layer(s) {dupes} given more than once; list each layer once")
-    bad = sorted(x for x in layers if not 0 <= x < num_layers)
-    if bad:
-        raise RankError(f"{what}: layer(s) {bad} do not exist; the model has layers 0..{num_layers - 1} (0-based)")
-    if not layers and not allow_empty:
-        raise RankError(f"{what}: no layers given; name at least one 0-based layer")
-    if not allow_all and len(layers) >= num_layers:
-        raise RankError(f"{what}: cannot remove all {num_layers} decoder layers; keep at least one")
-    return sorted(layers)
 
 
 # ---------------------------------------------------------------------- request parsing

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthprune.data.records import Record, batches
+from depthprune.data.records import Record, batches, domain_weights
 from depthprune.evaluation.generation import answer_nll
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
-from depthprune.ranking.plan import RankError, RankRequest, Selection
+from depthprune.ranking.plan import RankRequest, Selection
 from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB, CacheStats, CacheStore, CacheUnsupported, PrefixCache
 from depthprune.settings import progress as progress_bar
 
@@ -40,26 +40,6 @@ def objective_weights(domains: Sequence[str], req: RankRequest) -> dict[str, flo
     normalised to sum 1 with zero weights dropped (equal over ``domains`` if None). Raises
     RankError naming a domain that is not in ``domains``."""
     return domain_weights(domains, req.domain, req.weights)
-
-
-def domain_weights(domains: Sequence[str], domain: str | None, weights: dict[str, float] | None) -> dict[str, float]:
-    """Domain -> weight of a calibration objective (SLEB's, compensation's): ``{domain: 1}``, else
-    ``weights`` normalised to sum 1 with zero weights dropped (equal over ``domains`` if None).
-    Raises RankError naming a domain that is not in ``domains``."""
-    present = sorted(set(domains))
-    if domain is not None:
-        if domain not in present:
-            raise RankError(f"domain '{domain}' is not in the calibration data; present: {', '.join(present)}")
-        return {domain: 1.0}
-    weights = weights if weights is not None else {d: 1.0 for d in present}
-    unknown = sorted(set(weights) - set(present))
-    if unknown:
-        raise RankError(f"weights name domains {unknown} that are not in the calibration data; present: "
-                        f"{', '.join(present)}")
-    total = sum(weights.values())
-    if not total > 0:
-        raise RankError(f"weights {weights} are all zero; give at least one domain a positive weight")
-    return {d: w / total for d, w in sorted(weights.items()) if w > 0}
 
 
 @dataclass

@@ -34,10 +34,9 @@ import torch
 from depthprune.ranking.families import RANKINGS, family, target_domain
 from depthprune.ranking.methods import METHODS, rank
 from depthprune.ranking.plan import Plan, RankError, RankRequest
-from depthprune.reporting.regimes import RANKING, Series
-from depthprune.reporting.statistics import bootstrap_mean_ci, kendall_tau, top_k_overlap
 from depthprune.scoring.scores import Scores
 from depthprune.settings import progress as progress_bar
+from depthprune.statistics import bootstrap_mean_ci, kendall_tau, top_k_overlap
 
 LEVEL = 0.95
 
@@ -208,9 +207,10 @@ def _ci(x: tuple[float, float, float] | None) -> str:
     return "–" if x is None else f"{x[0]:.2f} [{x[1]:.2f}, {x[2]:.2f}]"
 
 
-def stability_claim(stability: list[Stability], series: list[Series]) -> str:
+def stability_claim(stability: list[Stability], ranking_sensitive: set[int]) -> str:
     """Check "domain-aware rankings are the most stable in the ranking-sensitive regime" on the data
-    (:func:`compare_at_budget` at each ranking-sensitive budget; at every budget, said so, when none is)."""
+    (:func:`compare_at_budget` at each of the ``ranking_sensitive`` budgets, the regime rule's:
+    :func:`depthprune.reporting.regimes.ranking_sensitive`; at every budget, said so, when none is)."""
     if not stability:
         return "Not checked: no score-based ranking could be bootstrapped (no scores file, or only score-free methods)."
     if not any(s.target for s in stability):
@@ -218,7 +218,7 @@ def stability_claim(stability: list[Stability], series: list[Series]) -> str:
     by_budget: dict[int, list[Stability]] = defaultdict(list)
     for s in stability:
         by_budget[s.budget].append(s)
-    sensitive = sorted({b.budget for se in series for b in se.budgets if b.regime == RANKING} & set(by_budget))
+    sensitive = sorted(set(ranking_sensitive) & set(by_budget))
     budgets = sensitive or sorted(by_budget)
     results = {b: compare_at_budget(by_budget[b]) for b in budgets}
     checked = {b: r for b, r in results.items() if r[0] != "n/a"}

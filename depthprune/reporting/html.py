@@ -25,8 +25,7 @@ import torch
 from depthprune.outputs import atomic_files, check_output, inputs_of
 from depthprune.ranking.protection import Protection
 from depthprune.ranking.stability import Stability, ranking_stability, stability_claim
-from depthprune.reporting.regimes import RANKING, Series, analyze, regimes_json, rule
-from depthprune.reporting.statistics import kendall_tau, mcnemar_exact
+from depthprune.reporting.regimes import RANKING, Series, analyze, ranking_sensitive, regimes_json, rule
 from depthprune.reporting.tables import (
     ERROR_CONTROL,
     best_table,
@@ -40,6 +39,7 @@ from depthprune.reporting.tables import (
     stability_table,
 )
 from depthprune.scoring.scores import Scores, ScoresError
+from depthprune.statistics import kendall_tau, mcnemar_exact
 from depthprune.study.metrics import METRICS
 from depthprune.study.rundir import RunDir
 from depthprune.study.store import ResultRow, get_meta, open_store_readonly, read_results, treatment
@@ -380,7 +380,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     series = analyze(rows)
     checked = scores is not None and resamples > 0
     stability = _stability(rows, meta, scores, resamples, seed, progress, notes) if checked else []
-    claim = stability_claim(stability, series) if checked else "Not checked: ranking stability was not computed."
+    claim = stability_claim(stability, ranking_sensitive(series)) if checked else "Not checked: ranking stability was not computed."
 
     doc = _Doc(out.name)
     _header(doc, rows, meta, num_layers, protected)

@@ -10,7 +10,7 @@ For every series (eval set x domain x healing recipe) and budget, on the samples
 
 * **rankings differ** — an omnibus test of "every distinct score-based plan has the same accuracy
   (mean answer NLL when accuracy was not measured)": the spread among the plans (best minus worst)
-  against its bootstrap law over **records** (:func:`depthprune.reporting.statistics.spread_test`).
+  against its bootstrap law over **records** (:func:`depthprune.statistics.spread_test`).
   Resampling whole records carries whatever ties the plans within a record — plans that share most of
   their removed layers answer alike — so the test holds its size however the plans overlap (Cochran's
   Q and Friedman, used before, assume the plans exchangeable within a record and over-reject when
@@ -19,7 +19,7 @@ For every series (eval set x domain x healing recipe) and budget, on the samples
   Holm-corrected over the pairs of that budget, say which plans differ;
 * **structure dominates** — the structure-aware plans, averaged per sample, beat *every*
   score-based plan: the largest over rankings of the one-sided sign-flip p-value of the per-sample
-  difference (:func:`depthprune.reporting.statistics.sign_flip_greater`: exact on accuracy at any n,
+  difference (:func:`depthprune.statistics.sign_flip_greater`: exact on accuracy at any n,
   monotone in the evidence; an intersection-union test: beating the best ranking means beating each
   one, so no correction over the rankings is needed). If the family's mean beats the best ranking,
   so does its best member: this is a test of "the best structure-aware method beats the best
@@ -51,7 +51,7 @@ from itertools import combinations
 import numpy as np
 
 from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, family, members, target_domain
-from depthprune.reporting.statistics import (
+from depthprune.statistics import (
     binomial_two_sided,
     holm,
     mean_ci,
@@ -255,7 +255,7 @@ def _structure_p(structure: list[Arm], rankings: list[Arm], higher: bool, seed: 
     """p-value of "the structure-aware plans, on average per sample, beat every ranking plan": the
     largest over rankings r of the one-sided sign-flip p of mean_s(s_i) - r_i (an intersection-union
     test: beating the best ranking means beating each; exact on accuracy, monotone in the evidence:
-    :func:`~depthprune.reporting.statistics.sign_flip_greater`). None without both families."""
+    :func:`~depthprune.statistics.sign_flip_greater`). None without both families."""
     if not structure or not rankings:
         return None
     family_mean = np.mean([s.values for s in structure], 0)
@@ -293,7 +293,7 @@ def _omnibus_testable(b: BudgetStats) -> bool:
 
 def _spread(b: BudgetStats, resamples: int, seed: int) -> None:
     """The rankings-differ test and the spread with its interval, from one bootstrap over records
-    (:func:`~depthprune.reporting.statistics.spread_test`): valid however the plans are correlated."""
+    (:func:`~depthprune.statistics.spread_test`): valid however the plans are correlated."""
     if _omnibus_testable(b):
         matrix = np.stack([a.values for a in b.rankings], 1)
         spread, low, high, p = spread_test(matrix, n_resamples=resamples, seed=seed)
@@ -429,6 +429,11 @@ def _resolved(p: Pair, higher: bool) -> dict:
             "p_holm": p.p_holm}
 
 
+def ranking_sensitive(series: list[Series]) -> set[int]:
+    """The budgets that are ranking-sensitive in some series (where ranking stability matters)."""
+    return {b.budget for s in series for b in s.budgets if b.regime == RANKING}
+
+
 def regimes_json(series: list[Series]) -> dict:
     """The machine-readable verdicts (``RUN_DIR/regimes.json``): per series and budget the label, the
     leader, the spread among the rankings with its 95% interval and the Holm-adjusted p-value the
@@ -464,4 +469,4 @@ def _finite(obj):  # noqa: ANN001, ANN202 - JSON has no NaN: an undefined number
 
 
 __all__ = ["ALPHA", "CONVERGED", "PAPER_ORDER", "RANKING", "STRUCTURE", "rule", "Arm", "BudgetStats", "Pair",
-           "Series", "analyze", "arm_ci", "regimes_json", "size"]
+           "Series", "analyze", "arm_ci", "ranking_sensitive", "regimes_json", "size"]

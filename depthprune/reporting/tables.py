@@ -115,8 +115,8 @@ __all__ = ["ERROR_CONTROL", "best_table", "floor_lines", "budget_label", "num", 
 
 def floor_lines(rows: list) -> list[str]:
     """One line per eval set and domain the unpruned model answers under 10% right
-    (:func:`~depthprune.reporting.statistics.floor_warning`): comparisons there mean nothing."""
-    from depthprune.reporting.statistics import floor_warning, near_floor
+    (:func:`~depthprune.statistics.floor_warning`): comparisons there mean nothing."""
+    from depthprune.statistics import floor_warning, near_floor
     lines = []
     for r in rows:
         if r.budget == 0 and r.heal is None and r.accuracy is not None:
@@ -132,7 +132,7 @@ def retention_table(rows: list) -> tuple[list[str], list[list[str]], list[str]]:
     per cell with a hidden collapse (a domain under 80% while another keeps 90% or more)."""
     import json
 
-    from depthprune.reporting.statistics import hidden_collapse, retention
+    from depthprune.statistics import hidden_collapse, retention
     base = {(r.eval_set, r.domain): {s[0]: s[1] for s in r.samples if s[1] is not None}
             for r in rows if r.budget == 0 and r.accuracy is not None}
     domains = sorted({d for _, d in base})

@@ -26,24 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthprune import __version__
-from depthprune.data.records import Record, batches, data_fingerprint, encode
+from depthprune.data.records import Record, batches, cap_per_domain, data_fingerprint, encode
 from depthprune.models.architectures import architecture_protected, find_decoder_layers, input_device
 from depthprune.options import ScoreSettings
 from depthprune.scoring.scores import GROUPS, STATS, Scores
 from depthprune.settings import progress as progress_bar
-
-
-def cap_per_domain(records: Sequence[Record], max_samples: int | None) -> list[Record]:
-    """The first ``max_samples`` records of each domain, file order kept."""
-    if max_samples is None:
-        return list(records)
-    seen: dict[str, int] = {}
-    kept = []
-    for r in records:
-        if seen.get(r.domain, 0) < max_samples:
-            seen[r.domain] = seen.get(r.domain, 0) + 1
-            kept.append(r)
-    return kept
 
 
 def token_groups(batch: Any, config: Any) -> torch.Tensor:

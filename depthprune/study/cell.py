@@ -93,7 +93,7 @@ def _treated(study: Study, num_layers: int, section: dict | None, key: str) -> l
 def compensation_entry(section: dict, variant: MethodVariant) -> dict[str, Any]:
     """The repair of one variant's cells: the spec and the calibration domains' weights (the
     variant's own domain or weights, else every calibration domain equally)."""
-    from depthprune.ranking.sleb import domain_weights
+    from depthprune.data.records import domain_weights
     weights = domain_weights(section["domains"], variant.options.get("domain"), variant.options.get("weights"))
     return {**section["spec"], "weights": weights}
 

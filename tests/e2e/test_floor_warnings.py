@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.reporting.statistics import FLOOR_ACCURACY, floor_warning, near_floor
 from depthprune.reporting.tables import floor_lines
 from depthprune.scoring.scores import Scores
+from depthprune.statistics import FLOOR_ACCURACY, floor_warning, near_floor
 from tests.helpers.tiny_models import save_tiny
 
 runner = CliRunner()

@@ -101,7 +101,7 @@ def test_training_is_deterministic_by_seed(tmp_path):
 
 
 def test_mcnemar_exact_matches_the_binomial_tail():
-    from depthprune.reporting.statistics import binomial_two_sided
+    from depthprune.statistics import binomial_two_sided
     assert binomial_two_sided(0, 6) == 2 / 64  # both one-sided tails of Binomial(6, 1/2) at 0
     assert binomial_two_sided(6, 6) == binomial_two_sided(0, 6)
     assert binomial_two_sided(3, 6) == 1.0 and binomial_two_sided(0, 0) == 1.0
