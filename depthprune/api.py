@@ -25,7 +25,7 @@ from depthprune.compensation.fit import compensate_model
 from depthprune.compensation.fit import prepare as prepare_compensation
 from depthprune.data.records import load_records
 from depthprune.evaluation.generation import evaluate_path, unpruned_accuracy, warn_near_floor
-from depthprune.healing.checkpoint import heal as heal_checkpoint
+from depthprune.healing.command import heal as heal_checkpoint
 from depthprune.healing.recipe import HealConfig
 from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
 from depthprune.models.gguf import gguf_source
@@ -433,7 +433,7 @@ def heal(model: ModelSpec | PathLike, data: PathLike | Sequence[PathLike], out: 
     answered JSONL ``data`` into the stock checkpoint ``out``; ``recipe`` a
     :class:`depthprune.healing.recipe.HealConfig` (default recipe when None); ``teacher``: the
     unpruned model to distil from; ``resume``: continue an interrupted run
-    (:func:`depthprune.healing.checkpoint.heal`)."""
+    (:func:`depthprune.healing.command.heal`)."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec(id=model, dtype="float32")
     return heal_checkpoint(spec, data, out, recipe, teacher=teacher, resume=resume, overwrite=overwrite)
 

@@ -56,8 +56,19 @@ from depthprune.compensation.spec import (
     check_plan,
     gaps,
 )
-from depthprune.data.records import DataError, Record, batches, encode, render_prompt
+from depthprune.data.records import (
+    DataError,
+    Record,
+    batches,
+    cap_per_domain,
+    domain_weights,
+    encode,
+    load_records,
+    render_prompt,
+)
+from depthprune.evaluation.generation import answer_span
 from depthprune.models.architectures import find_decoder_layers, input_device
+from depthprune.pruning import layers_removed
 from depthprune.settings import progress as progress_bar
 
 
@@ -176,7 +187,6 @@ def _require_answers(records: Sequence[Record]) -> None:
 def token_batch(processor: Any, records: Sequence[Record], tokens: str) -> tuple[Any, torch.Tensor]:
     """The encoded batch (the answered conversation where a record has an answer, else the
     prompt) and a [B, T] bool mask of the tokens the fit uses."""
-    from depthprune.evaluation.generation import answer_span
     if tokens == "answer":
         _require_answers(records)
     spans = [answer_span(processor, r) if _answered(r) else None for r in records]
@@ -266,7 +276,6 @@ def _gap_sums(model: nn.Module, processor: Any, chunks: list[list[Record]], laye
               gap: tuple[int, int], fold: Fold, remove: list[int], originals: dict, tokens: str,
               bar: Any) -> dict[str, _Sums]:
     """One pass over the calibration batches: a gap's sums, per domain."""
-    from depthprune.pruning import layers_removed
     first, last = gap
     after = last + 1 if last + 1 < len(layers) else None
     cap = _Capture()
@@ -436,7 +445,6 @@ def prepare(compensate: "Compensation | str | None", data: Any, domain: str | No
     the spec, calibration ``data`` (JSONL paths), the domain(s) to fit on (``domain`` or
     ``weights``; every domain of the data equally when neither is given) and, for
     ``tokens=answer``, the answers."""
-    from depthprune.data.records import cap_per_domain, domain_weights, load_records
     spec = Compensation.of(compensate)
     if not spec.active:
         return None

@@ -35,7 +35,9 @@ from depthprune.evaluation.answers import extract_answer, score_answer
 from depthprune.models.architectures import input_device
 from depthprune.models.loading import check_model, load_spec, resolve_model_id
 from depthprune.options import ModelSpec
+from depthprune.outputs import atomic_files, check_output, inputs_of
 from depthprune.settings import progress as progress_bar
+from depthprune.statistics import floor_warning, hidden_collapse, near_floor, retention
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -248,7 +250,6 @@ def unpruned_accuracy(model: nn.Module, processor: Any, records: Sequence[Record
 
 def warn_near_floor(accuracy: dict[str, tuple[int, int]], where: str) -> list[str]:
     """One ``warnings.warn`` line per domain of ``accuracy`` near the floor; returns those domains."""
-    from depthprune.statistics import floor_warning, near_floor
     low = near_floor(accuracy)
     for d in low:
         warnings.warn(floor_warning(where, d, *accuracy[d]), stacklevel=2)
@@ -290,7 +291,6 @@ def retention_of(predictions: Sequence[Prediction], base: dict[str, int]) -> dic
     """``{"retention": {domain: {"kept", "ci95"}}, "hidden_collapse": [domains], "floor_domains":
     [domains]}`` of these predictions against the baseline's per-sample correctness; a domain the
     baseline gets under 10% right is warned about (:func:`warn_near_floor`)."""
-    from depthprune.statistics import hidden_collapse, retention
     by_domain: dict[str, tuple[list[int], list[int]]] = {}
     for p in predictions:
         b, m = by_domain.setdefault(p.domain, ([], []))
@@ -319,7 +319,6 @@ def evaluate_path(model: ModelSpec, data_paths: str | os.PathLike | Sequence[str
     ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,
     ModelError for a bad device or checkpoint; all of these before the model loads.
     """
-    from depthprune.outputs import atomic_files, check_output, inputs_of
     spec = ModelSpec.of(model)
     model_id = resolve_model_id(spec.id)
     out = Path(out).expanduser()

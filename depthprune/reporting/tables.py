@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from depthprune.ranking.stability import Stability
 from depthprune.reporting.regimes import ALPHA, Arm, BudgetStats, Series, arm_ci, size
+from depthprune.statistics import floor_warning, hidden_collapse, near_floor, retention
 from depthprune.study.store import treatment
 
 ERROR_CONTROL = (f"Error control: the rankings-differ and structure-dominates p-values of every budget of every "
@@ -116,7 +117,6 @@ __all__ = ["ERROR_CONTROL", "best_table", "floor_lines", "budget_label", "num", 
 def floor_lines(rows: list) -> list[str]:
     """One line per eval set and domain the unpruned model answers under 10% right
     (:func:`~depthprune.statistics.floor_warning`): comparisons there mean nothing."""
-    from depthprune.statistics import floor_warning, near_floor
     lines = []
     for r in rows:
         if r.budget == 0 and r.heal is None and r.accuracy is not None:
@@ -132,7 +132,6 @@ def retention_table(rows: list) -> tuple[list[str], list[list[str]], list[str]]:
     per cell with a hidden collapse (a domain under 80% while another keeps 90% or more)."""
     import json
 
-    from depthprune.statistics import hidden_collapse, retention
     base = {(r.eval_set, r.domain): {s[0]: s[1] for s in r.samples if s[1] is not None}
             for r in rows if r.budget == 0 and r.accuracy is not None}
     domains = sorted({d for _, d in base})

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from depthprune.options import is_int
+from depthprune.outputs import atomic_files, check_output
 
 #: Token groups, in the order of the group axis.
 GROUPS = ("all", "text", "image", "last")
@@ -209,7 +210,6 @@ class Scores:
         as the completion mark). Without ``overwrite`` an existing file of either name is an
         OutputError and is never replaced.
         """
-        from depthprune.outputs import atomic_files, check_output
         path = Path(path)
         if path.suffix != ".json":
             raise ScoresError(f"{path}: the scores file name must end in .json")

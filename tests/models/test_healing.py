@@ -17,7 +17,7 @@ pytest.importorskip("peft")
 
 from depthprune.cli import app
 from depthprune.data.records import load_records
-from depthprune.healing.checkpoint import heal
+from depthprune.healing.command import heal
 from depthprune.healing.recipe import HealConfig, HealError, TrainingFiles
 from depthprune.healing.trainer import (
     TimeBudget,

@@ -20,7 +20,16 @@ from depthprune.healing.trainer import LOG_NAME, checkpoints, heal_model
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.models.loading import load_model, resolve_model_id
 from depthprune.options import ModelSpec
-from depthprune.outputs import WRITE_ERRNOS, OutputError, check_output, describe_oserror, inputs_of, io_failure
+from depthprune.outputs import (
+    WRITE_ERRNOS,
+    OutputError,
+    atomic_dir,
+    check_output,
+    describe_oserror,
+    inputs_of,
+    io_failure,
+)
+from depthprune.pruning import pruning_info, save_pruned
 from depthprune.settings import quiet
 
 
@@ -130,7 +139,6 @@ def _check_resume(work: Path, request_file: Path, request: dict, resume: bool) -
 def _with_healing(info: dict | None, model_id: str | Path, n_layers: int, stats: Any) -> dict:
     """The input's ``pruning.json`` (or a no-removal record) with a ``healing`` entry; a healed
     checkpoint healed again keeps its earlier entries in ``healing_history``."""
-    from depthprune.pruning import pruning_info
     info = dict(info if info is not None else pruning_info(str(model_id), n_layers, [], method="none", budget_spec=0))
     if "healing" in info:
         info["healing_history"] = info.get("healing_history", []) + [info["healing"]]
@@ -140,8 +148,6 @@ def _with_healing(info: dict | None, model_id: str | Path, n_layers: int, stats:
 
 def _save_healed(model: nn.Module, processor: Any, model_id: str | Path, out: Path, work: Path, info: dict) -> None:
     """The healed stock checkpoint, atomically, with its training log and model card."""
-    from depthprune.outputs import atomic_dir
-    from depthprune.pruning import save_pruned
     with atomic_dir(out) as tmp:
         saved = save_pruned(model, processor, tmp / "checkpoint", info, source_model=model_id)
         for f in saved.iterdir():
