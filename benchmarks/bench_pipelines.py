@@ -43,8 +43,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import contextlib
+import io
 import multiprocessing
 import os
+import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -138,13 +141,21 @@ def _command(argv: list[str]) -> float:
     """``depthprune ARGV`` inside a long-lived worker process (the interpreter, torch and
     transformers are imported once per worker, not once per command); its wall time."""
     from depthprune.cli import app
-    start = time.perf_counter()
+    start, said = time.perf_counter(), io.StringIO()
     try:
-        app(argv, prog_name="depthprune")
+        with contextlib.redirect_stderr(said):
+            app(argv, prog_name="depthprune")
     except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise RuntimeError(f"depthprune {' '.join(argv)} exited {exc.code}") from None
+        if exc.code not in (0, None):  # its one error line says why (e.g. a budget a method cannot meet)
+            lines = [line for line in said.getvalue().splitlines() if line.startswith("error:")]
+            raise CommandError(lines[-1] if lines else f"depthprune {' '.join(argv)} exited {exc.code}") from None
+    finally:
+        sys.stderr.write(said.getvalue())
     return time.perf_counter() - start
+
+
+class CommandError(RuntimeError):
+    """A command of a pipeline exited with an error (its ``error:`` line)."""
 
 
 def _slug(name: str) -> str:
@@ -180,7 +191,10 @@ def _common(s: Setup) -> list[str]:
 def _pipeline(s: Setup, p: Pipeline, budget: str) -> dict:
     """Run one pipeline at one budget and evaluate its model; its result row (no statistics yet)."""
     tag = f"b{budget}"
-    model, seconds = _prune(s, p, budget, tag)
+    try:
+        model, seconds = _prune(s, p, budget, tag)
+    except CommandError as exc:  # e.g. `spaced` cannot remove half of the toy's layers without neighbours
+        return {"pipeline": p.name, "budget": budget, "skipped": str(exc)}
     if p.heal is not None:
         healed = Path(f"{model}+heal-{p.heal}")
         seconds += s.run(healed.name, "heal", str(model), "--data", str(s.data / "train.jsonl"), "--mode", p.heal,
@@ -218,6 +232,7 @@ def _outcomes(metrics: str | Path) -> tuple[dict[str, dict[str, int]], dict[str,
 def _statistics(rows: list[dict], base: Path) -> None:
     """Accuracy (Wilson CI), retained (paired bootstrap CI), NLL per domain; McNemar of ours."""
     base_correct, base_nll = _outcomes(base)
+    rows = [r for r in rows if "skipped" not in r]
     for row in rows:
         correct, nll = _outcomes(row["metrics"])
         row["domains"] = {}
@@ -264,7 +279,14 @@ def table(model: str, num_layers: int, rows: list[dict]) -> list[str]:
     lines = [f"### {model} ({num_layers} layers)", "",
              "| budget | pipeline | removed | domain | accuracy % (95% CI) | retained % (95% CI) | answer NLL "
              "| wall s (heal steps) | ours vs best published: McNemar |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    measured = next(r for r in rows if "domains" in r)["domains"]
+    for d in DOMAINS:
+        lines.append(f"| 0 | unpruned | – | {d} | {_pct(measured[d]['unpruned'])} | 100 | "
+                     f"{measured[d]['unpruned_nll']:.3f} | | |")
     for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['budget']} | {row['pipeline']} | – | – | skipped: {row['skipped']} | | | | |")
+            continue
         for d in DOMAINS:
             r = row["domains"][d]
             vs = row.get("versus") if row.get("versus", {}).get("domain") == d else None
@@ -345,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     for result in results:
         for row in result["rows"]:
-            for d in DOMAINS:
+            for d in DOMAINS if "domains" in row else ():
                 row["domains"][d].pop("correct")
     (args.out / "results.json").write_text(json.dumps({"seed": args.seed, "minutes": minutes, "models": results},
                                                       indent=1) + "\n")
