@@ -42,9 +42,9 @@ run again (its time is kept in ``times.json``). Writes ``results.json`` and ``ta
 from __future__ import annotations
 
 import argparse
-import json
 import contextlib
 import io
+import json
 import multiprocessing
 import os
 import sys
