@@ -149,7 +149,7 @@ def eval_(
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Generation length limit (default 16; with --lmms-eval: each task's own).")] = None,
     lmms: LmmsTasks = None,
     overwrite: Overwrite = False,
-    baseline: Annotated[Path | None, typer.Option(help="Metrics file of `depthprune eval` on the unpruned model with the same --data: also print the accuracy retained per domain (with a 95% CI) flag a hidden collapse, and warn about a domain the unpruned model answers under 10% right (near the floor).")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="Metrics file of `depthprune eval` on the unpruned model with the same --data: also print the accuracy retained per domain (with a 95% CI), flag a hidden collapse and warn about a domain the unpruned model answers under 10% right (near the floor).")] = None,
 ) -> None:
     """Greedy-generate answers, score them per domain (accuracy, 95% CI) and the answer NLL;
     or run lmms-eval tasks (--lmms-eval) into the same metrics format."""
