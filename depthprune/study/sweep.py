@@ -10,8 +10,6 @@ distinct plans are dealt round-robin to the processes (:mod:`depthprune.study.di
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import json
 import os
@@ -34,6 +32,7 @@ from depthprune.study.config import (
     study_dict,
 )
 from depthprune.study.rundir import RunDir
+from depthprune.study.workers import PlanJob, PlanPool, check_jobs, resolve_jobs, worker_threads
 
 
 @dataclass
@@ -276,66 +275,77 @@ def _sleb_selector(net: Any, processor: Any, calib: list, study: Study, ctx: Any
     return select
 
 
-def _evaluate_plan(net: Any, processor: Any, study: Study, inputs: _Inputs, run: RunDir, remove: list[int],
-                   heal: dict | None, progress: bool) -> dict[str, list]:
-    """Every eval set's per-sample outcomes for one plan: pruned in memory, or pruned and healed
-    on a copy (its training log in ``run``'s logs)."""
-    from depthprune.study.cell import evaluate_sets, heal_copy, pruned_in_memory
-    args = (inputs.eval_sets, study.batch_size, study.max_new_tokens, study.accuracy, progress)
-    recipe = dict(heal or {})
-    repair = recipe.pop("compensate", None)
-    start = None  # the model healing starts from: a repaired copy, when the cell is repaired
-    with contextlib.ExitStack() as stack:
-        if repair is not None:  # folded into the kept layers in place, restored on exit
-            stack.enter_context(_repaired(net, processor, study, inputs, remove, repair, progress))
-        if not recipe:
-            with pruned_in_memory(net, remove):
-                return evaluate_sets(net, processor, *args)
-        if repair is not None:
-            start = copy.deepcopy(net)
-    student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, study.heal["distill"], progress,
-                        log_file=run.heal_log(remove, heal), teacher=net)
-    return evaluate_sets(student, processor, *args)
+@dataclass
+class _Writer:
+    """Rank 0's side of a sweep: every evaluated plan's cells into the store, one transaction
+    per cell, and the counts of what this process evaluated."""
+
+    conn: Any
+    bar: Any
+    result: SweepResult
+    num_layers: int
+
+    def rows(self, cells: list[Cell], remove: list[int], results: dict[str, list], seconds: float) -> list[list]:
+        """The store rows of ``cells`` (one plan's), counted as this process's work."""
+        from depthprune.study.cell import cell_rows
+        self.result.plans_evaluated += 1
+        self.result.cells_written += len(cells)
+        self.bar.set_postfix_str(f"{cells[0].variant.label} k={len(remove)}{' +heal' if cells[0].heal else ''}")
+        return [cell_rows(c, remove, self.num_layers, results, seconds) for c in cells]
+
+    def store(self, rows: list) -> None:
+        from depthprune.study.store import write_cell
+        if self.conn is not None and write_cell(self.conn, rows):
+            self.bar.update(1)
+
+    def add(self, cells: list[Cell], remove: list[int], results: dict[str, list], seconds: float) -> None:
+        for rows in self.rows(cells, remove, results, seconds):
+            self.store(rows)
 
 
-def _repaired(net: Any, processor: Any, study: Study, inputs: _Inputs, remove: list[int], repair: dict,
-              progress: bool) -> Any:
-    """A context in which ``net``'s kept layers carry the compensation of ``remove`` (fitted on the
-    study's calibration records, each domain capped like scoring)."""
-    from depthprune.compensation import Compensation
-    from depthprune.compensation.fit import compensated
-    from depthprune.scoring.forward import cap_per_domain
-    spec = Compensation(repair["method"], repair["ridge"], repair["tokens"])
-    return compensated(net, processor, cap_per_domain(inputs.calib, study.calib_max_samples), remove,
-                       repair["weights"], spec, study.batch_size, progress)
+def _evaluate_in_rounds(net: Any, processor: Any, study: Study, inputs: _Inputs, run: RunDir,
+                        todo: dict[tuple, list[Cell]], ctx: Any, writer: _Writer, progress: bool) -> None:
+    """The serial engine, and torchrun's: the pending plans dealt round-robin to the processes;
+    in each round every process evaluates one plan and rank 0 stores every process's cells."""
+    from depthprune.study.cell import evaluate_plan
+    groups = list(todo)
+    mine = groups[ctx.rank::ctx.world]
+    for i in range(-(-len(groups) // ctx.world)):
+        produced: list[list] = []
+        if i < len(mine):
+            cells, remove = todo[mine[i]], list(mine[i][1])
+            heal = cells[0].heal
+            t0 = time.perf_counter()
+            results = evaluate_plan(net, processor, study, inputs, remove, heal,
+                                    log_file=run.heal_log(remove, heal) if heal else None, progress=progress)
+            produced = writer.rows(cells, remove, results, time.perf_counter() - t0)
+        for rows_of_rank in ctx.gather(produced):
+            for rows in rows_of_rank:
+                writer.store(rows)
 
 
 def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False,
-              owned: Sequence[str | os.PathLike] = ()) -> SweepResult:
+              owned: Sequence[str | os.PathLike] = (), jobs: int | None = None) -> SweepResult:
     """Run (or resume) every cell of ``study`` into the run directory ``out``.
 
     ``study`` is a :class:`Study` or a YAML path (validated before any model loads). ``out``
     may not be, be inside or contain anything the study reads (the model, the data files and
     their images, the study file: :func:`depthprune.outputs.check_output`), except ``owned``
-    folders inside it (the demo's own data). Returns a :class:`SweepResult`; results are in ``out/results.sqlite``
+    folders inside it (the demo's own data). ``jobs``: worker processes that evaluate the plans
+    (:mod:`depthprune.study.workers`; 1: this process alone; None: one per usable core, on
+    the CPU). Returns a :class:`SweepResult`; results are in ``out/results.sqlite``
     (see :mod:`depthprune.study.store`).
     """
     from depthprune.models.loading import load_model, resolve_model_id
-    from depthprune.study.cell import cell_rows
     from depthprune.study.distributed import setup
-    from depthprune.study.store import (
-        completed_cells,
-        get_meta,
-        read_results,
-        set_meta,
-        write_cell,
-    )
+    from depthprune.study.store import completed_cells, get_meta, read_results, set_meta
     started = time.perf_counter()
     study = study if isinstance(study, Study) else load_study(study)
     run = RunDir(out)
     inputs = _Inputs.load(study)
     check_output(run.path, True, kind="dir", inputs=study.reads(owned=[Path(o) for o in owned]))  # resumable
     ctx = setup(study.device)
+    check_jobs(jobs, study, ctx.world)
     progress = not quiet and ctx.main
     conn = _open_store(run, study, ctx)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
@@ -367,25 +377,20 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
         pending_groups = [g for g in pending_groups if g[2] == "null"]
         skipped.append("healed cells under torchrun (several processes): run the same command in one "
                        "process afterwards to add them")
-    mine = pending_groups[ctx.rank::ctx.world]
     result = SweepResult(run.path, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
     bar = progress_bar(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell", disable=not progress,
-               dynamic_ncols=True)
-    for i in range(-(-len(pending_groups) // ctx.world)):  # a round: each process one plan, rank 0 stores all
-        produced: list[list] = []
-        if i < len(mine):
-            pending = [c for c in groups[mine[i]] if c.key not in done]
-            remove, heal = list(mine[i][1]), pending[0].heal
-            bar.set_postfix_str(f"{pending[0].variant.label} k={len(remove)}{' +heal' if heal else ''}")
-            t0 = time.perf_counter()
-            results = _evaluate_plan(net, processor, study, inputs, run, remove, heal, progress)
-            produced = [cell_rows(c, remove, inputs.num_layers, results, time.perf_counter() - t0) for c in pending]
-            result.plans_evaluated += 1
-            result.cells_written += len(produced)
-        for rows_of_rank in ctx.gather(produced):
-            for rows in rows_of_rank:
-                if ctx.main and write_cell(conn, rows):
-                    bar.update(1)
+                       dynamic_ncols=True)
+    todo = {g: [c for c in groups[g] if c.key not in done] for g in pending_groups}
+    writer = _Writer(conn if ctx.main else None, bar, result, inputs.num_layers)
+    n_jobs = resolve_jobs(jobs, study, ctx.world, len(pending_groups), sum(p.nbytes for p in net.parameters()))
+    if n_jobs > 1:
+        with PlanPool(study, inputs, n_jobs, worker_threads(n_jobs)) as pool:
+            plans = {PlanJob(g[1], todo[g][0].heal, run.heal_log(list(g[1]), todo[g][0].heal)
+                             if todo[g][0].heal else None): g for g in pending_groups}
+            for job, results, seconds in pool.evaluate(list(plans)):
+                writer.add(todo[plans[job]], list(job.remove), results, seconds)
+    else:
+        _evaluate_in_rounds(net, processor, study, inputs, run, todo, ctx, writer, progress)
     bar.close()
     ctx.barrier()
     result.seconds = time.perf_counter() - started

@@ -159,10 +159,12 @@ def findings_line(run_dir: str | Path) -> str:
 
 
 def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_size: int = 32,
-             report: bool = True, overwrite: bool = False) -> tuple[SweepResult, Headline, Path | None, list[str]]:
+             report: bool = True, overwrite: bool = False, jobs: int | None = None
+             ) -> tuple[SweepResult, Headline, Path | None, list[str]]:
     """Run (or resume) the demo study in ``out``; returns the sweep result, the headline, the
     report path (None with ``report=False``) and notes for the user. ``overwrite`` first deletes
-    what an earlier demo wrote there (:meth:`RunDir.clear`) and starts over."""
+    what an earlier demo wrote there (:meth:`RunDir.clear`) and starts over. ``jobs``: worker
+    processes for the plans (:func:`depthprune.study.sweep.run_study`)."""
     from depthprune.reporting.html import write_report
     from depthprune.scoring.scores import Scores
     from depthprune.study.config import parse_study
@@ -178,7 +180,7 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
         run.path.mkdir(parents=True, exist_ok=True)
         default_data(run.data)
     study = parse_study(demo_study(data, quick, batch_size), run.path, source="demo study")
-    result = run_study(study, run.path, quiet=quiet, owned=[run.data])
+    result = run_study(study, run.path, quiet=quiet, owned=[run.data], jobs=jobs)
     notes = [f"skipped {s}" for s in result.notes]
     if study.heal is None:
         notes.append("healing skipped: install depthprune[heal] (trl, peft, datasets) to add the healed cells")
@@ -190,6 +192,6 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
             Scores.load(run.scores).save(headline_run.scores)  # both files, published together
         headline_data = {split: Path("..") / p for split, p in data.items()}  # relative to OUT/headline
         run_study(parse_study(headline_study(headline_data, batch_size), headline_run.path,
-                              source="demo headline study"), headline_run.path, quiet=quiet)
+                              source="demo headline study"), headline_run.path, quiet=quiet, jobs=jobs)
     report_path = write_report(run.path, progress=not quiet) if report else None
     return result, headline(headline_run.path), report_path, notes

@@ -240,3 +240,32 @@ def test_compensated_cells_beside_plain_and_healed_ones_and_the_model_restored(t
     again = {(r.label, r.eval_set, r.domain): r.samples for r in read_results(tmp_path / "alone-run" / "results.sqlite")
              if r.budget == 2}
     assert again == {k: r.samples for k, r in plain.items()}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None,
+                    reason="the heal extra (trl) is not installed")
+def test_worker_processes_store_what_one_process_stores(tmp_path, llm, calib_dir, eval_file, monkeypatch):
+    """``jobs=2`` (two spawned workers, each loading the model) stores the very rows of the
+    serial engine: accuracy, NLL and every per-sample outcome, for plain, `sleb`, `iterative`,
+    healed and repaired cells. Both at one torch thread per process: across thread counts
+    torch's kernels may round differently (a last NLL bit in an odd-sized batch, measured by
+    benchmarks/bench_study.py), which is torch's doing, not the engine's."""
+    methods = [{"method": "domain", "domain": ["math", "general"]}, {"method": "sleb", "domain": "math"},
+               "iterative", "last"]
+    heal = {"recipe": {"mode": "lora", "steps": 2, "batch_size": 2}, "budgets": [2], "methods": ["domain:math"]}
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2], methods=methods, heal=heal,
+                      compensate={"method": "refit", "budgets": [2], "methods": ["domain:math", "last"]})
+    monkeypatch.setenv("DEPTHPRUNE_THREADS", "1")  # read by the main process and its workers
+    threads = torch.get_num_threads()
+    try:
+        serial = run_study(path, tmp_path / "serial", quiet=True, jobs=1)
+        pooled = run_study(path, tmp_path / "pooled", quiet=True, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert comparable(tmp_path / "pooled") == comparable(tmp_path / "serial")
+    assert (pooled.cells_written, pooled.plans_evaluated) == (serial.cells_written, serial.plans_evaluated)
+    treated = {(r.label, tuple(sorted(r.heal))) for r in read_results(tmp_path / "pooled" / "results.sqlite") if r.heal}
+    assert {("domain:math", ("compensate",)), ("last", ("compensate",)),
+            ("domain:math", ("batch_size", "mode", "steps"))} <= treated
+    logs = [sorted(p.name for p in (tmp_path / run / "logs").iterdir()) for run in ("serial", "pooled")]
+    assert logs[0] == logs[1] and logs[0]  # the heal's training logs, written by a worker
