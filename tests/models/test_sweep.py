@@ -147,17 +147,40 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, llm, calib_dir, eval
     assert Scores.load(run / "scores.json").fingerprint() == Scores.load(reference / "scores.json").fingerprint()
 
 
-def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file):
+def _workers(pid: int) -> list[int]:
+    """The sweep's worker processes: children of ``pid`` started by multiprocessing's spawn
+    (not its resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(p) for p in path.read_text().split()] if path.is_file() else []
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _gone(pids: list[int], timeout: float = 30.0) -> bool:
+    """True once none of ``pids`` is alive (checked until ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists()
+                 and Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file, jobs):
     """Ctrl-C mid-sweep: exit 130, one line saying the stored cells are kept (not "nothing was
-    written", as it said when cells had been stored)."""
+    written", as it said when cells had been stored); with worker processes, they end too."""
     path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run)]
+    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run), "--jobs", jobs]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = run / "results.sqlite"
+    workers: list[int] = []
     while proc.poll() is None:
         if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= 2:
+            workers = _workers(proc.pid)
             proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.02)
@@ -166,6 +189,37 @@ def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file):
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "interrupted" in lines[0] and "keeps the cells it stored" in lines[0], err[-2000:]
     assert "Traceback" not in err
+    assert len(workers) == (2 if jobs == "2" else 0) and _gone(workers)
+
+
+def test_a_worker_killed_mid_sweep_is_one_error_line_and_the_stored_cells_stay_whole(
+        tmp_path, llm, calib_dir, eval_file):
+    """A worker process killed (as the out-of-memory killer would): exit 2, one line naming the
+    cause and the way on, no traceback, the other worker stopped, and every stored cell whole
+    (a row per domain); the same command then completes the store."""
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run), "--jobs", "2"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = run / "results.sqlite"
+    workers: list[int] = []
+    while proc.poll() is None:
+        if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= 1:
+            workers = _workers(proc.pid)
+            os.kill(workers[0], signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "worker process" in lines[0] and "--jobs" in lines[0], err[-2000:]
+    assert "Traceback" not in err and _gone(workers)
+    rows = open_store(store).execute("SELECT cell, COUNT(*) FROM results GROUP BY cell").fetchall()
+    assert rows and all(n == 2 for _, n in rows)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(read_results(store)) == 2 * (1 + 3 * 13)
 
 
 def _worker(rank: int, port: int, study: str, out: str, report: str) -> None:
