@@ -10,7 +10,7 @@ distinct plans are dealt round-robin to the processes (:mod:`depthprune.study.di
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
 import time
@@ -31,6 +31,7 @@ from depthprune.study.config import (
     relative_to,
     study_dict,
 )
+from depthprune.study.plans import SEARCHED, removed_layers, score_functions
 from depthprune.study.rundir import RunDir
 from depthprune.study.workers import PlanJob, PlanPool, check_jobs, resolve_jobs, worker_threads
 
@@ -112,36 +113,6 @@ def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ct
     if study.ablation and not ctx.main:
         scores = Scores.load(path)
     return scores, settings
-
-
-def _plans(study: Study, cells: list[Cell], scores: Any, score_fns: dict[str, Any], skipped: list[str],
-           stored: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Removed layers per cell key (the same on every process: pure functions of the scores,
-    `iterative`'s re-scoring is collective and `sleb`'s answer comes from rank 0).
-    ``score_fns``: method -> the ``score_fn`` :func:`~depthprune.methods.rank` needs for
-    it (`iterative`, `sleb`). A method that cannot meet a budget skips that
-    cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
-    in the store keep their stored plan (the scores are the same, checked on resume), so a
-    resumed `iterative` study does not re-score."""
-    from depthprune.ranking.methods import rank
-    from depthprune.ranking.plan import RankError, RankRequest
-    removed: dict[str, list[int]] = {}
-    for cell in cells:
-        if cell.budget == 0:
-            removed[cell.key] = []
-            continue
-        if cell.key in stored:
-            removed[cell.key] = list(stored[cell.key])
-            continue
-        req = RankRequest(method=cell.variant.method, budget=cell.budget, **study.protect.request_kwargs(),
-                          **cell.variant.options)
-        try:
-            plan = rank(scores, req, score_fn=score_fns.get(cell.variant.method))
-        except RankError as exc:  # e.g. `spaced` cannot remove half the layers without neighbours
-            skipped.append(f"{cell.variant.label} at {cell.budget} layers: {exc}")
-            continue
-        removed[cell.key] = plan.remove
-    return removed
 
 
 def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells: int, run: RunDir,
@@ -237,44 +208,6 @@ def _open_store(run: RunDir, study: Study, ctx: Any) -> Any:
     return conn
 
 
-def _rescorer(net: Any, processor: Any, calib: list, settings: Any, model_id: str, ctx: Any) -> Any:
-    """`iterative`'s score function: the scores with some layers removed. Its bases read single
-    layers only (span 1), so re-scoring records no blocks. Collective under torchrun, memoised
-    across budgets."""
-    from depthprune.pruning import layers_removed
-    from depthprune.study.distributed import score_parallel
-    memo: dict[tuple[int, ...], Any] = {}
-    span_one = dataclasses.replace(settings, max_span=1)
-
-    def rescore(remove: list[int]) -> Any:
-        key = tuple(sorted(remove))
-        if key not in memo:
-            with layers_removed(net, remove):
-                memo[key] = score_parallel(net, processor, calib, span_one, model_id, ctx, progress=False)
-        return memo[key]
-    return rescore
-
-
-def _sleb_selector(net: Any, processor: Any, calib: list, study: Study, ctx: Any, progress: bool) -> Any:
-    """`sleb`'s selection function: rank 0 measures (prefix-cached answer NLL), every process
-    gets its answer."""
-    from depthprune.ranking.plan import RankError
-    from depthprune.ranking.sleb import Sleb
-    from depthprune.scoring.forward import cap_per_domain
-    sleb = Sleb(net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size, progress=progress)
-
-    def select(k: int, candidates: list[int], req: Any) -> Any:
-        try:
-            answer = sleb(k, candidates, req) if ctx.main else None
-        except RankError as exc:
-            answer = exc
-        answer = ctx.broadcast(answer)
-        if isinstance(answer, RankError):
-            raise answer
-        return answer
-    return select
-
-
 @dataclass
 class _Writer:
     """Rank 0's side of a sweep: every evaluated plan's cells into the store, one transaction
@@ -324,6 +257,84 @@ def _evaluate_in_rounds(net: Any, processor: Any, study: Study, inputs: _Inputs,
                 writer.store(rows)
 
 
+@dataclass
+class _Sweep:
+    """One sweep's state once the model is loaded: scores, plans, then every pending plan
+    evaluated (here, in torchrun's rounds, or by worker processes) and stored."""
+
+    study: Study
+    rundir: RunDir
+    inputs: _Inputs
+    net: Any
+    processor: Any
+    ctx: Any
+    conn: Any
+    progress: bool
+
+    def run(self, done: set[str], pool: PlanPool | None, started: float) -> SweepResult:
+        study, ctx, conn = self.study, self.ctx, self.conn
+        scores, settings = _scores(study, self.rundir, self.net, self.processor, self.inputs.calib, ctx, self.progress)
+        skipped: list[str] = []
+        removed = self.plans(scores, settings, skipped, pool)
+        cells = [c for c in self.inputs.cells if c.key in removed]
+        self.write_meta(scores, len(cells), skipped)
+        # cells whose plans coincide (same removed layers, same healing) are evaluated once
+        groups: dict[tuple, list[Cell]] = defaultdict(list)
+        for cell in cells:
+            groups[(len(removed[cell.key]), tuple(removed[cell.key]), json.dumps(cell.heal, sort_keys=True))].append(cell)
+        keys = {c.key for c in cells}
+        pending_groups = [g for g in sorted(groups) if any(c.key not in done for c in groups[g])]
+        if ctx.world > 1 and any(g[2] != "null" for g in pending_groups):
+            # healing trains with accelerate, which would join the group as DDP: one process only
+            pending_groups = [g for g in pending_groups if g[2] == "null"]
+            skipped.append("healed cells under torchrun (several processes): run the same command in one "
+                           "process afterwards to add them")
+        result = SweepResult(self.rundir.path, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
+        bar = progress_bar(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell",
+                           disable=not self.progress, dynamic_ncols=True)
+        todo = {g: [c for c in groups[g] if c.key not in done] for g in pending_groups}
+        writer = _Writer(conn if ctx.main else None, bar, result, self.inputs.num_layers)
+        if pool is not None:
+            jobs = {PlanJob(g[1], cells[0].heal, self.rundir.heal_log(list(g[1]), cells[0].heal)
+                            if cells[0].heal else None): g for g, cells in todo.items()}
+            for job, results, seconds in pool.evaluate(list(jobs)):
+                writer.add(todo[jobs[job]], list(job.remove), results, seconds)
+        else:
+            _evaluate_in_rounds(self.net, self.processor, study, self.inputs, self.rundir, todo, ctx, writer,
+                                self.progress)
+        bar.close()
+        ctx.barrier()
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def plans(self, scores: Any, settings: Any, skipped: list[str], pool: PlanPool | None) -> dict[str, list[int]]:
+        """Every cell's removed layers (:func:`depthprune.study.plans.removed_layers`); with worker
+        processes, each `iterative` / `sleb` variant is searched in one of them, side by side."""
+        from depthprune.study.store import read_results
+        known = self.ctx.broadcast({r.cell: r.removed for r in read_results(self.conn)} if self.ctx.main else None)
+        if pool is not None:
+            variants: dict[str, list[Cell]] = defaultdict(list)
+            for cell in self.inputs.cells:
+                if cell.variant.method in SEARCHED and cell.budget > 0 and cell.key not in known:
+                    variants[cell.variant.label].append(cell)
+            known |= pool.search(scores, settings, list(variants.values()))
+        fns = score_functions(self.net, self.processor, self.inputs.calib, self.study, settings, self.ctx,
+                              self.progress)
+        return removed_layers(self.study, self.inputs.cells, scores, fns, skipped, known)
+
+    def write_meta(self, scores: Any, n_cells: int, skipped: list[str]) -> None:
+        """The store's run-level facts and ``RUN_DIR/study.yaml`` (rank 0)."""
+        from depthprune.study.store import get_meta, set_meta
+        if self.ctx.main:
+            identity = get_meta(self.conn).get("study_identity") or self.study.identity()  # a legacy store keeps its form
+            set_meta(self.conn, _meta(self.study, scores, self.inputs.eval_sets, n_cells, self.rundir, identity)
+                     | {"skipped_cells": skipped})
+            import yaml
+            write_text_atomic(self.rundir.study, yaml.safe_dump(study_dict(self.study, self.rundir.path), sort_keys=False),
+                              overwrite=True)
+        self.ctx.barrier()
+
+
 def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False,
               owned: Sequence[str | os.PathLike] = (), jobs: int | None = None) -> SweepResult:
     """Run (or resume) every cell of ``study`` into the run directory ``out``.
@@ -338,7 +349,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     """
     from depthprune.models.loading import load_model, resolve_model_id
     from depthprune.study.distributed import setup
-    from depthprune.study.store import completed_cells, get_meta, read_results, set_meta
+    from depthprune.study.store import completed_cells
     started = time.perf_counter()
     study = study if isinstance(study, Study) else load_study(study)
     run = RunDir(out)
@@ -346,54 +357,19 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     check_output(run.path, True, kind="dir", inputs=study.reads(owned=[Path(o) for o in owned]))  # resumable
     ctx = setup(study.device)
     check_jobs(jobs, study, ctx.world)
-    progress = not quiet and ctx.main
     conn = _open_store(run, study, ctx)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
                                 device_map=study.device_map, trust_remote_code=study.trust_remote_code)
-    scores, settings = _scores(study, run, net, processor, inputs.calib, ctx, progress)
-
-    skipped: list[str] = []
-    stored = ctx.broadcast({r.cell: r.removed for r in read_results(conn)} if ctx.main else None)
-    rescore = _rescorer(net, processor, inputs.calib, settings, str(study.model), ctx)
-    sleb_select = _sleb_selector(net, processor, inputs.calib, study, ctx, progress)
-    removed = _plans(study, inputs.cells, scores, {"iterative": rescore, "sleb": sleb_select}, skipped, stored)
-    cells = [c for c in inputs.cells if c.key in removed]
-    if ctx.main:
-        identity = get_meta(conn).get("study_identity") or study.identity()  # a legacy store keeps its form
-        set_meta(conn, _meta(study, scores, inputs.eval_sets, len(cells), run, identity) | {"skipped_cells": skipped})
-        import yaml
-        write_text_atomic(run.study, yaml.safe_dump(study_dict(study, run.path), sort_keys=False), overwrite=True)
-    ctx.barrier()
-
-    # cells whose plans coincide (same removed layers, same healing) are evaluated once
-    groups: dict[tuple, list[Cell]] = defaultdict(list)
-    for cell in cells:
-        groups[(len(removed[cell.key]), tuple(removed[cell.key]), json.dumps(cell.heal, sort_keys=True))].append(cell)
-    keys = {c.key for c in cells}
     done = ctx.broadcast(completed_cells(conn) if ctx.main else None)
-    pending_groups = [g for g in sorted(groups) if any(c.key not in done for c in groups[g])]
-    if ctx.world > 1 and any(g[2] != "null" for g in pending_groups):
-        # healing trains with accelerate, which would join the group as DDP: one process only
-        pending_groups = [g for g in pending_groups if g[2] == "null"]
-        skipped.append("healed cells under torchrun (several processes): run the same command in one "
-                       "process afterwards to add them")
-    result = SweepResult(run.path, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
-    bar = progress_bar(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell", disable=not progress,
-                       dynamic_ncols=True)
-    todo = {g: [c for c in groups[g] if c.key not in done] for g in pending_groups}
-    writer = _Writer(conn if ctx.main else None, bar, result, inputs.num_layers)
-    n_jobs = resolve_jobs(jobs, study, ctx.world, len(pending_groups), sum(p.nbytes for p in net.parameters()))
-    if n_jobs > 1:
-        with PlanPool(study, inputs, n_jobs, worker_threads(n_jobs)) as pool:
-            plans = {PlanJob(g[1], todo[g][0].heal, run.heal_log(list(g[1]), todo[g][0].heal)
-                             if todo[g][0].heal else None): g for g in pending_groups}
-            for job, results, seconds in pool.evaluate(list(plans)):
-                writer.add(todo[plans[job]], list(job.remove), results, seconds)
-    else:
-        _evaluate_in_rounds(net, processor, study, inputs, run, todo, ctx, writer, progress)
-    bar.close()
-    ctx.barrier()
-    result.seconds = time.perf_counter() - started
+    n_jobs = resolve_jobs(jobs, study, ctx.world, sum(c.key not in done for c in inputs.cells),
+                          sum(p.nbytes for p in net.parameters()))
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if n_jobs > 1:  # started now: the workers load the model while this process scores
+            pool = stack.enter_context(PlanPool(study, inputs, n_jobs, worker_threads(n_jobs)))
+            pool.start(n_jobs)
+        sweep = _Sweep(study, run, inputs, net, processor, ctx, conn, not quiet and ctx.main)
+        result = sweep.run(done, pool, started)
     if conn is not None:
         conn.close()
     return result

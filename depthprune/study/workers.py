@@ -31,8 +31,10 @@ from typing import Any
 import torch
 
 from depthprune import settings
-from depthprune.study.cell import Sample, evaluate_plan
+from depthprune.study.cell import Cell, Sample, evaluate_plan
 from depthprune.study.config import Study, StudyError
+from depthprune.study.distributed import Context
+from depthprune.study.plans import score_functions, searched_plans
 
 #: A worker's memory besides its weights (torch, transformers, activations), and how many
 #: copies of the weights it may hold at once (the model, a healed copy, its optimizer state).
@@ -122,6 +124,20 @@ def _start_worker(study: Study, inputs: Any, threads: int) -> None:
     _worker.update(net=net, processor=processor, study=study, inputs=inputs)
 
 
+def _ready() -> int:
+    """A first task: the worker has started and loaded the model."""
+    return os.getpid()
+
+
+def _search(scores: Any, settings: Any, cells: list[Cell]) -> dict[str, list[int] | str]:
+    """In a worker: the plans of one `iterative` / `sleb` variant's cells, every budget
+    (memoised across them, as in the sweep's own process)."""
+    study, inputs = _worker["study"], _worker["inputs"]
+    fns = score_functions(_worker["net"], _worker["processor"], inputs.calib, study, settings, Context(),
+                          progress=False)
+    return searched_plans(study, cells, scores, fns)
+
+
 def _run_plan(job: PlanJob) -> tuple[dict[str, list[Sample]], float, list[tuple[str, type[Warning]]]]:
     """In a worker: one plan's outcomes, its seconds, and the warnings it raised (the main
     process shows them, as the serial engine would)."""
@@ -134,6 +150,16 @@ def _run_plan(job: PlanJob) -> tuple[dict[str, list[Sample]], float, list[tuple[
 
 
 # --------------------------------------------------------------------------- in the main process
+def _outcome(future: Future) -> Any:
+    """A task's result; its exception as raised in the worker (a user error stays one); a
+    worker that died as a StudyError saying what to do."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise StudyError("a worker process of the sweep died (out of memory?); the stored cells are kept: run "
+                         "the same command again with fewer --jobs (1: no workers) to resume") from None
+
+
 def _cost_rank(job: PlanJob) -> int:
     """0 for a healed plan (it trains), 1 for a repaired one (it fits), 2 for plain removal."""
     if job.heal is None:
@@ -164,6 +190,22 @@ class PlanPool:
         for process in list((getattr(self.executor, "_processes", None) or {}).values()):
             process.terminate()
 
+    def start(self, jobs: int) -> None:
+        """Start the ``jobs`` workers now (they load the model while this process scores)
+        rather than at the first plan: the executor spawns a worker per task submitted while
+        none is idle."""
+        for _ in range(jobs):
+            self.executor.submit(_ready)
+
+    def search(self, scores: Any, settings: Any, variants: list[list[Cell]]) -> dict[str, list[int] | str]:
+        """The plans of `iterative` / `sleb` cells, one task per variant (its cells, every budget),
+        the variants side by side: cell key -> removed layers, or the reason it is skipped."""
+        futures = [self.executor.submit(_search, scores, settings, cells) for cells in variants]
+        plans: dict[str, list[int] | str] = {}
+        for future in futures:
+            plans |= _outcome(future)
+        return plans
+
     def evaluate(self, jobs: list[PlanJob]) -> Iterator[tuple[PlanJob, dict[str, list[Sample]], float]]:
         """Every job's ``(job, outcomes, seconds)``, in the order they finish. The most costly
         plans (healed, then repaired) go first, so no worker is left with a long one at the end."""
@@ -173,12 +215,7 @@ class PlanPool:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 job = pending.pop(future)
-                try:
-                    results, seconds, caught = future.result()
-                except BrokenProcessPool:
-                    raise StudyError("a worker process of the sweep died (out of memory?); the stored cells are "
-                                     "kept: run the same command again with fewer --jobs (1: no workers) to "
-                                     "resume") from None
+                results, seconds, caught = _outcome(future)
                 for message, category in caught:
                     warnings.warn(message, category, stacklevel=2)
                 yield job, results, seconds
