@@ -56,3 +56,12 @@ def test_bench_speed_vllm_without_vllm_says_why():
     out = run("bench_speed.py", "--runtime", "vllm", "--vllm-python", "/nonexistent/python")
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["runtime"] == "vllm" and "no such file" in figures["skipped"]
+
+
+@pytest.mark.slow
+def test_bench_study_small():
+    """Serial and worker engines side by side; at one thread per process (--threads 1) the
+    two stores are identical row by row."""
+    figures = json.loads(run("bench_study.py").strip().splitlines()[-1])
+    assert figures["serial_s"] > 0 and figures["fast_s"] > 0 and figures["cells"] == 8
+    assert figures["identical_rows"] and figures["max_nll_diff"] == 0 and figures["correct_differ"] == 0
