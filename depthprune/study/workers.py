@@ -16,12 +16,13 @@ function of the weights, the plan and the data, so the store equals the serial e
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ def check_jobs(jobs: int | None, study: Study, world: int) -> None:
     if jobs < 1:
         raise StudyError(f"--jobs must be >= 1, got {jobs}")
     if study.device != "cpu" or study.device_map is not None:
-        raise StudyError(f"--jobs {jobs}: worker processes run on the CPU; on {study.device_map or study.device} "
+        where = f"device_map: {study.device_map}" if study.device_map else f"device: {study.device}"
+        raise StudyError(f"--jobs {jobs}: worker processes run on the CPU, each with a whole model; with {where} "
                          "leave --jobs out (or launch several processes with torchrun)")
     if world > 1:
         raise StudyError(f"--jobs {jobs} under torchrun: its {world} processes already split the plans; "
@@ -114,9 +116,7 @@ _worker: dict[str, Any] = {}
 def _start_worker(study: Study, inputs: Any, threads: int) -> None:
     """A worker's start: its settings, then the model, loaded once for every plan it gets."""
     from depthprune.models.loading import load_model, resolve_model_id
-    # Ctrl-C is the main process's to handle (it stops the workers and keeps the stored cells);
-    # a terminal sends it to every process of the group, and a worker's traceback would be noise
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ignore_sigint()  # the main process stops the workers on Ctrl-C and keeps the stored cells
     settings.configure(quiet=True, threads=threads)
     torch.set_num_threads(threads)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=study.device,
@@ -160,6 +160,39 @@ def _outcome(future: Future) -> Any:
                          "the same command again with fewer --jobs (1: no workers) to resume") from None
 
 
+def _close(executor: ProcessPoolExecutor, stop: bool) -> None:
+    """Wait for ``executor``'s work, or with ``stop`` (an error, Ctrl-C) end its processes now."""
+    if not stop:
+        executor.shutdown(wait=True)
+        return
+    executor.shutdown(wait=False, cancel_futures=True)
+    # concurrent.futures has no public way to stop running tasks before Python 3.14
+    # (ProcessPoolExecutor.terminate_workers): end the processes it started
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.terminate()
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is the main process's to handle (it stops this one); a terminal sends it to every
+    # process of the group, and a second traceback would be noise
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def beside(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Future]:
+    """``fn(*args, **kwargs)`` in a spawned process beside this one, as a Future (e.g. the
+    demo's report while its headline sweep runs); the process ends with the block, at once
+    after an error or Ctrl-C."""
+    executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_ignore_sigint)
+    try:
+        yield executor.submit(fn, *args, **kwargs)
+    except BaseException:
+        _close(executor, stop=True)
+        raise
+    _close(executor, stop=False)
+
+
 def _cost_rank(job: PlanJob) -> int:
     """0 for a healed plan (it trains), 1 for a repaired one (it fits), 2 for plain removal."""
     if job.heal is None:
@@ -181,14 +214,7 @@ class PlanPool:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is None:
-            self.executor.shutdown(wait=True)
-            return
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        # concurrent.futures has no public way to stop running tasks before Python 3.14
-        # (ProcessPoolExecutor.terminate_workers): end the processes it started
-        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
-            process.terminate()
+        _close(self.executor, stop=exc_type is not None)
 
     def start(self, jobs: int) -> None:
         """Start the ``jobs`` workers now (they load the model while this process scores)
