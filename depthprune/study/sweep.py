@@ -271,9 +271,15 @@ class _Sweep:
     conn: Any
     progress: bool
 
-    def run(self, done: set[str], pool: PlanPool | None, started: float) -> SweepResult:
+    def run(self, done: set[str], jobs: int, stack: contextlib.ExitStack, started: float) -> SweepResult:
         study, ctx, conn = self.study, self.ctx, self.conn
         scores, settings = _scores(study, self.rundir, self.net, self.processor, self.inputs.calib, ctx, self.progress)
+        pool = None
+        if jobs > 1:
+            # started after scoring, which runs on every core here: workers starting beside it
+            # would leave its threads waiting on each other (on 2 busy cores, many times slower)
+            pool = stack.enter_context(PlanPool(study, self.inputs, jobs, worker_threads(jobs)))
+            pool.start(jobs)
         skipped: list[str] = []
         removed = self.plans(scores, settings, skipped, pool)
         cells = [c for c in self.inputs.cells if c.key in removed]
@@ -363,13 +369,9 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     done = ctx.broadcast(completed_cells(conn) if ctx.main else None)
     n_jobs = resolve_jobs(jobs, study, ctx.world, sum(c.key not in done for c in inputs.cells),
                           sum(p.nbytes for p in net.parameters()))
-    with contextlib.ExitStack() as stack:
-        pool = None
-        if n_jobs > 1:  # started now: the workers load the model while this process scores
-            pool = stack.enter_context(PlanPool(study, inputs, n_jobs, worker_threads(n_jobs)))
-            pool.start(n_jobs)
+    with contextlib.ExitStack() as stack:  # closes the worker processes, at once after an error
         sweep = _Sweep(study, run, inputs, net, processor, ctx, conn, not quiet and ctx.main)
-        result = sweep.run(done, pool, started)
+        result = sweep.run(done, n_jobs, stack, started)
     if conn is not None:
         conn.close()
     return result

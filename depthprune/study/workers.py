@@ -178,13 +178,18 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _beside_start() -> None:
+    _ignore_sigint()
+    torch.set_num_threads(1)  # it runs beside busy workers: more threads would wait on each other
+
+
 @contextlib.contextmanager
 def beside(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Future]:
-    """``fn(*args, **kwargs)`` in a spawned process beside this one, as a Future (e.g. the
-    demo's report while its headline sweep runs); the process ends with the block, at once
-    after an error or Ctrl-C."""
+    """``fn(*args, **kwargs)`` in a spawned one-thread process beside this one, as a Future
+    (e.g. the demo's report while its headline sweep runs); the process ends with the block,
+    at once after an error or Ctrl-C."""
     executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_sigint)
+                                   initializer=_beside_start)
     try:
         yield executor.submit(fn, *args, **kwargs)
     except BaseException:
