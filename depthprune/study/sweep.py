@@ -323,7 +323,7 @@ class _Sweep:
             for cell in self.inputs.cells:
                 if cell.variant.method in SEARCHED and cell.budget > 0 and cell.key not in known:
                     variants[cell.variant.label].append(cell)
-            known |= pool.search(scores, settings, list(variants.values()))
+            known |= pool.search(scores, settings, list(variants.values()), self.progress)
         fns = score_functions(self.net, self.processor, self.inputs.calib, self.study, settings, self.ctx,
                               self.progress)
         return removed_layers(self.study, self.inputs.cells, scores, fns, skipped, known)

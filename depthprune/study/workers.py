@@ -23,7 +23,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from depthprune import settings
+from depthprune.settings import progress as progress_bar
 from depthprune.study.cell import Cell, Sample, evaluate_plan
 from depthprune.study.config import Study, StudyError
 from depthprune.study.distributed import Context
@@ -228,13 +229,18 @@ class PlanPool:
         for _ in range(jobs):
             self.executor.submit(_ready)
 
-    def search(self, scores: Any, settings: Any, variants: list[list[Cell]]) -> dict[str, list[int] | str]:
+    def search(self, scores: Any, settings: Any, variants: list[list[Cell]], progress: bool
+               ) -> dict[str, list[int] | str]:
         """The plans of `iterative` / `sleb` cells, one task per variant (its cells, every budget),
         the variants side by side: cell key -> removed layers, or the reason it is skipped."""
         futures = [self.executor.submit(_search, scores, settings, cells) for cells in variants]
         plans: dict[str, list[int] | str] = {}
-        for future in futures:
+        bar = progress_bar(total=len(futures), desc="plan search (workers)", unit="variant",
+                           disable=not progress or not futures)
+        for future in as_completed(futures):
             plans |= _outcome(future)
+            bar.update(1)
+        bar.close()
         return plans
 
     def evaluate(self, jobs: list[PlanJob]) -> Iterator[tuple[PlanJob, dict[str, list[Sample]], float]]:
