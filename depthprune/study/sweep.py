@@ -287,7 +287,8 @@ class _Sweep:
         # cells whose plans coincide (same removed layers, same healing) are evaluated once
         groups: dict[tuple, list[Cell]] = defaultdict(list)
         for cell in cells:
-            groups[(len(removed[cell.key]), tuple(removed[cell.key]), json.dumps(cell.heal, sort_keys=True))].append(cell)
+            plan = removed[cell.key]
+            groups[(len(plan), tuple(plan), json.dumps(cell.heal, sort_keys=True))].append(cell)
         keys = {c.key for c in cells}
         pending_groups = [g for g in sorted(groups) if any(c.key not in done for c in groups[g])]
         if ctx.world > 1 and any(g[2] != "null" for g in pending_groups):
@@ -299,19 +300,23 @@ class _Sweep:
         bar = progress_bar(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell",
                            disable=not self.progress, dynamic_ncols=True)
         todo = {g: [c for c in groups[g] if c.key not in done] for g in pending_groups}
-        writer = _Writer(conn if ctx.main else None, bar, result, self.inputs.num_layers)
-        if pool is not None:
-            jobs = {PlanJob(g[1], cells[0].heal, self.rundir.heal_log(list(g[1]), cells[0].heal)
-                            if cells[0].heal else None): g for g, cells in todo.items()}
-            for job, results, seconds in pool.evaluate(list(jobs)):
-                writer.add(todo[jobs[job]], list(job.remove), results, seconds)
-        else:
-            _evaluate_in_rounds(self.net, self.processor, study, self.inputs, self.rundir, todo, ctx, writer,
-                                self.progress)
+        self.evaluate(todo, _Writer(conn if ctx.main else None, bar, result, self.inputs.num_layers), pool)
         bar.close()
         ctx.barrier()
         result.seconds = time.perf_counter() - started
         return result
+
+    def evaluate(self, todo: dict[tuple, list[Cell]], writer: _Writer, pool: PlanPool | None) -> None:
+        """Every pending plan (group key -> its cells still to store), by the workers of
+        ``pool`` or in this process (torchrun's rounds); ``writer`` stores each plan's cells."""
+        if pool is None:
+            _evaluate_in_rounds(self.net, self.processor, self.study, self.inputs, self.rundir, todo, self.ctx,
+                                writer, self.progress)
+            return
+        group_of = {PlanJob(g[1], cells[0].heal, self.rundir.heal_log(list(g[1]), cells[0].heal)
+                            if cells[0].heal else None): g for g, cells in todo.items()}
+        for job, results, seconds in pool.evaluate(list(group_of)):
+            writer.add(todo[group_of[job]], list(job.remove), results, seconds)
 
     def plans(self, scores: Any, settings: Any, skipped: list[str], pool: PlanPool | None) -> dict[str, list[int]]:
         """Every cell's removed layers (:func:`depthprune.study.plans.removed_layers`); with worker
@@ -332,12 +337,13 @@ class _Sweep:
         """The store's run-level facts and ``RUN_DIR/study.yaml`` (rank 0)."""
         from depthprune.study.store import get_meta, set_meta
         if self.ctx.main:
-            identity = get_meta(self.conn).get("study_identity") or self.study.identity()  # a legacy store keeps its form
+            # a legacy store keeps its form of the identity
+            identity = get_meta(self.conn).get("study_identity") or self.study.identity()
             set_meta(self.conn, _meta(self.study, scores, self.inputs.eval_sets, n_cells, self.rundir, identity)
                      | {"skipped_cells": skipped})
             import yaml
-            write_text_atomic(self.rundir.study, yaml.safe_dump(study_dict(self.study, self.rundir.path), sort_keys=False),
-                              overwrite=True)
+            text = yaml.safe_dump(study_dict(self.study, self.rundir.path), sort_keys=False)
+            write_text_atomic(self.rundir.study, text, overwrite=True)
         self.ctx.barrier()
 
 

@@ -40,7 +40,8 @@ def test_cli_jobs_with_a_device_map_is_one_line_exit_2_before_loading(tmp_path, 
     path = write(tmp_path, calib_dir, device_map="auto")
     res = run("sweep", path, "--out", tmp_path / "run", "--jobs", "2")
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    assert res.output.startswith("error: --jobs 2: worker processes run on the CPU") and "device_map: auto" in res.output
+    assert res.output.startswith("error: --jobs 2: worker processes run on the CPU")
+    assert "device_map: auto" in res.output
     assert not (tmp_path / "run").exists()
 
 
