@@ -21,9 +21,11 @@ models without one::
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,15 +435,58 @@ def render_prompt(processor: Any, record: Record, with_answer: bool = False) -> 
                         "content (e.g. a template that wants alternating user/assistant turns)") from None
 
 
+class EncodingCache:
+    """Batches :func:`encode` made, kept to be returned again for the same processor, texts and
+    images (a sweep evaluates every plan on the same eval batches: the chat template, image
+    decoding and preprocessing run once per batch, not once per plan). Holds at most
+    ``limit_bytes`` of tensors; past it, new batches are encoded and not kept."""
+
+    def __init__(self, limit_bytes: int = 1 << 30) -> None:
+        self.limit_bytes, self.bytes = limit_bytes, 0
+        self.batches: dict[tuple, Any] = {}
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
+        if key not in self.batches:
+            batch = make()
+            size = sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "element_size"))
+            if self.bytes + size > self.limit_bytes:
+                return batch
+            self.batches[key], self.bytes = batch, self.bytes + size
+        # a shallow copy: a caller's .to(device) replaces the copy's tensors, not the kept ones
+        return copy.copy(self.batches[key])
+
+
+_kept: EncodingCache | None = None  # the cache encode() uses, inside a kept_encodings block
+
+
+@contextlib.contextmanager
+def kept_encodings(cache: EncodingCache | None) -> Iterator[None]:
+    """Within the block, :func:`encode` returns ``cache``'s batches (and fills it); None: no cache."""
+    global _kept
+    outer, _kept = _kept, cache
+    try:
+        yield
+    finally:
+        _kept = outer
+
+
 def encode(processor: Any, records: Sequence[Record], texts: Sequence[str] | None = None,
            with_answer: bool = False) -> Any:
     """Tokenise records (and load their images) into one left-padded batch of tensors.
 
     ``texts`` overrides the rendered prompts (one per record); images always come from the
-    records. Raises DataError if a record has images but the model takes none.
+    records. Raises DataError if a record has images but the model takes none. Inside
+    :func:`kept_encodings`, a batch encoded before is returned again.
     """
     if texts is None:
         texts = [render_prompt(processor, r, with_answer) for r in records]
+    if _kept is not None:
+        key = (id(processor), prompt_format(processor), tuple(texts), tuple(str(p) for r in records for p in r.images))
+        return _kept.get(key, lambda: _encode(processor, records, texts))
+    return _encode(processor, records, texts)
+
+
+def _encode(processor: Any, records: Sequence[Record], texts: Sequence[str]) -> Any:
     images = [load_image(p, r.source) for r in records for p in r.images]
     tok = _tokenizer_of(processor)
     tok.padding_side = "left"  # in memory only: generation needs left padding

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from depthprune.data.records import Record, batches
+from depthprune.data.records import Record, batches, kept_encodings
 from depthprune.evaluation.generation import (
     answer_nll,
     evaluate,
@@ -187,9 +187,13 @@ def evaluate_plan(net: nn.Module, processor: Any, study: Study, inputs: Any, rem
     """Every eval set's per-sample outcomes for one plan: pruned in memory (``net`` is restored
     after), repaired in place and restored (a ``compensate`` entry in ``heal``), or pruned and
     healed on a copy (training log to ``log_file``). ``inputs``: the sweep's loaded records
-    (``eval_sets``, ``calib``, ``heal_records``). A pure function of the weights, the plan and
-    the data, so any process holding the same model gives the same outcomes."""
-    args = (inputs.eval_sets, study.batch_size, study.max_new_tokens, study.accuracy, progress)
+    (``eval_sets``, ``calib``, ``heal_records``) and its ``encodings`` (an EncodingCache kept
+    across plans). A pure function of the weights, the plan and the data, so any process
+    holding the same model gives the same outcomes."""
+    def measure(model: nn.Module) -> dict[str, list[Sample]]:
+        with kept_encodings(inputs.encodings):
+            return evaluate_sets(model, processor, inputs.eval_sets, study.batch_size, study.max_new_tokens,
+                                 study.accuracy, progress)
     recipe = dict(heal or {})
     repair = recipe.pop("compensate", None)
     start = None  # the model healing starts from: a repaired copy, when the cell is repaired
@@ -198,12 +202,12 @@ def evaluate_plan(net: nn.Module, processor: Any, study: Study, inputs: Any, rem
             stack.enter_context(_repaired(net, processor, study, inputs.calib, remove, repair, progress))
         if not recipe:
             with pruned_in_memory(net, remove):
-                return evaluate_sets(net, processor, *args)
+                return measure(net)
         if repair is not None:
             start = copy.deepcopy(net)
     student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, study.heal["distill"], progress,
                         log_file=log_file, teacher=net)
-    return evaluate_sets(student, processor, *args)
+    return measure(student)
 
 
 def _repaired(net: nn.Module, processor: Any, study: Study, calib: list[Record], remove: list[int], repair: dict,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune import __version__
+from depthprune.data.records import EncodingCache
 from depthprune.outputs import check_output, write_text_atomic
 from depthprune.settings import progress as progress_bar
 from depthprune.study.cell import Cell, expand_cells
@@ -165,6 +166,8 @@ class _Inputs:
     calib: list
     eval_sets: list[tuple[Any, list]]
     heal_records: list | None
+    #: the eval batches encoded so far, reused by every plan (each worker fills its own copy)
+    encodings: EncodingCache = field(default_factory=EncodingCache)
 
     @classmethod
     def load(cls, study: Study) -> "_Inputs":
