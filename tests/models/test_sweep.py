@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from depthprune.data.records import load_records
-from depthprune.evaluation.generation import answer_nll, generate_outputs
+from depthprune.data.records import EncodingCache, kept_encodings, load_records
+from depthprune.evaluation.generation import answer_nll, evaluate, generate_outputs
 from depthprune.models.loading import load_model
 from depthprune.pruning import prune_layers
 from depthprune.scoring.scores import Scores
@@ -81,6 +81,27 @@ def test_pruned_in_memory_equals_a_pruned_copy(tmp_path, calib_dir):
     assert got == want  # cached generation and NLL of a truly pruned model
     assert (generate_outputs(net, proc, records, 6), answer_nll(net, proc, records)) == before
     assert net.config.to_dict() == config_before
+
+
+def test_kept_encodings_give_the_same_evaluation_and_encode_each_batch_once(tmp_path, calib_dir):
+    """A sweep's EncodingCache: the same predictions as without it (twice over, the second time
+    from kept batches, images included), each batch kept once, nothing past the byte limit."""
+    net, proc = load_model(save_tiny("qwen3_vl", tmp_path / "vl"), dtype="float32")
+    records = load_records([calib_dir / "calib.jsonl"])
+    plain = evaluate(net, proc, records, batch_size=4, max_new_tokens=4, progress=False).predictions
+    cache = EncodingCache()
+    with kept_encodings(cache):
+        runs = [evaluate(net, proc, records, batch_size=4, max_new_tokens=4, progress=False).predictions
+                for _ in range(2)]
+    assert runs[0] == runs[1] == plain
+    # 2 batches, each kept as its prompt and its answered text (the answer's context, the text
+    # before the answer, renders as the generation prompt itself: one kept batch serves both)
+    assert len(cache.batches) == 2 * 2
+    assert any("pixel_values" in b for b in cache.batches.values()) and cache.bytes > 0
+    nothing = EncodingCache(limit_bytes=0)
+    with kept_encodings(nothing):
+        assert evaluate(net, proc, records, batch_size=4, max_new_tokens=4, progress=False).predictions == plain
+    assert not nothing.batches
 
 
 def test_sweep_stores_every_cell_once_and_resumes(tmp_path, llm, calib_dir, eval_file, monkeypatch):
