@@ -176,7 +176,7 @@ Seed = Annotated[int, typer.Option(help="Seed for --method random and the bootst
 AllowDeepstack = Annotated[bool, typer.Option(help="Allow removing Qwen3-VL deepstack-injection layers (0..2); moves where visual features are injected.")]
 ProtectFirst = Annotated[int, typer.Option(min=0, help="Never remove the first K layers.")]
 ProtectLast = Annotated[int, typer.Option(min=0, help="Never remove the last K layers.")]
-Jobs = Annotated[int | None, typer.Option(min=1, help="Worker processes that evaluate the distinct plans after scoring and ranking, each with the model loaded once and one thread per core (same results as 1). Default: one per usable CPU core (and plan, and what memory allows); 1: no workers, every plan in this process; on a GPU or under torchrun only 1.")]
+Jobs = Annotated[int | None, typer.Option(min=1, help="Worker processes that evaluate the distinct plans after scoring and ranking, each loading the model once; the cores are shared out among them as torch threads (docs/study.md#worker-processes). Default: one per usable CPU core (no more than plans, or than memory holds); 1: every plan in this process. On a GPU or under torchrun only 1.")]
 # the `data` commands that write a benchmark directory
 DataOutDir = Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")]
 DataSeed = Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")]
