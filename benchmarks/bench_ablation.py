@@ -98,7 +98,7 @@ def measure(name: str, model, processor, records, batch_size: int, removable: li
     k = resolve_budget(sleb_budget, num_layers(model))
     sleb = Sleb(model, processor, records, batch_size=batch_size, cache_mb=cache_mb, progress=False)
     t0, c0 = time.perf_counter(), time.process_time()
-    sel = sleb(k, removable, RankRequest("sleb", k))
+    sel = sleb(None, k, removable, RankRequest("sleb", k))  # a model hook: the scores are not read
     t_sleb, c_sleb = time.perf_counter() - t0, time.process_time() - c0
     speedup, cpu_speedup = t["naive"] / t["cached"], c["naive"] / c["cached"]
     n_layers = num_layers(model)

@@ -97,8 +97,8 @@ os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)  # before torch starts its thr
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import qwen3_vl_shapes as shapes  # noqa: E402 - the benchmarks' shared stand-in model
-import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+import torch  # noqa: E402
+from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 
@@ -374,7 +374,7 @@ def llamacpp_main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         variants = [{"variant": "unpruned", "removed": [], "path": src, "param_ratio": 1.0}]
         for remove in _cut_plans(n_layers, args.cuts):
-            out, info = api.prune(src, None, Path(tmp) / f"k{len(remove)}.gguf", layers=remove, progress=False,
+            out, info = api.prune(src, remove, Path(tmp) / f"k{len(remove)}.gguf",
                                   return_info=True)
             variants.append({"variant": f"k={len(remove)}", "removed": remove, "path": out,
                              "param_ratio": info["expected_speedup"]["parameter_ratio"]})
@@ -443,7 +443,7 @@ def vllm_main(args: argparse.Namespace) -> None:
         variants = [{"variant": "unpruned", "removed": [], "param_ratio": 1.0}]
         paths = {"unpruned": str(base)}
         for remove in _cut_plans(n_layers, args.cuts):
-            out, info = api.prune("smollm2", None, Path(tmp) / f"k{len(remove)}", layers=remove, progress=False,
+            out, info = api.prune("smollm2", remove, Path(tmp) / f"k{len(remove)}",
                                   return_info=True)
             name = f"k={len(remove)}"
             variants.append({"variant": name, "removed": remove,

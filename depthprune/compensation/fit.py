@@ -56,8 +56,19 @@ from depthprune.compensation.spec import (
     check_plan,
     gaps,
 )
-from depthprune.data.records import DataError, Record, batches, encode, render_prompt
+from depthprune.data.records import (
+    DataError,
+    Record,
+    batches,
+    cap_per_domain,
+    domain_weights,
+    encode,
+    load_records,
+    render_prompt,
+)
+from depthprune.evaluation.generation import answer_span
 from depthprune.models.architectures import find_decoder_layers, input_device
+from depthprune.pruning import layers_removed
 from depthprune.settings import progress as progress_bar
 
 
@@ -176,7 +187,6 @@ def _require_answers(records: Sequence[Record]) -> None:
 def token_batch(processor: Any, records: Sequence[Record], tokens: str) -> tuple[Any, torch.Tensor]:
     """The encoded batch (the answered conversation where a record has an answer, else the
     prompt) and a [B, T] bool mask of the tokens the fit uses."""
-    from depthprune.evaluation.generation import answer_span
     if tokens == "answer":
         _require_answers(records)
     spans = [answer_span(processor, r) if _answered(r) else None for r in records]
@@ -266,7 +276,6 @@ def _gap_sums(model: nn.Module, processor: Any, chunks: list[list[Record]], laye
               gap: tuple[int, int], fold: Fold, remove: list[int], originals: dict, tokens: str,
               bar: Any) -> dict[str, _Sums]:
     """One pass over the calibration batches: a gap's sums, per domain."""
-    from depthprune.pruning import layers_removed
     first, last = gap
     after = last + 1 if last + 1 < len(layers) else None
     cap = _Capture()
@@ -351,13 +360,24 @@ def solve(s: _Sums, prior: torch.Tensor, ridge: float, notes: list[str]) -> tupl
     return prior, float("nan")
 
 
-def fit_and_fold(model: nn.Module, processor: Any, records: Sequence[Record], remove: Sequence[int],
-                 weights: dict[str, float], spec: Compensation, batch_size: int = 4,
-                 progress: bool = True, originals: dict | None = None) -> list[GapFit]:
-    """Fit each gap's repair of ``remove`` on ``records`` (domains weighted by ``weights``) and fold it
-    into ``model``'s kept weights, in place; the layers themselves are not removed (prune them
-    afterwards). Returns one :class:`GapFit` per gap, in layer order. ``originals`` (a dict)
-    receives every changed tensor with its original value (:func:`compensated` restores them)."""
+@dataclass
+class Calibration:
+    """What a compensated prune fits on: the spec, the records (each domain capped) and the
+    domain weights (summing to 1)."""
+
+    spec: Compensation
+    records: list[Record]
+    weights: dict[str, float]
+
+
+def fit_and_fold(model: nn.Module, processor: Any, calibration: Calibration, remove: Sequence[int],
+                 batch_size: int = 4, progress: bool = True, originals: dict | None = None) -> list[GapFit]:
+    """Fit each gap's repair of ``remove`` on the ``calibration`` records (domains weighted by its
+    weights, its spec's method, ridge and tokens) and fold it into ``model``'s kept weights, in
+    place; the layers themselves are not removed (prune them afterwards). Returns one
+    :class:`GapFit` per gap, in layer order. ``originals`` (a dict) receives every changed tensor
+    with its original value (:func:`compensated` restores them)."""
+    records, weights, spec = calibration.records, calibration.weights, calibration.spec
     remove = sorted(set(remove))
     check_plan(remove)
     _, layers = find_decoder_layers(model)
@@ -397,7 +417,8 @@ def compensated(model: nn.Module, processor: Any, records: Sequence[Record], rem
     tensor gets its original value back, so one model serves many repaired cells of a sweep."""
     originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     try:
-        yield fit_and_fold(model, processor, records, remove, weights, spec, batch_size, progress, originals)
+        yield fit_and_fold(model, processor, Calibration(spec, list(records), weights), remove, batch_size, progress,
+                           originals)
     finally:
         with torch.no_grad():
             for p, original in originals.values():
@@ -410,8 +431,7 @@ def compensate_model(model: nn.Module, processor: Any, calibration: "Calibration
     ``compensation`` record of ``pruning.json`` (the spec, domain weights, seconds, one entry
     per gap)."""
     started = time.perf_counter()
-    fits = fit_and_fold(model, processor, calibration.records, remove, calibration.weights, calibration.spec,
-                        batch_size, progress)
+    fits = fit_and_fold(model, processor, calibration, remove, batch_size, progress)
     spec = calibration.spec
     return {"method": spec.method, "ridge": spec.ridge, "tokens": spec.tokens, "domain_weights": calibration.weights,
             "calibration_records": sum(r.domain in calibration.weights for r in calibration.records),
@@ -419,25 +439,12 @@ def compensate_model(model: nn.Module, processor: Any, calibration: "Calibration
 
 
 # --------------------------------------------------------------------------- for `prune`
-@dataclass
-class Calibration:
-    """What a compensated prune fits on: the spec, the records (each domain capped) and the
-    domain weights (summing to 1)."""
-
-    spec: Compensation
-    records: list[Record]
-    weights: dict[str, float]
-
-
 def prepare(compensate: "Compensation | str | None", data: Any, domain: str | None,
             weights: dict[str, float] | None, max_samples: int | None = None) -> Calibration | None:
     """Check a compensated prune's inputs before any model loads (None for plain removal):
     the spec, calibration ``data`` (JSONL paths), the domain(s) to fit on (``domain`` or
     ``weights``; every domain of the data equally when neither is given) and, for
     ``tokens=answer``, the answers."""
-    from depthprune.data.records import load_records
-    from depthprune.ranking.sleb import domain_weights
-    from depthprune.scoring.forward import cap_per_domain
     spec = Compensation.of(compensate)
     if not spec.active:
         return None

@@ -29,9 +29,17 @@ class Compensation:
     :data:`DEFAULT_RIDGE`); ``tokens``: all (every token of each record, the answer included
     where there is one) or answer (the answer span and the token before it; needs answers)."""
 
-    method: str = "none"
-    ridge: float = DEFAULT_RIDGE
-    tokens: str = "all"
+    method: str = field(default="none", metadata={"flag": "compensate", "help": (
+        "Training-free repair of each gap, fitted on --data of --domain/--weights (all domains by default) and "
+        "folded into the kept layer before the gap: none (plain removal), lstsq (ReplaceMe's d x d map on that "
+        "layer's MLP output) or refit (that layer's down projection re-fitted by least squares). The checkpoint "
+        "stays stock; a method then never removes layer 0.")})
+    ridge: float = field(default=DEFAULT_RIDGE, metadata={"flag": "compensate-ridge", "min": 0, "help": (
+        "Ridge of the --compensate fit, relative to the mean eigenvalue of its Gram matrix; it shrinks the fit "
+        "towards plain removal (0: plain least squares).")})
+    tokens: str = field(default="all", metadata={"flag": "compensate-tokens", "help": (
+        "Calibration tokens the --compensate fit uses: all (every token, answers included) or answer (the "
+        "answer span; needs answers).")})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

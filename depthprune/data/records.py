@@ -33,6 +33,7 @@ from typing import Any
 from PIL import Image
 
 from depthprune.messages import show
+from depthprune.options import RankError
 
 
 class DataError(ValueError):
@@ -516,3 +517,36 @@ def batches(records: Sequence[Record], batch_size: int) -> Iterable[list[Record]
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     for i in range(0, len(records), batch_size):
         yield list(records[i:i + batch_size])
+
+
+def cap_per_domain(records: Sequence[Record], max_samples: int | None) -> list[Record]:
+    """The first ``max_samples`` records of each domain, file order kept."""
+    if max_samples is None:
+        return list(records)
+    seen: dict[str, int] = {}
+    kept = []
+    for r in records:
+        if seen.get(r.domain, 0) < max_samples:
+            seen[r.domain] = seen.get(r.domain, 0) + 1
+            kept.append(r)
+    return kept
+
+
+def domain_weights(domains: Sequence[str], domain: str | None, weights: dict[str, float] | None) -> dict[str, float]:
+    """Domain -> weight of a calibration objective (SLEB's, compensation's): ``{domain: 1}``, else
+    ``weights`` normalised to sum 1 with zero weights dropped (equal over ``domains`` if None).
+    Raises RankError naming a domain that is not in ``domains``."""
+    present = sorted(set(domains))
+    if domain is not None:
+        if domain not in present:
+            raise RankError(f"domain '{domain}' is not in the calibration data; present: {', '.join(present)}")
+        return {domain: 1.0}
+    weights = weights if weights is not None else {d: 1.0 for d in present}
+    unknown = sorted(set(weights) - set(present))
+    if unknown:
+        raise RankError(f"weights name domains {unknown} that are not in the calibration data; present: "
+                        f"{', '.join(present)}")
+    total = sum(weights.values())
+    if not total > 0:
+        raise RankError(f"weights {weights} are all zero; give at least one domain a positive weight")
+    return {d: w / total for d, w in sorted(weights.items()) if w > 0}

@@ -26,17 +26,18 @@ from depthprune.data.records import (
     DataError,
     Record,
     batches,
-    check_prompt_format,
     data_fingerprint,
     encode,
     load_records,
     render_prompt,
-    set_prompt_format,
 )
 from depthprune.evaluation.answers import extract_answer, score_answer
-from depthprune.models.architectures import ModelError, input_device
-from depthprune.models.loading import DTYPES, load_config, load_model, resolve_model_id
+from depthprune.models.architectures import input_device
+from depthprune.models.loading import check_model, load_spec, resolve_model_id
+from depthprune.options import ModelSpec
+from depthprune.outputs import atomic_files, check_output, inputs_of
 from depthprune.settings import progress as progress_bar
+from depthprune.statistics import floor_warning, hidden_collapse, near_floor, retention
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -227,6 +228,34 @@ def evaluate(model: nn.Module, processor: Any, records: Sequence[Record], batch_
     return EvalResult(predictions, time.perf_counter() - started)
 
 
+#: answered records per domain :func:`unpruned_accuracy` generates for (a floor check, not an evaluation)
+FLOOR_RECORDS = 32
+
+
+def unpruned_accuracy(model: nn.Module, processor: Any, records: Sequence[Record], domains: Sequence[str],
+                      batch_size: int = 8) -> dict[str, tuple[int, int]]:
+    """``domain -> (correct, n)`` of greedy answers on the first :data:`FLOOR_RECORDS` answered
+    records of each of ``domains`` (a domain without answered records is left out)."""
+    picked = [r for d in domains for r in [r for r in records if r.domain == d and r.answer][:FLOOR_RECORDS]]
+    if not picked:
+        return {}
+    longest = max(len(str(r.answer)) for r in picked)
+    result = evaluate(model, processor, picked, batch_size, max_new_tokens=min(32, 4 + longest), progress=False)
+    out: dict[str, tuple[int, int]] = {}
+    for p in result.predictions:
+        right, n = out.get(p.domain, (0, 0))
+        out[p.domain] = (right + int(p.correct), n + 1)
+    return out
+
+
+def warn_near_floor(accuracy: dict[str, tuple[int, int]], where: str) -> list[str]:
+    """One ``warnings.warn`` line per domain of ``accuracy`` near the floor; returns those domains."""
+    low = near_floor(accuracy)
+    for d in low:
+        warnings.warn(floor_warning(where, d, *accuracy[d]), stacklevel=2)
+    return low
+
+
 def prediction_lines(predictions: Sequence[Prediction]) -> list[str]:
     """One JSON line per prediction (NaN NLLs as null), the predictions file's format."""
     return [json.dumps(dict(asdict(p), nll=finite_or_none(p.nll)), ensure_ascii=False) for p in predictions]
@@ -259,41 +288,39 @@ def load_baseline(metrics_file: str | os.PathLike, records: Sequence[Record]) ->
 
 
 def retention_of(predictions: Sequence[Prediction], base: dict[str, int]) -> dict:
-    """``{"retention": {domain: {"kept", "ci95"}}, "hidden_collapse": [domains]}`` of these
-    predictions against the baseline's per-sample correctness."""
-    from depthprune.reporting.statistics import hidden_collapse, retention
+    """``{"retention": {domain: {"kept", "ci95"}}, "hidden_collapse": [domains], "floor_domains":
+    [domains]}`` of these predictions against the baseline's per-sample correctness; a domain the
+    baseline gets under 10% right is warned about (:func:`warn_near_floor`)."""
     by_domain: dict[str, tuple[list[int], list[int]]] = {}
     for p in predictions:
         b, m = by_domain.setdefault(p.domain, ([], []))
         b.append(base[p.id])
         m.append(int(p.correct))
     kept = {d: retention(b, m) for d, (b, m) in sorted(by_domain.items())}
-    return {"retention": {d: {"kept": finite_or_none(k), "ci95": [finite_or_none(lo), finite_or_none(hi)]}
+    floor = warn_near_floor({d: (sum(b), len(b)) for d, (b, _) in by_domain.items()}, "--baseline")
+    return {"floor_domains": floor, "retention": {d: {"kept": finite_or_none(k), "ci95": [finite_or_none(lo), finite_or_none(hi)]}
                           for d, (k, lo, hi) in kept.items()},
             "hidden_collapse": hidden_collapse({d: v[0] for d, v in kept.items()})}
 
 
-def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | Sequence[str | os.PathLike],
-                  out: str | os.PathLike, batch_size: int = 8, max_new_tokens: int = 16,
-                  dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
-                  trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True,
-                  prompt_format: str = "auto", baseline: str | os.PathLike | None = None) -> dict:
-    """Load checkpoint ``model_id``, evaluate it on the JSONL file(s) ``data_paths`` and write the
+def evaluate_path(model: ModelSpec, data_paths: str | os.PathLike | Sequence[str | os.PathLike],
+                  out: str | os.PathLike, batch_size: int = 8, max_new_tokens: int = 16, *,
+                  overwrite: bool = False, progress: bool = True, baseline: str | os.PathLike | None = None) -> dict:
+    """Load the checkpoint of ``model`` (its :class:`~depthprune.options.ModelSpec`), evaluate it on the JSONL file(s) ``data_paths`` and write the
     metrics JSON ``out`` and the per-sample :func:`predictions_path` JSONL beside it.
 
-    ``prompt_format``: auto, chat or plain (:func:`depthprune.data.set_prompt_format`); the
+    The model's ``prompt_format``: auto, chat or plain (:func:`depthprune.data.set_prompt_format`); the
     format used is recorded as ``prompt_format`` in the metrics. ``baseline``: the metrics file
     of the unpruned source evaluated on the same data; the metrics then hold ``retention`` (per
     domain, accuracy kept = this / baseline with a 95% bootstrap interval) and
-    ``hidden_collapse`` (:func:`depthprune.reporting.statistics.hidden_collapse`).
+    ``hidden_collapse`` (:func:`depthprune.statistics.hidden_collapse`).
 
     Returns the metrics dict that was written. Raises OutputError if an output exists and
     ``overwrite`` is False (also if one appeared during the run), DataError for a bad record,
     ModelError for a bad device or checkpoint; all of these before the model loads.
     """
-    from depthprune.models.loading import validate_device
-    from depthprune.outputs import atomic_files, check_output, inputs_of
-    model_id = resolve_model_id(model_id)
+    spec = ModelSpec.of(model)
+    model_id = resolve_model_id(spec.id)
     out = Path(out).expanduser()
     paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
     inputs = inputs_of(model=model_id, data=paths, files=[baseline, predictions_path(baseline) if baseline else None])
@@ -306,14 +333,8 @@ def evaluate_path(model_id: str | os.PathLike, data_paths: str | os.PathLike | S
                          f"got {batch_size} and {max_new_tokens}")
     records = load_records(paths, require_answer=True)
     base = load_baseline(baseline, records) if baseline is not None else None
-    check_prompt_format(prompt_format, model_id)
-    if dtype not in DTYPES:
-        raise ModelError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
-    validate_device(device, device_map)
-    load_config(model_id, trust_remote_code)
-    model, processor = load_model(model_id, dtype=dtype, device=device, device_map=device_map,
-                                  trust_remote_code=trust_remote_code)
-    used_format = set_prompt_format(processor, prompt_format, model_id)
+    check_model(spec)
+    model, processor, used_format = load_spec(spec)
     result = evaluate(model, processor, records, batch_size, max_new_tokens, progress)
     import transformers
     metrics = {

@@ -27,7 +27,15 @@ from torch import nn
 
 from depthprune.data.records import DataError, Record, data_fingerprint, encode
 from depthprune.evaluation.generation import answer_span
-from depthprune.healing.recipe import MAX_TIMED_STEPS, NEEDS_REMOVED, HealConfig, HealError, HealStats, require_answers
+from depthprune.healing.recipe import (
+    MAX_TIMED_STEPS,
+    NEEDS_REMOVED,
+    HealConfig,
+    HealError,
+    HealStats,
+    TrainingFiles,
+    require_answers,
+)
 from depthprune.models.architectures import find_decoder_layers, text_config
 
 # TRL 1.16 reads transformers' renamed `gradient_checkpointing` attributes; the deprecation
@@ -468,19 +476,16 @@ def domain_nll(model: nn.Module, processor: Any, records: Sequence[Record], batc
 
 def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], config: HealConfig, *,
                teacher: nn.Module | None = None, removed_layers: list[int] | None = None,
-               work_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, log_file: str | Path | None = None) -> HealStats:
+               files: TrainingFiles = TrainingFiles(), progress: bool = True) -> HealStats:
     """Fine-tune `model` IN PLACE (LoRA merged back before returning, so the result is a plain
     model with the same architecture) on `records` (depthprune.data.records.Record list).
 
     ``config.holdout`` of the records are held out to measure the answer NLL per domain before
     and after (``HealStats.heldout``). ``teacher``: the unpruned model for logit distillation
     (same tokenizer). ``removed_layers``: the layers pruned away (original 0-based numbering),
-    needed by ``neighbours`` / ``interleaved``. ``work_dir``: where TRL checkpoints go (a
-    temporary directory if None); ``resume`` continues from its latest complete checkpoint.
-    ``log_file``: where every TRL log entry is appended as a JSON line (default
-    ``work_dir/healing_log.jsonl``); the terminal shows one progress bar with the loss
-    (``progress``). Returns :class:`HealStats`. Raises HealError / DataError for unusable
+    needed by ``neighbours`` / ``interleaved``. ``files``: where the TRL checkpoints and the
+    log go and whether to resume (:class:`~depthprune.healing.recipe.TrainingFiles`); the
+    terminal shows one progress bar with the loss (``progress``). Returns :class:`HealStats`. Raises HealError / DataError for unusable
     inputs, before any training.
     """
     import tempfile
@@ -488,13 +493,13 @@ def heal_model(model: nn.Module, processor: Any, records: Sequence[Record], conf
     train, heldout = holdout_split(records, config.holdout, config.seed)
     before = domain_nll(model, processor, heldout) if heldout else None
     with contextlib.ExitStack() as stack:
-        if work_dir is None:
-            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="depthprune-heal-"))
-        work_dir = Path(work_dir)
+        work_dir = Path(files.work_dir if files.work_dir is not None else
+                        stack.enter_context(tempfile.TemporaryDirectory(prefix="depthprune-heal-")))
         work_dir.mkdir(parents=True, exist_ok=True)
-        resume_from = _resume_point(work_dir, resume)
+        resume_from = _resume_point(work_dir, files.resume)
         clock = TimeBudget(config.time_budget, config.warmup_ratio) if config.time_budget is not None else None
-        log = TrainingLog(Path(log_file) if log_file is not None else work_dir / LOG_NAME, progress, clock=clock)
+        log_file = Path(files.log_file) if files.log_file is not None else work_dir / LOG_NAME
+        log = TrainingLog(log_file, progress, clock=clock)
         args = _sft_config(config, work_dir, max_steps_for(config, len(train)))
         was_training = model.training
         trainer, trained = _trainer(model, processor, train, config, args, teacher, removed_layers, log)

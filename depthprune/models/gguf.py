@@ -15,7 +15,6 @@ checkpoints; ``pruning.json`` records the GGUF file and its quantisation.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from depthprune.outputs import file_sha256
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,14 +71,6 @@ def gguf_quantization(path: str | os.PathLike | Any) -> str:
 def cache_root() -> Path:
     """Where dequantised GGUF conversions are kept: ``$DEPTHPRUNE_CACHE`` or ~/.cache/depthprune."""
     return Path(os.environ.get("DEPTHPRUNE_CACHE") or Path.home() / ".cache" / "depthprune").expanduser()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def require_gguf_file(path: Path) -> None:

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depthprune.models.gguf import file_sha256, gguf_quantization, is_gguf, require_gguf_file
-from depthprune.outputs import Inputs, OutputExistsError, atomic_files, check_output
+from depthprune.models.gguf import gguf_quantization, is_gguf, require_gguf_file
+from depthprune.outputs import Inputs, OutputExistsError, atomic_files, check_output, file_sha256
 
 #: GGUF architectures (``general.architecture``) whose decoder layers are all of one kind in
 #: llama.cpp and transformers, so a renumbered layer computes what it computed before.

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from depthprune.data.records import check_prompt_format, set_prompt_format
 from depthprune.models.architectures import ModelError, adapter_for, supported_architectures, text_config
+from depthprune.options import ModelSpec
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -237,3 +239,24 @@ def load_processor(model_id: str | os.PathLike, vision: bool, **kwargs: Any) -> 
     except Exception as err:  # noqa: BLE001 - missing or corrupt tokenizer files
         raise ModelError(f"{model_id}: cannot load the processor/tokenizer ({_first_line(err)}). "
                          "Copy the tokenizer files of the original checkpoint into it") from None
+
+
+def check_model(spec: ModelSpec) -> Any:
+    """Every check of the model spec that reads no weights, in the same order for every command:
+    the prompt format (``chat`` needs a template), the dtype, the device, the config. Returns
+    the config."""
+    model_id = resolve_model_id(spec.id)
+    check_prompt_format(spec.prompt_format, model_id)
+    if spec.dtype not in DTYPES:
+        raise ModelError(f"--dtype {spec.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
+    validate_device(spec.device, spec.device_map)
+    return load_config(model_id, spec.trust_remote_code)
+
+
+def load_spec(spec: ModelSpec) -> tuple[nn.Module, Any, str]:
+    """Load the model of ``spec`` and decide its prompt format on the processor
+    (:func:`depthprune.data.records.set_prompt_format`): ``(model, processor, "chat" | "plain")``."""
+    model_id = resolve_model_id(spec.id)
+    model, processor = load_model(model_id, dtype=spec.dtype, device=spec.device, device_map=spec.device_map,
+                                  trust_remote_code=spec.trust_remote_code)
+    return model, processor, set_prompt_format(processor, spec.prompt_format, model_id)

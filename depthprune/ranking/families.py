@@ -1,12 +1,13 @@
 """Method families, the unit the regime rule reasons about, and what "domain-aware" means.
 
 * **score-based rankings** — remove the layers a per-layer score calls most redundant: ``domain``,
-  ``mixed``, ``contrast``, ``ablation``, ``block-influence``, ``iterative``, and any other
-  registered method (e.g. ``sleb``) that is neither structure-aware nor a reference;
+  ``mixed``, ``contrast``, ``ablation``, ``block-influence``, ``iterative``, ``sleb`` and any other
+  method registered with this family (the default);
 * **structure-aware** — the layout of the removed set is part of the method: ``spaced`` (never two
   neighbours), ``uniform`` (evenly spaced), ``angular-block`` (one contiguous block);
 * **references** — ``random`` and ``last``: reported beside the others, never what a verdict rests on.
 
+Each method's family is a field of its spec (:class:`depthprune.ranking.registry.MethodSpec`).
 A method is **domain-aware** when it reads one domain's scores: ``domain:d``, ``contrast:d``,
 ``ablation:d``, ``sleb:d`` (any method given a ``domain``), and ``spaced``/``iterative`` on a
 domain base (``base: domain``, or ``base: ablation`` with a domain).
@@ -16,34 +17,33 @@ from __future__ import annotations
 
 from typing import Any
 
-RANKINGS, STRUCTURE_AWARE, REFERENCES = "score-based", "structure-aware", "reference"
-FAMILIES = (RANKINGS, STRUCTURE_AWARE, REFERENCES)
-STRUCTURE_METHODS = ("spaced", "uniform", "angular-block")
-REFERENCE_METHODS = ("random", "last")
-#: methods whose `domain` option is ignored unless their base reads one domain
-_BASED = ("spaced", "iterative")
-_POOLED = ("mixed", "block-influence", "angular-block", "uniform", "random", "last", "none")
+from depthprune.ranking.methods import METHODS
+from depthprune.ranking.registry import FAMILIES, RANKINGS, REFERENCES, STRUCTURE_AWARE
 
 
 def family(method: str) -> str:
-    """The family of a registry method name: :data:`RANKINGS`, :data:`STRUCTURE_AWARE` or
-    :data:`REFERENCES` (unknown names are score-based rankings: a new method reads scores)."""
-    if method in STRUCTURE_METHODS:
-        return STRUCTURE_AWARE
-    if method in REFERENCE_METHODS:
-        return REFERENCES
-    return RANKINGS
+    """The family of method ``method`` (its spec's); a name no spec has (``manual``, ``none``)
+    counts as a score-based ranking."""
+    spec = METHODS.get(method)
+    return spec.family if spec is not None else RANKINGS
+
+
+def members(family_name: str) -> list[str]:
+    """The registered methods of one family, in registration order."""
+    return [name for name, spec in METHODS.items() if spec.family == family_name]
 
 
 def target_domain(method: str, options: dict[str, Any]) -> str | None:
-    """The one domain whose scores the method reads (it is domain-aware for it), else None."""
+    """The one domain whose scores the method reads (it is domain-aware for it), else None: a
+    method that does not read ``domain``, or reads it only for a domain base (``spaced``,
+    ``iterative``) whose base is pooled."""
     domain = options.get("domain")
-    if domain is None or method in _POOLED:
+    spec = METHODS.get(method)
+    if domain is None or spec is None or "domain" not in spec.reads:
         return None
-    if method in _BASED and options.get("base", "mixed") not in ("domain", "ablation"):
+    if "base" in spec.reads and options.get("base", "mixed") not in ("domain", "ablation"):
         return None
     return str(domain)
 
 
-__all__ = ["FAMILIES", "REFERENCES", "REFERENCE_METHODS", "RANKINGS", "STRUCTURE_AWARE", "STRUCTURE_METHODS",
-           "family", "target_domain"]
+__all__ = ["FAMILIES", "REFERENCES", "RANKINGS", "STRUCTURE_AWARE", "family", "members", "target_domain"]

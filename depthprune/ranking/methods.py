@@ -14,22 +14,36 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
+from typing import Any
 
 import torch
 
+from depthprune.options import is_int
 from depthprune.ranking.plan import BASES, Plan, RankError, RankRequest, Selection, check_budget_spec, resolve_budget
 from depthprune.ranking.protection import Protection
-from depthprune.scoring.scores import GROUPS, Scores, ScoresError, is_int
+from depthprune.ranking.registry import (
+    ABLATION,
+    MODEL,
+    NOTHING,
+    REFERENCES,
+    REGISTRY,
+    STRUCTURE_AWARE,
+    MethodFn,
+    MethodSpec,
+    add,
+)
+from depthprune.scoring.scores import GROUPS, Scores, ScoresError
+from depthprune.scoring.signals import CONTRAST_BETA
 
 
 def domains_used(req: RankRequest, domains: list[str]) -> list[str]:
     """The domains whose samples the ranking of ``req`` depends on (what bootstrap stability
     is reported for): ``domain`` its one domain, ``mixed`` those with a positive weight,
     pooled methods (block-influence, angular-block) every domain, score-free methods none."""
-    if req.method in SCORE_FREE:
+    if req.method in METHODS and METHODS[req.method].needs == NOTHING:
         return []
     base = req.method if req.method in ("domain", "mixed") else req.base \
-        if req.method in ("spaced", "iterative") else "pooled"
+        if "base" in METHODS[req.method].reads else "pooled"
     if base == "domain":
         return [d for d in domains if d == req.domain]
     if base == "mixed":
@@ -37,36 +51,41 @@ def domains_used(req: RankRequest, domains: list[str]) -> list[str]:
     return list(domains)
 
 
-MethodFn = Callable[[Scores, int, list[int], RankRequest], Selection]
-
-
-METHODS: dict[str, MethodFn] = {}
-
-
-#: Methods whose choice does not depend on the similarity scores (bootstrap skips them).
-SCORE_FREE = ("last", "uniform", "random")
-
-
-#: The request options each method reads (beyond method, budget and protection): any other
-#: option given to it is refused rather than silently ignored.
-READS: dict[str, tuple[str, ...]] = {}
-#: Options every request has; the others are method options, checked against :data:`READS`.
-COMMON = ("method", "budget", "allow_deepstack", "protect_first", "protect_last")
-
-
-def register(name: str, reads: tuple[str, ...] = ()) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: make ``fn`` available as ranking method ``name``, reading the request options
-    ``reads`` (e.g. ``("domain", "token_group")``)."""
+def register(name: str, **spec: Any) -> Callable[[MethodFn], MethodFn]:
+    """Decorator: make ``fn`` ranking method ``name``, described by the :class:`MethodSpec`
+    fields ``spec`` (family, needs, reads, removes, source, ...): everything about a method is
+    written here, at its function."""
     def deco(fn: MethodFn) -> MethodFn:
-        METHODS[name] = fn
-        READS[name] = tuple(reads)
+        add(MethodSpec(name, fn, **spec))
         return fn
     return deco
 
 
+#: name -> :class:`MethodSpec` (the registry; filled by the ``@register`` lines below).
+METHODS = REGISTRY
+#: Options every request has; the others are method options, checked against each spec's ``reads``.
+COMMON = ("method", "budget", "allow_deepstack", "protect_first", "protect_last")
+
+
+def method_help() -> str:
+    """``--method``'s help: every registered method, those that measure the model last."""
+    specs = list(METHODS.values())
+    text = "Ranking method: " + ", ".join(s.help_name() for s in specs if s.needs != MODEL)
+    measuring = [s.help_name() for s in specs if s.needs == MODEL]
+    return text + (f"; with the model and --data (prune only): {', '.join(measuring)}." if measuring else ".")
+
+
+def methods_table() -> str:
+    """The methods table of docs/methods.md (``python -m depthprune.ranking.methods`` prints it;
+    tests/unit/test_registry.py checks the page holds it)."""
+    head = "| name | removes | published source | needs |\n| --- | --- | --- | --- |\n"
+    return head + "\n".join(s.table_row() for s in METHODS.values()) + "\n"
+
+
 def unread_options(method: str, options: dict) -> list[str]:
     """The options in ``options`` (besides method, budget and protection) that ``method`` does not read."""
-    return sorted(k for k in options if k not in COMMON and k not in READS.get(method, ()))
+    reads = METHODS[method].reads if method in METHODS else ()
+    return sorted(k for k in options if k not in COMMON and k not in reads)
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -149,7 +168,8 @@ def _ranked_reasons(values: dict[int, float], chosen: list[int], label: str) -> 
 
 
 # ---------------------------------------------------------------------- methods
-@register("domain", reads=('domain', 'token_group'))
+@register("domain", reads=("domain", "token_group"), source="arXiv 2603.20275 (domain-aware ranking)",
+          removes="the layers with the highest cos[`--domain`] (math-aware, non-math-aware, any label)")
 def _domain(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """The k candidates with the highest span-1 cosine in ``req.domain``."""
     cos = _domain_cos(scores, req.domain, req.token_group)
@@ -159,7 +179,9 @@ def _domain(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> 
                      {f"cos[{req.domain}]": cos.tolist()})
 
 
-@register("mixed", reads=('weights', 'token_group'))
+@register("mixed", reads=("weights", "token_group"), source="arXiv 2603.20275 (mixed ranking)",
+          removes="the highest weighted sum Σ_d w_d·z(cos[d]); weights (`--weights`, default equal over all "
+                  "domains) normalised to sum 1, zero weights dropped")
 def _mixed(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """The k candidates with the highest weighted sum of per-domain z-scores.
 
@@ -174,7 +196,9 @@ def _mixed(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> S
     return Selection(chosen, _ranked_reasons(values, chosen, "combined z"), columns)
 
 
-@register("block-influence", reads=('token_group',))
+@register("block-influence", reads=("token_group",), source="ShortGPT (Men et al. 2024, arXiv 2403.03853)",
+          removes="ShortGPT: the lowest BI_l = 1 − E[cos(input_l, output_l)], token-weighted over all tokens of all "
+                  "domains pooled (not an average of domain means)")
 def _block_influence(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """ShortGPT: BI_l = 1 - token-weighted mean cos(input_l, output_l) over all tokens of all
     domains pooled (not an average of domain means); remove the k lowest BI."""
@@ -186,7 +210,10 @@ def _block_influence(scores: Scores, k: int, candidates: list[int], req: RankReq
     return Selection(chosen, reasons, {"BI": bi.tolist()})
 
 
-@register("angular-block", reads=())
+@register("angular-block", family=STRUCTURE_AWARE, needs_note="scores with `--max-span` ≥ n",
+          source="Gromov et al. 2024, arXiv 2403.17887 (the PruneMe implementation)",
+          removes="the contiguous block l..l+n−1 of removable layers with the smallest mean over samples of the "
+                  "last-token angular distance arccos(cos(h_l, h_{l+n}))/π (mean of per-sample angles)")
 def _angular_block(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Gromov et al. / PruneMe: remove the contiguous block l..l+k-1 of candidates with the
     smallest d(l) = mean over samples of arccos(cos(h_l, h_{l+k}))/pi on the last token.
@@ -200,18 +227,19 @@ def _angular_block(scores: Scores, k: int, candidates: list[int], req: RankReque
                         f"{scores.max_span}; re-run `depthprune score` with --max-span {k} or more")
     d = scores.mean("angle", "last", None, k)
     allowed = set(candidates)
-    starts = [l for l in range(scores.num_layers - k + 1) if all(l + j in allowed for j in range(k))]
+    starts = [s for s in range(scores.num_layers - k + 1) if all(s + j in allowed for j in range(k))]
     if not starts:
         raise RankError(f"no run of {k} consecutive removable layers exists (removable: {candidates}); "
                         "lower the budget or protect fewer layers")
-    best = min(starts, key=lambda l: (float(d[l]), l))
+    best = min(starts, key=lambda s: (float(d[s]), s))
     chosen = list(range(best, best + k))
     reason = f"block {best}..{best + k - 1}: angular distance {d[best]:.4f}, smallest of {len(starts)} blocks"
-    column = _per_layer({l: float(d[l]) for l in range(len(d))}, scores.num_layers)
+    column = _per_layer({s: float(d[s]) for s in range(len(d))}, scores.num_layers)
     return Selection(chosen, {i: reason for i in chosen}, {f"angle[span {k}]": column})
 
 
-@register("last", reads=())
+@register("last", family=REFERENCES, needs=NOTHING, source="baseline",
+          removes="the deepest n removable layers, never the final one")
 def _last(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """The deepest k candidates, never the final layer."""
     pool = [i for i in candidates if i != scores.num_layers - 1]
@@ -221,7 +249,9 @@ def _last(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Se
     return Selection(chosen, {i: "among the deepest removable layers (final layer kept)" for i in chosen})
 
 
-@register("uniform", reads=())
+@register("uniform", family=STRUCTURE_AWARE, needs=NOTHING, source="baseline",
+          removes="n evenly spaced layers: the centres of n equal bins of the m removable layers, candidate "
+                  "index ⌊(2j+1)·m/(2n)⌋")
 def _uniform(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """k evenly spaced candidates: split the m sorted candidates into k equal bins and take
     the one at the centre of each, i.e. candidate index floor((2j + 1) * m / (2k)), j < k."""
@@ -230,7 +260,8 @@ def _uniform(scores: Scores, k: int, candidates: list[int], req: RankRequest) ->
     return Selection(chosen, {c: f"evenly spaced: centre of bin {j + 1} of {k}" for j, c in enumerate(chosen)})
 
 
-@register("random", reads=('seed',))
+@register("random", family=REFERENCES, needs=NOTHING, reads=("seed",), source="baseline",
+          removes="a uniform sample of n removable layers from `random.Random(--seed)`")
 def _random(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """A uniform sample of k candidates from ``random.Random(req.seed)``."""
     chosen = random.Random(req.seed).sample(sorted(candidates), k)
@@ -260,7 +291,10 @@ def ablation_damage(scores: Scores, req: RankRequest) -> tuple[torch.Tensor, dic
     return damage, columns
 
 
-@register("ablation", reads=('domain', 'weights'))
+@register("ablation", needs=ABLATION, reads=("domain", "weights"), cli_note="needs `score --ablation`",
+          source="Shortened LLaMA's perplexity criterion (Kim et al. 2024, arXiv 2402.02834)",
+          removes="the layers whose removal *alone* raises `--domain`'s answer NLL least (without `--domain`: the "
+                  "`--weights`-weighted mean over domains, in nats, not z-scored)")
 def _ablation(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Shortened-LLaMA PPL criterion: the k candidates whose removal alone raises the answer
     NLL least, in ``req.domain`` (or, with no domain, the ``req.weights``-weighted mean over
@@ -275,11 +309,12 @@ def _ablation(scores: Scores, k: int, candidates: list[int], req: RankRequest) -
     return Selection(chosen, reasons, columns)
 
 
-#: weight of the contrast term of `contrast` (see its docstring and docs/results/domain-checks.md)
-CONTRAST_BETA = 0.5
 
 
-@register("contrast", reads=('domain', 'token_group'))
+@register("contrast", reads=("domain", "token_group"),
+          source="depthprune's own (evidence in [results/domain-checks.md](results/domain-checks.md))",
+          removes="the highest z(cos[d]) + 0.5·(z(cos[d]) − mean over other domains o of z(cos[o])): redundant "
+                  "for `--domain` *and* used by the other domains; needs two or more domains")
 def _contrast(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Domain-aware with a contrast term: the k candidates most redundant for ``req.domain``
     *and* most used by the other domains.
@@ -348,7 +383,11 @@ def _max_non_adjacent(layers: list[int]) -> int:
     return count
 
 
-@register("spaced", reads=('base', 'domain', 'weights', 'token_group'))
+@register("spaced", family=STRUCTURE_AWARE, reads=("base", "domain", "weights", "token_group"),
+          source="INTERLACE-like (arXiv 2511.19676); not INTERLACE's own triplet score",
+          needs_note="scores (`--base ablation`: scores from `score --ablation`)",
+          removes="spacing-aware: the set with the largest total `--base` redundancy with no two removed layers "
+                  "adjacent (exact dynamic programming)")
 def _spaced(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Spacing-aware (INTERLACE-like): k candidates with the largest total ``req.base``
     redundancy (z-scores, see :func:`redundancy`) such that no two are adjacent layers."""
@@ -357,14 +396,25 @@ def _spaced(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> 
     return Selection(chosen, {i: f"{req.base} z={values[i]:+.3f}; neighbours kept" for i in chosen}, columns)
 
 
-@register("iterative", reads=('base', 'domain', 'weights', 'token_group'))
+@register("iterative", needs=MODEL, reads=("base", "domain", "weights", "token_group"),
+          cli_note="iterative cosine re-scoring", measures="re-scores the model's cosine similarities",
+          source="depthprune's own; it re-measures cosines, not damage (SLEB is `sleb`)",
+          removes="iterative cosine re-scoring: remove the most redundant layer under `--base`, re-score the "
+                  "pruned model's similarities on `--data`, repeat n times")
 def _iterative(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """Iterative cosine re-scoring; needs the model (see :func:`iterative_selection`)."""
     raise RankError("iterative needs the model and data: use `depthprune prune MODEL --data ... "
                     "--method iterative` (it re-scores after every removal); a scores file alone is not enough")
 
 
-@register("sleb", reads=('domain', 'weights'))
+@register("sleb", needs=MODEL, reads=("domain", "weights"), measures="re-measures the calibration answer NLL",
+          cli_note="SLEB: removes the layer that raises the calibration answer NLL of --domain, or the --weights "
+                   "mixture, least, re-measured after every removal",
+          source="SLEB (Song et al. 2024, arXiv 2402.09025), with the answer NLL of the chosen domain for perplexity",
+          needs_note="the model + answered `--data` (`prune` only; in sweeps and the demo)",
+          removes="SLEB, domain-aware: repeatedly remove the layer whose removal, given the layers already "
+                  "removed, raises the calibration answer NLL of `--domain` (or the `--weights` mixture, equal "
+                  "without it) least, re-measured after every removal from the prefix cache")
 def _sleb(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
     """SLEB (arXiv 2402.09025), domain-aware: remove the layer whose removal raises the
     calibration answer NLL of ``req.domain`` (or the ``req.weights`` mixture) least, re-measure,
@@ -373,13 +423,13 @@ def _sleb(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Se
                     "CALIB.jsonl --method sleb --domain D` (or --weights); a scores file alone is not enough")
 
 
-def iterative_selection(score_fn: Callable[[list[int]], Scores], num_layers: int, k: int,
+def iterative_selection(rescore: Callable[[list[int]], Scores], num_layers: int, k: int,
                         candidates: list[int], req: RankRequest) -> Selection:
     """Iterative cosine re-scoring: remove the most redundant remaining candidate (by
     ``req.base``'s similarity scores), re-score the pruned model, repeat k times. Not SLEB,
     which re-measures the loss (method ``sleb``).
 
-    ``score_fn(removed)`` returns Scores of the model with the original 0-based layers
+    ``rescore(removed)`` returns Scores of the model with the original 0-based layers
     ``removed`` deleted; its layer j is the j-th surviving original layer. It is called k
     times, with 0..k-1 layers removed. Redundancy is that of ``req.base`` (as `spaced`).
     Returns the removed original layers with the step at which each went.
@@ -388,10 +438,10 @@ def iterative_selection(score_fn: Callable[[list[int]], Scores], num_layers: int
     reasons: dict[int, str] = {}
     columns: dict = {}
     for step in range(k):
-        scores = score_fn(list(removed))
+        scores = rescore(list(removed))
         surviving = [i for i in range(num_layers) if i not in removed]
         if scores.num_layers != len(surviving):
-            raise RankError(f"score_fn({removed}) returned scores of {scores.num_layers} layers, "
+            raise RankError(f"rescore({removed}) returned scores of {scores.num_layers} layers, "
                             f"expected {len(surviving)}")
         local = [surviving.index(c) for c in candidates if c not in removed]
         values, step_columns = redundancy(scores, local, req)
@@ -402,6 +452,16 @@ def iterative_selection(score_fn: Callable[[list[int]], Scores], num_layers: int
         reasons[pick] = f"step {step + 1}: most redundant remaining ({req.base} z={z:+.3f})"
         removed.append(pick)
     return Selection(removed, reasons, columns)
+
+
+def rescoring(rescore: Callable[[list[int]], Scores]) -> MethodFn:
+    """``iterative``'s model hook for :func:`rank` (``measured=``): its selection, with
+    ``rescore(removed)`` scoring the model without ``removed``. Step 0 reuses the scores ``rank``
+    was given (the full model's) instead of a forward pass."""
+    def select(scores: Scores, k: int, candidates: list[int], req: RankRequest) -> Selection:
+        return iterative_selection(lambda removed: rescore(removed) if removed else scores, scores.num_layers, k,
+                                   candidates, req)
+    return select
 
 
 # ---------------------------------------------------------------------- entry point
@@ -421,7 +481,7 @@ def check_request(req: RankRequest, domains: list[str] | None = None, where: str
     if ignored:
         raise RankError(f"method '{req.method}' does not read {', '.join('--' + k.replace('_', '-') for k in ignored)}; "
                         f"drop {'it' if len(ignored) == 1 else 'them'} (it reads: "
-                        f"{', '.join(READS[req.method]) or 'no method options'})")
+                        f"{', '.join(METHODS[req.method].reads) or 'no method options'})")
     if req.method == "iterative" and req.base == "ablation":  # its re-scoring pass measures cosines only
         raise RankError("iterative cannot use base 'ablation': it re-scores cosines after each removal and "
                         "cannot re-measure ablation damage; use --method ablation (damage measured once on "
@@ -443,13 +503,12 @@ def check_request(req: RankRequest, domains: list[str] | None = None, where: str
                             f"{', '.join(domains)}")
 
 
-def rank(scores: Scores, req: RankRequest,
-         score_fn: Callable[[list[int]], Scores] | None = None) -> Plan:
+def rank(scores: Scores, req: RankRequest, measured: MethodFn | None = None) -> Plan:
     """Choose the layers to remove; returns a validated Plan (sorted 0-based layers).
 
-    ``score_fn`` is only used, and required, by the methods that measure the model: for
-    "iterative" the re-scoring function of :func:`iterative_selection`, for "sleb" a
-    ``(k, candidates, req) -> Selection`` callable (:class:`depthprune.ranking.sleb.Sleb`).
+    ``measured``: for a method that measures the model (its spec's ``needs`` is ``model``), its
+    selection bound to the model — :func:`rescoring` for ``iterative``,
+    :class:`depthprune.ranking.sleb.Sleb` for ``sleb``; without it such a method says what it needs.
     """
     n = scores.num_layers
     k = resolve_budget(req.budget, n)
@@ -464,13 +523,9 @@ def rank(scores: Scores, req: RankRequest,
                         f"removable; protected: {protected}. Lower the budget"
                         + "".join(f" or use {flag}" for flag in lifts))
     try:
-        if req.method == "iterative" and score_fn is not None:
-            # Step 0 is the full model: reuse the scores we were given instead of a forward pass.
-            sel = iterative_selection(lambda rm: score_fn(rm) if rm else scores, n, k, candidates, req)
-        elif req.method == "sleb" and score_fn is not None:
-            sel = score_fn(k, candidates, req)
-        else:
-            sel = METHODS[req.method](scores, k, candidates, req)
+        spec = METHODS[req.method]
+        select = measured if measured is not None and spec.needs == MODEL else spec.select
+        sel = select(scores, k, candidates, req)
     except ScoresError as err:
         raise RankError(f"{req.method}: {err}") from None
     remove = sorted(int(i) for i in sel.remove)
@@ -480,3 +535,8 @@ def rank(scores: Scores, req: RankRequest,
     return Plan(method=req.method, num_layers=n, budget=k, remove=remove, protected=protected,
                 reasons={i: sel.reasons.get(i, "") for i in remove}, columns=sel.columns,
                 request=asdict(req), scores_fingerprint=scores.fingerprint(), scores_model_id=scores.model_id)
+
+
+if __name__ == "__main__":  # the methods table of docs/methods.md, from the registry this run filled
+    from depthprune.ranking.methods import methods_table as table
+    print(table(), end="")

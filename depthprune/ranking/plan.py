@@ -13,31 +13,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from depthprune.scoring.scores import is_int
-
-
-class RankError(ValueError):
-    """A ranking request cannot be met; the message says why and how to fix it."""
-
+# defined once, with the options (and the --layers check beside PlanSource)
+from depthprune.options import RankError, RankRequest, check_layer_list, is_int, parse_weights  # noqa: F401
 
 #: Per-layer redundancies that `spaced` and `iterative` can space out or re-score.
 BASES = ("domain", "mixed", "block-influence", "ablation")
-
-
-@dataclass
-class RankRequest:
-    """What the user asked for. ``budget``: int = layer count, float in (0, 1) = fraction."""
-
-    method: str
-    budget: int | float | str
-    domain: str | None = None                 # for `domain` (and base="domain")
-    weights: dict[str, float] | None = None   # for `mixed` (and base="mixed"); None = equal
-    base: str = "mixed"                       # for `spaced`/`iterative`: one of BASES
-    token_group: str = "all"                  # all | text | image | last
-    seed: int = 0                             # for `random`
-    allow_deepstack: bool = False
-    protect_first: int = 0
-    protect_last: int = 0
 
 
 @dataclass
@@ -157,30 +137,6 @@ _PLAN_SCHEMA = {
 }
 
 
-def check_layer_list(layers: object, num_layers: int, what: str, allow_empty: bool = False,
-                     allow_all: bool = False) -> list[int]:
-    """Validate a list of 0-based layers: integers (not strings or booleans), distinct, within
-    0..num_layers-1, at least one (unless ``allow_empty``) and not all (unless ``allow_all``).
-    Returns them sorted.
-    Raises RankError starting with ``what`` (the option or file and key)."""
-    if not isinstance(layers, (list, tuple)):
-        raise RankError(f"{what} must be a list of 0-based layer numbers, got {layers!r}")
-    wrong = [x for x in layers if not is_int(x)]
-    if wrong:
-        raise RankError(f"{what}: {wrong[:3]} are not layer numbers; give 0-based integers, e.g. [5, 9]")
-    dupes = sorted({x for x in layers if list(layers).count(x) > 1})
-    if dupes:
-        raise RankError(f"{what}: layer(s) {dupes} given more than once; list each layer once")
-    bad = sorted(x for x in layers if not 0 <= x < num_layers)
-    if bad:
-        raise RankError(f"{what}: layer(s) {bad} do not exist; the model has layers 0..{num_layers - 1} (0-based)")
-    if not layers and not allow_empty:
-        raise RankError(f"{what}: no layers given; name at least one 0-based layer")
-    if not allow_all and len(layers) >= num_layers:
-        raise RankError(f"{what}: cannot remove all {num_layers} decoder layers; keep at least one")
-    return sorted(layers)
-
-
 # ---------------------------------------------------------------------- request parsing
 def resolve_budget(budget: int | float | str, num_layers: int | None) -> int:
     """Number of decoder layers to remove.
@@ -229,27 +185,3 @@ def check_budget_spec(budget: int | float | str) -> None:
     """Check a budget's form before the layer count is known (before any model loads):
     a positive whole count or a fraction in (0, 1). Raises RankError like :func:`resolve_budget`."""
     resolve_budget(budget, None)
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """Parse ``"math=0.5,general=0.5"`` into ``{"math": 0.5, "general": 0.5}`` (unnormalised)."""
-    example = "write them as domain=weight pairs, e.g. --weights math=0.5,general=0.5"
-    out: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        name, sep, value = (s.strip() for s in part.partition("="))
-        if not sep or not name or not value:
-            raise RankError(f"weights {text!r}: '{part}' is not domain=weight; {example}")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise RankError(f"weights {text!r}: weight '{value}' of {name} is not a number; {example}") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise RankError(f"weights {text!r}: weight of {name} must be a finite number >= 0")
-        if name in out:
-            raise RankError(f"weights {text!r}: domain {name} is given twice")
-        out[name] = weight
-    if not out:
-        raise RankError(f"weights {text!r} is empty; {example}")
-    return out

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthprune.data.records import Record, batches
+from depthprune.data.records import Record, batches, domain_weights
 from depthprune.evaluation.generation import answer_nll
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.pruning import layers_removed
-from depthprune.ranking.plan import RankError, RankRequest, Selection
+from depthprune.ranking.plan import RankRequest, Selection
 from depthprune.scoring.ablation_cache import DEFAULT_CACHE_MB, CacheStats, CacheStore, CacheUnsupported, PrefixCache
 from depthprune.settings import progress as progress_bar
 
@@ -40,26 +40,6 @@ def objective_weights(domains: Sequence[str], req: RankRequest) -> dict[str, flo
     normalised to sum 1 with zero weights dropped (equal over ``domains`` if None). Raises
     RankError naming a domain that is not in ``domains``."""
     return domain_weights(domains, req.domain, req.weights)
-
-
-def domain_weights(domains: Sequence[str], domain: str | None, weights: dict[str, float] | None) -> dict[str, float]:
-    """Domain -> weight of a calibration objective (SLEB's, compensation's): ``{domain: 1}``, else
-    ``weights`` normalised to sum 1 with zero weights dropped (equal over ``domains`` if None).
-    Raises RankError naming a domain that is not in ``domains``."""
-    present = sorted(set(domains))
-    if domain is not None:
-        if domain not in present:
-            raise RankError(f"domain '{domain}' is not in the calibration data; present: {', '.join(present)}")
-        return {domain: 1.0}
-    weights = weights if weights is not None else {d: 1.0 for d in present}
-    unknown = sorted(set(weights) - set(present))
-    if unknown:
-        raise RankError(f"weights name domains {unknown} that are not in the calibration data; present: "
-                        f"{', '.join(present)}")
-    total = sum(weights.values())
-    if not total > 0:
-        raise RankError(f"weights {weights} are all zero; give at least one domain a positive weight")
-    return {d: w / total for d, w in sorted(weights.items()) if w > 0}
 
 
 @dataclass
@@ -74,8 +54,9 @@ class Step:
 
 
 class Sleb:
-    """SLEB on one model and calibration set; call it as ``rank``'s ``score_fn`` for method
-    ``sleb``: ``sleb(k, candidates, req) -> Selection``.
+    """SLEB on one model and calibration set: ``sleb``'s model hook, passed to ``rank`` as
+    ``measured=`` and called like any method, ``sleb(scores, k, candidates, req) -> Selection``
+    (the scores are not read: it measures the model).
 
     ``cache_mb`` limits the prefix caches of all batches together (they live through the
     whole search); past it they spill to disk. ``stats`` collects the cache's figures.
@@ -89,7 +70,7 @@ class Sleb:
         self._orders: dict[tuple, list[Step]] = {}
 
     @torch.inference_mode()
-    def __call__(self, k: int, candidates: list[int], req: RankRequest) -> Selection:
+    def __call__(self, scores: Any, k: int, candidates: list[int], req: RankRequest) -> Selection:
         """The k layers SLEB removes first from ``candidates`` (0-based), with a reason each."""
         from depthprune.scoring.ablation import SLEB_NEEDS, require_answers
         weights = objective_weights([r.domain for r in self.records], req)

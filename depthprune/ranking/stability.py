@@ -32,15 +32,12 @@ import numpy as np
 import torch
 
 from depthprune.ranking.families import RANKINGS, family, target_domain
-from depthprune.ranking.methods import SCORE_FREE, rank
+from depthprune.ranking.methods import METHODS, rank
 from depthprune.ranking.plan import Plan, RankError, RankRequest
-from depthprune.reporting.regimes import RANKING, Series
-from depthprune.reporting.statistics import bootstrap_mean_ci, kendall_tau, top_k_overlap
 from depthprune.scoring.scores import Scores
 from depthprune.settings import progress as progress_bar
+from depthprune.statistics import bootstrap_mean_ci, kendall_tau, top_k_overlap
 
-#: methods that re-score the model after every removal: a scores file alone cannot re-rank them
-MODEL_METHODS = ("iterative", "sleb")
 LEVEL = 0.95
 
 
@@ -134,15 +131,15 @@ def ranking_stability(scores: Scores, rankings: list[tuple[str, str, dict, int]]
                       domains: list[str] | None = None) -> list[Stability]:
     """Bootstrap stability of each ``(label, method, options, budget)`` ranking, in input order.
 
-    ``domains``: whose calibration samples are resampled (None: every domain). Score-free methods
-    (last, uniform, random) and methods that need the model (:data:`MODEL_METHODS`) are left out;
+    ``domains``: whose calibration samples are resampled (None: every domain). Methods whose spec
+    does not read scores (score-free ones, and those that measure the model) are left out;
     a ranking that cannot be ranked from ``scores`` at all is left out with its reason appended
     to ``skipped``.
     """
     out: list[Stability] = []
     full: dict[int, Plan] = {}
     for lab, m, opts, b in rankings:
-        if m in SCORE_FREE or m in MODEL_METHODS:
+        if m in METHODS and not METHODS[m].reads_scores:
             continue
         try:
             with warnings.catch_warnings():
@@ -210,9 +207,10 @@ def _ci(x: tuple[float, float, float] | None) -> str:
     return "–" if x is None else f"{x[0]:.2f} [{x[1]:.2f}, {x[2]:.2f}]"
 
 
-def stability_claim(stability: list[Stability], series: list[Series]) -> str:
+def stability_claim(stability: list[Stability], ranking_sensitive: set[int]) -> str:
     """Check "domain-aware rankings are the most stable in the ranking-sensitive regime" on the data
-    (:func:`compare_at_budget` at each ranking-sensitive budget; at every budget, said so, when none is)."""
+    (:func:`compare_at_budget` at each of the ``ranking_sensitive`` budgets, the regime rule's:
+    :func:`depthprune.reporting.regimes.ranking_sensitive`; at every budget, said so, when none is)."""
     if not stability:
         return "Not checked: no score-based ranking could be bootstrapped (no scores file, or only score-free methods)."
     if not any(s.target for s in stability):
@@ -220,7 +218,7 @@ def stability_claim(stability: list[Stability], series: list[Series]) -> str:
     by_budget: dict[int, list[Stability]] = defaultdict(list)
     for s in stability:
         by_budget[s.budget].append(s)
-    sensitive = sorted({b.budget for se in series for b in se.budgets if b.regime == RANKING} & set(by_budget))
+    sensitive = sorted(set(ranking_sensitive) & set(by_budget))
     budgets = sensitive or sorted(by_budget)
     results = {b: compare_at_budget(by_budget[b]) for b in budgets}
     checked = {b: r for b, r in results.items() if r[0] != "n/a"}
@@ -241,5 +239,5 @@ def stability_claim(stability: list[Stability], series: list[Series]) -> str:
     return f"The claim {verdict}: at the ranking-sensitive budgets " + tally
 
 
-__all__ = ["MODEL_METHODS", "Stability", "compare_at_budget", "ranking_column", "ranking_stability",
+__all__ = ["Stability", "compare_at_budget", "ranking_column", "ranking_stability",
            "resample_index", "stability_claim"]

@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,12 @@ import torch
 from depthprune.outputs import atomic_files, check_output, inputs_of
 from depthprune.ranking.protection import Protection
 from depthprune.ranking.stability import Stability, ranking_stability, stability_claim
-from depthprune.reporting.regimes import RANKING, RULE, Series, analyze, regimes_json
-from depthprune.reporting.statistics import kendall_tau, mcnemar_exact
+from depthprune.reporting.regimes import RANKING, Series, analyze, ranking_sensitive, regimes_json, rule
 from depthprune.reporting.tables import (
     ERROR_CONTROL,
     best_table,
     budget_label,
+    floor_lines,
     num,
     pairs_lines,
     pct,
@@ -38,6 +39,8 @@ from depthprune.reporting.tables import (
     stability_table,
 )
 from depthprune.scoring.scores import Scores, ScoresError
+from depthprune.statistics import kendall_tau, mcnemar_exact
+from depthprune.study.metrics import METRICS
 from depthprune.study.rundir import RunDir
 from depthprune.study.store import ResultRow, get_meta, open_store_readonly, read_results, treatment
 
@@ -263,10 +266,11 @@ def _header(doc: _Doc, rows: list[ResultRow], meta: dict, num_layers: int, prote
 
 def _regimes(doc: _Doc, rows: list[ResultRow], series: list[Series], plots: Any) -> None:
     """The figures by budget and the table of verdicts per series."""
-    for metric, title in (("accuracy", "Accuracy vs budget"), ("nll", "Answer NLL vs budget")):
-        if any(getattr(r, metric) is not None for r in rows):
-            doc.h(2, title)
-            doc.image(plots.metric_vs_budget(rows, series, metric), f"{title.lower()}, by method family and domain")
+    for metric in METRICS.values():
+        if any(metric.of(r) is not None for r in rows):
+            doc.h(2, metric.title)
+            doc.image(plots.metric_vs_budget(rows, series, metric.name),
+                      f"{metric.title.lower()}, by method family and domain")
             doc.p("One panel per family; the best methods of each family in colour, the others grey; the best "
                   "score-based ranking at each budget dashed black in the other panels; shading: the regime.",
                   cls="muted")
@@ -376,19 +380,22 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     series = analyze(rows)
     checked = scores is not None and resamples > 0
     stability = _stability(rows, meta, scores, resamples, seed, progress, notes) if checked else []
-    claim = stability_claim(stability, series) if checked else "Not checked: ranking stability was not computed."
+    claim = stability_claim(stability, ranking_sensitive(series)) if checked else "Not checked: ranking stability was not computed."
 
     doc = _Doc(out.name)
     _header(doc, rows, meta, num_layers, protected)
     collapses = retention_table(rows)[2]
+    for line in floor_lines(rows):  # said on the command line too, one warning line each
+        warnings.warn(line, stacklevel=2)
+        notes.insert(0, line[0].upper() + line[1:] + ".")
     doc.h(2, "Findings")
     doc.bullets([f"{s.name}: {s.verdict}" for s in series if s.budgets] + [
         f"Ranking stability — the paper's claim \"domain-aware rankings are the most stable in the ranking-sensitive "
         f"regime\": {claim}"] + ([f"Hidden collapse in {len(collapses)} cells (a domain under 80% of its accuracy "
                                   f"while another keeps 90%), e.g. " + "; ".join(collapses[:3]) + "."]
                                  if collapses else []) + notes)
-    doc.html.append(f'<p class="rule"><b>Regime rule.</b> {html.escape(RULE)}</p>')
-    doc.md.append(f"> **Regime rule.** {RULE}\n")
+    doc.html.append(f'<p class="rule"><b>Regime rule.</b> {html.escape(rule())}</p>')
+    doc.md.append(f"> **Regime rule.** {rule()}\n")
     _regimes(doc, rows, series, plots)
     _retention(doc, rows)
     _healing(doc, rows)

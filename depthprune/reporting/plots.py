@@ -20,6 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from depthprune.ranking.families import FAMILIES, family  # noqa: E402
 from depthprune.ranking.stability import Stability  # noqa: E402
 from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, Series  # noqa: E402
+from depthprune.study.metrics import METRICS, Metric  # noqa: E402
 from depthprune.study.store import ResultRow  # noqa: E402
 
 REGIME_COLORS = {RANKING: "#f6c28b", CONVERGED: "#d9d9d9", STRUCTURE: "#9ecae1"}
@@ -65,42 +66,41 @@ def _shade(ax, series: Series | None) -> None:
         ax.axvspan(left, right, color=REGIME_COLORS[b.regime], alpha=0.45, lw=0, zorder=0)
 
 
-def _family_styles(rows: list[ResultRow], metric: str) -> dict[str, dict[str, dict]]:
+def _family_styles(rows: list[ResultRow], metric: Metric) -> dict[str, dict[str, dict]]:
     """Per family, per label: colour and marker for the :data:`TOP` best methods of the family (mean
     over every unhealed pruned row, so a method keeps its colour in every panel), grey for the rest."""
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        v = r.accuracy if metric == "accuracy" else r.nll
+        v = metric.of(r)
         if r.budget > 0 and v is not None:
             values[family(r.method)][r.label].append(v if r.heal is None else np.nan)
     out: dict[str, dict[str, dict]] = {}
     for fam, by_label in values.items():
         score = {lab: np.nanmean(v) if np.isfinite(v).any() else np.nan for lab, v in by_label.items()}
-        sign = -1 if metric == "accuracy" else 1
-        order = sorted(score, key=lambda lab: (np.isnan(score[lab]), sign * np.nan_to_num(score[lab]), lab))
+        order = sorted(score, key=lambda lab: (np.isnan(score[lab]), metric.sort_key(np.nan_to_num(score[lab])), lab))
         out[fam] = {lab: ({"color": plt.get_cmap("tab10")(i), "marker": "osv^"[i], "lw": 1.8, "zorder": 3}
                           if i < TOP else {"color": "#b0b0b0", "marker": ".", "lw": 0.9, "zorder": 2})
                     for i, lab in enumerate(order)}
     return out
 
 
-def _best_ranking(rows: list[ResultRow], metric: str) -> list[tuple[float, float]]:
+def _best_ranking(rows: list[ResultRow], metric: Metric) -> list[tuple[float, float]]:
     """(percent removed, value) of the best unhealed score-based ranking at each budget of ``rows``."""
     best: dict[float, float] = {}
     for r in rows:
-        v = r.accuracy if metric == "accuracy" else r.nll
+        v = metric.of(r)
         if r.budget > 0 and r.heal is None and v is not None and family(r.method) == FAMILIES[0]:
             x = 100 * r.budget_fraction
-            best[x] = (max if metric == "accuracy" else min)(best.get(x, v), v)
-    scale = 100 if metric == "accuracy" else 1
-    return [(x, scale * v) for x, v in sorted(best.items())]
+            best[x] = metric.best((best.get(x, v), v))
+    return [(x, metric.shown(v)) for x, v in sorted(best.items())]
 
 
-def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str) -> bytes:
+def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric_name: str) -> bytes:
     """Small multiples: one row per eval set x domain, one column per method family; ``metric``
     ("accuracy" or "nll") vs budget. The :data:`TOP` best methods of a family in colour, the others
     grey; healed cells dashed with open markers; the unpruned model dotted; the best score-based
     ranking per budget dashed black in the other families' panels; regimes shaded."""
+    metric = METRICS[metric_name]
     keys = sorted({(r.eval_set, r.domain) for r in rows})
     styles = _family_styles(rows, metric)
     fams = [f for f in FAMILIES if f in styles]
@@ -114,10 +114,10 @@ def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str) -
             _shade(ax, unhealed.get((eval_set, domain)))
             lines: dict[tuple, list] = defaultdict(list)
             for r in mine:
-                value = r.accuracy if metric == "accuracy" else r.nll
+                value = metric.of(r)
                 if value is None:
                     continue
-                value = 100 * value if metric == "accuracy" else value
+                value = metric.shown(value)
                 if r.budget == 0:
                     ax.axhline(value, color="black", ls=":", lw=1.2, zorder=4, label="unpruned")
                 elif family(r.method) == fam:
@@ -141,7 +141,7 @@ def metric_vs_budget(rows: list[ResultRow], series: list[Series], metric: str) -
                 _budget_ticks(ax, [r.budget for r in rows if r.budget > 0], num_layers)
             ax.set_xlabel("layers removed (count, %)", fontsize=10)
             ax.legend(fontsize=7.5, loc="best", framealpha=0.85)
-        row_axes[0].set_ylabel("accuracy (%)" if metric == "accuracy" else "answer NLL (nats/token)\nlower is better")
+        row_axes[0].set_ylabel(metric.axis)
     fig.tight_layout()
     fig.legend(handles=[Patch(color=c, alpha=0.6, label=f"regime: {name}") for name, c in REGIME_COLORS.items()],
                loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))

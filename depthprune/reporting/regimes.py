@@ -10,7 +10,7 @@ For every series (eval set x domain x healing recipe) and budget, on the samples
 
 * **rankings differ** — an omnibus test of "every distinct score-based plan has the same accuracy
   (mean answer NLL when accuracy was not measured)": the spread among the plans (best minus worst)
-  against its bootstrap law over **records** (:func:`depthprune.reporting.statistics.spread_test`).
+  against its bootstrap law over **records** (:func:`depthprune.statistics.spread_test`).
   Resampling whole records carries whatever ties the plans within a record — plans that share most of
   their removed layers answer alike — so the test holds its size however the plans overlap (Cochran's
   Q and Friedman, used before, assume the plans exchangeable within a record and over-reject when
@@ -19,13 +19,13 @@ For every series (eval set x domain x healing recipe) and budget, on the samples
   Holm-corrected over the pairs of that budget, say which plans differ;
 * **structure dominates** — the structure-aware plans, averaged per sample, beat *every*
   score-based plan: the largest over rankings of the one-sided sign-flip p-value of the per-sample
-  difference (:func:`depthprune.reporting.statistics.sign_flip_greater`: exact on accuracy at any n,
+  difference (:func:`depthprune.statistics.sign_flip_greater`: exact on accuracy at any n,
   monotone in the evidence; an intersection-union test: beating the best ranking means beating each
   one, so no correction over the rankings is needed). If the family's mean beats the best ranking,
   so does its best member: this is a test of "the best structure-aware method beats the best
   ranking" that does not rest on one variant's luck (docs: regimes.md argues the choice).
 
-**The rule** (:data:`RULE`): the two p-values of every budget of every series in the report form
+**The rule** (:func:`rule`): the two p-values of every budget of every series in the report form
 ONE family, Holm-corrected at :data:`ALPHA`; a budget is *structure-dominated* when its structure
 test rejects, else *ranking-sensitive* when its omnibus test rejects, else *converged*. So the
 chance that a study in which all methods are equal gets any label other than converged is at
@@ -50,8 +50,8 @@ from itertools import combinations
 
 import numpy as np
 
-from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, STRUCTURE_METHODS, family, target_domain
-from depthprune.reporting.statistics import (
+from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, family, members, target_domain
+from depthprune.statistics import (
     binomial_two_sided,
     holm,
     mean_ci,
@@ -60,15 +60,21 @@ from depthprune.reporting.statistics import (
     spread_test,
     wilcoxon_paired,
 )
+from depthprune.study.metrics import METRICS, Metric, compared_on
 from depthprune.study.store import ResultRow, treatment
 
 ALPHA = 0.05
 RANKING, CONVERGED, STRUCTURE = "ranking-sensitive", "converged", "structure-dominated"
 PAPER_ORDER = (RANKING, CONVERGED, STRUCTURE)
-RULE = (f"Families: score-based rankings (domain, mixed, contrast, ablation, block-influence, iterative and "
-        f"any other score-reading method), structure-aware ({', '.join(STRUCTURE_METHODS)}), references "
-        f"(random, last: shown, never tested). Variants that remove the same layers are one plan. A budget is "
-        f"structure-dominated when the structure-aware plans, averaged per sample, beat every score-based plan "
+
+
+def rule() -> str:
+    """The regime rule in words, each family with its registered methods (the report's header)."""
+    return (
+        f"Families: score-based rankings ({', '.join(members(RANKINGS))} and any other score-reading method), "
+        f"structure-aware ({', '.join(members(STRUCTURE_AWARE))}), references "
+        f"({', '.join(members(REFERENCES))}: shown, never tested). Variants that remove the same layers are one "
+        f"plan. A budget is structure-dominated when the structure-aware plans, averaged per sample, beat every score-based plan "
         f"beyond noise (one-sided sign-flip test of the paired differences against each, exact on accuracy; on "
         f"answer NLL when accuracy was not measured), so their best method beats the best ranking; otherwise "
         f"ranking-sensitive when the score-based plans differ among themselves (their spread, best minus worst, "
@@ -116,7 +122,7 @@ class BudgetStats:
 
     budget: int
     fraction: float
-    metric: str                                     # "accuracy" or "nll"
+    metric: str                                     # a name of depthprune.study.metrics.METRICS
     n_paired: int                                   # samples every method has
     accuracy: dict[str, float | None]               # per label, as stored
     acc_ci: dict[str, tuple[float, float] | None]   # the stored 95% Wilson interval
@@ -135,8 +141,13 @@ class BudgetStats:
     regime: str = CONVERGED
 
     @property
+    def spec(self) -> Metric:
+        """The metric compared here (:mod:`depthprune.study.metrics`)."""
+        return METRICS[self.metric]
+
+    @property
     def higher_is_better(self) -> bool:
-        return self.metric == "accuracy"
+        return self.spec.higher_is_better
 
     @property
     def leader(self) -> Arm | None:
@@ -166,7 +177,7 @@ class BudgetStats:
         if not self.structure or not self.rankings:
             return None
         d = float(np.mean([a.value for a in self.structure])) - self.rankings[0].value
-        return d if self.higher_is_better else -d
+        return self.spec.gain(d)
 
     @property
     def resolved(self) -> list[Pair]:
@@ -200,9 +211,10 @@ class Series:
 
 
 # ----------------------------------------------------------------------------- one budget
-def _arms(rows: list[ResultRow], ids: list[str], which: int, higher: bool) -> list[Arm]:
+def _arms(rows: list[ResultRow], ids: list[str], metric: Metric) -> list[Arm]:
     """Distinct plans among ``rows`` (one family), best first; identical removed sets with identical
     per-sample results are one plan (different results, e.g. from non-deterministic healing, stay apart)."""
+    which = metric.sample_index
     groups: dict[tuple, list[ResultRow]] = {}
     for r in sorted(rows, key=lambda r: r.label):
         column = [s[which] for s in r.samples]
@@ -213,22 +225,23 @@ def _arms(rows: list[ResultRow], ids: list[str], which: int, higher: bool) -> li
             values = np.array([float(per[i]) for i in ids])
         groups.setdefault((tuple(r.removed), values.tobytes()), []).append((r, values))
     arms = []
-    for members in groups.values():
-        values = members[0][1]
-        arms.append(Arm([r.label for r, _ in members], [r.method for r, _ in members],
-                        [target_domain(r.method, r.options) for r, _ in members], family(members[0][0].method),
-                        list(members[0][0].removed), float(values.mean()) if len(values) else float("nan"),
-                        members[0][0].nll, values))
+    for group in groups.values():
+        values = group[0][1]
+        arms.append(Arm([r.label for r, _ in group], [r.method for r, _ in group],
+                        [target_domain(r.method, r.options) for r, _ in group], family(group[0][0].method),
+                        list(group[0][0].removed), float(values.mean()) if len(values) else float("nan"),
+                        group[0][0].nll, values))
     def key(a: Arm) -> tuple:
         nll = a.nll if a.nll is not None else np.inf
-        return (-a.value, nll, a.name) if higher else (a.value, a.name)
+        # 0/1 outcomes tie often: the stored answer NLL breaks the tie
+        return (metric.sort_key(a.value), nll if metric.binary else 0.0, a.name)
     return sorted(arms, key=key)
 
 
-def _pairs(arms: list[Arm], metric: str) -> list[Pair]:
+def _pairs(arms: list[Arm], metric: Metric) -> list[Pair]:
     out = []
     for a, b in combinations(arms, 2):
-        if metric == "accuracy":
+        if metric.binary:
             a_only, b_only = int(((a.values == 1) & (b.values == 0)).sum()), int(((a.values == 0) & (b.values == 1)).sum())
             out.append(Pair(a.name, b.name, a.value - b.value, a_only, b_only, binomial_two_sided(a_only, a_only + b_only)))
         else:
@@ -242,7 +255,7 @@ def _structure_p(structure: list[Arm], rankings: list[Arm], higher: bool, seed: 
     """p-value of "the structure-aware plans, on average per sample, beat every ranking plan": the
     largest over rankings r of the one-sided sign-flip p of mean_s(s_i) - r_i (an intersection-union
     test: beating the best ranking means beating each; exact on accuracy, monotone in the evidence:
-    :func:`~depthprune.reporting.statistics.sign_flip_greater`). None without both families."""
+    :func:`~depthprune.statistics.sign_flip_greater`). None without both families."""
     if not structure or not rankings:
         return None
     family_mean = np.mean([s.values for s in structure], 0)
@@ -254,24 +267,23 @@ def _structure_p(structure: list[Arm], rankings: list[Arm], higher: bool, seed: 
 def _budget(rows: list[ResultRow], seed: int) -> BudgetStats:
     """The plans and the structure test of one budget of one series (the omnibus test and the spread
     come from :func:`_spread`, the label from :func:`analyze`)."""
-    metric = "accuracy" if all(r.accuracy is not None for r in rows) else "nll"
-    which = 1 if metric == "accuracy" else 2
+    metric = compared_on(rows)
+    which = metric.sample_index
     tested = [r for r in rows if family(r.method) != REFERENCES] or rows
     have = {r.label: {s[0] for s in r.samples if s[which] is not None} for r in rows}
     ids = sorted(set.intersection(*(have[r.label] for r in tested)))
     usable = [r for r in rows if have[r.label].issuperset(ids)]  # a reference short of samples is left out
-    higher = metric == "accuracy"
-    by_family = {f: _arms([r for r in usable if family(r.method) == f], ids, which, higher)
+    by_family = {f: _arms([r for r in usable if family(r.method) == f], ids, metric)
                  for f in (RANKINGS, STRUCTURE_AWARE, REFERENCES)}
     rankings = by_family[RANKINGS]
     return BudgetStats(
-        budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric, n_paired=len(ids),
+        budget=rows[0].budget, fraction=rows[0].budget_fraction, metric=metric.name, n_paired=len(ids),
         accuracy={r.label: r.accuracy for r in rows},
         acc_ci={r.label: (r.ci_low, r.ci_high) if r.ci_low is not None else None for r in rows},
         nll={r.label: r.nll for r in rows}, methods={r.label: r.method for r in rows},
         rankings=rankings, structure=by_family[STRUCTURE_AWARE], references=by_family[REFERENCES],
         p_rankings=None,
-        p_structure=_structure_p(by_family[STRUCTURE_AWARE], rankings, higher, seed) if ids else None,
+        p_structure=_structure_p(by_family[STRUCTURE_AWARE], rankings, metric.higher_is_better, seed) if ids else None,
         spread=None, spread_ci=None, pairs=[])
 
 
@@ -281,7 +293,7 @@ def _omnibus_testable(b: BudgetStats) -> bool:
 
 def _spread(b: BudgetStats, resamples: int, seed: int) -> None:
     """The rankings-differ test and the spread with its interval, from one bootstrap over records
-    (:func:`~depthprune.reporting.statistics.spread_test`): valid however the plans are correlated."""
+    (:func:`~depthprune.statistics.spread_test`): valid however the plans are correlated."""
     if _omnibus_testable(b):
         matrix = np.stack([a.values for a in b.rankings], 1)
         spread, low, high, p = spread_test(matrix, n_resamples=resamples, seed=seed)
@@ -289,7 +301,7 @@ def _spread(b: BudgetStats, resamples: int, seed: int) -> None:
         # omnibus never claims more than the strongest single pair's exact test (the larger of two
         # p-values is valid when either is, and at n = 600 the floor is far below the bootstrap's p)
         b.spread, b.spread_ci = spread, (low, high)
-        b.p_rankings = max(p, smallest_pair_p(matrix, binary=b.metric == "accuracy"))
+        b.p_rankings = max(p, smallest_pair_p(matrix, binary=b.spec.binary))
     elif len(b.rankings) == 1 and len(b.rankings[0].labels) > 1:  # every ranking removes the same layers
         b.spread, b.spread_ci = 0.0, (0.0, 0.0)  # (one ranking method alone has no spread to speak of: None)
 
@@ -297,7 +309,7 @@ def _spread(b: BudgetStats, resamples: int, seed: int) -> None:
 def arm_ci(b: BudgetStats, arm: Arm) -> tuple[float, float] | None:
     """95% interval of a plan's value at ``b``: the stored Wilson interval of its accuracy, or a t
     interval of its mean answer NLL over the paired samples."""
-    if b.metric == "accuracy":
+    if b.spec.binary:
         return b.acc_ci.get(arm.labels[0])
     return mean_ci(arm.values)[1:] if len(arm.values) else None
 
@@ -313,9 +325,7 @@ def _span(first: float, last: float) -> str:
 
 def size(b: BudgetStats, x: float | None) -> str:
     """A value of ``b``'s metric in words: accuracy points or nats."""
-    if x is None:
-        return "–"
-    return f"{100 * x:.1f} points" if b.metric == "accuracy" else f"{x:.3f} nats"
+    return b.spec.in_words(x)
 
 
 def _who(arm: Arm, domain: str) -> str:
@@ -407,7 +417,7 @@ def analyze(rows: list[ResultRow], resamples: int = 1000, seed: int = 0) -> list
         for b in s.budgets:
             b.regime = STRUCTURE if b.p_structure_adj < ALPHA else RANKING if b.p_rankings_adj < ALPHA else CONVERGED
             if b.regime == RANKING:  # the omnibus test rejected: which pairs differ (Holm within the budget)
-                b.pairs = _pairs(b.rankings, b.metric)
+                b.pairs = _pairs(b.rankings, b.spec)
         s.tests, s.runs = len(tests), _runs(s.budgets)
         s.matches_paper, s.verdict = _verdict(s)
     return out
@@ -417,6 +427,11 @@ def _resolved(p: Pair, higher: bool) -> dict:
     a_better = (p.diff > 0) == higher
     return {"better": p.a if a_better else p.b, "worse": p.b if a_better else p.a, "diff": abs(p.diff),
             "p_holm": p.p_holm}
+
+
+def ranking_sensitive(series: list[Series]) -> set[int]:
+    """The budgets that are ranking-sensitive in some series (where ranking stability matters)."""
+    return {b.budget for s in series for b in s.budgets if b.regime == RANKING}
 
 
 def regimes_json(series: list[Series]) -> dict:
@@ -436,7 +451,7 @@ def regimes_json(series: list[Series]) -> dict:
                           for f, arms in ((RANKINGS, b.rankings), (STRUCTURE_AWARE, b.structure),
                                           (REFERENCES, b.references))},
                 "ranking_pairs_resolved": [_resolved(p, b.higher_is_better) for p in b.resolved]}
-    return _finite({"alpha": ALPHA, "rule": RULE, "tests": series[0].tests if series else 0,
+    return _finite({"alpha": ALPHA, "rule": rule(), "tests": series[0].tests if series else 0,
             "resamples": series[0].resamples if series else 0,
             "series": [{"eval_set": s.eval_set, "domain": s.domain, "healed": s.healed, "heal": json.loads(s.heal),
                         "n": s.n, "regimes": [list(r) for r in s.runs], "matches_paper": s.matches_paper,
@@ -453,5 +468,5 @@ def _finite(obj):  # noqa: ANN001, ANN202 - JSON has no NaN: an undefined number
     return float(obj) if isinstance(obj, np.floating) else obj
 
 
-__all__ = ["ALPHA", "CONVERGED", "PAPER_ORDER", "RANKING", "RULE", "STRUCTURE", "Arm", "BudgetStats", "Pair",
-           "Series", "analyze", "arm_ci", "regimes_json", "size"]
+__all__ = ["ALPHA", "CONVERGED", "PAPER_ORDER", "RANKING", "STRUCTURE", "rule", "Arm", "BudgetStats", "Pair",
+           "Series", "analyze", "arm_ci", "ranking_sensitive", "regimes_json", "size"]

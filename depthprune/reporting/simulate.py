@@ -39,8 +39,8 @@ from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.stats import binom
 from scipy.special import expit, ndtri
+from scipy.stats import binom
 from statsmodels.stats.proportion import proportion_confint
 
 from depthprune.ranking.families import RANKINGS, STRUCTURE_AWARE, family

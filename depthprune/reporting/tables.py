@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from depthprune.ranking.stability import Stability
 from depthprune.reporting.regimes import ALPHA, Arm, BudgetStats, Series, arm_ci, size
+from depthprune.statistics import floor_warning, hidden_collapse, near_floor, retention
 from depthprune.study.store import treatment
 
 ERROR_CONTROL = (f"Error control: the rankings-differ and structure-dominates p-values of every budget of every "
@@ -33,15 +34,15 @@ def budget_label(b: int, fraction: float) -> str:
 
 
 def _value(b: BudgetStats, arm: Arm) -> str:
-    return pct(arm.value) if b.metric == "accuracy" else f"NLL {num(arm.value)}"
+    return b.spec.text(arm.value)
 
 
 def _bare(b: BudgetStats, x: float) -> str:
-    return f"{100 * x:.1f}" if b.metric == "accuracy" else f"{x:.3f}"
+    return b.spec.number(x)
 
 
 def _unit(b: BudgetStats) -> str:
-    return "points" if b.metric == "accuracy" else "nats"
+    return b.spec.unit
 
 
 def _p_pair(raw: float | None, adjusted: float) -> str:
@@ -58,8 +59,8 @@ def best_table(series: Series) -> tuple[list[str], list[list[str]]]:
     for b in series.budgets:
         best = b.rankings[0] if b.rankings else None
         ci = arm_ci(b, best) if best is not None else None
-        fmt = pct if b.metric == "accuracy" else num
-        lead = "–" if best is None else f"{best.name}: {_value(b, best)}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+        lead = "–" if best is None else f"{best.name}: {_value(b, best)}" + (
+            f" [{b.spec.text(ci[0], named=False)}, {b.spec.text(ci[1], named=False)}]" if ci else "")
         tied = [lab for lab in b.tied if best is None or lab not in best.labels]
         lead += f" (tied: {', '.join(tied)})" if tied and b.leader is best else ""
         spread = "–" if b.spread is None else (f"{len(b.rankings)} plans: {_bare(b, b.spread)} [{_bare(b, b.spread_ci[0])}"
@@ -77,7 +78,7 @@ def pairs_lines(series: Series) -> list[str]:
     out = []
     for b in series.budgets:
         if b.resolved:
-            higher = b.metric == "accuracy"
+            higher = b.higher_is_better
             parts = [f"{p.a if (p.diff > 0) == higher else p.b} > {p.b if (p.diff > 0) == higher else p.a} "
                      f"by {size(b, abs(p.diff))} (p {pval(p.p_holm)})" for p in b.resolved]
             out.append(f"{series.name}, {budget_label(b.budget, b.fraction)}: " + "; ".join(parts))
@@ -110,7 +111,19 @@ def stability_table(stability: list[Stability]) -> tuple[list[str], list[list[st
     return head, body
 
 
-__all__ = ["ERROR_CONTROL", "best_table", "budget_label", "num", "pairs_lines", "pct", "pval", "stability_table"]
+__all__ = ["ERROR_CONTROL", "best_table", "floor_lines", "budget_label", "num", "pairs_lines", "pct", "pval", "stability_table"]
+
+
+def floor_lines(rows: list) -> list[str]:
+    """One line per eval set and domain the unpruned model answers under 10% right
+    (:func:`~depthprune.statistics.floor_warning`): comparisons there mean nothing."""
+    lines = []
+    for r in rows:
+        if r.budget == 0 and r.heal is None and r.accuracy is not None:
+            answered = [s[1] for s in r.samples if s[1] is not None]
+            right = {r.domain: (int(sum(answered)), len(answered))}
+            lines += [floor_warning(f"eval set {r.eval_set}", d, *right[d]) for d in near_floor(right)]
+    return lines
 
 
 def retention_table(rows: list) -> tuple[list[str], list[list[str]], list[str]]:
@@ -119,7 +132,6 @@ def retention_table(rows: list) -> tuple[list[str], list[list[str]], list[str]]:
     per cell with a hidden collapse (a domain under 80% while another keeps 90% or more)."""
     import json
 
-    from depthprune.reporting.statistics import hidden_collapse, retention
     base = {(r.eval_set, r.domain): {s[0]: s[1] for s in r.samples if s[1] is not None}
             for r in rows if r.budget == 0 and r.accuracy is not None}
     domains = sorted({d for _, d in base})

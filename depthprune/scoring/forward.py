@@ -19,7 +19,6 @@ import inspect
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,40 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthprune import __version__
-from depthprune.data.records import Record, batches, data_fingerprint, encode
+from depthprune.data.records import Record, batches, cap_per_domain, data_fingerprint, encode
 from depthprune.models.architectures import architecture_protected, find_decoder_layers, input_device
+from depthprune.options import ScoreSettings
 from depthprune.scoring.scores import GROUPS, STATS, Scores
 from depthprune.settings import progress as progress_bar
-
-
-@dataclass
-class ScoreSettings:
-    """Knobs of a scoring pass. ``max_samples`` caps each domain (first N in file order)."""
-
-    batch_size: int = 4
-    max_samples: int | None = None
-    max_span: int | None = None  # default: ceil(num_layers / 2), enough for a 50% block
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"--max-samples must be >= 1, got {self.max_samples}")
-        if self.max_span is not None and self.max_span < 1:
-            raise ValueError(f"--max-span must be >= 1, got {self.max_span}")
-
-
-def cap_per_domain(records: Sequence[Record], max_samples: int | None) -> list[Record]:
-    """The first ``max_samples`` records of each domain, file order kept."""
-    if max_samples is None:
-        return list(records)
-    seen: dict[str, int] = {}
-    kept = []
-    for r in records:
-        if seen.get(r.domain, 0) < max_samples:
-            seen[r.domain] = seen.get(r.domain, 0) + 1
-            kept.append(r)
-    return kept
 
 
 def token_groups(batch: Any, config: Any) -> torch.Tensor:

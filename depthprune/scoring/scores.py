@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from depthprune.options import is_int
+from depthprune.outputs import atomic_files, check_output
+
 #: Token groups, in the order of the group axis.
 GROUPS = ("all", "text", "image", "last")
 #: Statistics, in the order of the stat axis: cosine similarity, and angular distance
@@ -207,7 +210,6 @@ class Scores:
         as the completion mark). Without ``overwrite`` an existing file of either name is an
         OutputError and is never replaced.
         """
-        from depthprune.outputs import atomic_files, check_output
         path = Path(path)
         if path.suffix != ".json":
             raise ScoresError(f"{path}: the scores file name must end in .json")
@@ -291,11 +293,6 @@ class Scores:
             raise ScoresError(f"{path}: fingerprint mismatch; the JSON was edited, or it and "
                               f"{tensors_path.name} come from different runs. Re-run `depthprune score`")
         return scores
-
-
-def is_int(v: object) -> bool:
-    """True for an int that is not a bool (JSON and YAML booleans are ints in Python)."""
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _list_of(check):  # noqa: ANN001, ANN202 - tiny schema combinator

@@ -14,7 +14,7 @@ Two more things decide whether a signal is *domain*-aware, not just "this layer 
 - the ``contrast[d]`` signal, ``z(1 - cos[d]) - mean_o z(1 - cos[o])`` (a layer that
   transforms d's tokens more than the others'), z-scored across the removable layers, and
   ``contrast-method[d]`` = ``z(1 - cos[d]) + beta * contrast[d]``, what ``--method contrast``
-  ranks by (beta = :data:`depthprune.ranking.methods.CONTRAST_BETA`).
+  ranks by (beta = :data:`CONTRAST_BETA`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ import math
 
 import torch
 
-from depthprune.ranking.methods import CONTRAST_BETA
 from depthprune.scoring.scores import GROUPS, Scores, ScoresError
+
+#: weight of the contrast term of the `contrast` ranking method (which reads it from here; see its
+#: docstring and docs/results/domain-checks.md)
+CONTRAST_BETA = 0.5
 
 
 def rankdata(values: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,7 @@ def _treated(study: Study, num_layers: int, section: dict | None, key: str) -> l
 def compensation_entry(section: dict, variant: MethodVariant) -> dict[str, Any]:
     """The repair of one variant's cells: the spec and the calibration domains' weights (the
     variant's own domain or weights, else every calibration domain equally)."""
-    from depthprune.ranking.sleb import domain_weights
+    from depthprune.data.records import domain_weights
     weights = domain_weights(section["domains"], variant.options.get("domain"), variant.options.get("weights"))
     return {**section["spec"], "weights": weights}
 
@@ -168,17 +168,17 @@ def evaluate_sets(model: nn.Module, processor: Any, sets: Sequence[tuple[EvalSet
 
 
 def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: dict[str, Any],
-              records: Sequence[Record], distill: bool, progress: bool,
+              records: Sequence[Record], progress: bool,
               log_file: str | Path | None = None, teacher: nn.Module | None = None) -> nn.Module:
     """A pruned, healed deep copy of ``model`` (the original is untouched); the training log
-    goes to ``log_file`` (JSON lines). ``teacher`` (default ``model``) distils when ``distill``."""
-    from depthprune.healing.recipe import HealConfig
+    goes to ``log_file`` (JSON lines). ``teacher``: the model it distils from (None: no distillation)."""
+    from depthprune.healing.recipe import HealConfig, TrainingFiles
     from depthprune.healing.trainer import heal_model
     student = prune_layers(copy.deepcopy(model), remove)
     if log_file is not None:
         Path(log_file).unlink(missing_ok=True)  # a cell interrupted earlier starts its log again
-    heal_model(student, processor, records, HealConfig(**recipe), teacher=(teacher or model) if distill else None,
-               removed_layers=list(remove), progress=progress, log_file=log_file)
+    heal_model(student, processor, records, HealConfig(**recipe), teacher=teacher,
+               removed_layers=list(remove), files=TrainingFiles(log_file=log_file), progress=progress)
     return student
 
 
@@ -205,8 +205,8 @@ def evaluate_plan(net: nn.Module, processor: Any, study: Study, inputs: Any, rem
                 return measure(net)
         if repair is not None:
             start = copy.deepcopy(net)
-    student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, study.heal["distill"], progress,
-                        log_file=log_file, teacher=net)
+    student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, progress,
+                        log_file=log_file, teacher=net if study.heal["distill"] else None)
     return measure(student)
 
 

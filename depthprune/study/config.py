@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from depthprune.messages import one_line, show
-from depthprune.ranking.methods import METHODS, READS, unread_options
+from depthprune.outputs import file_sha256
+from depthprune.ranking.methods import METHODS, unread_options
 from depthprune.ranking.plan import RankRequest, parse_weights
 from depthprune.ranking.protection import Protection
 from depthprune.study.schema import Compensate, Heal, JsonlEval, LmmsEval, StudyError, StudyFile, validate_shape
@@ -89,6 +90,7 @@ class Study:
     device: str = "cpu"
     device_map: str | None = None
     trust_remote_code: bool = False
+    prompt_format: str = "auto"               # how prompts are written (ModelSpec.prompt_format)
     batch_size: int = 8
     calib_max_samples: int | None = None
     max_span: int | None = None
@@ -122,23 +124,16 @@ class Study:
         evals = [dataclasses.asdict(e) for e in self.eval_sets]
         calibration: list[str] = self.calibration
         if not legacy:
-            calibration = [file_sha256(p) for p in self.calibration]
-            evals = [e | {"paths": [file_sha256(p) for p in e["paths"]]} for e in evals]
+            # 16 hex characters: the run identity keeps the short form it always had (runs resume)
+            calibration = [file_sha256(p)[:16] for p in self.calibration]
+            evals = [e | {"paths": [file_sha256(p)[:16] for p in e["paths"]]} for e in evals]
         out = {"model": self.model, "dtype": self.dtype, "calibration": calibration,
                "calib_max_samples": self.calib_max_samples, "max_span": self.max_span,
                "ablation": self.ablation, "batch_size": self.batch_size, "protect": self.protect.as_study(),
                "eval": evals, "max_new_tokens": self.max_new_tokens}
+        if self.prompt_format != "auto":  # absent when auto: stores written before it existed still resume
+            out["prompt_format"] = self.prompt_format
         return out if legacy else {"version": 2, **out}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex, first 16 characters)."""
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------- validation
@@ -260,7 +255,7 @@ def _methods(src: str, raw: list, domains: set[str]) -> list[MethodVariant]:
         ignored = unread_options(name, {k: v for k, v in entry.items() if k != "method"})
         if ignored:
             raise _err(src, f"{key}.{ignored[0]}", f"method {name!r} does not read {ignored[0]!r}; drop it (it reads: "
-                                                   f"{', '.join(READS[name]) or 'no method options'})")
+                                                   f"{', '.join(METHODS[name].reads) or 'no method options'})")
         axes: list[list[tuple[str, Any]]] = []
         for opt in sorted(k for k in entry if k != "method"):
             values = _as_list(entry[opt])
@@ -370,7 +365,7 @@ def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
     return Study(
         model=_model(src, shape.model, base), calibration=calib_paths, eval_sets=eval_sets, methods=methods,
         budgets=list(shape.budgets), dtype=shape.dtype, device=shape.device, device_map=shape.device_map,
-        trust_remote_code=shape.trust_remote_code, batch_size=shape.batch_size,
+        trust_remote_code=shape.trust_remote_code, prompt_format=shape.prompt_format, batch_size=shape.batch_size,
         calib_max_samples=shape.calibration.max_samples, max_span=shape.calibration.max_span,
         ablation=shape.calibration.ablation,
         protect=Protection(shape.protect.allow_deepstack, shape.protect.first, shape.protect.last),
@@ -508,8 +503,8 @@ def study_dict(study: Study, base: Path | None = None) -> dict[str, Any]:
     rel = [relative_to(p, base) for p in study.calibration]
     out: dict[str, Any] = {
         "model": study.model, "dtype": study.dtype, "device": study.device, "device_map": study.device_map,
-        "trust_remote_code": study.trust_remote_code, "batch_size": study.batch_size,
-        "calibration": {"data": rel, "max_samples": study.calib_max_samples,
+        "trust_remote_code": study.trust_remote_code, "prompt_format": study.prompt_format,
+        "batch_size": study.batch_size, "calibration": {"data": rel, "max_samples": study.calib_max_samples,
                         "max_span": study.max_span, "ablation": study.ablation},
         "eval": [({"kind": "jsonl", "name": e.name, "data": [relative_to(p, base) for p in e.paths],
                    "max_samples": e.max_samples}

@@ -20,7 +20,7 @@ def removed_layers(study: Study, cells: list[Cell], scores: Any, score_fns: dict
                    known: dict[str, list[int] | str]) -> dict[str, list[int]]:
     """Removed layers per cell key (the same on every process: pure functions of the scores,
     `iterative`'s re-scoring is collective and `sleb`'s answer comes from rank 0).
-    ``score_fns``: method -> the ``score_fn`` :func:`~depthprune.methods.rank` needs for
+    ``score_fns``: method -> its model hook, :func:`~depthprune.ranking.methods.rank`'s ``measured``, for
     it (`iterative`, `sleb`). A method that cannot meet a budget skips that
     cell, with the reason appended to ``skipped``, instead of stopping the study. ``known``:
     cells whose plan is already known, as removed layers or the reason the cell is skipped:
@@ -44,7 +44,7 @@ def removed_layers(study: Study, cells: list[Cell], scores: Any, score_fns: dict
         req = RankRequest(method=cell.variant.method, budget=cell.budget, **study.protect.request_kwargs(),
                           **cell.variant.options)
         try:
-            plan = rank(scores, req, score_fn=score_fns.get(cell.variant.method))
+            plan = rank(scores, req, measured=score_fns.get(cell.variant.method))
         except RankError as exc:  # e.g. `spaced` cannot remove half the layers without neighbours
             skipped.append(f"{cell.variant.label} at {cell.budget} layers: {exc}")
             continue
@@ -67,7 +67,8 @@ def searched_plans(study: Study, cells: list[Cell], scores: Any, score_fns: dict
 def score_functions(net: Any, processor: Any, calib: list, study: Study, settings: Any, ctx: Any,
                     progress: bool) -> dict[str, Any]:
     """The ``score_fns`` of :func:`removed_layers`: `iterative`'s re-scoring and `sleb`'s search."""
-    return {"iterative": rescorer(net, processor, calib, settings, str(study.model), ctx),
+    from depthprune.ranking.methods import rescoring
+    return {"iterative": rescoring(rescorer(net, processor, calib, settings, str(study.model), ctx)),
             "sleb": sleb_selector(net, processor, calib, study, ctx, progress)}
 
 
@@ -97,9 +98,9 @@ def sleb_selector(net: Any, processor: Any, calib: list, study: Study, ctx: Any,
     from depthprune.scoring.forward import cap_per_domain
     sleb = Sleb(net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size, progress=progress)
 
-    def select(k: int, candidates: list[int], req: Any) -> Any:
+    def select(scores: Any, k: int, candidates: list[int], req: Any) -> Any:
         try:
-            answer = sleb(k, candidates, req) if ctx.main else None
+            answer = sleb(scores, k, candidates, req) if ctx.main else None
         except RankError as exc:
             answer = exc
         answer = ctx.broadcast(answer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from depthprune.compensation.spec import DEFAULT_RIDGE
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from depthprune.compensation.spec import DEFAULT_RIDGE
 from depthprune.messages import show as _show  # never an unbounded echo (an alias bomb, a huge list)
 
 
@@ -176,6 +176,7 @@ class StudyFile(_Strict):
     device: NonEmptyStr = "cpu"
     device_map: NonEmptyStr | None = None
     trust_remote_code: StrictBool = False
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"  # ModelSpec's (test_options checks they agree)
     batch_size: PositiveInt = 8
     calibration: Calibration
     eval: Annotated[list[EvalSet], Field(min_length=1)]

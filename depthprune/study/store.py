@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,7 +184,4 @@ def get_meta(conn: sqlite3.Connection) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
 
 
-def comparable_rows(rows: Iterable[ResultRow]) -> dict[tuple, ResultRow]:
-    """Rows keyed by (label, budget, heal JSON, eval set, domain) for quick lookups."""
-    return {(r.label, r.budget, json.dumps(r.heal, sort_keys=True), r.eval_set, r.domain): r
-            for r in rows}
+

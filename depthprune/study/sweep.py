@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune import __version__
-from depthprune.data.records import EncodingCache
+from depthprune.data.records import EncodingCache, set_prompt_format
 from depthprune.outputs import check_output, write_text_atomic
 from depthprune.settings import progress as progress_bar
 from depthprune.study.cell import Cell, expand_cells
@@ -375,6 +375,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     conn = _open_store(run, study, ctx)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
                                 device_map=study.device_map, trust_remote_code=study.trust_remote_code)
+    set_prompt_format(processor, study.prompt_format, study.model)
     done = ctx.broadcast(completed_cells(conn) if ctx.main else None)
     n_jobs = resolve_jobs(jobs, study, ctx.world, sum(c.key not in done for c in inputs.cells),
                           sum(p.nbytes for p in net.parameters()))

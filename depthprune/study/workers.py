@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from depthprune import settings
+from depthprune.data.records import set_prompt_format
 from depthprune.settings import progress as progress_bar
 from depthprune.study.cell import Cell, Sample, evaluate_plan
 from depthprune.study.config import Study, StudyError
@@ -122,6 +123,7 @@ def _start_worker(study: Study, inputs: Any, threads: int) -> None:
     torch.set_num_threads(threads)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=study.device,
                                 trust_remote_code=study.trust_remote_code)
+    set_prompt_format(processor, study.prompt_format, study.model)  # as the main process does
     _worker.update(net=net, processor=processor, study=study, inputs=inputs)
 
 

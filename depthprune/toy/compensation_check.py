@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from depthprune.reporting.statistics import mcnemar_exact
+from depthprune.statistics import mcnemar_exact
 from depthprune.toy.domain_check import MAX_NEW_TOKENS, benchmark_data_args
 from depthprune.toy.heal_check import _correct, _finite, _share, loss_back
 

@@ -94,7 +94,7 @@ def headline_study(data: dict[str, Path], batch_size: int = 32) -> dict[str, Any
 
 def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
     """(only a right, only b right, exact two-sided p) on paired correctness."""
-    from depthprune.reporting.statistics import mcnemar_exact
+    from depthprune.statistics import mcnemar_exact
     return mcnemar_exact(a, b)
 
 

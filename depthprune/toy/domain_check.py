@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from depthprune.reporting.statistics import binomial_two_sided
+from depthprune.statistics import binomial_two_sided
 
 DOMAINS = ("math", "general")
 
@@ -44,7 +44,7 @@ def paired(pred_a: Path, pred_b: Path, domain: str) -> dict:
     """Accuracy and mean answer NLL of A and B on ``domain`` (records matched by id): exact
     McNemar test of the accuracies; the mean NLL difference A - B with a paired bootstrap 95%
     interval and the Wilcoxon signed-rank p-value."""
-    from depthprune.reporting.statistics import bootstrap_mean_ci, wilcoxon_paired
+    from depthprune.statistics import bootstrap_mean_ci, wilcoxon_paired
 
     def load(path: Path) -> dict[str, dict]:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

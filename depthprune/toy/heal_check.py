@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from depthprune.evaluation.generation import predictions_path
-from depthprune.reporting.statistics import mcnemar_exact, ratio_ci
+from depthprune.statistics import mcnemar_exact, ratio_ci
 from depthprune.toy.domain_check import MAX_NEW_TOKENS, benchmark_data_args
 
 DOMAINS = ("math", "general")
@@ -59,7 +59,7 @@ def _correct(predictions: Path) -> dict[str, dict[str, int]]:
 
 def loss_back(unpruned: list[int], pruned: list[int], healed: list[int]) -> tuple[float, float, float]:
     """Share of the pruning loss given back, (healed - pruned) / (unpruned - pruned), and its 95%
-    Fieller interval over the paired samples (:func:`~depthprune.reporting.statistics.ratio_ci`;
+    Fieller interval over the paired samples (:func:`~depthprune.statistics.ratio_ci`;
     ``(-inf, inf)`` when the loss itself is within noise; NaN when nothing was lost). The percentile
     bootstrap it replaces dropped the resamples whose loss was <= 0 and undercovered small losses."""
     u, p, h = (np.asarray(x, dtype=float) for x in (unpruned, pruned, healed))

@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -116,18 +117,36 @@ def _plot(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(out: Path, seed: int = TRAIN_SEED, steps: int = STEPS,
-          batch_size: int = BATCH, lr: float = LR, n_train: int = N_TRAIN,
-          n_eval: int = N_EVAL, init: Path | None = None, warmup: int = WARMUP,
-          probe_every: int = PROBE_EVERY, layers: int = NUM_LAYERS, hidden: int = HIDDEN,
-          threads: int = THREADS) -> dict:
-    """Train, save into ``out`` (replaced atomically) and return the ``training.json`` dict."""
+@dataclass(frozen=True)
+class ToyRecipe:
+    """One training run of the toy (each field is the ``--flag`` of the same name): seed, optimizer
+    steps, batch size, peak learning rate and warm-up steps, synthetic record counts, steps between
+    probe evaluations, the decoder's depth and width (from scratch only) and torch threads."""
+
+    seed: int = TRAIN_SEED
+    steps: int = STEPS
+    batch_size: int = BATCH
+    lr: float = LR
+    n_train: int = N_TRAIN
+    n_eval: int = N_EVAL
+    warmup: int = WARMUP
+    probe_every: int = PROBE_EVERY
+    layers: int = NUM_LAYERS
+    hidden: int = HIDDEN
+    threads: int = THREADS
+
+
+def train(out: Path, recipe: ToyRecipe = ToyRecipe(), init: Path | None = None) -> dict:
+    """Train as ``recipe`` says (from random weights, or from the checkpoint ``init``), save into
+    ``out`` (replaced atomically) and return the ``training.json`` dict."""
+    seed, steps, batch_size, lr, warmup = recipe.seed, recipe.steps, recipe.batch_size, recipe.lr, recipe.warmup
+    n_train, n_eval, probe_every, threads = recipe.n_train, recipe.n_eval, recipe.probe_every, recipe.threads
     start = time.time()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     if init is None:
         processor = build_processor()
-        model = build_model(processor.tokenizer, layers=layers, hidden=hidden)
+        model = build_model(processor.tokenizer, layers=recipe.layers, hidden=recipe.hidden)
     else:  # continue from a trained checkpoint (weights upcast to float32, its own tokenizer)
         from transformers import AutoModelForImageTextToText, AutoProcessor
         processor = AutoProcessor.from_pretrained(init)
@@ -225,10 +244,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=THREADS,
                     help="torch threads; 2 only on otherwise idle cores (see THREADS)")
     args = ap.parse_args(argv)
-    info = train(args.out, seed=args.seed, steps=args.steps, init=args.init, warmup=args.warmup,
-                 probe_every=args.probe_every, n_eval=args.n_eval, layers=args.layers,
-                 hidden=args.hidden, threads=args.threads,
-                 batch_size=args.batch_size, lr=args.lr, n_train=args.n_train)
+    recipe = ToyRecipe(**{f.name: getattr(args, f.name) for f in fields(ToyRecipe)})
+    info = train(args.out, recipe, init=args.init)
     print(json.dumps({k: info[k] for k in ("train_seconds", "steps_done", "eval_accuracy_float32")},
                      indent=1))
     print(f"saved to {args.out}")

@@ -65,3 +65,16 @@ def test_bench_study_small():
     figures = json.loads(run("bench_study.py").strip().splitlines()[-1])
     assert figures["serial_s"] > 0 and figures["fast_s"] > 0 and figures["cells"] == 8
     assert figures["identical_rows"] and figures["max_nll_diff"] == 0 and figures["correct_differ"] == 0
+
+
+@pytest.mark.slow
+def test_bench_pipelines_small(tmp_path):
+    """Every pipeline runs on the toy at 25% and depthprune's pipeline is compared per domain."""
+    out = run("bench_pipelines.py", "--out", str(tmp_path / "runs"), "--jobs", "2")
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert sorted(v["domain"] for v in figures["versus"]) == ["general", "math"]
+    assert all(0 <= v["p"] <= 1 and v["best_published"] for v in figures["versus"])
+    table = (tmp_path / "runs" / "table.md").read_text()
+    for name in ("ShortGPT", "SLEB", "PruneMe + heal", "ReplaceMe", "INTERLACE-style", "last-n", "random",
+                 "depthprune (math)", "depthprune (general)"):
+        assert f"| {name} |" in table

@@ -11,7 +11,9 @@ import pytest
 import typer
 
 from depthprune import settings
-from depthprune.cli import _show_warning, app, handle_errors
+from depthprune.cli import app
+from depthprune.cli_errors import handle_errors
+from depthprune.cli_errors import show_warning as _show_warning
 from tests.helpers.cli import REPO, assert_user_error, cli_subprocess, run, runner
 from tests.helpers.tiny_models import save_tiny
 

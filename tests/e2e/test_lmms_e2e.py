@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from depthprune.cli import app
+from depthprune.options import RankRequest
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def test_lmms_eval_matches_builtin_evaluator(tmp_path_factory, pruned):
     data = synthesize(tmp / "data", seed=3, n_train=0, n_calib=0, n_eval=24)["eval"]
     model = MODEL_DIR
     if pruned:
-        model = api.prune(MODEL_DIR, None, tmp / "pruned", method="last", budget=0.25, progress=False)
+        model = api.prune(MODEL_DIR, None, tmp / "pruned", request=RankRequest("last", 0.25))
     runner = CliRunner()
     res = runner.invoke(app, ["data", "lmms-task", "--data", str(data), "--out", str(tmp / "task"),
                               "--name", "toyq", "--max-new-tokens", "16"])

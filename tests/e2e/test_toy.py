@@ -92,8 +92,8 @@ def test_accuracy_targets(toy, eval_records):
 
 
 def test_training_is_deterministic_by_seed(tmp_path):
-    from depthprune.toy.train import train
-    runs = [train(tmp_path / name, steps=3, n_train=48, batch_size=4, n_eval=20) for name in ("a", "b")]
+    from depthprune.toy.train import ToyRecipe, train
+    runs = [train(tmp_path / name, ToyRecipe(steps=3, n_train=48, batch_size=4, n_eval=20)) for name in ("a", "b")]
     weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("a", "b")]
     assert weights[0] == weights[1]
     assert [c["loss"] for c in runs[0]["loss_curve"]] == [c["loss"] for c in runs[1]["loss_curve"]]
@@ -101,7 +101,7 @@ def test_training_is_deterministic_by_seed(tmp_path):
 
 
 def test_mcnemar_exact_matches_the_binomial_tail():
-    from depthprune.reporting.statistics import binomial_two_sided
+    from depthprune.statistics import binomial_two_sided
     assert binomial_two_sided(0, 6) == 2 / 64  # both one-sided tails of Binomial(6, 1/2) at 0
     assert binomial_two_sided(6, 6) == binomial_two_sided(0, 6)
     assert binomial_two_sided(3, 6) == 1.0 and binomial_two_sided(0, 0) == 1.0

@@ -15,10 +15,11 @@ from torch import nn
 
 from depthprune import api
 from depthprune.compensation import DEFAULT_RIDGE, Compensation, CompensationError, gaps
-from depthprune.compensation.fit import Fold, fit_and_fold
+from depthprune.compensation.fit import Calibration, Fold, fit_and_fold
 from depthprune.data.records import encode
 from depthprune.models.architectures import find_decoder_layers
 from depthprune.models.loading import load_model
+from depthprune.options import CalibrationRun, RankRequest
 from depthprune.pruning import layers_removed, prune_layers, save_pruned
 from tests.helpers.cli import assert_user_error, run
 from tests.helpers.tiny_configs import FAMILIES
@@ -95,7 +96,7 @@ def test_a_folded_map_equals_the_map_applied_through_a_hook(tiny):
 def test_a_fitted_repair_reloads_exactly_with_plain_removals_tensors(tiny, tmp_path):
     family, src, model, processor, records = tiny
     net = copy.deepcopy(model)
-    fits = fit_and_fold(net, processor, records, REMOVE, WEIGHTS, Compensation("refit"), batch_size=4, progress=False)
+    fits = fit_and_fold(net, processor, Calibration(Compensation("refit"), records, WEIGHTS), REMOVE, batch_size=4)
     assert [(f.first, f.last, f.folded_into) for f in fits] == [(3, 4, 2)]
     assert 0 <= fits[0].relative_residual <= 1 + 1e-9  # shrunk towards plain removal: never worse on calibration
     assert all(torch.isfinite(p).all() for p in net.parameters())
@@ -139,8 +140,8 @@ def test_prune_records_each_gap_and_a_domain_calibrated_repair_differs(qwen3, ca
     data = calib_dir / "text.jsonl"
     infos = {}
     for domain in ("math", "general"):
-        _, infos[domain] = api.prune(src, None, tmp_path / domain, layers=[2, 4, 5], data=data, domain=domain,
-                                     compensate="refit", progress=False, return_info=True)
+        _, infos[domain] = api.prune(src, [2, 4, 5], tmp_path / domain, calibration=CalibrationRun(data),
+                                     request=RankRequest(domain=domain), compensate="refit", return_info=True)
     record = infos["math"]["compensation"]
     assert [(g["first"], g["last"], g["folded_into"]) for g in record["gaps"]] == [(2, 2, 1), (4, 5, 3)]
     assert record["domain_weights"] == {"math": 1.0} and record["method"] == "refit"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from depthprune.cli_output import format_metrics_table
 from depthprune.data.records import DataError, encode, load_records, render_prompt
 from depthprune.evaluation import generation as evaluation
 from depthprune.evaluation.answers import extract_answer, last_number, normalize_text, parse_number, score_answer
@@ -26,7 +27,7 @@ from depthprune.evaluation.generation import (
     wilson_interval,
 )
 from depthprune.models.loading import load_model
-from depthprune.tables import format_metrics_table
+from depthprune.options import ModelSpec
 from tests.helpers.tiny_configs import FAMILIES, VLM_FAMILIES
 from tests.helpers.tiny_models import save_tiny
 
@@ -202,7 +203,7 @@ def tiny(request, tmp_path_factory, calib_dir):
 @pytest.fixture(scope="module")
 def evaluated(tiny) -> EvalResult:
     _, _, model, processor, records = tiny
-    return evaluate(model, processor, records, batch_size=3, max_new_tokens=6, progress=False)
+    return evaluate(model, processor, records, batch_size=3, max_new_tokens=6)
 
 
 def test_evaluate_structure(tiny, evaluated):
@@ -226,7 +227,7 @@ def test_evaluate_structure(tiny, evaluated):
 
 def test_batch_size_does_not_change_results(tiny, evaluated):
     _, _, model, processor, records = tiny
-    one = evaluate(model, processor, records, batch_size=1, max_new_tokens=6, progress=False)
+    one = evaluate(model, processor, records, batch_size=1, max_new_tokens=6)
     three = evaluated
     assert [p.output for p in one.predictions] == [p.output for p in three.predictions]
     for a, b in zip(one.predictions, three.predictions):
@@ -273,9 +274,9 @@ def test_evaluate_rejects_records_without_answer(tiny):
     _, _, model, processor, records = tiny
     bad = dataclasses.replace(records[0], answer=None)
     with pytest.raises(DataError, match="no 'answer'"):
-        evaluate(model, processor, [bad], progress=False)
+        evaluate(model, processor, [bad])
     with pytest.raises(DataError, match="an empty one"):
-        evaluate(model, processor, [dataclasses.replace(records[0], answer=" ")], progress=False)
+        evaluate(model, processor, [dataclasses.replace(records[0], answer=" ")])
 
 
 def test_evaluate_uses_record_choices(tiny, monkeypatch):
@@ -283,7 +284,7 @@ def test_evaluate_uses_record_choices(tiny, monkeypatch):
     _, _, model, processor, records = tiny
     rec = dataclasses.replace(records[0], answer="blue", extra={"choices": ["red", "blue"]})
     monkeypatch.setattr(evaluation, "generate_outputs", lambda m, p, rs, n: ["(B)"] * len(rs))
-    result = evaluate(model, processor, [rec], progress=False)
+    result = evaluate(model, processor, [rec])
     assert result.predictions[0].correct and result.overall.accuracy == 1.0
 
 
@@ -298,8 +299,7 @@ def test_evaluate_path_writes_metrics_and_predictions(tiny, calib_dir, tmp_path)
     if family != "qwen3_vl":
         pytest.skip("one end-to-end file test is enough")
     out = tmp_path / "res" / "metrics.json"
-    metrics = evaluate_path(src, [calib_dir / "calib.jsonl"], out, batch_size=4, max_new_tokens=4,
-                            dtype="float32", progress=False)
+    metrics = evaluate_path(ModelSpec(src, dtype="float32"), [calib_dir / "calib.jsonl"], out, batch_size=4, max_new_tokens=4)
     assert json.loads(out.read_text()) == metrics
     assert predictions_path(out) == tmp_path / "res" / "metrics.predictions.jsonl"
     rows = [json.loads(line) for line in predictions_path(out).read_text().splitlines()]
@@ -312,10 +312,10 @@ def test_evaluate_path_writes_metrics_and_predictions(tiny, calib_dir, tmp_path)
 
     before = out.read_text()
     with pytest.raises(FileExistsError, match=r"metrics\.json.*--overwrite"):
-        evaluate_path(src, [calib_dir / "calib.jsonl"], out, dtype="float32", progress=False)
+        evaluate_path(ModelSpec(src, dtype="float32"), [calib_dir / "calib.jsonl"], out)
     assert out.read_text() == before
-    evaluate_path(src, [calib_dir / "calib.jsonl"], out, max_new_tokens=2, dtype="float32",
-                  overwrite=True, progress=False)
+    evaluate_path(ModelSpec(src, dtype="float32"), [calib_dir / "calib.jsonl"], out, max_new_tokens=2,
+                  overwrite=True)
     assert json.loads(out.read_text())["settings"]["max_new_tokens"] == 2
 
 
@@ -323,7 +323,7 @@ def test_evaluate_path_requires_answers_before_loading(tmp_path):
     data = _answered_file(tmp_path / "d.jsonl", [{"id": "a", "domain": "math", "question": "what ?"}])
     out = tmp_path / "m.json"
     with pytest.raises(DataError, match=r"d\.jsonl:1: record has no 'answer'"):
-        evaluate_path(tmp_path / "no-such-model", data, out, progress=False)
+        evaluate_path(ModelSpec(tmp_path / "no-such-model"), data, out)
     assert not out.exists()
 
 
@@ -355,7 +355,7 @@ def test_evaluate_runs_on_every_supported_architecture(family, calib_dir, tmp_pa
     with_images = family in VLM_FAMILIES and family.startswith("qwen")
     records = load_records(calib_dir / ("calib.jsonl" if with_images else "text.jsonl"))
     records = [dataclasses.replace(r, answer=r.answer or "7") for r in records]
-    result = evaluate(model, processor, records, batch_size=2, max_new_tokens=3, progress=False)
+    result = evaluate(model, processor, records, batch_size=2, max_new_tokens=3)
     assert len(result.predictions) == len(records)
     for domain, metrics in result.domains.items():
         assert metrics.n == sum(r.domain == domain for r in records)

@@ -13,8 +13,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from depthprune import api
-from depthprune.models.gguf_out import (POSITIONAL_ARCHITECTURES, check_layer_pattern, nearest_pattern_cuts,
-                                        open_gguf, write_pruned_gguf)
+from depthprune.models.gguf_out import (
+    POSITIONAL_ARCHITECTURES,
+    check_layer_pattern,
+    nearest_pattern_cuts,
+    open_gguf,
+    write_pruned_gguf,
+)
 from tests.helpers.cli import assert_user_error, run, tree_hash
 from tests.helpers.tiny_gguf import GEMMA3_LAYERS, write_tiny_gguf
 
@@ -60,8 +65,8 @@ def _logits(model, source):
 @pytest.mark.parametrize("cut", ALLOWED)
 def test_cuts_that_keep_the_pattern_equal_the_safetensors_prune(gemma3, unpruned_logits, cut):
     remove = ALLOWED[cut]
-    out = api.prune(gemma3, None, gemma3.parent / f"{cut}.gguf", layers=remove, progress=False)
-    directory = api.prune(gemma3, None, gemma3.parent / cut, layers=remove, progress=False)
+    out = api.prune(gemma3, remove, gemma3.parent / f"{cut}.gguf")
+    directory = api.prune(gemma3, remove, gemma3.parent / cut)
     got, want = _logits_of_gguf(out), _logits_of_dir(directory, gemma3)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(got, unpruned_logits, atol=1e-3)
@@ -97,9 +102,9 @@ def test_what_a_refused_cut_would_do(gemma3, tmp_path):
     source = open_gguf(gemma3)
     with pytest.raises(ValueError, match="change kind"):
         check_layer_pattern(source, remove)
-    directory, info = api.prune(gemma3, None, tmp_path / "dir", layers=remove, progress=False, return_info=True)
+    directory, info = api.prune(gemma3, remove, tmp_path / "dir", return_info=True)
     info["gguf_source"] = {"sha256": "0" * 64}
-    write_pruned_gguf(source, tmp_path / "wrong.gguf", info, progress=False)
+    write_pruned_gguf(source, tmp_path / "wrong.gguf", info)
     got, want = _logits_of_gguf(tmp_path / "wrong.gguf"), _logits_of_dir(directory, gemma3)
     assert (got - want).abs().max() > 1e-2
 

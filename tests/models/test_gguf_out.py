@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from depthprune import api
 from depthprune.models.gguf_out import RECORD_KEYS, UNIFORM_ARCHITECTURES, record_path
+from depthprune.options import CalibrationRun
 from tests.helpers.cli import assert_user_error, file_size_limit, leftovers, run, tree_hash
 from tests.helpers.tiny_gguf import LAYERS, PER_LAYER_KEY, write_tiny_gguf
 
@@ -55,9 +56,9 @@ def _dir_logits(path):
 @pytest.mark.parametrize("arch", UNIFORM_ARCHITECTURES)
 def test_pruned_gguf_loads_with_the_logits_of_the_safetensors_output(workdir, arch):
     src = workdir / f"{arch}.gguf"
-    out, info = api.prune(src, None, workdir / f"{arch}-pruned.gguf", layers=REMOVE, progress=False,
+    out, info = api.prune(src, REMOVE, workdir / f"{arch}-pruned.gguf",
                           return_info=True)
-    directory = api.prune(src, None, workdir / f"{arch}-pruned", layers=REMOVE, progress=False)
+    directory = api.prune(src, REMOVE, workdir / f"{arch}-pruned")
     pruned = _gguf_logits(out)
     # both dequantise the same bytes: equal to float32 rounding (in practice bit-identical)
     torch.testing.assert_close(pruned, _dir_logits(directory), rtol=1e-6, atol=1e-6)
@@ -75,13 +76,11 @@ def _tensors(path):
 def test_a_compensated_gguf_loads_with_the_logits_of_the_compensated_safetensors_output(workdir, arch, calib_dir):
     src = workdir / f"{arch}.gguf"
     data = calib_dir / "text.jsonl"
-    out, info = api.prune(src, None, workdir / f"{arch}-repaired.gguf", layers=REMOVE, data=data, compensate="refit",
-                          progress=False, return_info=True)
-    directory = api.prune(src, None, workdir / f"{arch}-repaired", layers=REMOVE, data=data, compensate="refit",
-                          progress=False)
+    out, info = api.prune(src, REMOVE, workdir / f"{arch}-repaired.gguf", calibration=CalibrationRun(data), compensate="refit", return_info=True)
+    directory = api.prune(src, REMOVE, workdir / f"{arch}-repaired", calibration=CalibrationRun(data), compensate="refit")
     repaired = _gguf_logits(out)
     torch.testing.assert_close(repaired, _dir_logits(directory), rtol=1e-3, atol=1e-3)
-    plain = api.prune(src, None, workdir / f"{arch}-plain-for-repair.gguf", layers=REMOVE, progress=False)
+    plain = api.prune(src, REMOVE, workdir / f"{arch}-plain-for-repair.gguf")
     assert not torch.allclose(repaired, _gguf_logits(plain), atol=1e-3)  # the repair is in the file
     # the repaired projections (folded into layers 0 and 2, now 0 and 1) are F32; every other tensor keeps its bytes
     written = info["gguf_output"]["written_as_f32"]
@@ -98,7 +97,7 @@ def test_a_compensated_gguf_loads_with_the_logits_of_the_compensated_safetensors
 
 def test_kept_tensors_are_byte_identical_under_their_new_numbers(workdir):
     src = workdir / "llama.gguf"
-    out = api.prune(src, None, workdir / "bytes.gguf", layers=REMOVE, progress=False)
+    out = api.prune(src, REMOVE, workdir / "bytes.gguf")
     before, after = _tensors(src), _tensors(out)
     keep = [i for i in range(LAYERS) if i not in REMOVE]
     expected = {}
@@ -120,7 +119,7 @@ def test_kept_tensors_are_byte_identical_under_their_new_numbers(workdir):
 
 def test_metadata_copied_with_block_count_sliced_arrays_and_the_record(workdir):
     src = workdir / "llama.gguf"
-    out, info = api.prune(src, None, workdir / "meta.gguf", layers=REMOVE, progress=False, return_info=True)
+    out, info = api.prune(src, REMOVE, workdir / "meta.gguf", return_info=True)
     a, b = gguf.GGUFReader(str(out)).fields, gguf.GGUFReader(str(src)).fields
     keep = [i for i in range(LAYERS) if i not in REMOVE]
     per_layer = PER_LAYER_KEY.format(arch="llama")
@@ -148,7 +147,7 @@ def test_metadata_copied_with_block_count_sliced_arrays_and_the_record(workdir):
 
 def test_size_is_the_kept_layers_plus_the_unchanged_tensors(workdir):
     src = workdir / "llama.gguf"
-    out, info = api.prune(src, None, workdir / "size.gguf", layers=REMOVE, progress=False, return_info=True)
+    out, info = api.prune(src, REMOVE, workdir / "size.gguf", return_info=True)
     before, after = _tensors(src), _tensors(out)
     layer_bytes = [sum(int(t.n_bytes) for n, t in before.items() if n.startswith(f"blk.{i}.")) for i in range(LAYERS)]
     other = sum(int(t.n_bytes) for n, t in before.items() if not n.startswith("blk."))

@@ -17,8 +17,8 @@ pytest.importorskip("peft")
 
 from depthprune.cli import app
 from depthprune.data.records import load_records
-from depthprune.healing.checkpoint import heal
-from depthprune.healing.recipe import HealConfig, HealError
+from depthprune.healing.command import heal
+from depthprune.healing.recipe import HealConfig, HealError, TrainingFiles
 from depthprune.healing.trainer import (
     TimeBudget,
     checkpoints,
@@ -144,12 +144,12 @@ def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(llama, calib_dir, t
     records = load_records(calib_dir / "text.jsonl")
     work = tmp_path / "work"
     model, tok = load_model(llama)
-    heal_model(model, tok, records, full_with_a_checkpoint_every_step(3), work_dir=work, progress=False)
+    heal_model(model, tok, records, full_with_a_checkpoint_every_step(3), files=TrainingFiles(work), progress=False)
     (work / "checkpoint-3" / "trainer_state.json").unlink()  # killed while TRL was writing it
     assert [p.name for p in checkpoints(work)] == ["checkpoint-2"]
     model, tok = load_model(llama)
     with pytest.warns(UserWarning, match="checkpoint-3 is incomplete"):
-        stats = heal_model(model, tok, records, full_with_a_checkpoint_every_step(3), work_dir=work, resume=True,
+        stats = heal_model(model, tok, records, full_with_a_checkpoint_every_step(3), files=TrainingFiles(work, resume=True),
                            progress=False)
     assert stats.steps == 3 and stats.recipe["resumed_from"] == "checkpoint-2"
 
@@ -242,10 +242,10 @@ def test_resume_continues_from_the_latest_checkpoint(llama, calib_dir, tmp_path)
     records = load_records(calib_dir / "text.jsonl")
     work = tmp_path / "work"
     model, tok = load_model(llama)
-    heal_model(model, tok, records, full_with_a_checkpoint_every_step(2), work_dir=work, progress=False)
+    heal_model(model, tok, records, full_with_a_checkpoint_every_step(2), files=TrainingFiles(work), progress=False)
     assert (work / "checkpoint-2").is_dir()
     model, tok = load_model(llama)  # "killed" after step 2: now ask for 4 steps, resuming
-    stats = heal_model(model, tok, records, full_with_a_checkpoint_every_step(4), work_dir=work, resume=True,
+    stats = heal_model(model, tok, records, full_with_a_checkpoint_every_step(4), files=TrainingFiles(work, resume=True),
                        progress=False)
     assert stats.steps == 4 and stats.recipe["resumed_from"] == "checkpoint-2"
     assert len(stats.losses) == 4  # steps 1-2 from the checkpoint's log, 3-4 trained now

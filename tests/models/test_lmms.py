@@ -95,7 +95,7 @@ def test_write_task_round_trips_records(calib_dir, tmp_path):
     datasets = pytest.importorskip("datasets")
     pytest.importorskip("yaml")
     from depthprune.data.records import load_records
-    from depthprune.evaluation.lmms import write_task
+    from depthprune.evaluation.lmms_task import write_task
     tasks = write_task(calib_dir / "calib.jsonl", tmp_path / "task", name="toyq", max_new_tokens=8)
     assert tasks == ["toyq", "toyq_general", "toyq_math"]
     ds = datasets.load_from_disk(str(tmp_path / "task" / "dataset"))

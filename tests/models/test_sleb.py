@@ -48,7 +48,7 @@ def test_sleb_equals_brute_force_over_pruned_models(family, tmp_path):
     records = load_records(long_text(tmp_path / "data" / "long.jsonl"))
     for req, weights in ((RankRequest("sleb", 3, domain="math"), {"math": 1.0}),
                          (RankRequest("sleb", 3, weights={"math": 1, "general": 3}), {"math": 0.25, "general": 0.75})):
-        sel = Sleb(model, tok, records, batch_size=3, progress=False)(3, list(range(6)), req)
+        sel = Sleb(model, tok, records, batch_size=3, progress=False)(None, 3, list(range(6)), req)
         want, values = brute_force_sleb(model, tok, records, 3, list(range(6)), weights)
         assert sel.remove == want  # order of removal
         # each step's objective (the reason) and the first step's single-layer damage column
@@ -67,16 +67,16 @@ def test_sleb_first_step_is_single_layer_ablation_and_budgets_share_one_search(t
     math = torch.tensor([r.domain == "math" for r in records])
     sleb = Sleb(model, tok, records, batch_size=4, progress=False)
     req = RankRequest("sleb", 2, domain="general")
-    two = sleb(2, [1, 2, 3, 4, 5], req)
+    two = sleb(None, 2, [1, 2, 3, 4, 5], req)
     damage = (ablated[~math] - base[~math, None]).mean(0)
     assert two.columns["dNLL[general] alone"][1:] == pytest.approx(damage[1:].tolist(), abs=1e-5)
     assert two.columns["dNLL[general] alone"][0] is None  # not a candidate
     assert two.remove[0] == 1 + int(damage[1:].argmin())
-    four = sleb(4, [1, 2, 3, 4, 5], req)  # continues the memoised search
-    fresh = Sleb(model, tok, records, batch_size=4, progress=False)(4, [1, 2, 3, 4, 5], req)
+    four = sleb(None, 4, [1, 2, 3, 4, 5], req)  # continues the memoised search
+    fresh = Sleb(model, tok, records, batch_size=4, progress=False)(None, 4, [1, 2, 3, 4, 5], req)
     assert four.remove[:2] == two.remove and four.remove == fresh.remove
     assert four.reasons == fresh.reasons
-    assert sleb(1, [1, 2, 3, 4, 5], req).remove == two.remove[:1]
+    assert sleb(None, 1, [1, 2, 3, 4, 5], req).remove == two.remove[:1]
     assert four.columns["SLEB step"] == [None] + [float(four.remove.index(i) + 1) if i in four.remove else None
                                                   for i in range(1, 6)]
 
@@ -88,7 +88,7 @@ def test_sleb_on_qwen3_vl_with_images_and_deepstack_layers(tmp_path, calib_dir):
     records = load_records(calib_dir / "calib.jsonl")
     sleb = Sleb(model, processor, records, batch_size=3, cache_mb=0.02, progress=False)
     with pytest.warns(UserWarning, match="ablation-cache-mb"):
-        sel = sleb(3, list(range(6)), RankRequest("sleb", 3, allow_deepstack=True))
+        sel = sleb(None, 3, list(range(6)), RankRequest("sleb", 3, allow_deepstack=True))
     want, _ = brute_force_sleb(model, processor, records, 3, list(range(6)), {"math": 0.5, "general": 0.5})
     assert sel.remove == want
     assert sleb.stats.full_forwards > 0 and sleb.stats.spilled_mb > 0

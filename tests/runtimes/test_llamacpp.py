@@ -19,6 +19,7 @@ import pytest
 
 from depthprune import api
 from depthprune.models.gguf_out import UNIFORM_ARCHITECTURES
+from depthprune.options import CalibrationRun
 from tests.helpers.runtimes import QUESTIONS, compare_with_transformers, near_ties, require_llamacpp, tokenize_both
 from tests.helpers.tiny_gguf import LAYERS, WORDS, write_tiny_gguf
 
@@ -40,7 +41,7 @@ def tiny_files(tmp_path_factory):
         mp.setenv("DEPTHPRUNE_CACHE", str(d / "cache"))
         for arch in UNIFORM_ARCHITECTURES:
             src = write_tiny_gguf(d / f"{arch}.gguf", arch)
-            files[arch] = (src, api.prune(src, None, d / f"{arch}-pruned.gguf", layers=REMOVE, progress=False))
+            files[arch] = (src, api.prune(src, REMOVE, d / f"{arch}-pruned.gguf"))
     return files
 
 
@@ -124,8 +125,8 @@ def test_pruned_smollm2_agrees_with_transformers_in_llamacpp(smollm2_path, tmp_p
              for q in QUESTIONS]
     results = {}
     for name, layers in (("unpruned", None), ("k3", [5, 12, 20]), ("k7", [3, 7, 11, 15, 19, 23, 26])):
-        path = smollm2_path if layers is None else api.prune(smollm2_path, None, tmp_path / f"smollm2-{name}.gguf",
-                                                             layers=layers, progress=False)
+        path = smollm2_path if layers is None else api.prune(smollm2_path, layers,
+                                                             tmp_path / f"smollm2-{name}.gguf")
         ours, theirs = tokenize_both(path, texts)
         assert ours == theirs and min(map(len, ours)) > 32
         results[name] = compare_with_transformers(path, ours)
@@ -154,10 +155,10 @@ def gemma3_files(tmp_path_factory):
         src = write_tiny_gguf(d / "gemma3.gguf", "gemma3")
         files = {"unpruned": src}
         for name, remove in (("period", [6, 7, 8, 9, 10, 11]), ("last", [16, 17])):
-            files[name] = api.prune(src, None, d / f"{name}.gguf", layers=remove, progress=False)
-        directory, info = api.prune(src, None, d / "wrong", layers=[1, 3], progress=False, return_info=True)
+            files[name] = api.prune(src, remove, d / f"{name}.gguf")
+        directory, info = api.prune(src, [1, 3], d / "wrong", return_info=True)
         info["gguf_source"] = {"sha256": "0" * 64}
-        write_pruned_gguf(open_gguf(src), d / "wrong.gguf", info, progress=False)
+        write_pruned_gguf(open_gguf(src), d / "wrong.gguf", info)
     return files, d / "wrong.gguf", directory
 
 
@@ -197,8 +198,8 @@ def test_a_compensated_tiny_gguf_agrees_with_transformers_in_llamacpp(tiny_files
     every other tensor's bytes kept) loads in llama.cpp and agrees with transformers' reading of
     the same file as the plain pruned file does."""
     src, plain = tiny_files[arch]
-    repaired = api.prune(src, None, tmp_path / f"{arch}-repaired.gguf", layers=REMOVE, data=calib_dir / "text.jsonl",
-                         compensate="refit", progress=False)
+    repaired = api.prune(src, REMOVE, tmp_path / f"{arch}-repaired.gguf", calibration=CalibrationRun(calib_dir / "text.jsonl"),
+                         compensate="refit")
     ours, _ = tokenize_both(repaired, _tiny_prompts())
     base = compare_with_transformers(plain, ours)
     after = compare_with_transformers(repaired, ours)

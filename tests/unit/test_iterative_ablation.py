@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from depthprune.cli import app
-from depthprune.ranking.methods import check_request, rank
+from depthprune.ranking.methods import check_request, rank, rescoring
 from depthprune.ranking.plan import RankError, RankRequest
 from depthprune.scoring.scores import Scores
 
@@ -36,7 +36,7 @@ def test_iterative_with_ablation_base_is_refused_before_any_rescoring():
         return _scores(ablation=False)
 
     with pytest.raises(RankError, match="iterative cannot use base 'ablation'"):
-        rank(_scores(ablation=True), RankRequest("iterative", 2, base="ablation", domain="math"), score_fn=score_fn)
+        rank(_scores(ablation=True), RankRequest("iterative", 2, base="ablation", domain="math"), measured=rescoring(score_fn))
     assert calls == []
     check_request(RankRequest("iterative", 2, base="mixed"))  # the other bases stay allowed
     check_request(RankRequest("spaced", 2, base="ablation", domain="math"))  # spaced reads the damage once

@@ -11,11 +11,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from depthprune.ranking.methods import METHODS, best_spaced, iterative_selection, rank
+from depthprune.cli_output import plan_table
+from depthprune.ranking.methods import METHODS, best_spaced, iterative_selection, rank, rescoring
 from depthprune.ranking.plan import Plan, RankError, RankRequest, parse_weights, resolve_budget
 from depthprune.ranking.protection import Protection
 from depthprune.scoring.scores import GROUPS, STATS, Scores, angular_distance
-from depthprune.tables import plan_table
 
 L, SPAN = 8, 4
 ALL, LAST = GROUPS.index("all"), GROUPS.index("last")
@@ -40,8 +40,8 @@ def make_scores(cos: list[list[float]], domains: list[str], tokens: list[int] | 
     counts[:, LAST] = 1
     sums[:, COS, ALL, :, 0] = torch.tensor(cos, dtype=torch.float64) * counts[:, ALL, None]
     sums[:, ANGLE, LAST] = 0.9
-    for (l, span), angles in (last_angle or {}).items():
-        sums[:, ANGLE, LAST, l, span - 1] = torch.tensor(angles, dtype=torch.float64)
+    for (layer, span), angles in (last_angle or {}).items():
+        sums[:, ANGLE, LAST, layer, span - 1] = torch.tensor(angles, dtype=torch.float64)
     sums[:, COS, LAST] = torch.cos(math.pi * sums[:, ANGLE, LAST])
     return Scores(model_id="toy", num_layers=num_layers, max_span=SPAN, sample_ids=[f"s{i}" for i in range(n)],
                   sample_domains=domains, sums=sums, counts=counts, protected_layers=protected or [])
@@ -233,7 +233,7 @@ def test_iterative_selection_rescores_after_each_removal():
     sel = iterative_selection(score_fn, L, 2, list(range(L)), req)
     assert sel.remove == [3, 6] and calls == [[], [3]]  # a static top-2 would take 3 and 4
     calls.clear()
-    plan = rank(score_fn([]), req, score_fn=score_fn)
+    plan = rank(score_fn([]), req, measured=rescoring(score_fn))
     assert plan.remove == [3, 6] and calls == [[], [3]]  # rank reuses the given scores for step 0
     with pytest.raises(RankError, match="depthprune prune MODEL --data"):
         rank(score_fn([]), req)

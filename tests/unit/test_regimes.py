@@ -12,7 +12,7 @@ import pytest
 from depthprune.ranking.families import RANKINGS, REFERENCES, STRUCTURE_AWARE, family, target_domain
 from depthprune.reporting.regimes import CONVERGED, RANKING, STRUCTURE, analyze, regimes_json
 from depthprune.reporting.simulate import BUDGETS, METHODS, Scenario, outcome, simulate_study
-from depthprune.reporting.statistics import spread_test
+from depthprune.statistics import spread_test
 from depthprune.study.store import ResultRow
 
 N = 120

@@ -16,9 +16,9 @@ from depthprune.ranking.stability import (
     resample_index,
     stability_claim,
 )
-from depthprune.reporting.regimes import analyze
-from depthprune.reporting.statistics import kendall_tau
+from depthprune.reporting.regimes import analyze, ranking_sensitive
 from depthprune.scoring.scores import Scores
+from depthprune.statistics import kendall_tau
 from tests.unit.test_regimes import _first, _row
 
 L, N = 10, 40
@@ -121,9 +121,10 @@ def test_most_stable_is_decided_with_intervals_not_ties():
     assert compare_at_budget(calm)[0] == "indistinguishable"  # all 1.00: a tie is a tie, not a win
     series = analyze([_row("domain:math", "domain", 2, _first(100)), _row("mixed", "mixed", 2, _first(60))])
     assert series[0].budgets[0].regime == "ranking-sensitive"
-    assert stability_claim(items, series).startswith("The claim holds: at the ranking-sensitive budgets")
-    assert stability_claim(calm, series).startswith("The claim is not supported (no difference resolved)")
-    assert stability_claim(calm, []).startswith("Cannot be checked as stated: no budget is ranking-sensitive")
+    assert ranking_sensitive(series) == {2}
+    assert stability_claim(items, ranking_sensitive(series)).startswith("The claim holds: at the ranking-sensitive budgets")
+    assert stability_claim(calm, {2}).startswith("The claim is not supported (no difference resolved)")
+    assert stability_claim(calm, set()).startswith("Cannot be checked as stated: no budget is ranking-sensitive")
 
 
 def test_contrast_and_based_methods_count_as_domain_aware():

@@ -1,4 +1,4 @@
-"""depthprune.reporting.statistics against values computed by hand and against scipy / statsmodels."""
+"""depthprune.statistics against values computed by hand and against scipy / statsmodels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from depthprune.reporting.statistics import (
+from depthprune.statistics import (
     binomial_two_sided,
     bootstrap_mean_ci,
     cochran_q,

@@ -167,7 +167,7 @@ def test_messages_echo_a_huge_value_bounded(calib_dir):
 
 
 def test_error_lines_are_bounded_whatever_the_message():
-    from depthprune.cli import error_message
+    from depthprune.cli_errors import error_message
     message, status = error_message(ValueError("what went wrong " + "x " * 10**6 + "the fix"))
     assert status == 2 and len(message) < 2100 and "\n" not in message
     assert message.startswith("what went wrong") and message.endswith("the fix")

@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from depthprune.ranking.plan import Plan
-
-if TYPE_CHECKING:  # annotations only: the tables are built from plain results
+if TYPE_CHECKING:  # annotations only: the tables are built from plain results (and --help stays light)
     from depthprune.evaluation.generation import EvalResult
+    from depthprune.ranking.plan import Plan
     from depthprune.toy.demo import Headline
 
 
@@ -110,3 +109,59 @@ def headline_table(h: Headline) -> Any:
     table.caption = "removed (0-based): " + "; ".join(f"{name}: {','.join(map(str, layers))}"
                                                        for name, layers in h.removed.items())
     return table
+
+
+def prune_lines(info: dict, result: Any) -> list[str]:
+    """What ``prune`` prints: the layers removed, the compensation fits, the expected speed-up
+    and, for a GGUF output, its size."""
+    from depthprune.compensation import GapFit
+    from depthprune.models.gguf_out import record_path
+    from depthprune.speed import format_speedup
+    lines = [f"removed layers {info['removed_layers']} (0-based) with {info['method']}: "
+             f"{info['original_num_layers']} -> {info['num_layers']} layers -> {result}"]
+    if "compensation" in info:
+        record = info["compensation"]
+        lines.append(f"compensation {record['method']} on {record['calibration_records']} records "
+                     f"({', '.join(f'{d}={w:g}' for d, w in record['domain_weights'].items())}) in "
+                     f"{record['seconds']:.1f} s:")
+        lines += ["  " + GapFit(**gap).line() for gap in record["gaps"]]
+    lines.append(format_speedup(info["expected_speedup"]))
+    if "gguf_output" in info:
+        size = info["gguf_output"]["file_bytes"]
+        lines.append(f"GGUF {size['before'] / 2**20:,.1f} MiB -> {size['after'] / 2**20:,.1f} MiB, quantization "
+                     f"kept ({info['gguf_source']['quantization']}); record -> {record_path(result)}")
+    return lines
+
+
+def eval_lines(metrics: dict, out_file: Any) -> list[str]:
+    """What ``eval`` prints below its table: the accuracy retained per domain, a hidden
+    collapse, where the metrics went."""
+    lines = []
+    for domain, r in (metrics.get("retention") or {}).items():
+        kept, (low, high) = r["kept"], r["ci95"]
+        lines.append(f"{domain}: {'n/a' if kept is None else f'{kept:.0%}'} of the unpruned accuracy kept"
+                     + ("" if low is None else f" [95% CI {low:.0%}, {high:.0%}]"))
+    if metrics.get("hidden_collapse"):
+        lines.append(f"warning: hidden collapse: {', '.join(metrics['hidden_collapse'])} keeps under 80% of its "
+                     "accuracy while another domain keeps 90% or more")
+    lines.append(f"metrics -> {out_file}")
+    return lines
+
+
+def heal_lines(result: Any, distilled: bool) -> list[str]:
+    """What ``heal`` prints: the run (from the healed checkpoint's ``pruning.json``) and the
+    held-out answer NLL before and after."""
+    import json
+    from pathlib import Path
+    entry = json.loads((Path(result) / "pruning.json").read_text())["healing"]
+    lines = [f"healed ({entry['recipe']['mode']}{', distilled' if distilled else ''}, "
+             f"{entry['recipe']['prompt_format']} prompts): "
+             f"{entry['steps']} steps in {entry['seconds']:.0f} s, final loss "
+             f"{entry['final_loss']:.4f} -> {result}"]
+    if entry.get("heldout"):
+        held = entry["heldout"]
+        lines.append(f"answer NLL on {held['n']} held-out records (nats/token): " + ", ".join(
+            f"{d} {held['before'][d]:.3f} -> {held['after'][d]:.3f}" for d in held["before"]))
+    else:
+        lines.append("answer NLL not measured: fewer than 20 records (or --holdout 0) leave no held-out slice")
+    return lines

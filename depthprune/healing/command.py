@@ -14,11 +14,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthprune.data.records import data_fingerprint
-from depthprune.healing.recipe import NEEDS_REMOVED, HealConfig, HealError, require_answers
+from depthprune.data.records import check_prompt_format, data_fingerprint, load_records, set_prompt_format
+from depthprune.healing.recipe import NEEDS_REMOVED, HealConfig, HealError, TrainingFiles, require_answers
 from depthprune.healing.trainer import LOG_NAME, checkpoints, heal_model
 from depthprune.models.architectures import find_decoder_layers
-from depthprune.outputs import WRITE_ERRNOS, OutputError, describe_oserror, io_failure
+from depthprune.models.loading import load_model, resolve_model_id
+from depthprune.options import ModelSpec
+from depthprune.outputs import (
+    WRITE_ERRNOS,
+    OutputError,
+    atomic_dir,
+    check_output,
+    describe_oserror,
+    inputs_of,
+    io_failure,
+)
+from depthprune.pruning import pruning_info, save_pruned
+from depthprune.settings import quiet
 
 
 def work_dir_for(out: str | Path) -> Path:
@@ -38,26 +50,24 @@ def read_pruning_info(model_dir: str | Path) -> dict | None:
         raise HealError(f"{path}: not valid JSON ({err.msg}). Restore it from the prune run") from None
 
 
-def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str | Path,
-         config: HealConfig | None = None, *, teacher_id: str | Path | None = None,
-         work_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-         dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
-         progress: bool = True, prompt_format: str = "auto") -> Path:
-    """Load checkpoint ``model_id``, heal it on the JSONL file(s) ``data`` (:func:`heal_model`)
+def heal(model: ModelSpec | str | Path, data: str | Path | Sequence[str | Path], out: str | Path,
+         config: HealConfig | None = None, *, teacher: str | Path | None = None, resume: bool = False,
+         overwrite: bool = False, work_dir: str | Path | None = None) -> Path:
+    """Load the checkpoint of ``model`` (its :class:`~depthprune.options.ModelSpec`), heal it on the JSONL file(s) ``data`` (:func:`heal_model`)
     and save a stock checkpoint to ``out`` (atomically, like ``prune``), with ``pruning.json``
     (the input's, or a no-removal record) extended by a ``healing`` entry (:class:`HealStats`).
 
     TRL checkpoints go to ``work_dir`` (default :func:`work_dir_for` ``(out)``), removed on
     success; ``resume`` continues an interrupted run from them. Weights are saved in the input
-    checkpoint's dtype. ``prompt_format``: auto, chat or plain
-    (:func:`depthprune.data.records.set_prompt_format`), recorded in the healing recipe. Returns
+    checkpoint's dtype. The spec's ``prompt_format`` (auto, chat or plain,
+    :func:`depthprune.data.records.set_prompt_format`) is recorded in the healing recipe;
+    ``teacher``: the unpruned checkpoint to distil from, loaded like ``model``. Returns
     ``out``. Every cheap check runs before a model is loaded.
     """
-    from depthprune.data.records import check_prompt_format, load_records, set_prompt_format
-    from depthprune.models.loading import load_model, resolve_model_id
-    from depthprune.outputs import check_output, inputs_of
-
-    config = config or HealConfig()
+    config, model = config or HealConfig(), ModelSpec.of(model)
+    teacher_id, prompt_format = teacher, model.prompt_format
+    dtype, device, trust_remote_code = model.dtype, model.device, model.trust_remote_code
+    model_id = model.id
     model_id, out = resolve_model_id(model_id), Path(out).expanduser()
     work = Path(work_dir).expanduser() if work_dir is not None else work_dir_for(out)
     paths = [data] if isinstance(data, (str, Path)) else list(data)
@@ -78,14 +88,14 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
         raise HealError(f"{model_id}: --mode {config.mode} needs a pruned checkpoint (its "
                         "pruning.json lists the removed layers); this one has none. Heal the "
                         "output of `depthprune prune`, or use --mode lora, full or head-last")
-    model, processor = load_model(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    net, processor = load_model(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     used_format = set_prompt_format(processor, prompt_format, model_id)
     save_dtype = _checkpoint_dtype(model_id)
-    teacher = None
+    teacher_net = None
     if teacher_id is not None:
-        teacher, _ = load_model(resolve_model_id(teacher_id), dtype=dtype, device=device,
+        teacher_net, _ = load_model(resolve_model_id(teacher_id), dtype=dtype, device=device,
                                 trust_remote_code=trust_remote_code)
-    n_layers = len(find_decoder_layers(model)[1])
+    n_layers = len(find_decoder_layers(net)[1])
     if info is not None and info.get("num_layers") not in (None, n_layers):
         raise HealError(f"{model_id}: pruning.json says {info['num_layers']} layers but the "
                         f"checkpoint has {n_layers}. Re-run `depthprune prune`")
@@ -94,8 +104,8 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
     if not resume:  # a fresh run's log starts empty (a resumed one continues its file)
         (work / LOG_NAME).unlink(missing_ok=True)
     try:
-        stats = heal_model(model, processor, records, config, teacher=teacher, removed_layers=removed,
-                           work_dir=work, resume=resume, progress=progress)
+        stats = heal_model(net, processor, records, config, teacher=teacher_net, removed_layers=removed,
+                           files=TrainingFiles(work, resume), progress=not quiet())
     except Exception as err:  # noqa: BLE001 - only a failed write (a full disk while TRL saves) is handled here
         why = io_failure(err) or (describe_oserror(err) if isinstance(err, OSError) and err.errno in WRITE_ERRNOS
                                   else None)
@@ -105,12 +115,12 @@ def heal(model_id: str | Path, data: str | Path | Sequence[str | Path], out: str
         raise OutputError(f"{work}: cannot write the training checkpoints ({why}); they were removed and "
                           f"nothing was written to {out}") from None
     stats.recipe |= {"data_files": [str(p) for p in paths], "prompt_format": used_format}
-    if teacher is not None:
+    if teacher_net is not None:
         stats.recipe["teacher"] = str(teacher_id)
     info = _with_healing(info, model_id, n_layers, stats)
     if save_dtype is not None:
-        model.to(save_dtype)
-    _save_healed(model, processor, model_id, out, work, info)
+        net.to(save_dtype)
+    _save_healed(net, processor, model_id, out, work, info)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -129,7 +139,6 @@ def _check_resume(work: Path, request_file: Path, request: dict, resume: bool) -
 def _with_healing(info: dict | None, model_id: str | Path, n_layers: int, stats: Any) -> dict:
     """The input's ``pruning.json`` (or a no-removal record) with a ``healing`` entry; a healed
     checkpoint healed again keeps its earlier entries in ``healing_history``."""
-    from depthprune.pruning import pruning_info
     info = dict(info if info is not None else pruning_info(str(model_id), n_layers, [], method="none", budget_spec=0))
     if "healing" in info:
         info["healing_history"] = info.get("healing_history", []) + [info["healing"]]
@@ -139,8 +148,6 @@ def _with_healing(info: dict | None, model_id: str | Path, n_layers: int, stats:
 
 def _save_healed(model: nn.Module, processor: Any, model_id: str | Path, out: Path, work: Path, info: dict) -> None:
     """The healed stock checkpoint, atomically, with its training log and model card."""
-    from depthprune.outputs import atomic_dir
-    from depthprune.pruning import save_pruned
     with atomic_dir(out) as tmp:
         saved = save_pruned(model, processor, tmp / "checkpoint", info, source_model=model_id)
         for f in saved.iterdir():

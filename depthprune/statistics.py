@@ -394,6 +394,26 @@ def hidden_collapse(kept: dict[str, float]) -> list[str]:
     return sorted(d for d, v in kept.items() if v == v and v < COLLAPSED)
 
 
-__all__ = ["binomial_two_sided", "bootstrap_mean_ci", "cochran_q", "friedman", "holm", "kendall_tau",
+#: A domain whose unpruned accuracy is below this is near the floor: nothing measurable is left to
+#: keep, so a choice made for it cannot be validated, and answer-NLL objectives are gamed there (a
+#: held-out base model at 3% on math: the math-aware `sleb` plan kept math at 3%, lowered its answer
+#: NLL below the unpruned model's and took general from 57% to 0%).
+FLOOR_ACCURACY = 0.10
+
+
+def near_floor(accuracy: dict[str, tuple[int, int]]) -> list[str]:
+    """The domains whose unpruned accuracy (``domain -> (correct, n)``) is below :data:`FLOOR_ACCURACY`."""
+    return sorted(d for d, (right, n) in accuracy.items() if n > 0 and right / n < FLOOR_ACCURACY)
+
+
+def floor_warning(where: str, domain: str, right: int, n: int) -> str:
+    """The one warning line for a domain near the floor."""
+    return (f"{where}: the unpruned model answers {right}/{n} ({right / n:.0%}) of domain '{domain}' right, near "
+            f"the floor (under {FLOOR_ACCURACY:.0%}): a {domain}-aware choice cannot be validated there and "
+            f"answer-NLL objectives can be gamed (a plan lowers {domain}'s NLL without right answers while other "
+            "domains collapse); compare accuracy on every domain before trusting it")
+
+
+__all__ = ["FLOOR_ACCURACY", "binomial_two_sided", "floor_warning", "near_floor", "bootstrap_mean_ci", "cochran_q", "friedman", "holm", "kendall_tau",
            "hidden_collapse", "mcnemar_exact", "mean_ci", "ratio_ci", "retention", "sign_flip_greater",
            "smallest_pair_p", "spread_ci", "spread_test", "top_k_overlap", "wilcoxon_paired"]
