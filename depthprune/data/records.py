@@ -22,16 +22,16 @@ models without one::
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from depthprune.data.encodings import EncodingCache
 from depthprune.messages import show
 from depthprune.options import RankError
 
@@ -434,27 +434,6 @@ def render_prompt(processor: Any, record: Record, with_answer: bool = False) -> 
         raise DataError(f"{record.source}: the model's chat template cannot render this record "
                         f"({type(err).__name__}: {' '.join(str(err).split())}). Check its roles and "
                         "content (e.g. a template that wants alternating user/assistant turns)") from None
-
-
-class EncodingCache:
-    """Batches :func:`encode` made, kept to be returned again for the same processor, texts and
-    images (a sweep evaluates every plan on the same eval batches: the chat template, image
-    decoding and preprocessing run once per batch, not once per plan). Holds at most
-    ``limit_bytes`` of tensors; past it, new batches are encoded and not kept."""
-
-    def __init__(self, limit_bytes: int = 1 << 30) -> None:
-        self.limit_bytes, self.bytes = limit_bytes, 0
-        self.batches: dict[tuple, Any] = {}
-
-    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
-        if key not in self.batches:
-            batch = make()
-            size = sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "element_size"))
-            if self.bytes + size > self.limit_bytes:
-                return batch
-            self.batches[key], self.bytes = batch, self.bytes + size
-        # a shallow copy: a caller's .to(device) replaces the copy's tensors, not the kept ones
-        return copy.copy(self.batches[key])
 
 
 _kept: EncodingCache | None = None  # the cache encode() uses, inside a kept_encodings block

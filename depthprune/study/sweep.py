@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from depthprune import __version__
-from depthprune.data.records import EncodingCache, set_prompt_format
+from depthprune.data.encodings import EncodingCache
+from depthprune.data.records import set_prompt_format
 from depthprune.outputs import check_output, write_text_atomic
 from depthprune.settings import progress as progress_bar
 from depthprune.study.cell import Cell, expand_cells
