@@ -438,11 +438,12 @@ def heal(model: ModelSpec | PathLike, data: PathLike | Sequence[PathLike], out: 
     return heal_checkpoint(spec, data, out, recipe, teacher=teacher, resume=resume, overwrite=overwrite)
 
 
-def sweep(study: PathLike, out: PathLike, *, quiet: bool = False) -> Any:
+def sweep(study: PathLike, out: PathLike, *, quiet: bool = False, jobs: int | None = None) -> Any:
     """`depthprune sweep`: every cell of the study file ``study`` into the run directory ``out``
-    (resumable); returns a :class:`depthprune.study.sweep.SweepResult`."""
+    (resumable), its plans evaluated by ``jobs`` worker processes (None: one per usable core on
+    the CPU; 1: in this process); returns a :class:`depthprune.study.sweep.SweepResult`."""
     from depthprune.study.sweep import run_study
-    return run_study(study, out, quiet=quiet)
+    return run_study(study, out, quiet=quiet, jobs=jobs)
 
 
 def report(run_dir: PathLike, out: PathLike | None = None, *, resamples: int = 50, seed: int = 0,
@@ -454,11 +455,12 @@ def report(run_dir: PathLike, out: PathLike | None = None, *, resamples: int = 5
 
 
 def demo(out: PathLike = "runs/demo", *, quick: bool = False, quiet: bool = False, batch_size: int = 32,
-         overwrite: bool = False) -> Any:
+         overwrite: bool = False, jobs: int | None = None) -> Any:
     """`depthprune demo`: the whole study on the bundled toy in ``out`` (resumable) and its
-    report; returns ``(SweepResult, Headline, report path, notes)`` (:func:`depthprune.toy.demo.run_demo`)."""
+    report, its plans evaluated by ``jobs`` worker processes (as :func:`sweep`); returns
+    ``(SweepResult, Headline, report path, notes)`` (:func:`depthprune.toy.demo.run_demo`)."""
     from depthprune.toy.demo import run_demo
-    return run_demo(out, quick=quick, quiet=quiet, batch_size=batch_size, overwrite=overwrite)
+    return run_demo(out, quick=quick, quiet=quiet, batch_size=batch_size, overwrite=overwrite, jobs=jobs)
 
 
 def synth_data(out: PathLike, *, seed: int = 0, n_train: int = 4800, n_calib: int = 256,

@@ -67,6 +67,7 @@ Model = Annotated[str, typer.Argument(help=MODEL_HELP)]
 #: the model spec as a command reads it: MODEL, then --dtype, --device, ...
 MODEL = Uses(ModelSpec, argument=("id", MODEL_HELP), flags={"id": "model"})
 DataOpt = Annotated[list[Path], typer.Option("--data", help="JSONL file (repeat for several). Image paths are relative to it.")]
+Jobs = Annotated[int | None, typer.Option(min=1, help="Worker processes that evaluate the distinct plans after scoring and ranking, each loading the model once; the cores are shared out among them as torch threads (docs/study.md#worker-processes). Default: one per usable CPU core (no more than plans, or than memory holds); 1: every plan in this process. On a GPU or under torchrun only 1.")]
 # the `data` commands that write a benchmark directory
 DataOutDir = Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")]
 DataSeed = Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")]
@@ -191,6 +192,7 @@ def demo(
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass (scoring and eval).")] = 32,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over: delete the demo files already in --out (data, scores, results, report, headline/) instead of resuming.")] = False,
+    jobs: Jobs = None,
 ) -> None:
     """A complete study on the bundled toy Qwen3-VL: every method, budgets 6% to 50%, healing at two budgets; writes the store and report, then prints the headline (math- vs general-aware at 25%, re-evaluated on all 600 eval records per domain in OUT/headline)."""
     from depthprune import api
@@ -199,7 +201,7 @@ def demo(
     from depthprune.toy.demo import findings_line
     quiet = quiet or settings_quiet()
     result, head, report_path, notes = api.demo(out_dir, quick=quick, quiet=quiet, batch_size=batch_size,
-                                                overwrite=overwrite)
+                                                overwrite=overwrite, jobs=jobs)
     if not quiet:  # the last lines on screen are the headline, the finding and the report's path
         for note in notes:
             console.print(f"note: {note}", highlight=False)
@@ -216,12 +218,13 @@ def sweep(
     study_file: Annotated[Path, typer.Argument(help="Study YAML: model, calibration, eval sets, methods, budgets, heal, metrics (format: docs/study.md).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (created; an existing one is resumed: stored cells are not recomputed).")],
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    jobs: Jobs = None,
 ) -> None:
     """Run every cell of a study (method x budget x heal) into RUN_DIR/results.sqlite; resumable, and data-parallel under torchrun."""
     from depthprune import api
     from depthprune.settings import quiet as settings_quiet
     from depthprune.study.sweep import summary_line
-    result = api.sweep(study_file, out_dir, quiet=quiet or settings_quiet())
+    result = api.sweep(study_file, out_dir, quiet=quiet or settings_quiet(), jobs=jobs)
     for note in result.notes:
         console.print(f"note: skipped {note}", highlight=False)
     console.print(summary_line(result), highlight=False)

@@ -21,15 +21,17 @@ models without one::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from depthprune.data.encodings import EncodingCache
 from depthprune.messages import show
 from depthprune.options import RankError
 
@@ -434,15 +436,37 @@ def render_prompt(processor: Any, record: Record, with_answer: bool = False) -> 
                         "content (e.g. a template that wants alternating user/assistant turns)") from None
 
 
+_kept: EncodingCache | None = None  # the cache encode() uses, inside a kept_encodings block
+
+
+@contextlib.contextmanager
+def kept_encodings(cache: EncodingCache | None) -> Iterator[None]:
+    """Within the block, :func:`encode` returns ``cache``'s batches (and fills it); None: no cache."""
+    global _kept
+    outer, _kept = _kept, cache
+    try:
+        yield
+    finally:
+        _kept = outer
+
+
 def encode(processor: Any, records: Sequence[Record], texts: Sequence[str] | None = None,
            with_answer: bool = False) -> Any:
     """Tokenise records (and load their images) into one left-padded batch of tensors.
 
     ``texts`` overrides the rendered prompts (one per record); images always come from the
-    records. Raises DataError if a record has images but the model takes none.
+    records. Raises DataError if a record has images but the model takes none. Inside
+    :func:`kept_encodings`, a batch encoded before is returned again.
     """
     if texts is None:
         texts = [render_prompt(processor, r, with_answer) for r in records]
+    if _kept is not None:
+        key = (id(processor), prompt_format(processor), tuple(texts), tuple(str(p) for r in records for p in r.images))
+        return _kept.get(key, lambda: _encode(processor, records, texts))
+    return _encode(processor, records, texts)
+
+
+def _encode(processor: Any, records: Sequence[Record], texts: Sequence[str]) -> Any:
     images = [load_image(p, r.source) for r in records for p in r.images]
     tok = _tokenizer_of(processor)
     tok.padding_side = "left"  # in memory only: generation needs left padding

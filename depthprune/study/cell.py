@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from depthprune.data.records import Record, batches
+from depthprune.data.records import Record, batches, kept_encodings
 from depthprune.evaluation.generation import (
     answer_nll,
     evaluate,
@@ -180,6 +180,46 @@ def heal_copy(model: nn.Module, processor: Any, remove: Sequence[int], recipe: d
     heal_model(student, processor, records, HealConfig(**recipe), teacher=teacher,
                removed_layers=list(remove), files=TrainingFiles(log_file=log_file), progress=progress)
     return student
+
+
+def evaluate_plan(net: nn.Module, processor: Any, study: Study, inputs: Any, remove: list[int], heal: dict | None,
+                  log_file: Path | None = None, progress: bool = False) -> dict[str, list[Sample]]:
+    """Every eval set's per-sample outcomes for one plan: pruned in memory (``net`` is restored
+    after), repaired in place and restored (a ``compensate`` entry in ``heal``), or pruned and
+    healed on a copy (training log to ``log_file``). ``inputs``: the sweep's loaded records
+    (``eval_sets``, ``calib``, ``heal_records``) and its ``encodings`` (an EncodingCache kept
+    across plans). A pure function of the weights, the plan and the data, so any process
+    holding the same model gives the same outcomes."""
+    def measure(model: nn.Module) -> dict[str, list[Sample]]:
+        with kept_encodings(inputs.encodings):
+            return evaluate_sets(model, processor, inputs.eval_sets, study.batch_size, study.max_new_tokens,
+                                 study.accuracy, progress)
+    recipe = dict(heal or {})
+    repair = recipe.pop("compensate", None)
+    start = None  # the model healing starts from: a repaired copy, when the cell is repaired
+    with contextlib.ExitStack() as stack:
+        if repair is not None:  # folded into the kept layers in place, restored on exit
+            stack.enter_context(_repaired(net, processor, study, inputs.calib, remove, repair, progress))
+        if not recipe:
+            with pruned_in_memory(net, remove):
+                return measure(net)
+        if repair is not None:
+            start = copy.deepcopy(net)
+    student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, progress,
+                        log_file=log_file, teacher=net if study.heal["distill"] else None)
+    return measure(student)
+
+
+def _repaired(net: nn.Module, processor: Any, study: Study, calib: list[Record], remove: list[int], repair: dict,
+              progress: bool) -> Any:
+    """A context in which ``net``'s kept layers carry the compensation of ``remove`` (fitted on the
+    study's calibration records, each domain capped like scoring)."""
+    from depthprune.compensation import Compensation
+    from depthprune.compensation.fit import compensated
+    from depthprune.scoring.forward import cap_per_domain
+    spec = Compensation(repair["method"], repair["ridge"], repair["tokens"])
+    return compensated(net, processor, cap_per_domain(calib, study.calib_max_samples), remove,
+                       repair["weights"], spec, study.batch_size, progress)
 
 
 def cell_rows(cell: Cell, removed: list[int], num_layers: int, results: dict[str, list[Sample]],

@@ -11,8 +11,6 @@ distinct plans are dealt round-robin to the processes (:mod:`depthprune.study.di
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import json
 import os
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from depthprune import __version__
+from depthprune.data.encodings import EncodingCache
 from depthprune.data.records import set_prompt_format
 from depthprune.outputs import check_output, write_text_atomic
 from depthprune.settings import progress as progress_bar
@@ -34,7 +33,9 @@ from depthprune.study.config import (
     relative_to,
     study_dict,
 )
+from depthprune.study.plans import SEARCHED, removed_layers, score_functions
 from depthprune.study.rundir import RunDir
+from depthprune.study.workers import PlanJob, PlanPool, check_jobs, resolve_jobs, worker_threads
 
 
 @dataclass
@@ -116,36 +117,6 @@ def _scores(study: Study, run: RunDir, net: Any, processor: Any, calib: list, ct
     return scores, settings
 
 
-def _plans(study: Study, cells: list[Cell], scores: Any, hooks: dict[str, Any], skipped: list[str],
-           stored: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Removed layers per cell key (the same on every process: pure functions of the scores,
-    `iterative`'s re-scoring is collective and `sleb`'s answer comes from rank 0).
-    ``hooks``: method -> its model hook, :func:`~depthprune.ranking.methods.rank`'s ``measured``
-    (`iterative`, `sleb`). A method that cannot meet a budget skips that
-    cell, with the reason appended to ``skipped``, instead of stopping the study. Cells already
-    in the store keep their stored plan (the scores are the same, checked on resume), so a
-    resumed `iterative` study does not re-score."""
-    from depthprune.ranking.methods import rank
-    from depthprune.ranking.plan import RankError, RankRequest
-    removed: dict[str, list[int]] = {}
-    for cell in cells:
-        if cell.budget == 0:
-            removed[cell.key] = []
-            continue
-        if cell.key in stored:
-            removed[cell.key] = list(stored[cell.key])
-            continue
-        req = RankRequest(method=cell.variant.method, budget=cell.budget, **study.protect.request_kwargs(),
-                          **cell.variant.options)
-        try:
-            plan = rank(scores, req, measured=hooks.get(cell.variant.method))
-        except RankError as exc:  # e.g. `spaced` cannot remove half the layers without neighbours
-            skipped.append(f"{cell.variant.label} at {cell.budget} layers: {exc}")
-            continue
-        removed[cell.key] = plan.remove
-    return removed
-
-
 def _meta(study: Study, scores: Any, eval_sets: list[tuple[Any, list]], n_cells: int, run: RunDir,
           identity: dict[str, Any]) -> dict[str, Any]:
     """The store's run-level facts; paths inside the run directory are recorded relative to it."""
@@ -196,6 +167,8 @@ class _Inputs:
     calib: list
     eval_sets: list[tuple[Any, list]]
     heal_records: list | None
+    #: the eval batches encoded so far, reused by every plan (each worker fills its own copy)
+    encodings: EncodingCache = field(default_factory=EncodingCache)
 
     @classmethod
     def load(cls, study: Study) -> "_Inputs":
@@ -239,160 +212,177 @@ def _open_store(run: RunDir, study: Study, ctx: Any) -> Any:
     return conn
 
 
-def _rescorer(net: Any, processor: Any, calib: list, settings: Any, model_id: str, ctx: Any) -> Any:
-    """`iterative`'s re-scoring: the scores with some layers removed. Its bases read single
-    layers only (span 1), so re-scoring records no blocks. Collective under torchrun, memoised
-    across budgets."""
-    from depthprune.pruning import layers_removed
-    from depthprune.study.distributed import score_parallel
-    memo: dict[tuple[int, ...], Any] = {}
-    span_one = dataclasses.replace(settings, max_span=1)
+@dataclass
+class _Writer:
+    """Rank 0's side of a sweep: every evaluated plan's cells into the store, one transaction
+    per cell, and the counts of what this process evaluated."""
 
-    def rescore(remove: list[int]) -> Any:
-        key = tuple(sorted(remove))
-        if key not in memo:
-            with layers_removed(net, remove):
-                memo[key] = score_parallel(net, processor, calib, span_one, model_id, ctx, progress=False)
-        return memo[key]
-    return rescore
+    conn: Any
+    bar: Any
+    result: SweepResult
+    num_layers: int
 
+    def rows(self, cells: list[Cell], remove: list[int], results: dict[str, list], seconds: float) -> list[list]:
+        """The store rows of ``cells`` (one plan's), counted as this process's work."""
+        from depthprune.study.cell import cell_rows
+        self.result.plans_evaluated += 1
+        self.result.cells_written += len(cells)
+        self.bar.set_postfix_str(f"{cells[0].variant.label} k={len(remove)}{' +heal' if cells[0].heal else ''}")
+        return [cell_rows(c, remove, self.num_layers, results, seconds) for c in cells]
 
-def _sleb_selector(net: Any, processor: Any, calib: list, study: Study, ctx: Any, progress: bool) -> Any:
-    """`sleb`'s model hook: rank 0 measures (prefix-cached answer NLL), every process
-    gets its answer."""
-    from depthprune.ranking.plan import RankError
-    from depthprune.ranking.sleb import Sleb
-    from depthprune.scoring.forward import cap_per_domain
-    sleb = Sleb(net, processor, cap_per_domain(calib, study.calib_max_samples), study.batch_size, progress=progress)
+    def store(self, rows: list) -> None:
+        from depthprune.study.store import write_cell
+        if self.conn is not None and write_cell(self.conn, rows):
+            self.bar.update(1)
 
-    def select(scores: Any, k: int, candidates: list[int], req: Any) -> Any:
-        try:
-            answer = sleb(scores, k, candidates, req) if ctx.main else None
-        except RankError as exc:
-            answer = exc
-        answer = ctx.broadcast(answer)
-        if isinstance(answer, RankError):
-            raise answer
-        return answer
-    return select
+    def add(self, cells: list[Cell], remove: list[int], results: dict[str, list], seconds: float) -> None:
+        for rows in self.rows(cells, remove, results, seconds):
+            self.store(rows)
 
 
-def _evaluate_plan(net: Any, processor: Any, study: Study, inputs: _Inputs, run: RunDir, remove: list[int],
-                   heal: dict | None, progress: bool) -> dict[str, list]:
-    """Every eval set's per-sample outcomes for one plan: pruned in memory, or pruned and healed
-    on a copy (its training log in ``run``'s logs)."""
-    from depthprune.study.cell import evaluate_sets, heal_copy, pruned_in_memory
-    args = (inputs.eval_sets, study.batch_size, study.max_new_tokens, study.accuracy, progress)
-    recipe = dict(heal or {})
-    repair = recipe.pop("compensate", None)
-    start = None  # the model healing starts from: a repaired copy, when the cell is repaired
-    with contextlib.ExitStack() as stack:
-        if repair is not None:  # folded into the kept layers in place, restored on exit
-            stack.enter_context(_repaired(net, processor, study, inputs, remove, repair, progress))
-        if not recipe:
-            with pruned_in_memory(net, remove):
-                return evaluate_sets(net, processor, *args)
-        if repair is not None:
-            start = copy.deepcopy(net)
-    student = heal_copy(start or net, processor, remove, recipe, inputs.heal_records, progress,
-                        log_file=run.heal_log(remove, heal), teacher=net if study.heal["distill"] else None)
-    return evaluate_sets(student, processor, *args)
+def _evaluate_in_rounds(net: Any, processor: Any, study: Study, inputs: _Inputs, run: RunDir,
+                        todo: dict[tuple, list[Cell]], ctx: Any, writer: _Writer, progress: bool) -> None:
+    """The serial engine, and torchrun's: the pending plans dealt round-robin to the processes;
+    in each round every process evaluates one plan and rank 0 stores every process's cells."""
+    from depthprune.study.cell import evaluate_plan
+    groups = list(todo)
+    mine = groups[ctx.rank::ctx.world]
+    for i in range(-(-len(groups) // ctx.world)):
+        produced: list[list] = []
+        if i < len(mine):
+            cells, remove = todo[mine[i]], list(mine[i][1])
+            heal = cells[0].heal
+            t0 = time.perf_counter()
+            results = evaluate_plan(net, processor, study, inputs, remove, heal,
+                                    log_file=run.heal_log(remove, heal) if heal else None, progress=progress)
+            produced = writer.rows(cells, remove, results, time.perf_counter() - t0)
+        for rows_of_rank in ctx.gather(produced):
+            for rows in rows_of_rank:
+                writer.store(rows)
 
 
-def _repaired(net: Any, processor: Any, study: Study, inputs: _Inputs, remove: list[int], repair: dict,
-              progress: bool) -> Any:
-    """A context in which ``net``'s kept layers carry the compensation of ``remove`` (fitted on the
-    study's calibration records, each domain capped like scoring)."""
-    from depthprune.compensation import Compensation
-    from depthprune.compensation.fit import compensated
-    from depthprune.scoring.forward import cap_per_domain
-    spec = Compensation(repair["method"], repair["ridge"], repair["tokens"])
-    return compensated(net, processor, cap_per_domain(inputs.calib, study.calib_max_samples), remove,
-                       repair["weights"], spec, study.batch_size, progress)
+@dataclass
+class _Sweep:
+    """One sweep's state once the model is loaded: scores, plans, then every pending plan
+    evaluated (here, in torchrun's rounds, or by worker processes) and stored."""
+
+    study: Study
+    rundir: RunDir
+    inputs: _Inputs
+    net: Any
+    processor: Any
+    ctx: Any
+    conn: Any
+    progress: bool
+
+    def run(self, done: set[str], jobs: int, stack: contextlib.ExitStack, started: float) -> SweepResult:
+        study, ctx, conn = self.study, self.ctx, self.conn
+        scores, settings = _scores(study, self.rundir, self.net, self.processor, self.inputs.calib, ctx, self.progress)
+        pool = None
+        if jobs > 1:
+            # started after scoring, which runs on every core here: workers starting beside it
+            # would leave its threads waiting on each other (on 2 busy cores, many times slower)
+            pool = stack.enter_context(PlanPool(study, self.inputs, jobs, worker_threads(jobs)))
+            pool.start(jobs)
+        skipped: list[str] = []
+        removed = self.plans(scores, settings, skipped, pool)
+        cells = [c for c in self.inputs.cells if c.key in removed]
+        self.write_meta(scores, len(cells), skipped)
+        # cells whose plans coincide (same removed layers, same healing) are evaluated once
+        groups: dict[tuple, list[Cell]] = defaultdict(list)
+        for cell in cells:
+            plan = removed[cell.key]
+            groups[(len(plan), tuple(plan), json.dumps(cell.heal, sort_keys=True))].append(cell)
+        keys = {c.key for c in cells}
+        pending_groups = [g for g in sorted(groups) if any(c.key not in done for c in groups[g])]
+        if ctx.world > 1 and any(g[2] != "null" for g in pending_groups):
+            # healing trains with accelerate, which would join the group as DDP: one process only
+            pending_groups = [g for g in pending_groups if g[2] == "null"]
+            skipped.append("healed cells under torchrun (several processes): run the same command in one "
+                           "process afterwards to add them")
+        result = SweepResult(self.rundir.path, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
+        bar = progress_bar(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell",
+                           disable=not self.progress, dynamic_ncols=True)
+        todo = {g: [c for c in groups[g] if c.key not in done] for g in pending_groups}
+        self.evaluate(todo, _Writer(conn if ctx.main else None, bar, result, self.inputs.num_layers), pool)
+        bar.close()
+        ctx.barrier()
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def evaluate(self, todo: dict[tuple, list[Cell]], writer: _Writer, pool: PlanPool | None) -> None:
+        """Every pending plan (group key -> its cells still to store), by the workers of
+        ``pool`` or in this process (torchrun's rounds); ``writer`` stores each plan's cells."""
+        if pool is None:
+            _evaluate_in_rounds(self.net, self.processor, self.study, self.inputs, self.rundir, todo, self.ctx,
+                                writer, self.progress)
+            return
+        group_of = {PlanJob(g[1], cells[0].heal, self.rundir.heal_log(list(g[1]), cells[0].heal)
+                            if cells[0].heal else None): g for g, cells in todo.items()}
+        for job, results, seconds in pool.evaluate(list(group_of)):
+            writer.add(todo[group_of[job]], list(job.remove), results, seconds)
+
+    def plans(self, scores: Any, settings: Any, skipped: list[str], pool: PlanPool | None) -> dict[str, list[int]]:
+        """Every cell's removed layers (:func:`depthprune.study.plans.removed_layers`); with worker
+        processes, each `iterative` / `sleb` variant is searched in one of them, side by side."""
+        from depthprune.study.store import read_results
+        known = self.ctx.broadcast({r.cell: r.removed for r in read_results(self.conn)} if self.ctx.main else None)
+        if pool is not None:
+            variants: dict[str, list[Cell]] = defaultdict(list)
+            for cell in self.inputs.cells:
+                if cell.variant.method in SEARCHED and cell.budget > 0 and cell.key not in known:
+                    variants[cell.variant.label].append(cell)
+            known |= pool.search(scores, settings, list(variants.values()), self.progress)
+        fns = score_functions(self.net, self.processor, self.inputs.calib, self.study, settings, self.ctx,
+                              self.progress)
+        return removed_layers(self.study, self.inputs.cells, scores, fns, skipped, known)
+
+    def write_meta(self, scores: Any, n_cells: int, skipped: list[str]) -> None:
+        """The store's run-level facts and ``RUN_DIR/study.yaml`` (rank 0)."""
+        from depthprune.study.store import get_meta, set_meta
+        if self.ctx.main:
+            # a legacy store keeps its form of the identity
+            identity = get_meta(self.conn).get("study_identity") or self.study.identity()
+            set_meta(self.conn, _meta(self.study, scores, self.inputs.eval_sets, n_cells, self.rundir, identity)
+                     | {"skipped_cells": skipped})
+            import yaml
+            text = yaml.safe_dump(study_dict(self.study, self.rundir.path), sort_keys=False)
+            write_text_atomic(self.rundir.study, text, overwrite=True)
+        self.ctx.barrier()
 
 
 def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False,
-              owned: Sequence[str | os.PathLike] = ()) -> SweepResult:
+              owned: Sequence[str | os.PathLike] = (), jobs: int | None = None) -> SweepResult:
     """Run (or resume) every cell of ``study`` into the run directory ``out``.
 
     ``study`` is a :class:`Study` or a YAML path (validated before any model loads). ``out``
     may not be, be inside or contain anything the study reads (the model, the data files and
     their images, the study file: :func:`depthprune.outputs.check_output`), except ``owned``
-    folders inside it (the demo's own data). Returns a :class:`SweepResult`; results are in ``out/results.sqlite``
+    folders inside it (the demo's own data). ``jobs``: worker processes that evaluate the plans
+    (:mod:`depthprune.study.workers`; 1: this process alone; None: one per usable core, on
+    the CPU). Returns a :class:`SweepResult`; results are in ``out/results.sqlite``
     (see :mod:`depthprune.study.store`).
     """
     from depthprune.models.loading import load_model, resolve_model_id
-    from depthprune.ranking.methods import rescoring
-    from depthprune.study.cell import cell_rows
     from depthprune.study.distributed import setup
-    from depthprune.study.store import (
-        completed_cells,
-        get_meta,
-        read_results,
-        set_meta,
-        write_cell,
-    )
+    from depthprune.study.store import completed_cells
     started = time.perf_counter()
     study = study if isinstance(study, Study) else load_study(study)
     run = RunDir(out)
     inputs = _Inputs.load(study)
     check_output(run.path, True, kind="dir", inputs=study.reads(owned=[Path(o) for o in owned]))  # resumable
     ctx = setup(study.device)
-    progress = not quiet and ctx.main
+    check_jobs(jobs, study, ctx.world)
     conn = _open_store(run, study, ctx)
     net, processor = load_model(resolve_model_id(study.model), dtype=study.dtype, device=ctx.device(study.device),
                                 device_map=study.device_map, trust_remote_code=study.trust_remote_code)
     set_prompt_format(processor, study.prompt_format, study.model)
-    scores, settings = _scores(study, run, net, processor, inputs.calib, ctx, progress)
-
-    skipped: list[str] = []
-    stored = ctx.broadcast({r.cell: r.removed for r in read_results(conn)} if ctx.main else None)
-    rescore = _rescorer(net, processor, inputs.calib, settings, str(study.model), ctx)
-    sleb_select = _sleb_selector(net, processor, inputs.calib, study, ctx, progress)
-    removed = _plans(study, inputs.cells, scores, {"iterative": rescoring(rescore), "sleb": sleb_select}, skipped,
-                     stored)
-    cells = [c for c in inputs.cells if c.key in removed]
-    if ctx.main:
-        identity = get_meta(conn).get("study_identity") or study.identity()  # a legacy store keeps its form
-        set_meta(conn, _meta(study, scores, inputs.eval_sets, len(cells), run, identity) | {"skipped_cells": skipped})
-        import yaml
-        write_text_atomic(run.study, yaml.safe_dump(study_dict(study, run.path), sort_keys=False), overwrite=True)
-    ctx.barrier()
-
-    # cells whose plans coincide (same removed layers, same healing) are evaluated once
-    groups: dict[tuple, list[Cell]] = defaultdict(list)
-    for cell in cells:
-        groups[(len(removed[cell.key]), tuple(removed[cell.key]), json.dumps(cell.heal, sort_keys=True))].append(cell)
-    keys = {c.key for c in cells}
     done = ctx.broadcast(completed_cells(conn) if ctx.main else None)
-    pending_groups = [g for g in sorted(groups) if any(c.key not in done for c in groups[g])]
-    if ctx.world > 1 and any(g[2] != "null" for g in pending_groups):
-        # healing trains with accelerate, which would join the group as DDP: one process only
-        pending_groups = [g for g in pending_groups if g[2] == "null"]
-        skipped.append("healed cells under torchrun (several processes): run the same command in one "
-                       "process afterwards to add them")
-    mine = pending_groups[ctx.rank::ctx.world]
-    result = SweepResult(run.path, len(cells), 0, len(keys & done), 0, 0.0, notes=skipped)
-    bar = progress_bar(total=len(keys), initial=len(keys & done), desc="sweep", unit="cell", disable=not progress,
-               dynamic_ncols=True)
-    for i in range(-(-len(pending_groups) // ctx.world)):  # a round: each process one plan, rank 0 stores all
-        produced: list[list] = []
-        if i < len(mine):
-            pending = [c for c in groups[mine[i]] if c.key not in done]
-            remove, heal = list(mine[i][1]), pending[0].heal
-            bar.set_postfix_str(f"{pending[0].variant.label} k={len(remove)}{' +heal' if heal else ''}")
-            t0 = time.perf_counter()
-            results = _evaluate_plan(net, processor, study, inputs, run, remove, heal, progress)
-            produced = [cell_rows(c, remove, inputs.num_layers, results, time.perf_counter() - t0) for c in pending]
-            result.plans_evaluated += 1
-            result.cells_written += len(produced)
-        for rows_of_rank in ctx.gather(produced):
-            for rows in rows_of_rank:
-                if ctx.main and write_cell(conn, rows):
-                    bar.update(1)
-    bar.close()
-    ctx.barrier()
-    result.seconds = time.perf_counter() - started
+    n_jobs = resolve_jobs(jobs, study, ctx.world, sum(c.key not in done for c in inputs.cells),
+                          sum(p.nbytes for p in net.parameters()))
+    with contextlib.ExitStack() as stack:  # closes the worker processes, at once after an error
+        sweep = _Sweep(study, run, inputs, net, processor, ctx, conn, not quiet and ctx.main)
+        result = sweep.run(done, n_jobs, stack, started)
     if conn is not None:
         conn.close()
     return result

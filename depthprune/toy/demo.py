@@ -12,6 +12,7 @@ the full demo measures it on the whole eval split (600 per domain) in a second s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,14 +160,16 @@ def findings_line(run_dir: str | Path) -> str:
 
 
 def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_size: int = 32,
-             report: bool = True, overwrite: bool = False) -> tuple[SweepResult, Headline, Path | None, list[str]]:
+             report: bool = True, overwrite: bool = False, jobs: int | None = None
+             ) -> tuple[SweepResult, Headline, Path | None, list[str]]:
     """Run (or resume) the demo study in ``out``; returns the sweep result, the headline, the
     report path (None with ``report=False``) and notes for the user. ``overwrite`` first deletes
-    what an earlier demo wrote there (:meth:`RunDir.clear`) and starts over."""
+    what an earlier demo wrote there (:meth:`RunDir.clear`) and starts over. ``jobs``: worker
+    processes for the plans (:func:`depthprune.study.sweep.run_study`)."""
     from depthprune.reporting.html import write_report
-    from depthprune.scoring.scores import Scores
     from depthprune.study.config import parse_study
     from depthprune.study.sweep import run_study
+    from depthprune.study.workers import beside
     from depthprune.toy import default_data
     run = RunDir(out)
     if overwrite:
@@ -178,18 +181,32 @@ def run_demo(out: str | Path, quick: bool = False, quiet: bool = False, batch_si
         run.path.mkdir(parents=True, exist_ok=True)
         default_data(run.data)
     study = parse_study(demo_study(data, quick, batch_size), run.path, source="demo study")
-    result = run_study(study, run.path, quiet=quiet, owned=[run.data])
+    result = run_study(study, run.path, quiet=quiet, owned=[run.data], jobs=jobs)
     notes = [f"skipped {s}" for s in result.notes]
     if study.heal is None:
         notes.append("healing skipped: install depthprune[heal] (trl, peft, datasets) to add the healed cells")
-    headline_run = run
-    if not quick:
-        headline_run = run.headline
-        headline_run.path.mkdir(exist_ok=True)
-        if not headline_run.scores.is_file():  # same calibration: score once
-            Scores.load(run.scores).save(headline_run.scores)  # both files, published together
-        headline_data = {split: Path("..") / p for split, p in data.items()}  # relative to OUT/headline
-        run_study(parse_study(headline_study(headline_data, batch_size), headline_run.path,
-                              source="demo headline study"), headline_run.path, quiet=quiet)
-    report_path = write_report(run.path, progress=not quiet) if report else None
-    return result, headline(headline_run.path), report_path, notes
+    if quick:
+        report_path = write_report(run.path, progress=not quiet) if report else None
+        return result, headline(run.path), report_path, notes
+    with contextlib.ExitStack() as stack:
+        # the report reads only the grid: with worker processes it is written beside the
+        # headline sweep (whose own process mostly waits), not after it
+        pending = (stack.enter_context(beside(write_report, run.path, progress=False))
+                   if report and jobs != 1 else None)
+        _headline_sweep(run, data, batch_size, quiet, jobs)
+        report_path = pending.result() if pending else write_report(run.path, progress=not quiet) if report else None
+    return result, headline(run.headline.path), report_path, notes
+
+
+def _headline_sweep(run: RunDir, data: dict[str, Path], batch_size: int, quiet: bool, jobs: int | None) -> None:
+    """The full demo's headline study in ``OUT/headline``, with the grid's scores."""
+    from depthprune.scoring.scores import Scores
+    from depthprune.study.config import parse_study
+    from depthprune.study.sweep import run_study
+    headline_run = run.headline
+    headline_run.path.mkdir(exist_ok=True)
+    if not headline_run.scores.is_file():  # same calibration: score once
+        Scores.load(run.scores).save(headline_run.scores)  # both files, published together
+    headline_data = {split: Path("..") / p for split, p in data.items()}  # relative to OUT/headline
+    run_study(parse_study(headline_study(headline_data, batch_size), headline_run.path,
+                          source="demo headline study"), headline_run.path, quiet=quiet, jobs=jobs)

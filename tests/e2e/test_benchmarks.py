@@ -59,6 +59,15 @@ def test_bench_speed_vllm_without_vllm_says_why():
 
 
 @pytest.mark.slow
+def test_bench_study_small():
+    """Serial and worker engines side by side; at one thread per process (--threads 1) the
+    two stores are identical row by row."""
+    figures = json.loads(run("bench_study.py").strip().splitlines()[-1])
+    assert figures["serial_s"] > 0 and figures["fast_s"] > 0 and figures["cells"] == 8
+    assert figures["identical_rows"] and figures["max_nll_diff"] == 0 and figures["correct_differ"] == 0
+
+
+@pytest.mark.slow
 def test_bench_pipelines_small(tmp_path):
     """Every pipeline runs on the toy at 25% and depthprune's pipeline is compared per domain."""
     out = run("bench_pipelines.py", "--out", str(tmp_path / "runs"), "--jobs", "2")

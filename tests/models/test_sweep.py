@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from depthprune.data.records import load_records
-from depthprune.evaluation.generation import answer_nll, generate_outputs
+from depthprune.data.records import EncodingCache, kept_encodings, load_records
+from depthprune.evaluation.generation import answer_nll, evaluate, generate_outputs
 from depthprune.models.loading import load_model
 from depthprune.pruning import prune_layers
 from depthprune.scoring.scores import Scores
@@ -81,6 +81,27 @@ def test_pruned_in_memory_equals_a_pruned_copy(tmp_path, calib_dir):
     assert got == want  # cached generation and NLL of a truly pruned model
     assert (generate_outputs(net, proc, records, 6), answer_nll(net, proc, records)) == before
     assert net.config.to_dict() == config_before
+
+
+def test_kept_encodings_give_the_same_evaluation_and_encode_each_batch_once(tmp_path, calib_dir):
+    """A sweep's EncodingCache: the same predictions as without it (twice over, the second time
+    from kept batches, images included), each batch kept once, nothing past the byte limit."""
+    net, proc = load_model(save_tiny("qwen3_vl", tmp_path / "vl"), dtype="float32")
+    records = load_records([calib_dir / "calib.jsonl"])
+    plain = evaluate(net, proc, records, batch_size=4, max_new_tokens=4, progress=False).predictions
+    cache = EncodingCache()
+    with kept_encodings(cache):
+        runs = [evaluate(net, proc, records, batch_size=4, max_new_tokens=4, progress=False).predictions
+                for _ in range(2)]
+    assert runs[0] == runs[1] == plain
+    # 2 batches, each kept as its prompt and its answered text (the answer's context, the text
+    # before the answer, renders as the generation prompt itself: one kept batch serves both)
+    assert len(cache.batches) == 2 * 2
+    assert any("pixel_values" in b for b in cache.batches.values()) and cache.bytes > 0
+    nothing = EncodingCache(limit_bytes=0)
+    with kept_encodings(nothing):
+        assert evaluate(net, proc, records, batch_size=4, max_new_tokens=4, progress=False).predictions == plain
+    assert not nothing.batches
 
 
 def test_sweep_stores_every_cell_once_and_resumes(tmp_path, llm, calib_dir, eval_file, monkeypatch):
@@ -147,17 +168,40 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, llm, calib_dir, eval
     assert Scores.load(run / "scores.json").fingerprint() == Scores.load(reference / "scores.json").fingerprint()
 
 
-def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file):
+def _workers(pid: int) -> list[int]:
+    """The sweep's worker processes: children of ``pid`` started by multiprocessing's spawn
+    (not its resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(p) for p in path.read_text().split()] if path.is_file() else []
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _gone(pids: list[int], timeout: float = 30.0) -> bool:
+    """True once none of ``pids`` is alive (checked until ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists()
+                 and Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file, jobs):
     """Ctrl-C mid-sweep: exit 130, one line saying the stored cells are kept (not "nothing was
-    written", as it said when cells had been stored)."""
+    written", as it said when cells had been stored); with worker processes, they end too."""
     path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run)]
+    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run), "--jobs", jobs]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = run / "results.sqlite"
+    workers: list[int] = []
     while proc.poll() is None:
         if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= 2:
+            workers = _workers(proc.pid)
             proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.02)
@@ -166,6 +210,37 @@ def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file):
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "interrupted" in lines[0] and "keeps the cells it stored" in lines[0], err[-2000:]
     assert "Traceback" not in err
+    assert len(workers) == (2 if jobs == "2" else 0) and _gone(workers)
+
+
+def test_a_worker_killed_mid_sweep_is_one_error_line_and_the_stored_cells_stay_whole(
+        tmp_path, llm, calib_dir, eval_file):
+    """A worker process killed (as the out-of-memory killer would): exit 2, one line naming the
+    cause and the way on, no traceback, the other worker stopped, and every stored cell whole
+    (a row per domain); the same command then completes the store."""
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run), "--jobs", "2"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = run / "results.sqlite"
+    workers: list[int] = []
+    while proc.poll() is None:
+        if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= 1:
+            workers = _workers(proc.pid)
+            os.kill(workers[0], signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "worker process" in lines[0] and "--jobs" in lines[0], err[-2000:]
+    assert "Traceback" not in err and _gone(workers)
+    rows = open_store(store).execute("SELECT cell, COUNT(*) FROM results GROUP BY cell").fetchall()
+    assert rows and all(n == 2 for _, n in rows)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(read_results(store)) == 2 * (1 + 3 * 13)
 
 
 def _worker(rank: int, port: int, study: str, out: str, report: str) -> None:
@@ -240,3 +315,32 @@ def test_compensated_cells_beside_plain_and_healed_ones_and_the_model_restored(t
     again = {(r.label, r.eval_set, r.domain): r.samples for r in read_results(tmp_path / "alone-run" / "results.sqlite")
              if r.budget == 2}
     assert again == {k: r.samples for k, r in plain.items()}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None,
+                    reason="the heal extra (trl) is not installed")
+def test_worker_processes_store_what_one_process_stores(tmp_path, llm, calib_dir, eval_file, monkeypatch):
+    """``jobs=2`` (two spawned workers, each loading the model) stores the very rows of the
+    serial engine: accuracy, NLL and every per-sample outcome, for plain, `sleb`, `iterative`,
+    healed and repaired cells. Both at one torch thread per process: across thread counts
+    torch's kernels may round differently (a last NLL bit in an odd-sized batch, measured by
+    benchmarks/bench_study.py), which is torch's doing, not the engine's."""
+    methods = [{"method": "domain", "domain": ["math", "general"]}, {"method": "sleb", "domain": "math"},
+               "iterative", "last"]
+    heal = {"recipe": {"mode": "lora", "steps": 2, "batch_size": 2}, "budgets": [2], "methods": ["domain:math"]}
+    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2], methods=methods, heal=heal,
+                      compensate={"method": "refit", "budgets": [2], "methods": ["domain:math", "last"]})
+    monkeypatch.setenv("DEPTHPRUNE_THREADS", "1")  # read by the main process and its workers
+    threads = torch.get_num_threads()
+    try:
+        serial = run_study(path, tmp_path / "serial", quiet=True, jobs=1)
+        pooled = run_study(path, tmp_path / "pooled", quiet=True, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert comparable(tmp_path / "pooled") == comparable(tmp_path / "serial")
+    assert (pooled.cells_written, pooled.plans_evaluated) == (serial.cells_written, serial.plans_evaluated)
+    treated = {(r.label, tuple(sorted(r.heal))) for r in read_results(tmp_path / "pooled" / "results.sqlite") if r.heal}
+    assert {("domain:math", ("compensate",)), ("last", ("compensate",)),
+            ("domain:math", ("batch_size", "mode", "steps"))} <= treated
+    logs = [sorted(p.name for p in (tmp_path / run / "logs").iterdir()) for run in ("serial", "pooled")]
+    assert logs[0] == logs[1] and logs[0]  # the heal's training logs, written by a worker
