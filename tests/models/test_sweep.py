@@ -188,23 +188,30 @@ def _gone(pids: list[int], timeout: float = 30.0) -> bool:
     return False
 
 
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
+def _sweep_until_stored(path, run, jobs: str, cells: int):
+    """Start `depthprune sweep` in a process and wait until ``cells`` cells are stored (or it ends);
+    returns the process and its worker processes' pids at that moment."""
+    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run), "--jobs", jobs]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = run / "results.sqlite"
+    while proc.poll() is None:
+        if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= cells:
+            return proc, _workers(proc.pid)
+        time.sleep(0.02)
+    return proc, []
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file, jobs):
     """Ctrl-C mid-sweep: exit 130, one line saying the stored cells are kept (not "nothing was
     written", as it said when cells had been stored); with worker processes, they end too."""
-    path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run), "--jobs", jobs]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    store = run / "results.sqlite"
-    workers: list[int] = []
-    while proc.poll() is None:
-        if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= 2:
-            workers = _workers(proc.pid)
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.02)
+    proc, workers = _sweep_until_stored(study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3]),
+                                        tmp_path / "run", jobs, cells=2)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -220,25 +227,18 @@ def test_a_worker_killed_mid_sweep_is_one_error_line_and_the_stored_cells_stay_w
     (a row per domain); the same command then completes the store."""
     path = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3])
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run), "--jobs", "2"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    store = run / "results.sqlite"
-    workers: list[int] = []
-    while proc.poll() is None:
-        if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= 1:
-            workers = _workers(proc.pid)
-            os.kill(workers[0], signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    proc, workers = _sweep_until_stored(path, run, "2", cells=1)
+    if workers:
+        os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "worker process" in lines[0] and "--jobs" in lines[0], err[-2000:]
     assert "Traceback" not in err and _gone(workers)
+    store = run / "results.sqlite"
     rows = open_store(store).execute("SELECT cell, COUNT(*) FROM results GROUP BY cell").fetchall()
     assert rows and all(n == 2 for _, n in rows)
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    resumed = subprocess.run(proc.args, env=_env(), capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert len(read_results(store)) == 2 * (1 + 3 * 13)
 
