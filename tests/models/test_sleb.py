@@ -164,7 +164,7 @@ def test_sweep_runs_sleb_once_per_domain_and_resumes_without_measuring(tmp_path,
     searches = []
     real = sleb_module.Sleb._extend
     monkeypatch.setattr(sleb_module.Sleb, "_extend", lambda self, *a: searches.append((len(a[0]), a[1])) or real(self, *a))
-    run_study(path, tmp_path / "run", quiet=True)
+    run_study(path, tmp_path / "run", quiet=True, jobs=1)  # in this process, where the counter is
     # (removals already known, removals wanted) per call: budget 1 for both domains, then each
     # domain's search continues from its first removal (it is not restarted)
     assert searches == [(0, 1), (0, 1), (1, 3), (1, 3)]
@@ -174,5 +174,5 @@ def test_sweep_runs_sleb_once_per_domain_and_resumes_without_measuring(tmp_path,
         want, _ = brute_force_sleb(net, tok, load_records(data), 3, list(range(6)), {domain: 1.0})
         assert rows[(f"sleb:{domain}", 3)] == sorted(want) and rows[(f"sleb:{domain}", 1)] == want[:1]
     searches.clear()
-    again = run_study(path, tmp_path / "run", quiet=True)
+    again = run_study(path, tmp_path / "run", quiet=True, jobs=1)
     assert again.cells_written == 0 and searches == []

@@ -209,8 +209,9 @@ def _sweep_until_stored(path, run, jobs: str, cells: int):
 def test_ctrl_c_says_what_was_kept(tmp_path, llm, calib_dir, eval_file, jobs):
     """Ctrl-C mid-sweep: exit 130, one line saying the stored cells are kept (not "nothing was
     written", as it said when cells had been stored); with worker processes, they end too."""
-    proc, workers = _sweep_until_stored(study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3]),
-                                        tmp_path / "run", jobs, cells=2)
+    # longer answers: each plan takes long enough that the sweep is still running when Ctrl-C comes
+    study = study_file(tmp_path, llm, calib_dir, eval_file, budgets=[1, 2, 3], metrics={"max_new_tokens": 32})
+    proc, workers = _sweep_until_stored(study, tmp_path / "run", jobs, cells=1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
