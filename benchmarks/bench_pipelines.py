@@ -340,7 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--heal-seconds", type=float, default=None, help="every heal's time budget (default 60; --small 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each command")
     ap.add_argument("--jobs", type=int, default=2, help="pipelines run at once")
-    ap.add_argument("--small", action="store_true", help="the toy at 25% on a few records (a smoke run for CI)")
+    ap.add_argument("--small", action="store_true", help="the toy at 25%% on a few records (a smoke run for CI)")
     args = ap.parse_args(argv)
     args.out = args.out or Path("runs/pipelines-small" if args.small else "runs/pipelines")
     args.model = args.model or (["toy"] if args.small else ["toy", "smollm2"])

@@ -78,3 +78,12 @@ def test_bench_pipelines_small(tmp_path):
     for name in ("ShortGPT", "SLEB", "PruneMe + heal", "ReplaceMe", "INTERLACE-style", "last-n", "random",
                  "depthprune (math)", "depthprune (general)"):
         assert f"| {name} |" in table
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py")))
+def test_bench_help_prints_usage(script):
+    """--help prints and exits 0 (a bare '%' in a help string made bench_pipelines --help crash)."""
+    done = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout and "--small" in done.stdout
