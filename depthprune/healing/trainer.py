@@ -377,6 +377,8 @@ def _sft_config(config: HealConfig, work_dir: Path, max_steps: int) -> Any:
         disable_tqdm=True, bf16=config.bf16, max_length=None, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=(torch.cuda.is_available() if config.gradient_checkpointing is None
+                                else config.gradient_checkpointing),
     )
 
 
