@@ -305,3 +305,15 @@ def test_heal_refuses_existing_output_before_loading(qwen, calib_dir, tmp_path):
     with pytest.raises(ValueError, match="--overwrite"):
         heal(qwen, calib_dir / "calib.jsonl", tmp_path / "o", HealConfig(**FAST))
     assert (tmp_path / "o" / "x").read_text() == "keep"
+
+
+def test_gradient_checkpointing_only_on_a_gpu_unless_chosen(tmp_path):
+    """TRL turns gradient checkpointing on; on CPU it costs time for the same weights, so the
+    default follows the device and an explicit choice wins."""
+    import torch
+
+    from depthprune.healing.trainer import _sft_config
+    on_gpu = torch.cuda.is_available()
+    assert _sft_config(HealConfig(steps=2), tmp_path, 2).gradient_checkpointing is on_gpu
+    assert _sft_config(HealConfig(steps=2, gradient_checkpointing=True), tmp_path, 2).gradient_checkpointing is True
+    assert _sft_config(HealConfig(steps=2, gradient_checkpointing=False), tmp_path, 2).gradient_checkpointing is False
