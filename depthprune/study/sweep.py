@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,9 @@ class _Sweep:
     ctx: Any
     conn: Any
     progress: bool
+    #: plans decided by an earlier sweep on the same scores and calibration (cell key -> removed
+    #: layers): not searched again (the demo's headline takes the grid's `sleb` plans)
+    reused: Mapping[str, list[int]] = field(default_factory=dict)
 
     def run(self, done: set[str], jobs: int, stack: contextlib.ExitStack, started: float) -> SweepResult:
         study, ctx, conn = self.study, self.ctx, self.conn
@@ -326,7 +329,8 @@ class _Sweep:
         """Every cell's removed layers (:func:`depthprune.study.plans.removed_layers`); with worker
         processes, each `iterative` / `sleb` variant is searched in one of them, side by side."""
         from depthprune.study.store import read_results
-        known = self.ctx.broadcast({r.cell: r.removed for r in read_results(self.conn)} if self.ctx.main else None)
+        stored = self.ctx.broadcast({r.cell: r.removed for r in read_results(self.conn)} if self.ctx.main else None)
+        known: dict[str, list[int] | str] = {**self.reused, **stored}
         if pool is not None:
             variants: dict[str, list[Cell]] = defaultdict(list)
             for cell in self.inputs.cells:
@@ -352,7 +356,8 @@ class _Sweep:
 
 
 def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False,
-              owned: Sequence[str | os.PathLike] = (), jobs: int | None = None) -> SweepResult:
+              owned: Sequence[str | os.PathLike] = (), jobs: int | None = None,
+              known_plans: Mapping[str, list[int]] | None = None) -> SweepResult:
     """Run (or resume) every cell of ``study`` into the run directory ``out``.
 
     ``study`` is a :class:`Study` or a YAML path (validated before any model loads). ``out``
@@ -360,8 +365,9 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     their images, the study file: :func:`depthprune.outputs.check_output`), except ``owned``
     folders inside it (the demo's own data). ``jobs``: worker processes that evaluate the plans
     (:mod:`depthprune.study.workers`; 1: this process alone; None: one per usable core, on
-    the CPU). Returns a :class:`SweepResult`; results are in ``out/results.sqlite``
-    (see :mod:`depthprune.study.store`).
+    the CPU). ``known_plans``: removed layers of cells (by key) that an earlier sweep with the
+    same scores and calibration already searched, used instead of searching again. Returns a
+    :class:`SweepResult`; results are in ``out/results.sqlite`` (see :mod:`depthprune.study.store`).
     """
     from depthprune.models.loading import load_model, resolve_model_id
     from depthprune.study.distributed import setup
@@ -381,7 +387,7 @@ def run_study(study: Study | str | os.PathLike, out: str | os.PathLike, *, quiet
     n_jobs = resolve_jobs(jobs, study, ctx.world, sum(c.key not in done for c in inputs.cells),
                           sum(p.nbytes for p in net.parameters()))
     with contextlib.ExitStack() as stack:  # closes the worker processes, at once after an error
-        sweep = _Sweep(study, run, inputs, net, processor, ctx, conn, not quiet and ctx.main)
+        sweep = _Sweep(study, run, inputs, net, processor, ctx, conn, not quiet and ctx.main, dict(known_plans or {}))
         result = sweep.run(done, n_jobs, stack, started)
     if conn is not None:
         conn.close()

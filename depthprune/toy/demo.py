@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,5 +209,27 @@ def _headline_sweep(run: RunDir, data: dict[str, Path], batch_size: int, quiet: 
     if not headline_run.scores.is_file():  # same calibration: score once
         Scores.load(run.scores).save(headline_run.scores)  # both files, published together
     headline_data = {split: Path("..") / p for split, p in data.items()}  # relative to OUT/headline
-    run_study(parse_study(headline_study(headline_data, batch_size), headline_run.path,
-                          source="demo headline study"), headline_run.path, quiet=quiet, jobs=jobs)
+    study = parse_study(headline_study(headline_data, batch_size), headline_run.path, source="demo headline study")
+    run_study(study, headline_run.path, quiet=quiet, jobs=jobs, known_plans=searched_in_grid(run, study))
+
+
+def searched_in_grid(run: RunDir, headline: Any) -> dict[str, list[int]]:
+    """The grid's plans for the headline's searched cells (`sleb` at 25%, plain and repaired):
+    the same scores, calibration records and settings give the same search, so the headline
+    does not repeat it (about half a minute of the full demo)."""
+    from depthprune.study.cell import expand_cells
+    from depthprune.study.plans import SEARCHED
+    from depthprune.study.store import get_meta, open_store, read_results
+    conn = open_store(run.store)
+    try:
+        num_layers = get_meta(conn)["num_layers"]
+        grid = {(r.method, json.dumps(r.options, sort_keys=True), r.budget): r.removed
+                for r in read_results(conn) if r.heal is None and r.method in SEARCHED}
+    finally:
+        conn.close()
+    plans = {}
+    for cell in expand_cells(headline, num_layers):
+        found = grid.get((cell.variant.method, json.dumps(cell.variant.options, sort_keys=True), cell.budget))
+        if cell.variant.method in SEARCHED and found is not None:
+            plans[cell.key] = found
+    return plans

@@ -176,3 +176,13 @@ def test_sweep_runs_sleb_once_per_domain_and_resumes_without_measuring(tmp_path,
     searches.clear()
     again = run_study(path, tmp_path / "run", quiet=True, jobs=1)
     assert again.cells_written == 0 and searches == []
+    # a second study on the same scores (the demo's headline) takes the first one's plans instead
+    # of searching again: its sleb cells are the first run's, and nothing is measured
+    from depthprune.study.store import cell_key
+    known = {cell_key("sleb", {"domain": d}, 3, None): rows[(f"sleb:{d}", 3)] for d in ("math", "general")}
+    study |= {"methods": [{"method": "sleb", "domain": ["math", "general"]}], "budgets": [3]}
+    path.write_text(yaml.safe_dump(study))
+    second = run_study(path, tmp_path / "second", quiet=True, jobs=1, known_plans=known)
+    assert second.cells_written == 3 and searches == []  # unpruned + sleb per domain
+    reused = {(r.label, r.budget): r.removed for r in read_results(tmp_path / "second" / "results.sqlite")}
+    assert all(reused[(f"sleb:{d}", 3)] == rows[(f"sleb:{d}", 3)] for d in ("math", "general"))
