@@ -28,3 +28,15 @@ class EncodingCache:
             self.batches[key], self.bytes = batch, self.bytes + size
         # a shallow copy: a caller's .to(device) replaces the copy's tensors, not the kept ones
         return copy.copy(self.batches[key])
+
+    def derived(self, key: tuple, make: Callable[[], Any], size: Callable[[Any], int]) -> Any:
+        """What a model computes from a kept batch and nothing else (the vision tower's image
+        features, which pruning, repair and healing never change), made once and kept under the
+        same memory limit; ``size`` its bytes."""
+        if key not in self.batches:
+            value = make()
+            nbytes = size(value)
+            if self.bytes + nbytes > self.limit_bytes:
+                return value
+            self.batches[key], self.bytes = value, self.bytes + nbytes
+        return self.batches[key]

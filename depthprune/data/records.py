@@ -439,6 +439,11 @@ def render_prompt(processor: Any, record: Record, with_answer: bool = False) -> 
 _kept: EncodingCache | None = None  # the cache encode() uses, inside a kept_encodings block
 
 
+def kept_cache() -> EncodingCache | None:
+    """The cache of the current :func:`kept_encodings` block (None outside one)."""
+    return _kept
+
+
 @contextlib.contextmanager
 def kept_encodings(cache: EncodingCache | None) -> Iterator[None]:
     """Within the block, :func:`encode` returns ``cache``'s batches (and fills it); None: no cache."""
@@ -461,8 +466,13 @@ def encode(processor: Any, records: Sequence[Record], texts: Sequence[str] | Non
     if texts is None:
         texts = [render_prompt(processor, r, with_answer) for r in records]
     if _kept is not None:
-        key = (id(processor), prompt_format(processor), tuple(texts), tuple(str(p) for r in records for p in r.images))
-        return _kept.get(key, lambda: _encode(processor, records, texts))
+        images = tuple(str(p) for r in records for p in r.images)
+        batch = _kept.get((id(processor), prompt_format(processor), tuple(texts), images),
+                          lambda: _encode(processor, records, texts))
+        # what a model computes from the images alone is kept under this key (the prompt and
+        # the answered text of the same records share it): EncodingCache.derived
+        batch.kept_images = (id(processor), images)
+        return batch
     return _encode(processor, records, texts)
 
 

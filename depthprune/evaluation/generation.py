@@ -28,6 +28,7 @@ from depthprune.data.records import (
     batches,
     data_fingerprint,
     encode,
+    kept_cache,
     load_records,
     render_prompt,
 )
@@ -132,6 +133,36 @@ def _question_text(record: Record) -> str:
                     for p in m["content"] if p["type"] == "text")
 
 
+def _image_features(model: nn.Module, batch: Any) -> Any:
+    """``batch`` with its images as the vision tower's output (``mm_encoder_outputs``) instead of
+    pixels, computed once per kept batch (:func:`depthprune.data.records.kept_encodings`): a sweep
+    evaluates every plan on the same batches, and pruning, repair and healing never change the
+    vision tower. Outside a kept block, or for a model without ``mm_encoder_outputs``, the batch
+    as it is. The tower runs exactly as ``generate`` runs it, so the outputs are the same."""
+    cache, key = kept_cache(), getattr(batch, "kept_images", None)
+    encoder = getattr(getattr(model, "base_model", None), "get_image_features", None)
+    if (cache is None or key is None or encoder is None or batch.get("pixel_values") is None
+            or "mm_encoder_outputs" not in inspect.signature(model.forward).parameters):
+        return batch
+    arguments = {k: batch[k] for k in inspect.signature(encoder).parameters if k != "kwargs" and k in batch}
+    # the tower's identity: a healed copy of the model has its own (with the same weights)
+    features = cache.derived((key, "image features", id(encoder.__self__)),
+                             lambda: encoder(**arguments, return_dict=True), _nbytes)
+    out = {k: v for k, v in batch.items() if k != "pixel_values"}
+    return out | {"mm_encoder_outputs": {"image": features}}
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes of the tensors in a (nested) model output."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict) or hasattr(value, "values"):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
 @torch.inference_mode()
 def generate_outputs(model: nn.Module, processor: Any, records: Sequence[Record],
                      max_new_tokens: int) -> list[str]:
@@ -139,9 +170,10 @@ def generate_outputs(model: nn.Module, processor: Any, records: Sequence[Record]
     without special tokens."""
     tok = getattr(processor, "tokenizer", processor)
     batch = encode(processor, records).to(input_device(model))
+    inputs = _image_features(model, batch)
     # Pure greedy whatever the checkpoint's sampling defaults: neutral values (not None)
     # silence transformers' "flags ignored" warning; repetition_penalty would alter argmax.
-    out = model.generate(**batch, do_sample=False, num_beams=1, temperature=1.0, top_p=1.0,
+    out = model.generate(**inputs, do_sample=False, num_beams=1, temperature=1.0, top_p=1.0,
                          top_k=None, repetition_penalty=1.0, max_length=None,
                          max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     return tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -189,7 +221,7 @@ def answer_nll(model: nn.Module, processor: Any, records: Sequence[Record]) -> l
                           "counts the last tokens of the sequence instead", stacklevel=2)
         n_answer[i] = max(n_answer[i], 1)
     keep = max(n_answer) + 1  # logits for the last `keep` positions are all we need
-    kwargs = dict(batch.to(input_device(model)), use_cache=False)
+    kwargs = dict(_image_features(model, batch.to(input_device(model))), use_cache=False)
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = keep  # avoids a [batch, tokens, vocab] tensor on big vocabularies
     logits = model(**kwargs).logits[:, -keep:-1].float()

@@ -96,8 +96,18 @@ def test_kept_encodings_give_the_same_evaluation_and_encode_each_batch_once(tmp_
     assert runs[0] == runs[1] == plain
     # 2 batches, each kept as its prompt and its answered text (the answer's context, the text
     # before the answer, renders as the generation prompt itself: one kept batch serves both)
-    assert len(cache.batches) == 2 * 2
-    assert any("pixel_values" in b for b in cache.batches.values()) and cache.bytes > 0
+    # ... and each batch's image features once (the vision tower's output, shared by the prompt
+    # and the answered text: pruning never changes the tower), used instead of the pixels
+    encoded = [k for k in cache.batches if "image features" not in k]
+    features = [k for k in cache.batches if "image features" in k]
+    assert len(encoded) == 2 * 2 and len(features) == 2
+    assert any("pixel_values" in cache.batches[k] for k in encoded) and cache.bytes > 0
+    tower, calls = net.model.visual, []
+    hook = tower.register_forward_hook(lambda *_: calls.append(1))
+    with kept_encodings(cache):
+        assert evaluate(net, proc, records, batch_size=4, max_new_tokens=4, progress=False).predictions == plain
+    hook.remove()
+    assert calls == []  # every batch's features were kept
     nothing = EncodingCache(limit_bytes=0)
     with kept_encodings(nothing):
         assert evaluate(net, proc, records, batch_size=4, max_new_tokens=4, progress=False).predictions == plain
