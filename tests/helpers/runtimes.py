@@ -11,20 +11,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+
+def _vllm_check() -> Any:
+    """scripts/vllm_check.py, which holds the one list of runtime questions (it runs in vLLM's own
+    environment, without depthprune or the tests, so the list lives there)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[2] / "scripts" / "vllm_check.py"
+    spec = importlib.util.spec_from_file_location("vllm_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 #: SmolLM2 prompts: every one is over 32 tokens with its chat template (the template adds a
 #: system message), so the chunked prefill of depthprune.runtimes.llamacpp is exercised
-QUESTIONS = ["What is 2 + 3?", "Name a colour of the sky.", "What is the capital of France?",
-             "What is 7 times 8?", "What do bees make?", "What is the opposite of hot?",
-             "How many legs does a spider have?", "What is the plural of mouse?",
-             "Tom has 3 apples and buys 4 more. How many apples does he have?",
-             "What animal says moo?", "What is frozen water called?", "What is 15 minus 6?",
-             "Which planet is the largest in our solar system?", "What is a young cat called?",
-             "Write one word that rhymes with cat.", "What do you use to cut paper?"]
+QUESTIONS = _vllm_check().QUESTIONS[:16]
 
 
 def require_llamacpp() -> None:
