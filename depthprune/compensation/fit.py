@@ -442,8 +442,9 @@ def compensate_model(model: nn.Module, processor: Any, calibration: "Calibration
 def prepare(compensate: "Compensation | str | None", data: Any, domain: str | None,
             weights: dict[str, float] | None, max_samples: int | None = None) -> Calibration | None:
     """Check a compensated prune's inputs before any model loads (None for plain removal):
-    the spec, calibration ``data`` (JSONL paths), the domain(s) to fit on (``domain`` or
-    ``weights``; every domain of the data equally when neither is given) and, for
+    the spec, calibration ``data`` (JSONL paths), the domain(s) to fit on (the spec's own
+    ``weights``, else ``domain`` or ``weights``; every domain of the data equally when none is
+    given) and, for
     ``tokens=answer``, the answers."""
     spec = Compensation.of(compensate)
     if not spec.active:
@@ -453,6 +454,8 @@ def prepare(compensate: "Compensation | str | None", data: Any, domain: str | No
                                 "FILE.jsonl (records as for `depthprune score`), or use --compensate none")
     records = cap_per_domain(load_records([data] if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__")
                                           else list(data)), max_samples)
+    if spec.weights is not None:  # the repair's own domains, whatever chose the layers
+        domain, weights = None, spec.weights
     fit_weights = domain_weights([r.domain for r in records], domain, weights)
     if spec.tokens == "answer":
         _require_answers([r for r in records if r.domain in fit_weights])

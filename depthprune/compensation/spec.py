@@ -40,6 +40,12 @@ class Compensation:
     tokens: str = field(default="all", metadata={"flag": "compensate-tokens", "help": (
         "Calibration tokens the --compensate fit uses: all (every token, answers included) or answer (the "
         "answer span; needs answers).")})
+    #: domain weights of the fit, whatever the plan was chosen for; None: --domain / --weights
+    weights: dict[str, float] | None = field(default=None, metadata={
+        "flag": "compensate-weights", "cli_type": str, "help": (
+            "Domains the --compensate fit is calibrated on, e.g. math=1,general=1, whatever --domain chose the "
+            "layers for (default: --domain, else --weights, else every domain equally). Choose layers for the "
+            "domain you protect, repair on every domain you keep: one command.")})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -49,6 +55,22 @@ class Compensation:
             raise CompensationError(f"--compensate-ridge {self.ridge!r}: give a number >= 0, e.g. {DEFAULT_RIDGE}")
         if self.tokens not in TOKENS:
             raise CompensationError(f"--compensate-tokens {self.tokens!r}: choose one of {', '.join(TOKENS)}")
+        if self.weights is not None and (not isinstance(self.weights, dict) or not self.weights or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
+                for w in self.weights.values())):
+            raise CompensationError(f"--compensate-weights {self.weights!r}: give domain=weight pairs with finite "
+                                    "weights >= 0, e.g. math=1,general=1")
+
+    @classmethod
+    def from_cli(cls, values: dict) -> "Compensation":
+        """The spec of a command line: ``--compensate-weights`` text parsed (``math=1,general=1``)."""
+        from depthprune.options import parse_weights
+        weights = values.get("weights")
+        try:
+            parsed = parse_weights(weights) if weights else None
+        except ValueError as exc:
+            raise CompensationError(f"--compensate-{exc}".replace("e.g. --weights", "e.g. --compensate-weights")) from None
+        return cls(**dict(values, weights=parsed))
 
     @property
     def active(self) -> bool:
@@ -64,6 +86,7 @@ class Compensation:
         """Short name for tables and cell labels: ``none``, ``refit``, ``lstsq:ridge=0.01``."""
         extra = [f"ridge={self.ridge:g}"] if self.ridge != DEFAULT_RIDGE else []
         extra += [f"tokens={self.tokens}"] if self.tokens != "all" else []
+        extra += [f"weights={','.join(f'{d}={w:g}' for d, w in sorted(self.weights.items()))}"] if self.weights else []
         return self.method + (":" + ",".join(extra) if extra and self.active else "")
 
 

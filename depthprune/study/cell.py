@@ -92,9 +92,13 @@ def _treated(study: Study, num_layers: int, section: dict | None, key: str) -> l
 
 def compensation_entry(section: dict, variant: MethodVariant) -> dict[str, Any]:
     """The repair of one variant's cells: the spec and the calibration domains' weights (the
-    variant's own domain or weights, else every calibration domain equally)."""
+    study's ``compensate.weights``, else the variant's own domain or weights, else every
+    calibration domain equally)."""
     from depthprune.data.records import domain_weights
-    weights = domain_weights(section["domains"], variant.options.get("domain"), variant.options.get("weights"))
+    if section.get("weights"):  # the study's own fit domains, whatever chose the plan
+        weights = domain_weights(section["domains"], None, section["weights"])
+    else:
+        weights = domain_weights(section["domains"], variant.options.get("domain"), variant.options.get("weights"))
     return {**section["spec"], "weights": weights}
 
 

@@ -336,8 +336,14 @@ def _compensate(src: str, spec: Compensate | None, labels: list[str], domains: s
     missing = [m for m in spec.methods or [] if m not in labels]
     if missing:
         raise _err(src, "compensate.methods", f"{missing[0]!r} is not one of the study's methods ({', '.join(labels)})")
+    if spec.weights is not None:
+        unknown = sorted(set(spec.weights) - domains)
+        if unknown or not any(w > 0 for w in spec.weights.values()):
+            raise _err(src, "compensate.weights", f"give positive weights to calibration domains ({', '.join(sorted(domains))})"
+                       + (f"; {unknown[0]!r} is not one" if unknown else ""))
     return {"spec": {"method": spec.method, "ridge": spec.ridge, "tokens": spec.tokens},
-            "budgets": list(spec.budgets), "methods": spec.methods, "domains": sorted(domains)}
+            "budgets": list(spec.budgets), "methods": spec.methods, "domains": sorted(domains),
+            "weights": spec.weights}
 
 
 def parse_study(raw: Any, base: Path, source: str = "study") -> Study:
@@ -522,5 +528,6 @@ def study_dict(study: Study, base: Path | None = None) -> dict[str, Any]:
         out["heal"] = {k: v for k, v in study.heal.items() if v is not None}
     if study.compensate is not None:
         out["compensate"] = {**study.compensate["spec"], "budgets": study.compensate["budgets"]} | (
-            {"methods": study.compensate["methods"]} if study.compensate["methods"] else {})
+            {"methods": study.compensate["methods"]} if study.compensate["methods"] else {}) | (
+            {"weights": study.compensate["weights"]} if study.compensate.get("weights") else {})
     return json.loads(json.dumps(out))

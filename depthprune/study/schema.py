@@ -151,6 +151,8 @@ class Compensate(_Strict):
     method: Literal["lstsq", "refit"] = "refit"
     ridge: Annotated[float, Field(ge=0, allow_inf_nan=False)] = DEFAULT_RIDGE
     tokens: Literal["all", "answer"] = "all"
+    #: the fit's calibration domains for every plan (default: each plan's own domain or weights)
+    weights: dict[NonEmptyStr, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
     budgets: Annotated[list[Budget], Field(min_length=1)]
     methods: list[NonEmptyStr] | None = None
 

@@ -163,8 +163,27 @@ def test_a_singular_fit_falls_back_to_the_default_ridge(qwen3, calib_dir, tmp_pa
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_compensate_weights_fit_the_repair_on_other_domains_than_the_plan(qwen3, calib_dir, tmp_path):
+    """The recommended recipe in one command: layers chosen for one domain (--domain), the repair
+    fitted on every domain kept (--compensate-weights), the same weights as a repair calibrated
+    on both domains without --domain."""
+    data = calib_dir / "text.jsonl"
+    res = run("prune", qwen3[0], "--layers", "2,4", "--domain", "math", "--data", data, "--compensate", "refit",
+              "--compensate-weights", "math=1,general=1", "--out", tmp_path / "one")
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "one" / "pruning.json").read_text())["compensation"]
+    assert record["domain_weights"] == {"general": 0.5, "math": 0.5}
+    assert run("prune", qwen3[0], "--layers", "2,4", "--data", data, "--compensate", "refit",
+               "--out", tmp_path / "both").exit_code == 0
+    one, both = (load_model(tmp_path / d, dtype="float32")[0].model.layers[1].mlp.down_proj.weight
+                 for d in ("one", "both"))
+    assert torch.equal(one, both)
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--layers", "0,3"], ["removes layer 0", "--protect-first 1"]),
+    (["--layers", "3", "--compensate-weights", "math"], ["--compensate-weights", "domain=weight"]),
+    (["--layers", "3", "--compensate-weights", "physics=1"], ["physics", "not in the calibration data"]),
     (["--layers", "3", "--domain", "physics"], ["physics", "not in the calibration data"]),
     (["--layers", "3", "--no-data"], ["--compensate refit", "--data"]),
     (["--layers", "3", "--compensate-tokens", "words"], ["--compensate-tokens", "all, answer"]),

@@ -200,3 +200,21 @@ def test_demo_headline_study_reuses_the_grid_calibration(tmp_path, calib_dir):
                                               for d in ("math", "general")}
     for key in ("calibration", "calib_max_samples", "ablation", "batch_size", "dtype", "max_span"):
         assert getattr(head, key) == getattr(grid, key), key
+
+
+def test_compensate_weights_fit_every_plan_on_the_given_domains(tmp_path, calib_dir):
+    """`compensate.weights`: the repair of every plan calibrated on those domains (the
+    recommended recipe: layers chosen for one domain, repaired on every domain kept); without
+    it each plan's own domain; a domain not in the calibration data is refused by name."""
+    from depthprune.study.config import study_dict
+    section = {"method": "refit", "budgets": [1], "weights": {"math": 1, "general": 1}}
+    study = load_study(write(tmp_path, calib_dir, compensate=section))
+    repaired = {c.variant.label: c.heal["compensate"]["weights"] for c in expand_cells(study, 16) if c.heal}
+    assert repaired == {"domain:math": {"general": 0.5, "math": 0.5}, "domain:general": {"general": 0.5, "math": 0.5},
+                        "last": {"general": 0.5, "math": 0.5}}
+    assert study_dict(study, tmp_path / "study")["compensate"]["weights"] == {"math": 1.0, "general": 1.0}
+    own = load_study(write(tmp_path, calib_dir, compensate={"method": "refit", "budgets": [1]}))
+    assert {c.variant.label: c.heal["compensate"]["weights"] for c in expand_cells(own, 16) if c.heal}[
+        "domain:math"] == {"math": 1.0}
+    with pytest.raises(StudyError, match=r"compensate.weights.*'physics' is not one"):
+        load_study(write(tmp_path, calib_dir, compensate=section | {"weights": {"physics": 1}}))
