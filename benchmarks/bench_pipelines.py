@@ -239,13 +239,12 @@ def _evaluate(s: Setup, model: str, metrics: Path) -> None:
 
 
 def _prepare(s: Setup, text: bool, n: dict[str, int]) -> None:
-    """Data, the unpruned model's evaluation and the scores every score-based pipeline reads."""
+    """Data, and the scores every score-based pipeline reads."""
     if not (s.data / "eval.jsonl").is_file():
         s.run("data", "data", "text" if text else "synth", "--out", str(s.data), "--seed", str(n["seed"]),
               "--n-train", str(n["train"]), "--n-calib", str(n["calib"]), "--n-eval", str(n["eval"]))
     s.run("score", "score", s.model, "--data", str(s.data / "calib.jsonl"), "--out", str(s.out / "scores.json"),
           *_common(s))
-    _evaluate(s, s.model, s.out / "unpruned.eval.json")
 
 
 def _outcomes(metrics: str | Path) -> tuple[dict[str, dict[str, int]], dict[str, float]]:
@@ -340,10 +339,16 @@ def run_model(args: argparse.Namespace, model: str, budgets: list[str]) -> dict:
         _prepare(s, text, _sizes(args, text))
         # the stages of depthprune's pipeline (what each step adds) at the headline budget only
         jobs = [(p, b) for b in budgets for p in PIPELINES if p.stage_of is None or b == HEADLINE_BUDGET]
-        # healing pipelines first: they are the longest, so the pool ends with short jobs
-        jobs.sort(key=lambda j: j[0].heal is None)
-        with ThreadPoolExecutor(args.jobs) as pipelines:
+        # SLEB's searches first (the longest single commands), then the healing pipelines, so
+        # the workers end with short jobs. Every pipeline gets its own thread (the threads only
+        # wait; the work runs in the --jobs worker processes, first come first served): a thread
+        # waiting for a step another pipeline runs (a shared search) must not hold a worker idle.
+        jobs.sort(key=lambda j: (not (j[0].method == "sleb" and j[1] == s.search_budget), j[0].heal is None))
+        with ThreadPoolExecutor(len(jobs) + 1) as pipelines:
+            # the unpruned model's evaluation is only read at the end: it runs beside the pipelines
+            unpruned = pipelines.submit(_evaluate, s, s.model, out / "unpruned.eval.json")
             rows = list(pipelines.map(lambda j: _pipeline(s, *j), jobs))
+            unpruned.result()
     rows.sort(key=lambda r: (float(r["budget"]), [p.name for p in PIPELINES].index(r["pipeline"])))
     _statistics(rows, out / "unpruned.eval.json")
     num_layers = json.loads((out / "scores.json").read_text())["num_layers"]
