@@ -202,11 +202,20 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
 
+def _terminal_sigint() -> None:
+    """In the child: SIGINT as a terminal's foreground job gets it. A suite started in the
+    background (``cmd &`` from a script) ignores SIGINT, and its children inherit that: the
+    Ctrl-C tests then saw sweeps that never stopped."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _sweep_until_stored(path, run, jobs: str, cells: int):
     """Start `depthprune sweep` in a process and wait until ``cells`` cells are stored (or it ends);
     returns the process and its worker processes' pids at that moment."""
     cmd = [sys.executable, "-m", "depthprune.cli", "--quiet", "sweep", str(path), "--out", str(run), "--jobs", jobs]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_terminal_sigint)
     store = run / "results.sqlite"
     while proc.poll() is None:
         if store.is_file() and open_store(store).execute("SELECT COUNT(DISTINCT cell) FROM results").fetchone()[0] >= cells:
