@@ -167,9 +167,15 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
+def _plain_dir(s: Setup, p: Pipeline, tag: str) -> Path:
+    """The plainly pruned checkpoint of ``p``'s layer choice at budget ``tag`` (shared by the
+    pipelines that choose alike, e.g. depthprune's stages)."""
+    return s.out / f"{tag}-{p.method}{''.join(p.options).replace('--', '-')}"
+
+
 def _prune(s: Setup, p: Pipeline, budget: str, tag: str) -> tuple[Path, float]:
     """The pruned (and repaired) checkpoint of ``p`` and the commands' wall time."""
-    plain = s.out / f"{tag}-{p.method}{''.join(p.options).replace('--', '-')}"
+    plain = _plain_dir(s, p, tag)
     source = ["--data", str(s.data / "calib.jsonl")] if p.method == "sleb" else ["--scores", str(s.out / "scores.json")]
     how = [*source, "--method", p.method, "--budget", budget]
     seconds = 0.0 if p.method == "sleb" else s.times["score"]
@@ -199,7 +205,7 @@ def _sleb_plan(s: Setup, p: Pipeline, budget: str) -> tuple[list[str], float]:
     the 10% and 25% plans of separate searches are the 50% search's first steps). The returned
     prune arguments name the layers; the time is the whole search's (an upper bound)."""
     from depthprune.ranking.plan import resolve_budget
-    searched = s.out / f"b{s.search_budget}-{p.method}{''.join(p.options).replace('--', '-')}"
+    searched = _plain_dir(s, p, f"b{s.search_budget}")
     seconds = s.run(searched.name, "prune", s.model, "--data", str(s.data / "calib.jsonl"), "--method", p.method,
                     "--budget", s.search_budget, *p.options, *_common(s), "--out", str(searched))
     info = json.loads((searched / "pruning.json").read_text())

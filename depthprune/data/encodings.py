@@ -22,21 +22,32 @@ class EncodingCache:
     def get(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key not in self.batches:
             batch = make()
-            size = sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "element_size"))
+            size = tensor_bytes(batch)
             if self.bytes + size > self.limit_bytes:
                 return batch
             self.batches[key], self.bytes = batch, self.bytes + size
         # a shallow copy: a caller's .to(device) replaces the copy's tensors, not the kept ones
         return copy.copy(self.batches[key])
 
-    def derived(self, key: tuple, make: Callable[[], Any], size: Callable[[Any], int]) -> Any:
+    def derived(self, key: tuple, make: Callable[[], Any]) -> Any:
         """What a model computes from a kept batch and nothing else (the vision tower's image
         features, which pruning, repair and healing never change), made once and kept under the
-        same memory limit; ``size`` its bytes."""
+        same memory limit."""
         if key not in self.batches:
             value = make()
-            nbytes = size(value)
+            nbytes = tensor_bytes(value)
             if self.bytes + nbytes > self.limit_bytes:
                 return value
             self.batches[key], self.bytes = value, self.bytes + nbytes
         return self.batches[key]
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a batch or a (nested) model output."""
+    if hasattr(value, "element_size") and hasattr(value, "numel"):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict) or hasattr(value, "values"):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0

@@ -147,20 +147,9 @@ def _image_features(model: nn.Module, batch: Any) -> Any:
     arguments = {k: batch[k] for k in inspect.signature(encoder).parameters if k != "kwargs" and k in batch}
     # the tower's identity: a healed copy of the model has its own (with the same weights)
     features = cache.derived((key, "image features", id(encoder.__self__)),
-                             lambda: encoder(**arguments, return_dict=True), _nbytes)
+                             lambda: encoder(**arguments, return_dict=True))
     out = {k: v for k, v in batch.items() if k != "pixel_values"}
     return out | {"mm_encoder_outputs": {"image": features}}
-
-
-def _nbytes(value: Any) -> int:
-    """Bytes of the tensors in a (nested) model output."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict) or hasattr(value, "values"):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_nbytes(v) for v in value)
-    return 0
 
 
 @torch.inference_mode()
